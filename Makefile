@@ -1,0 +1,39 @@
+# sslcli developer commands. `make install` builds .venv; every other target installs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned here (not in pyproject) so this machine takes the wheels on its disk; other machines
+# with another torch >= 2.4 can `pip install -e .` directly.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DATA ?= ../shared/data/cifar10
+RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: install test lint demo bench-quickstart clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+test: install
+	$(BIN)/pytest -q -m "not gpu"
+
+test-gpu: install
+	$(BIN)/pytest -q -m gpu
+
+lint: install
+	$(BIN)/ruff check sslcli tests bench
+
+# The quickstart: pretrain on DATA (its train/ split), then probe on its test/ or val/ split.
+demo: install
+	$(BIN)/sslcli pretrain $(DATA) --preset quickstart --out $(RUN)
+	$(BIN)/sslcli probe $(RUN)/encoder.safetensors --data $(DATA)
+
+bench-quickstart: install
+	$(BIN)/python bench/quickstart.py --data $(DATA)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,207 @@
+"""Artifacts on disk: safetensors for tensors, JSON for everything else, never pickle.
+
+Every write goes to a temporary file in the target folder, is fsynced, then renamed over the target,
+and the folder is fsynced: a crash leaves either the old complete file or the new complete file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from sslcli import __version__
+from sslcli.encoders import EncoderInfo, rebuild_encoder
+from sslcli.errors import UsageError
+
+ENCODER_FORMAT = "sslcli.encoder.v1"
+STATE_FORMAT = "sslcli.train-state.v1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or strided storage: give it contiguous CPU copies.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+# ---------------------------------------------------------------- encoder
+
+
+def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, spec: dict[str, Any]) -> dict[str, str]:
+    import timm
+
+    return {
+        "format": "pt",  # lets tools that expect a PyTorch state dict accept the file
+        "sslcli_format": ENCODER_FORMAT,
+        "sslcli_version": __version__,
+        "torch_version": torch.__version__,
+        "timm_version": timm.__version__,
+        "method": method,
+        "encoder": info.name,
+        "encoder_kwargs": json.dumps(info.kwargs, sort_keys=True),
+        "small_stem": json.dumps(info.small_stem),
+        "feature_dim": str(info.feature_dim),
+        "image_size": str(info.image_size),
+        "mean": json.dumps(list(info.mean)),
+        "std": json.dumps(list(info.std)),
+        "epoch": str(epoch),
+        "step": str(step),
+        "spec": json.dumps(spec, sort_keys=True),
+    }
+
+
+def save_encoder(path: Path, encoder: nn.Module, metadata: dict[str, str]) -> None:
+    """The plain timm state dict of the encoder, loadable strictly into the rebuilt model."""
+    atomic_write_bytes(path, save_bytes(_plain_tensors(encoder.state_dict()), metadata=metadata))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist or is not a file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
+    if meta.get("sslcli_format") != ENCODER_FORMAT:
+        raise UsageError(f"{path} is not an sslcli encoder (its metadata has no '{ENCODER_FORMAT}' tag); "
+                         "give the encoder.safetensors of an sslcli run")
+    try:
+        return EncoderInfo(
+            name=meta["encoder"],
+            kwargs=json.loads(meta["encoder_kwargs"]),
+            small_stem=bool(json.loads(meta["small_stem"])),
+            feature_dim=int(meta["feature_dim"]),
+            image_size=int(meta["image_size"]),
+            mean=tuple(json.loads(meta["mean"])),
+            std=tuple(json.loads(meta["std"])),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UsageError(f"{path} has damaged sslcli metadata ({exc!r}); re-export it from its run") from None
+
+
+def load_encoder(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
+    """Rebuild the encoder from the file's metadata and load its weights strictly."""
+    meta = read_metadata(path)
+    info = info_from_metadata(meta, path)
+    model = rebuild_encoder(info)
+    try:
+        state = load_bytes(Path(path).read_bytes())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "mismatch"
+        raise UsageError(f"{path}: the weights do not match a {info.name} encoder ({first})") from None
+    return model, info, meta
+
+
+# ---------------------------------------------------------------- training state
+
+
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors and JSON-able values."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{index}/{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: Mapping[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in info["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_train_state(folder: Path, *, step: int, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     extra: dict[str, Any], keep: int = 2) -> Path:
+    """checkpoints/state-<step>.safetensors (model, optimizer, RNG) + .json (the rest); keeps the newest `keep`."""
+    folder = Path(folder)
+    opt_tensors, opt_info = flatten_optimizer(optimizer.state_dict())
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update(opt_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    stem = folder / f"state-{step:09d}"
+    atomic_write_bytes(stem.with_suffix(".safetensors"),
+                       save_bytes(_plain_tensors(tensors), metadata={"sslcli_format": STATE_FORMAT}))
+    record = {"format": STATE_FORMAT, "step": step, "epoch": epoch, "optimizer": opt_info, **extra}
+    # The JSON is written last: a state is complete only when both files exist.
+    atomic_write_json(stem.with_suffix(".json"), record)
+    for old in complete_states(folder)[:-keep]:
+        old.with_suffix(".json").unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return stem.with_suffix(".safetensors")
+
+
+def complete_states(folder: Path) -> list[Path]:
+    """State files that have both halves, oldest first."""
+    return sorted(p for p in Path(folder).glob("state-*.safetensors") if p.with_suffix(".json").is_file())
+
+
+def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG from a state written by save_train_state; returns its JSON record."""
+    path = Path(path)
+    record = json.loads(path.with_suffix(".json").read_text())
+    if record.get("format") != STATE_FORMAT:
+        raise UsageError(f"{path} is not an sslcli training state")
+    tensors = load_bytes(path.read_bytes())
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
+    optimizer.load_state_dict(unflatten_optimizer(tensors, record["optimizer"]))
+    torch.set_rng_state(tensors["rng/torch"])
+    return record

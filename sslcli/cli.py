@@ -1,0 +1,156 @@
+"""The command line: thin Typer commands that build a spec and hand it to a runner.
+
+Heavy modules (torch, timm) are imported inside the commands so that `sslcli --help` stays instant.
+Every failure ends here as one line on stderr and an exit code: 2 for bad input, 1 for runtime
+failures, 130 for Ctrl-C. SSLCLI_DEBUG=1 shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sslcli import __version__, console
+from sslcli.errors import SslcliError
+
+app = typer.Typer(
+    name="sslcli",
+    help="Self-supervised visual representation learning: pretrain an encoder on unlabeled images, then probe it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+SetOption = typer.Option(None, "--set", help="override any spec key, repeatable: --set train.epochs=10")
+JsonOption = typer.Option(False, "--json", help="print the result as one JSON object on stdout")
+QuietOption = typer.Option(False, "--quiet", "-q", help="no progress or info lines on stderr")
+BadImageOption = typer.Option(None, "--on-bad-image", help="skip (default) or fail on unreadable images")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.result(f"sslcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """sslcli: pretrain, probe, use."""
+
+
+@app.command()
+def pretrain(
+    data: Path = typer.Argument(..., help="folder of images (ImageFolder or any nested folder); train/ is used if present"),
+    method: str = typer.Option(None, "--method", "-m", help="method name (default simclr)"),
+    preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
+    encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),
+    epochs: int = typer.Option(None, "--epochs", help="training epochs"),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="global batch size"),
+    out: Path = typer.Option(None, "--out", "-o", help="run folder (default runs/<method>-<timestamp>)"),
+    on_bad_image: str = BadImageOption,
+    sets: list[str] = SetOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and exit"),
+    json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Pretrain an encoder with a self-supervised method; writes RUN/encoder.safetensors."""
+    console.configure(quiet=quiet)
+    from sslcli.spec import PretrainSpec, dump, resolve
+
+    options: dict[str, Any] = {
+        "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
+        "train.batch_size": batch_size, "out": str(out) if out else None, "data.on_bad_image": on_bad_image,
+    }
+    spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
+    if dry_run:
+        console.result_json(dump(spec)) if json_out else console.result(spec.model_dump_json(indent=2))
+        return
+    from sslcli import pretrain as runner
+
+    summary = runner.run(spec)
+    if json_out:
+        console.result_json(summary)
+    else:
+        console.result(f"encoder {summary['encoder']}  ({summary['steps']} steps, {summary['images_per_s']:.0f} "
+                       f"images/s, {summary['wall_s']:.0f} s, final loss {summary['final_loss']:.4f})")
+
+
+@app.command()
+def probe(
+    encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
+    data: Path = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ or test/)"),
+    val: Path = typer.Option(None, "--val", help="labeled eval split"),
+    on_bad_image: str = BadImageOption,
+    sets: list[str] = SetOption,
+    json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Judge an encoder: weighted kNN (k=20, 200) and a linear probe on frozen features."""
+    console.configure(quiet=quiet)
+    from sslcli.spec import ProbeSpec, resolve
+
+    options = {"encoder": str(encoder), "data": str(data), "val": str(val) if val else None,
+               "on_bad_image": on_bad_image}
+    spec = resolve(ProbeSpec, options=options, sets=sets)
+    from sslcli import probe as runner
+
+    result = runner.run(spec)
+    if json_out:
+        console.result_json(result)
+    else:
+        console.result(runner.format_table(result))
+
+
+@app.command()
+def presets() -> None:
+    """List the presets, one line each."""
+    from sslcli.spec import list_presets
+
+    rows = list_presets()
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, description in rows:
+        console.result(f"{name:<{width}}  {description}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn every failure into one line and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="sslcli", standalone_mode=False)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        sys.exit(130)
+    except SslcliError as exc:
+        if os.environ.get("SSLCLI_DEBUG") == "1":
+            raise
+        for line in str(exc).splitlines():
+            console.error(line)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _is_click_error(exc):  # usage errors from the parser (click, or the copy typer vendors)
+            if type(exc).__name__ == "Abort":
+                console.error("interrupted")
+                sys.exit(130)
+            ctx = getattr(exc, "ctx", None)
+            where = f"sslcli {ctx.info_name}" if ctx is not None and ctx.parent is not None else "sslcli"
+            console.error(f"{exc.format_message()} (see: {where} --help)")
+            sys.exit(exc.exit_code)
+        if os.environ.get("SSLCLI_DEBUG") == "1":
+            raise
+        console.error(f"{type(exc).__name__}: {exc} (run with SSLCLI_DEBUG=1 for the traceback)")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_click_error(exc: Exception) -> bool:
+    return type(exc).__module__.endswith("click.exceptions")
+
+
+if __name__ == "__main__":
+    main()

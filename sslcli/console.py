@@ -1,0 +1,148 @@
+"""The only place that prints.
+
+Results go to stdout; progress, warnings and logs go to stderr. On a TTY stderr gets Rich
+rendering; otherwise (CI, pipes) plain lines, so logs stay grep-able. Text that comes from users or
+files is always printed literally: Rich markup is off and control characters are escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_quiet = False
+
+
+def configure(quiet: bool = False) -> None:
+    """Set once by the CLI: --quiet silences info and progress (warnings and errors still show)."""
+    global _quiet
+    _quiet = quiet
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def literal(text: object) -> str:
+    """Escape control characters (terminal escape codes, NULs) so untrusted text prints as-is."""
+    out = []
+    for ch in str(text):
+        if ch in "\n\t" or (ch.isprintable() and ch != "\x1b"):
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(literal(line) + "\n")
+    sys.stderr.flush()
+
+
+def info(message: str) -> None:
+    if not _quiet:
+        _err(message)
+
+
+def warn(message: str) -> None:
+    _err(f"warning: {message}")
+
+
+def error(message: str) -> None:
+    _err(f"error: {message}")
+
+
+def result(text: str) -> None:
+    """A human-readable result on stdout."""
+    sys.stdout.write(literal(text) + "\n")
+    sys.stdout.flush()
+
+
+def result_json(obj: Any) -> None:
+    """One JSON object on one line of stdout, for machines."""
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+    """Training progress: a Rich bar on a TTY, otherwise a plain line every `every` steps."""
+
+    def __init__(self, total_steps: int, description: str, every: int = 50, start_step: int = 0):
+        self.total = total_steps
+        self.every = max(1, every)
+        self.start_time = time.perf_counter()
+        self.start_step = start_step
+        self._bar = None
+        if stderr_is_tty() and not _quiet:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}", markup=False),
+                console=Console(stderr=True, markup=False, highlight=False, emoji=False),
+                transient=False,
+            )
+            self._task = self._bar.add_task(literal(description), total=total_steps, completed=start_step, status="")
+            self._bar.start()
+
+    def rate_and_eta(self, step: int, images_per_step: int) -> tuple[float, float]:
+        elapsed = max(time.perf_counter() - self.start_time, 1e-9)
+        done = max(step - self.start_step, 1)
+        images_per_s = done * images_per_step / elapsed
+        eta = elapsed / done * (self.total - step)
+        return images_per_s, eta
+
+    def update(self, step: int, fields: dict[str, Any] | None = None) -> None:
+        """Called every step with the 1-based step just finished; `fields` only on logged steps."""
+        status = ""
+        if fields:
+            status = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
+        if self._bar is not None:
+            kwargs = {"status": status} if fields else {}
+            self._bar.update(self._task, completed=step, **kwargs)
+        elif fields and not _quiet and (step % self.every == 0 or step == self.total):
+            _err(f"step {step}/{self.total}  {status}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged step or event, flushed as written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

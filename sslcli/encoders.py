@@ -1,0 +1,110 @@
+"""Encoders: any timm model as a feature extractor (num_classes=0), plus the small-image stem.
+
+The exported encoder must rebuild from its metadata alone, so everything that shapes the model is
+returned in EncoderInfo and written next to the weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslcli.errors import UsageError
+
+SMALL_STEM_MAX_SIZE = 64  # inputs this small lose too much to a stride-4 stem (the CIFAR ResNet convention)
+
+
+@dataclass
+class EncoderInfo:
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    small_stem: bool = False
+    feature_dim: int = 0
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def is_resnet(model: nn.Module) -> bool:
+    from timm.models.resnet import ResNet
+
+    return isinstance(model, ResNet)
+
+
+def apply_small_stem(model: nn.Module) -> nn.Module:
+    """The CIFAR variant of a ResNet stem: stride-1 first conv and no max-pool (solo-learn, SimCLR paper B.9).
+
+    A plain 7x7 stem becomes a 3x3 stride-1 conv, as in the papers. A timm deep stem (resnet*d, *t)
+    keeps its convs and only loses the first stride, so its weights keep their shapes.
+    """
+    if not is_resnet(model):
+        raise UsageError(f"the small-image stem applies to ResNet-family encoders, not {type(model).__name__}; "
+                         "use --set encoder.small_stem=false")
+    if isinstance(model.conv1, nn.Conv2d):
+        model.conv1 = nn.Conv2d(model.conv1.in_channels, model.conv1.out_channels, 3, 1, 1, bias=False)
+    else:
+        first = next(m for m in model.conv1.modules() if isinstance(m, nn.Conv2d))
+        first.stride = (1, 1)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
+        raise UsageError(f"unknown encoder '{name}'{hint}")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as exc:
+        raise UsageError(f"encoder '{name}' does not accept kwargs {kwargs}: {exc}") from None
+
+
+def build_encoder(name: str, image_size: int, small_stem: bool | str = "auto",
+                  kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, EncoderInfo]:
+    """A randomly initialised timm encoder for `image_size` inputs and what it takes to rebuild it."""
+    kwargs = dict(kwargs or {})
+    model = _create(name, kwargs)
+    # ViT-family models fix their position embeddings to an input size; build them for ours.
+    built_for = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if built_for is not None and "img_size" not in kwargs and tuple(built_for) != (image_size, image_size):
+        kwargs["img_size"] = image_size
+        model = _create(name, kwargs)
+    use_stem = (is_resnet(model) and image_size <= SMALL_STEM_MAX_SIZE) if small_stem == "auto" else bool(small_stem)
+    if use_stem:
+        apply_small_stem(model)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    info = EncoderInfo(
+        name=name,
+        kwargs=kwargs,
+        small_stem=use_stem,
+        feature_dim=int(model.num_features),
+        image_size=image_size,
+        mean=tuple(float(v) for v in cfg.get("mean", EncoderInfo.mean)),
+        std=tuple(float(v) for v in cfg.get("std", EncoderInfo.std)),
+    )
+    return model, info
+
+
+def rebuild_encoder(info: EncoderInfo) -> nn.Module:
+    """The same architecture again, from saved metadata (weights are loaded by the caller)."""
+    model = _create(info.name, dict(info.kwargs))
+    if info.small_stem:
+        apply_small_stem(model)
+    return model
+
+
+@torch.no_grad()
+def output_dim(model: nn.Module, image_size: int) -> int:
+    """Feature width measured with one forward pass (for models whose num_features is not the output)."""
+    was_training = model.training
+    model.eval()
+    out = model(torch.zeros(1, 3, image_size, image_size))
+    model.train(was_training)
+    return int(out.shape[-1])

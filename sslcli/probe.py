@@ -1,0 +1,124 @@
+"""`sslcli probe`: frozen features extracted once, then weighted kNN and a linear probe on them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslcli import checkpoint, console, data
+from sslcli.encoders import EncoderInfo
+from sslcli.errors import UsageError
+from sslcli.evaluate import knn_evaluate, linear_probe
+from sslcli.pretrain import default_workers
+from sslcli.spec import ProbeSpec
+from sslcli.train import resolve_device
+
+
+def eval_splits(train: Path, val: Path | None) -> tuple[Path, Path]:
+    """--data/--val, or a --data folder holding train/ and val/ or test/."""
+    if val is not None:
+        return train, val
+    train_dir, eval_dir = data.split_folders(train)
+    if eval_dir is None:
+        raise UsageError(f"no eval split: {train} holds no train/ with val/ or test/; pass --val DIR")
+    return train_dir, eval_dir
+
+
+def labeled_images(folder: Path, role: str) -> data.ImageSet:
+    images = data.find_images(folder)
+    if images.labels is None:
+        raise UsageError(f"the {role} folder {folder} is not labeled: probing needs one sub-folder per class")
+    return images
+
+
+def match_classes(train: data.ImageSet, val: data.ImageSet) -> list[int]:
+    """Labels of the eval images in the train split's class indices (class folders are matched by name)."""
+    index = {name: i for i, name in enumerate(train.classes or [])}
+    unknown = sorted(set(val.classes or []) - set(index))
+    if unknown:
+        raise UsageError(f"eval classes not in the train split: {', '.join(unknown[:5])}; "
+                         "both folders need the same class sub-folders")
+    return [index[val.classes[label]] for label in val.labels]
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, batch_size: int, num_workers: int,
+                     device: torch.device, policy: data.BadImagePolicy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of every readable image with deterministic eval preprocessing; returns (features, kept indices).
+
+    Images are decoded at the training storage size and centre-cropped to the encoder's input size,
+    the same geometry the encoder saw in training.
+    """
+    storage = data.storage_size_for(info.image_size)
+    offset = (storage - info.image_size) // 2
+    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+    loader = data.make_loader(paths, storage, batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
+                              seed=0, pin_memory=device.type == "cuda")
+    model.to(device).eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    features, kept = [], []
+    for x, idx in data.iter_batches(loader, policy, paths):
+        x = x.to(device, non_blocking=True)[:, :, offset:offset + info.image_size, offset:offset + info.image_size]
+        x = (x.float() / 255 - mean) / std
+        with autocast:
+            features.append(model(x).float().cpu())
+        kept.append(idx)
+    if not features:
+        raise UsageError("no readable images to extract features from")
+    return torch.cat(features), torch.cat(kept)
+
+
+def run(spec: ProbeSpec) -> dict[str, Any]:
+    start = time.perf_counter()
+    device = resolve_device(spec.device)
+    model, info, meta = checkpoint.load_encoder(spec.encoder)
+    train_dir, val_dir = eval_splits(spec.data, spec.val)
+    train_set, val_set = labeled_images(train_dir, "train"), labeled_images(val_dir, "eval")
+    val_labels_all = torch.tensor(match_classes(train_set, val_set))
+    num_classes = len(train_set.classes or [])
+    policy = data.BadImagePolicy(spec.on_bad_image)
+    workers = default_workers(spec.num_workers)
+    console.info(f"extracting features: {len(train_set)} train and {len(val_set)} eval images, "
+                 f"{info.name} at {info.image_size} px on {device}")
+    common = dict(batch_size=spec.batch_size, num_workers=workers, device=device, policy=policy)
+    train_f, train_kept = extract_features(model, info, train_set.paths, **common)
+    val_f, val_kept = extract_features(model, info, val_set.paths, **common)
+    train_y = torch.tensor(train_set.labels)[train_kept]
+    val_y = val_labels_all[val_kept]
+
+    console.info("kNN and linear probe on the cached features")
+    knn = knn_evaluate(train_f, train_y, val_f, val_y, num_classes, ks=spec.knn_k, temperature=spec.knn_temperature)
+    linear = linear_probe(train_f, train_y, val_f, val_y, num_classes, weight_decays=spec.linear_weight_decays,
+                          seed=spec.seed)
+    if policy.summary():
+        console.warn(policy.summary())
+    result = {
+        "encoder": str(spec.encoder),
+        "method": meta.get("method"),
+        "encoder_name": info.name,
+        "knn": knn,
+        "knn_temperature": spec.knn_temperature,
+        "linear": {"top1": linear["top1"], "top5": linear["top5"], "weight_decay": linear["weight_decay"]},
+        "n_train": int(train_y.numel()),
+        "n_eval": int(val_y.numel()),
+        "num_classes": num_classes,
+        "feature_dim": int(train_f.shape[1]),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    checkpoint.atomic_write_json(Path(spec.encoder).parent / "probe.json", result)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = [("kNN k=" + key[1:], v["top1"], v["top5"]) for key, v in result["knn"].items()]
+    rows.append(("linear", result["linear"]["top1"], result["linear"]["top5"]))
+    lines = [f"{'probe':<12} {'top-1':>7} {'top-5':>7}"]
+    lines += [f"{name:<12} {100 * t1:>6.2f}% {100 * t5:>6.2f}%" for name, t1, t5 in rows]
+    lines.append(f"{result['n_train']} train / {result['n_eval']} eval images, {result['num_classes']} classes, "
+                 f"features {result['feature_dim']}-d, {result['seconds']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""Run specifications: pydantic models, presets, and the precedence rules that build them.
+
+Precedence, lowest first: model defaults < TOML preset < typed CLI options < repeated `--set a.b=v`.
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sslcli.augment import ViewConfig
+from sslcli.errors import UsageError
+from sslcli.methods import METHODS, MethodConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    path: Path | None = Field(None, description="folder of images (DATA); train/ is used when it holds splits")
+    image_size: int = Field(32, gt=0, description="training crop side in px; also the encoder's input size")
+    max_images: int | None = Field(None, gt=0, description="train on a seeded random subset of this many images")
+    num_workers: int | Literal["auto"] = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
+    on_bad_image: Literal["skip", "fail"] = Field("skip", description="unreadable images: skip and report, or stop")
+
+
+class EncoderConfig(Strict):
+    name: str = Field("resnet18", description="any timm model name")
+    small_stem: bool | Literal["auto"] = Field("auto", description="ResNet 3x3 stride-1 stem, no max-pool ('auto': inputs <= 64 px)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model kwargs")
+
+
+class OptimConfig(Strict):
+    name: Literal["lars", "sgd", "adamw", "lamb"] = "lars"
+    base_lr: float = Field(0.3, gt=0, description="lr = base_lr * batch_size / 256")
+    weight_decay: float = Field(1e-4, ge=0, description="not applied to biases and norm parameters")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    trust_coeff: float = Field(0.02, gt=0, description="LARS trust coefficient (eta)")
+    warmup_epochs: float = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak lr")
+    clip_grad: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(256, ge=2)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto': bf16 on CUDA, fp32 on CPU")
+    channels_last: bool | Literal["auto"] = Field("auto", description="'auto': on for CUDA")
+    compile: bool = Field(False, description="torch.compile the method")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    seed: int = 0
+    log_every: int = Field(50, gt=0, description="steps between logged lines")
+    checkpoint_every: int = Field(10, ge=0, description="epochs between checkpoints (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class PretrainSpec(Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    method: MethodConfig = Field(default_factory=lambda: METHODS["simclr"].Config())
+    augment: ViewConfig = Field(default_factory=ViewConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    out: Path | None = Field(None, description="run folder (default runs/<method>-<timestamp>)")
+
+    @model_validator(mode="after")
+    def _crop_size_is_image_size(self) -> PretrainSpec:
+        # One source of truth for the input size: the views are cropped to data.image_size.
+        if "size" in self.augment.model_fields_set and self.augment.size != self.data.image_size:
+            raise ValueError("augment.size follows data.image_size; set data.image_size instead")
+        self.augment = self.augment.model_copy(update={"size": self.data.image_size})
+        return self
+
+    def scaled_lr(self) -> float:
+        return self.optim.base_lr * self.train.batch_size / 256
+
+
+class ProbeSpec(Strict):
+    encoder: Path
+    data: Path = Field(description="labeled train split (or a folder holding train/ and val/ or test/)")
+    val: Path | None = Field(None, description="labeled eval split")
+    knn_k: list[int] = Field(default_factory=lambda: [20, 200])
+    knn_temperature: float = Field(0.07, gt=0)
+    linear_weight_decays: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+    batch_size: int = Field(256, gt=0)
+    num_workers: int | Literal["auto"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+    on_bad_image: Literal["skip", "fail"] = "skip"
+
+
+# ---------------------------------------------------------------- presets
+
+
+def presets_dir() -> Path:
+    """presets/ of a source checkout, or the copy a wheel carries inside the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "presets", here / "presets"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "presets"
+
+
+def list_presets() -> list[tuple[str, str]]:
+    """(name, one-line description) for every preset."""
+    rows = []
+    for path in sorted(presets_dir().glob("*.toml")):
+        meta = _read_toml(path).get("preset", {})
+        rows.append((path.stem, str(meta.get("description", ""))))
+    return rows
+
+
+def find_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or os.sep in name_or_path:
+        if not path.is_file():
+            raise UsageError(f"preset file {path} does not exist")
+        return path
+    path = presets_dir() / f"{name_or_path}.toml"
+    if not path.is_file():
+        names = ", ".join(name for name, _ in list_presets())
+        raise UsageError(f"unknown preset '{name_or_path}'; available: {names} (or give a path to a .toml file)")
+    return path
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read preset {path}: {exc}") from None
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """The preset's spec values; its [preset] table (description, sources, expected results) is metadata."""
+    values = _read_toml(find_preset(name_or_path))
+    values.pop("preset", None)
+    return values
+
+
+# ---------------------------------------------------------------- precedence
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`a.b=value`: the value is read as JSON when it parses (numbers, true/false, null, lists), else a string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(f"--set expects KEY=VALUE with a dotted key such as train.epochs=10, got '{item}'")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"cannot set '{key}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve(model: type[BaseModel], preset: str | None = None, options: dict[str, Any] | None = None,
+            sets: list[str] | None = None) -> BaseModel:
+    """Build a spec from the layers, lowest first. `options` maps dotted keys to typed-option values."""
+    tree: dict[str, Any] = load_preset(preset) if preset else {}
+    typed: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if value is not None:
+            set_dotted(typed, key, value)
+    _check_method_switch(tree, typed, preset)
+    tree = merge(tree, typed)
+    for item in sets or []:
+        key, value = parse_set(item)
+        set_dotted(tree, key, value)
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise UsageError("\n".join(format_errors(exc, model))) from None
+
+
+def _check_method_switch(tree: dict[str, Any], typed: dict[str, Any], preset: str | None) -> None:
+    """A preset's method settings only fit its own method: switching method with --method drops none silently."""
+    wanted = typed.get("method", {}).get("name")
+    preset_method = tree.get("method", {})
+    if wanted and preset_method:
+        have = preset_method.get("name", "simclr")
+        if have != wanted:
+            raise UsageError(f"preset '{preset}' is for method '{have}', not '{wanted}': "
+                             f"pick a {wanted} preset (sslcli presets) or drop --preset")
+    if wanted and wanted not in METHODS:
+        raise UsageError(f"unknown method '{wanted}'; available: {', '.join(METHODS)}")
+
+
+def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    """One readable line per problem: the dotted key, what is wrong, what was given."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in METHODS and err["loc"][0] == "method")]
+        key = ".".join(loc) or "spec"
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(model, loc[:-1])
+            hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+            lines.append(f"spec error: unknown key '{key}'{hint}")
+        elif err["type"] == "model_type" and err["input"] is not None:
+            lines.append(f"spec error: '{key}' is a section; set its keys, e.g. {key}.<name>=value")
+        else:
+            given = err.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"spec error: {key}: {err['msg']}{shown}")
+    return lines
+
+
+def _valid_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if part == "method" and current is PretrainSpec:
+            return []  # the method section depends on the method; its error names the bad key already
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def dump(spec: BaseModel) -> dict[str, Any]:
+    """The resolved spec as JSON-able data (paths as strings)."""
+    return spec.model_dump(mode="json")

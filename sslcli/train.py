@@ -1,0 +1,179 @@
+"""The one training loop, shared by pretraining and fine-tuning.
+
+fit() owns what every run needs: mixed precision, channels_last, per-step lr schedule, gradient
+clipping, the non-finite check, logging and checkpoint cadence. What a step computes is passed in as
+`compute_loss`, so methods and fine-tuning differ only in that function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslcli import console
+from sslcli.errors import RunError, UsageError
+from sslcli.methods.base import StepOut
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device '{name}' was asked for but CUDA is not available here; use --set train.device=cpu")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' means bf16 on CUDA (no loss scaling needed) and fp32 on CPU (CPU autocast is slower here)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError("fp16 needs a CUDA device; use --set train.precision=fp32 (or bf16)")
+    return precision
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
+                    trust_coeff: float) -> torch.optim.Optimizer:
+    """timm's optimizers; biases and norm parameters get no weight decay (and so no LARS adaptation)."""
+    from timm.optim import create_optimizer_v2
+
+    kwargs: dict[str, Any] = {}
+    if name == "lars":
+        kwargs["trust_coeff"] = trust_coeff
+    if name in ("adamw", "lamb"):
+        return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, filter_bias_and_bn=True)
+    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                               filter_bias_and_bn=True, **kwargs)
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    steps_per_epoch: int
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16
+    channels_last: bool = False
+    clip_grad: float | None = None
+    log_every: int = 50
+    checkpoint_every: int = 0  # epochs; 0 = only at the end
+    description: str = "train"
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs: int
+    images: int
+    wall_s: float
+    last_loss: float | None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.wall_s, 1e-9)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def _non_finite(step: int, epoch: int, loss: float, last_good: tuple[int, float] | None) -> RunError:
+    before = f"last finite loss {last_good[1]:.4g} at step {last_good[0]}" if last_good else "no finite loss yet"
+    return RunError(
+        f"loss became {loss} at step {step} (epoch {epoch}, {before}); stopped before applying the update, "
+        "the last checkpoint is intact. Lower optim.base_lr or set optim.clip_grad (e.g. --set optim.clip_grad=3)"
+    )
+
+
+def fit(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    compute_loss: Callable[[torch.Tensor, int], StepOut],
+    batches: Callable[[int], Iterable[torch.Tensor]],
+    lr_schedule: torch.Tensor,
+    cfg: LoopConfig,
+    device: torch.device,
+    metrics: console.MetricsLog | None = None,
+    on_step_end: Callable[[int], None] = lambda step: None,
+    on_checkpoint: Callable[[int, int], None] = lambda epoch, step: None,
+) -> FitResult:
+    """Train for cfg.epochs; `batches(epoch)` yields uint8 image batches, `compute_loss(x, step)` does the rest."""
+    if len(lr_schedule) < cfg.total_steps:
+        raise ValueError("the lr schedule is shorter than the run")
+    dtype = PRECISIONS[cfg.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    progress = console.Progress(cfg.total_steps, cfg.description, every=cfg.log_every)
+    step, images, last_good = 0, 0, None
+    start = time.perf_counter()
+    try:
+        for epoch in range(cfg.epochs):
+            for x in batches(epoch):
+                if step >= cfg.total_steps:
+                    break  # a loader that yields more batches than planned never runs past the schedule
+                x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                _set_lr(optimizer, float(lr_schedule[step]))
+                autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                            else contextlib.nullcontext())
+                with autocast:
+                    out = compute_loss(x, step)
+                # Checked before backward so that a bad step never reaches the weights.
+                loss_value = float(out.loss.detach())
+                if not math.isfinite(loss_value):
+                    raise _non_finite(step + 1, epoch, loss_value, last_good)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(out.loss).backward()
+                if cfg.clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                on_step_end(step)
+                step += 1
+                images += x.shape[0]
+                last_good = (step, loss_value)
+                _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
+            if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
+                on_checkpoint(epoch + 1, step)
+    finally:
+        progress.close()
+    on_checkpoint(cfg.epochs, step)
+    return FitResult(step, cfg.epochs, images, time.perf_counter() - start, last_good[1] if last_good else None)
+
+
+def _log(step: int, epoch: int, loss: float, out: StepOut, optimizer: torch.optim.Optimizer,
+         progress: console.Progress, metrics: console.MetricsLog | None, cfg: LoopConfig, images: int,
+         start: float) -> None:
+    if step % cfg.log_every and step != cfg.total_steps:
+        progress.update(step)
+        return
+    elapsed = time.perf_counter() - start
+    rate = images / max(elapsed, 1e-9)
+    eta = elapsed / step * (cfg.total_steps - step)
+    lr = optimizer.param_groups[0]["lr"]
+    record: dict[str, Any] = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr,
+                              "images_per_s": round(rate, 2), "elapsed_s": round(elapsed, 2)}
+    record.update({k: float(v) for k, v in out.logs.items() if k != "loss"})
+    if metrics is not None:
+        metrics.write(record)
+    progress.update(step, {"epoch": f"{epoch + 1}/{cfg.epochs}", "loss": loss, "lr": lr,
+                           "img/s": round(rate, 1), "eta": console.format_seconds(eta)})

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real datasets in ../shared/data, and small real subsets of them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("SSLCLI_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def cifar10() -> Path:
+    root = SHARED_DATA / "cifar10"
+    assert root.is_dir(), f"the shared datasets are missing: {root} (CI clones next to ../shared)"
+    return root
+
+
+def link_subset(src: Path, dst: Path, per_class: int) -> Path:
+    """An ImageFolder of symlinks to the first `per_class` files of each class (nothing is copied)."""
+    for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        out = dst / class_dir.name
+        out.mkdir(parents=True)
+        for file in sorted(class_dir.iterdir())[:per_class]:
+            (out / file.name).symlink_to(file)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def cifar_small(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CIFAR-10 with train/ (40 per class) and test/ (20 per class), as symlinks to the real files."""
+    root = tmp_path_factory.mktemp("cifar_small")
+    link_subset(cifar10 / "train", root / "train", 40)
+    link_subset(cifar10 / "test", root / "test", 20)
+    return root

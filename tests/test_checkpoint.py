@@ -1,0 +1,115 @@
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from sslcli import checkpoint
+from sslcli.encoders import build_encoder
+from sslcli.errors import UsageError
+from sslcli.train import build_optimizer
+
+
+def _saved_encoder(tmp_path: Path, name: str = "resnet18", size: int = 32):
+    model, info = build_encoder(name, size)
+    meta = checkpoint.encoder_metadata(info, method="simclr", epoch=3, step=30, spec={"train": {"epochs": 3}})
+    path = tmp_path / "encoder.safetensors"
+    checkpoint.save_encoder(path, model, meta)
+    return model, info, path
+
+
+def test_encoder_round_trip_gives_the_same_features(tmp_path: Path):
+    model, info, path = _saved_encoder(tmp_path)
+    loaded, loaded_info, meta = checkpoint.load_encoder(path)
+    assert loaded_info == info
+    assert meta["format"] == "pt" and meta["method"] == "simclr" and meta["step"] == "30"
+    assert json.loads(meta["spec"]) == {"train": {"epochs": 3}}
+    x = torch.randn(2, 3, 32, 32)
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(x), model(x))
+    assert not list(tmp_path.glob("*.tmp")), "the temporary file of the atomic write was left behind"
+
+
+def test_encoder_loads_into_timm_from_metadata_alone(tmp_path: Path):
+    """What the README documents for users without sslcli."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    _, _, path = _saved_encoder(tmp_path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    model = timm.create_model(meta["encoder"], num_classes=0, **json.loads(meta["encoder_kwargs"]))
+    if json.loads(meta["small_stem"]):
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    model.load_state_dict(load_file(path), strict=True)
+
+
+def test_not_an_encoder_is_refused_clearly(tmp_path: Path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(UsageError, match="not a readable safetensors"):
+        checkpoint.load_encoder(garbage)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    with pytest.raises(UsageError, match="not an sslcli encoder"):
+        checkpoint.load_encoder(plain)
+    with pytest.raises(UsageError, match="does not exist"):
+        checkpoint.load_encoder(tmp_path / "missing.safetensors")
+
+
+def test_weights_that_do_not_match_the_metadata_are_refused(tmp_path: Path):
+    _, info, path = _saved_encoder(tmp_path)
+    meta = checkpoint.read_metadata(path)
+    other = tmp_path / "other.safetensors"
+    small, _ = build_encoder("resnet10t", 32)
+    checkpoint.save_encoder(other, small, meta)  # resnet10t weights under resnet18 metadata
+    with pytest.raises(UsageError, match="do not match a resnet18"):
+        checkpoint.load_encoder(other)
+
+
+def _train_one_step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    model(torch.randn(4, 3, 32, 32)).pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_train_state_round_trip(tmp_path: Path):
+    model, _ = build_encoder("resnet10t", 32, small_stem=False)
+    opt = build_optimizer(model, "lars", 0.1, 1e-4, 0.9, 0.02)
+    _train_one_step(model, opt)
+    folder = tmp_path / "checkpoints"
+    path = checkpoint.save_train_state(folder, step=1, epoch=1, model=model, optimizer=opt, extra={"note": "x"})
+    rng_after_save = torch.rand(3)
+
+    fresh, _ = build_encoder("resnet10t", 32, small_stem=False)
+    fresh_opt = build_optimizer(fresh, "lars", 0.1, 1e-4, 0.9, 0.02)
+    torch.rand(7)  # move the global RNG away from the saved state
+    record = checkpoint.load_train_state(path, fresh, fresh_opt)
+    assert record["step"] == 1 and record["note"] == "x"
+    torch.testing.assert_close(torch.rand(3), rng_after_save)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    # The optimizer continues identically: one more step on the same batch gives the same weights.
+    torch.manual_seed(0)
+    _train_one_step(model, opt)
+    torch.manual_seed(0)
+    _train_one_step(fresh, fresh_opt)
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_only_the_newest_complete_states_are_kept(tmp_path: Path):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    folder = tmp_path / "ck"
+    for step in (1, 2, 3):
+        checkpoint.save_train_state(folder, step=step, epoch=step, model=model, optimizer=opt, extra={}, keep=2)
+    assert [p.name for p in checkpoint.complete_states(folder)] == ["state-000000002.safetensors",
+                                                                      "state-000000003.safetensors"]
+    # A state whose JSON half is missing (a crash between the two writes) is not complete.
+    (folder / "state-000000004.safetensors").write_bytes(b"partial")
+    assert checkpoint.complete_states(folder)[-1].name == "state-000000003.safetensors"

@@ -1,0 +1,90 @@
+"""The CLI as users meet it: a subprocess, its exit code, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import sslcli
+
+
+def sslcli_run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SSLCLI_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "sslcli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def assert_one_clean_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert proc.stdout == ""
+
+
+def test_version_and_help_do_not_import_torch():
+    assert sslcli_run("--version").stdout.strip() == f"sslcli {sslcli.__version__}"
+    probe = "import sys, sslcli.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    helped = sslcli_run("pretrain", "--help")
+    assert helped.returncode == 0 and "--preset" in helped.stdout and "--set" in helped.stdout
+
+
+def test_missing_folder_exits_2(tmp_path: Path):
+    proc = sslcli_run("pretrain", str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert_one_clean_error(proc, 2, "does not exist")
+
+
+def test_folder_without_images_exits_2(tmp_path: Path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    proc = sslcli_run("pretrain", str(tmp_path / "empty"), "--out", str(tmp_path / "run"))
+    assert_one_clean_error(proc, 2, "no images found")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_set_key_exits_2(tmp_path: Path):
+    proc = sslcli_run("pretrain", str(tmp_path), "--set", "train.epoch=3")
+    assert_one_clean_error(proc, 2, "unknown key 'train.epoch'")
+
+
+def test_missing_argument_is_a_usage_error():
+    proc = sslcli_run("probe")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "encoder" in proc.stderr.lower()
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_probe_refuses_a_file_that_is_not_an_encoder(tmp_path: Path):
+    plain = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    proc = sslcli_run("probe", str(plain), "--data", str(tmp_path))
+    assert_one_clean_error(proc, 2, "not an sslcli encoder")
+
+
+def test_dry_run_prints_the_resolved_spec(tmp_path: Path):
+    proc = sslcli_run("pretrain", str(tmp_path), "--preset", "quickstart", "--epochs", "3", "--set",
+                      "optim.base_lr=0.7", "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads(proc.stdout)
+    assert spec["train"]["epochs"] == 3 and spec["optim"]["base_lr"] == 0.7
+    assert spec["encoder"]["name"] == "resnet10t" and spec["data"]["path"] == str(tmp_path)
+    assert not list(tmp_path.iterdir()), "a dry run must not write anything"
+
+
+def test_presets_lists_one_line_each():
+    proc = sslcli_run("presets")
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert any(line.startswith("quickstart ") for line in lines)
+    assert any(line.startswith("simclr-cifar10 ") for line in lines)

@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+
+from sslcli.errors import UsageError
+from sslcli.spec import PretrainSpec, ProbeSpec, list_presets, parse_set, resolve
+
+
+def test_defaults_are_valid_simclr():
+    spec = resolve(PretrainSpec)
+    assert spec.method.name == "simclr"
+    assert spec.train.batch_size == 256
+    assert spec.augment.size == spec.data.image_size
+
+
+def test_precedence_defaults_preset_typed_set(tmp_path: Path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('[preset]\ndescription = "x"\n[train]\nepochs = 7\nbatch_size = 64\nseed = 3\n'
+                      '[optim]\nbase_lr = 0.5\n')
+    spec = resolve(PretrainSpec, preset=str(preset), options={"train.batch_size": 128, "train.seed": 4},
+                   sets=["train.seed=5", "data.image_size=48"])
+    assert spec.train.epochs == 7  # preset beats default
+    assert spec.train.batch_size == 128  # typed option beats preset
+    assert spec.train.seed == 5  # --set beats typed option
+    assert spec.optim.base_lr == 0.5
+    assert spec.augment.size == 48  # the crop follows the image size
+    assert spec.scaled_lr() == pytest.approx(0.5 * 128 / 256)
+    assert spec.optim.weight_decay == PretrainSpec().optim.weight_decay  # untouched keys keep defaults
+
+
+def test_none_typed_options_do_not_override():
+    spec = resolve(PretrainSpec, options={"train.epochs": None}, sets=["train.epochs=3"])
+    assert spec.train.epochs == 3
+
+
+def test_unknown_key_names_the_key_and_valid_ones():
+    with pytest.raises(UsageError) as err:
+        resolve(PretrainSpec, sets=["train.epoch=3"])
+    message = str(err.value)
+    assert "unknown key 'train.epoch'" in message
+    assert "epochs" in message and err.value.exit_code == 2
+
+
+def test_one_line_per_problem():
+    with pytest.raises(UsageError) as err:
+        resolve(PretrainSpec, sets=["train.epochs=-1", "optim.base_lr=fast", "method.bogus=1"])
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3
+    assert any(line.startswith("spec error: train.epochs") for line in lines)
+    assert any("optim.base_lr" in line and "'fast'" in line for line in lines)
+    assert any("unknown key 'method.bogus'" in line for line in lines)
+
+
+def test_parse_set_values():
+    assert parse_set("a.b=3") == ("a.b", 3)
+    assert parse_set("a=0.5") == ("a", 0.5)
+    assert parse_set("a=true") == ("a", True)
+    assert parse_set("a=[0.2, 1.0]") == ("a", [0.2, 1.0])
+    assert parse_set("encoder.name=resnet18") == ("encoder.name", "resnet18")
+    for bad in ("novalue", "=3", "a..b=1"):
+        with pytest.raises(UsageError):
+            parse_set(bad)
+
+
+def test_set_into_a_value_is_an_error():
+    with pytest.raises(UsageError, match="is a value"):
+        resolve(PretrainSpec, sets=["train.epochs=3", "train.epochs.x=1"])
+
+
+def test_augment_size_cannot_disagree_with_image_size():
+    with pytest.raises(UsageError, match="data.image_size"):
+        resolve(PretrainSpec, sets=["augment.size=64"])
+
+
+def test_unknown_method_and_method_switch_against_preset():
+    with pytest.raises(UsageError, match="unknown method 'nosuch'"):
+        resolve(PretrainSpec, options={"method.name": "nosuch"})
+    with pytest.raises(UsageError, match="unknown preset"):
+        resolve(PretrainSpec, preset="no-such-preset")
+
+
+def test_every_shipped_preset_is_a_valid_spec():
+    names = [name for name, _ in list_presets()]
+    assert {"quickstart", "simclr-cifar10", "simclr-imagenette"} <= set(names)
+    for name, description in list_presets():
+        assert description, f"preset {name} has no description"
+        spec = resolve(PretrainSpec, preset=name)
+        assert spec.method.name == "simclr"
+    cifar = resolve(PretrainSpec, preset="simclr-cifar10")
+    assert (cifar.encoder.name, cifar.train.batch_size, cifar.train.epochs) == ("resnet18", 512, 800)
+    assert resolve(PretrainSpec, preset="simclr-imagenette").data.image_size == 96
+
+
+def test_probe_spec_requires_encoder_and_data():
+    with pytest.raises(UsageError, match="encoder"):
+        resolve(ProbeSpec, options={"data": "x"})
+    spec = resolve(ProbeSpec, options={"encoder": "e.safetensors", "data": "d"})
+    assert spec.knn_k == [20, 200] and spec.knn_temperature == 0.07
