@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import os
-TOLC = float(os.environ.get("TOLC", "1e-9"))
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -136,14 +134,20 @@ def stratified_split(labels: Tensor, fraction: float, seed: int = 0) -> tuple[Te
     return torch.cat(keep).sort().values, torch.cat(hold).sort().values
 
 
-def _preconditioner(x: Tensor, weight_decay: float) -> tuple[Tensor, Tensor]:
-    """``(P, P^-1)`` with ``P = (x.T x / n + c I)^(-1/2)``, ``c = weight_decay`` floored for float32."""
-    gram = (x.T @ x / x.shape[0]).cpu().double()  # eigh in float64 on CPU: precise, and runs on any device
-    eigvals, eigvecs = torch.linalg.eigh(gram)
+def _second_moment(x: Tensor) -> Tensor:
+    """``x.T x / n`` in float64 on CPU, where the preconditioner's eigendecomposition runs on any device."""
+    return (x.T @ x / x.shape[0]).cpu().double()
+
+
+def _preconditioner(
+    second_moment: Tensor, weight_decay: float, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """``(P, P^-1)`` with ``P = (second_moment + c I)^(-1/2)``, ``c = weight_decay`` floored for float32."""
+    eigvals, eigvecs = torch.linalg.eigh(second_moment)
     eigvals = eigvals.clamp_min(0) + max(weight_decay, 1e-6 * eigvals.max().item())
     p = (eigvecs * eigvals.rsqrt()) @ eigvecs.T
     p_inv = (eigvecs * eigvals.sqrt()) @ eigvecs.T
-    return p.to(x.device, torch.float32), p_inv.to(x.device, torch.float32)
+    return p.to(device, torch.float32), p_inv.to(device, torch.float32)
 
 
 def fit_linear(
@@ -153,19 +157,23 @@ def fit_linear(
     weight_decay: float,
     max_iter: int = 300,
     init: torch.nn.Linear | None = None,
+    second_moment: Tensor | None = None,
 ) -> torch.nn.Linear:
     """Multinomial logistic regression fitted full-batch with L-BFGS (strong Wolfe line search).
 
     Minimises mean cross-entropy + ``weight_decay * ||W||^2 / 2`` (the bias is not penalised). The problem
     is convex, so a zero start is as good as any and keeps the fit deterministic; ``init`` warm-starts
     from another fitted layer, which the probe uses to walk its weight-decay grid cheaply.
+    ``second_moment`` (``features.T @ features / n``, float64 CPU) may be passed to reuse it across fits.
     """
     _check_pair(features, labels, "features")
     x = features.detach().float()
     y = labels.to(device=x.device, dtype=torch.long)
     # L-BFGS runs on V with W = V P, P ~ (second moment + wd)^(-1/2): the same objective and optimum, but
     # correlated SSL features no longer make it ill-conditioned, which cuts iterations by up to ~2-3x.
-    p, p_inv = _preconditioner(x, weight_decay)
+    if second_moment is None:
+        second_moment = _second_moment(x)
+    p, p_inv = _preconditioner(second_moment, weight_decay, x.device)
     v = torch.zeros(num_classes, x.shape[1], device=x.device)
     b = torch.zeros(num_classes, device=x.device)
     if init is not None:
@@ -173,8 +181,10 @@ def fit_linear(
         b.copy_(init.bias.detach().float())
     v.requires_grad_(True)
     b.requires_grad_(True)
+    # tolerance_change 1e-7 (default 1e-9): a float32 mean over ~1e5 terms is not resolved finer than that,
+    # so the default only buys iterations that move the loss by rounding noise.
     optimizer = torch.optim.LBFGS(
-        [v, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe", tolerance_change=TOLC
+        [v, b], max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe", tolerance_change=1e-7
     )
 
     def closure() -> Tensor:
@@ -186,7 +196,8 @@ def fit_linear(
 
     with torch.enable_grad():
         optimizer.step(closure)
-    layer = torch.nn.Linear(x.shape[1], num_classes, device=x.device)
+    # skip_init: a default nn.Linear would draw from (and so shift) the caller's global RNG stream.
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, x.shape[1], num_classes, device=x.device)
     with torch.no_grad():
         layer.weight.copy_(v @ p)
         layer.bias.copy_(b)
@@ -224,9 +235,10 @@ def linear_probe(
     labels = train_labels.to(train_x.device)
     # Walk the grid from strongest to weakest decay, warm-starting each fit from the previous optimum:
     # neighbouring solutions are close, so L-BFGS needs far fewer iterations than from zero.
+    keep_x, keep_y, moment = train_x[keep], labels[keep], _second_moment(train_x[keep])
     holdout_top1, layers, previous = {}, {}, None
     for wd in sorted(weight_decays, reverse=True):
-        previous = fit_linear(train_x[keep], labels[keep], num_classes, wd, max_iter, init=previous)
+        previous = fit_linear(keep_x, keep_y, num_classes, wd, max_iter, init=previous, second_moment=moment)
         layers[wd] = previous
         holdout_top1[wd] = _accuracy(previous, train_x[hold], labels[hold])[1]
     # Ties go to the strongest decay (first in this order): the simpler model when the data cannot tell.
