@@ -102,6 +102,7 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         "method": meta.get("method"),
         "encoder_name": info.name,
         "knn": knn,
+        "knn_k": list(spec.knn_k),
         "knn_temperature": spec.knn_temperature,
         "linear": {"top1": linear["top1"], "top5": linear["top5"], "weight_decay": linear["weight_decay"]},
         "n_train": int(train_y.numel()),

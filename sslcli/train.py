@@ -105,8 +105,8 @@ def fit(
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    compute_loss: Callable[[torch.Tensor, int], StepOut],
-    batches: Callable[[int], Iterable[torch.Tensor]],
+    compute_loss: Callable[[Any, int], StepOut],
+    batches: Callable[[int], Iterable[Any]],
     lr_schedule: torch.Tensor,
     cfg: LoopConfig,
     device: torch.device,
@@ -114,7 +114,11 @@ def fit(
     on_step_end: Callable[[int], None] = lambda step: None,
     on_checkpoint: Callable[[int, int], None] = lambda epoch, step: None,
 ) -> FitResult:
-    """Train for cfg.epochs; `batches(epoch)` yields uint8 image batches, `compute_loss(x, step)` does the rest."""
+    """Train for cfg.epochs; `batches(epoch)` yields batches, `compute_loss(batch, step)` does the rest.
+
+    A batch is a tensor (uint8 images) or a tuple of tensors whose first is the images (e.g. images,
+    labels for fine-tuning); fit moves it to the device and counts images by its first dimension.
+    """
     if len(lr_schedule) < cfg.total_steps:
         raise ValueError("the lr schedule is shorter than the run")
     dtype = PRECISIONS[cfg.precision]
@@ -127,15 +131,15 @@ def fit(
     start = time.perf_counter()
     try:
         for epoch in range(cfg.epochs):
-            for x in batches(epoch):
+            for batch in batches(epoch):
                 if step >= cfg.total_steps:
                     break  # a loader that yields more batches than planned never runs past the schedule
-                x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                batch = _to_device(batch, device, memory_format)
                 _set_lr(optimizer, float(lr_schedule[step]))
                 autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
                             else contextlib.nullcontext())
                 with autocast:
-                    out = compute_loss(x, step)
+                    out = compute_loss(batch, step)
                 # Checked before backward so that a bad step never reaches the weights.
                 loss_value = float(out.loss.detach())
                 if not math.isfinite(loss_value):
@@ -149,7 +153,7 @@ def fit(
                 scaler.update()
                 on_step_end(step)
                 step += 1
-                images += x.shape[0]
+                images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
                 last_good = (step, loss_value)
                 _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
             if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
@@ -158,6 +162,13 @@ def fit(
         progress.close()
     on_checkpoint(cfg.epochs, step)
     return FitResult(step, cfg.epochs, images, time.perf_counter() - start, last_good[1] if last_good else None)
+
+
+def _to_device(batch: Any, device: torch.device, memory_format: torch.memory_format) -> Any:
+    if isinstance(batch, tuple):
+        return tuple(_to_device(t, device, memory_format) for t in batch)
+    batch = batch.to(device, non_blocking=True)
+    return batch.contiguous(memory_format=memory_format) if batch.ndim == 4 else batch
 
 
 def _log(step: int, epoch: int, loss: float, out: StepOut, optimizer: torch.optim.Optimizer,
