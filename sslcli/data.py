@@ -308,3 +308,35 @@ def iter_batches(
             policy.record(image_paths[index], reason)
         if images.shape[0] > 0:
             yield images, indices
+
+
+def label_fraction_subset(labels: list[int], fraction: float, seed: int = 0) -> list[int]:
+    """Indices of a seeded, class-balanced subset: each class keeps round(fraction * its size), at least one.
+
+    For the 1 % and 10 % semi-supervised protocols. Every class is shuffled by one generator in class
+    order, independently of `fraction`, so a smaller fraction's subset is contained in a larger one's
+    (the 1 % images are among the 10 % images) and the same seed always picks the same files.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise UsageError(f"label fraction must be in (0, 1], got {fraction}")
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    generator = torch.Generator().manual_seed(seed)
+    keep: list[int] = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        count = min(len(members), max(1, round(fraction * len(members))))
+        keep.extend(members[i] for i in order[:count])
+    return sorted(keep)
+
+
+def subset(images: ImageSet, indices: list[int]) -> ImageSet:
+    """The images at `indices` (labels and class list kept, so label ids do not shift)."""
+    return ImageSet(
+        root=images.root,
+        paths=[images.paths[i] for i in indices],
+        labels=[images.labels[i] for i in indices] if images.labels is not None else None,
+        classes=images.classes,
+    )

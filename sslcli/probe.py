@@ -45,6 +45,18 @@ def match_classes(train: data.ImageSet, val: data.ImageSet) -> list[int]:
     return [index[val.classes[label]] for label in val.labels]
 
 
+def eval_view(x: torch.Tensor, info: EncoderInfo) -> torch.Tensor:
+    """uint8 images decoded at the storage size -> the centre crop at the encoder's input size, normalised.
+
+    The same geometry the encoder saw in training; shared by probe, embed and fine-tuning's evaluation.
+    """
+    offset = (x.shape[-1] - info.image_size) // 2
+    x = x[:, :, offset:offset + info.image_size, offset:offset + info.image_size]
+    mean = torch.tensor(info.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, batch_size: int, num_workers: int,
                      device: torch.device, policy: data.BadImagePolicy) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,21 +65,21 @@ def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, 
     Images are decoded at the training storage size and centre-cropped to the encoder's input size,
     the same geometry the encoder saw in training.
     """
-    storage = data.storage_size_for(info.image_size)
-    offset = (storage - info.image_size) // 2
-    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
-    loader = data.make_loader(paths, storage, batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
-                              seed=0, pin_memory=device.type == "cuda")
+    loader = data.make_loader(paths, data.storage_size_for(info.image_size), batch_size, shuffle=False,
+                              drop_last=False, num_workers=num_workers, seed=0, pin_memory=device.type == "cuda")
     model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     features, kept = [], []
-    for x, idx in data.iter_batches(loader, policy, paths):
-        x = x.to(device, non_blocking=True)[:, :, offset:offset + info.image_size, offset:offset + info.image_size]
-        x = (x.float() / 255 - mean) / std
-        with autocast:
-            features.append(model(x).float().cpu())
-        kept.append(idx)
+    progress = console.Progress(len(loader), f"features {info.name}", every=10)
+    try:
+        for batch, (x, idx) in enumerate(data.iter_batches(loader, policy, paths), start=1):
+            x = eval_view(x.to(device, non_blocking=True), info)
+            with autocast:
+                features.append(model(x).float().cpu())
+            kept.append(idx)
+            progress.update(batch, {"images": int(sum(len(k) for k in kept))})
+    finally:
+        progress.close()
     if not features:
         raise UsageError("no readable images to extract features from")
     return torch.cat(features), torch.cat(kept)
@@ -79,6 +91,9 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     model, info, meta = checkpoint.load_encoder(spec.encoder)
     train_dir, val_dir = eval_splits(spec.data, spec.val)
     train_set, val_set = labeled_images(train_dir, "train"), labeled_images(val_dir, "eval")
+    if spec.label_fraction is not None:
+        train_set = data.subset(train_set, data.label_fraction_subset(train_set.labels, spec.label_fraction,
+                                                                      spec.seed))
     val_labels_all = torch.tensor(match_classes(train_set, val_set))
     num_classes = len(train_set.classes or [])
     policy = data.BadImagePolicy(spec.on_bad_image)
@@ -105,6 +120,7 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         "knn_k": list(spec.knn_k),
         "knn_temperature": spec.knn_temperature,
         "linear": {"top1": linear["top1"], "top5": linear["top5"], "weight_decay": linear["weight_decay"]},
+        "label_fraction": spec.label_fraction,
         "n_train": int(train_y.numel()),
         "n_eval": int(val_y.numel()),
         "num_classes": num_classes,

@@ -24,6 +24,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
+LABEL_FRACTION_HELP = "train on a seeded class-balanced subset of the labeled split (0.01, 0.1 protocols)"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,6 +102,60 @@ class ProbeSpec(Strict):
     device: str = "auto"
     seed: int = 0
     on_bad_image: Literal["skip", "fail"] = "skip"
+    label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
+
+
+class FinetuneData(Strict):
+    train: Path | None = Field(None, description="labeled train split (or a folder holding train/ and val/ or test/)")
+    val: Path | None = Field(None, description="labeled eval split, evaluated after every epoch")
+    label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
+    num_workers: int | Literal["auto"] = "auto"
+    on_bad_image: Literal["skip", "fail"] = "skip"
+
+
+class FinetuneAugment(Strict):
+    """Supervised fine-tuning augmentation: random resized crop + flip, then optional Mixup/CutMix."""
+
+    scale: tuple[float, float] = Field((0.08, 1.0), description="random resized crop area fraction")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="random resized crop aspect ratio")
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    mixup_alpha: float = Field(0.0, ge=0, description="Mixup Beta(alpha, alpha); 0 turns it off")
+    cutmix_alpha: float = Field(0.0, ge=0, description="CutMix Beta(alpha, alpha); 0 turns it off")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="probability a batch is mixed (when either alpha > 0)")
+
+
+class FinetuneOptim(Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    base_lr: float = Field(1e-3, gt=0, description="lr = base_lr * batch_size / 256")
+    weight_decay: float = Field(0.05, ge=0, description="not applied to biases and norm parameters")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay (ViTs: 0.65-0.75)")
+    warmup_epochs: float = Field(1, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    clip_grad: float | None = Field(None, gt=0)
+
+
+class FinetuneTrain(Strict):
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(64, ge=2)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = Field(50, gt=0)
+
+
+class FinetuneSpec(Strict):
+    encoder: Path | None = Field(None, description="an encoder.safetensors written by sslcli")
+    data: FinetuneData = Field(default_factory=FinetuneData)
+    augment: FinetuneAugment = Field(default_factory=FinetuneAugment)
+    optim: FinetuneOptim = Field(default_factory=FinetuneOptim)
+    train: FinetuneTrain = Field(default_factory=FinetuneTrain)
+    out: Path | None = Field(None, description="output folder (default: finetune-<timestamp> beside the encoder)")
+
+    def scaled_lr(self) -> float:
+        return self.optim.base_lr * self.train.batch_size / 256
 
 
 # ---------------------------------------------------------------- presets

@@ -34,3 +34,29 @@ def cifar_small(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     link_subset(cifar10 / "train", root / "train", 40)
     link_subset(cifar10 / "test", root / "test", 20)
     return root
+
+
+def save_random_encoder(path: Path, name: str, image_size: int, small_stem: bool | str = "auto") -> Path:
+    """An encoder.safetensors at random init (seeded), written exactly as pretraining writes one."""
+    import torch
+
+    from sslcli import checkpoint
+    from sslcli.encoders import build_encoder
+
+    torch.manual_seed(0)
+    model, info = build_encoder(name, image_size, small_stem)
+    meta = checkpoint.encoder_metadata(info, method="random-init", epoch=0, step=0, spec={"note": "test"})
+    checkpoint.save_encoder(path, model, meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def resnet10t_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """timm resnet10t (deep stem, not torchvision-compatible) at 32 px with the standard stem."""
+    return save_random_encoder(tmp_path_factory.mktemp("r10t") / "encoder.safetensors", "resnet10t", 32, False)
+
+
+@pytest.fixture(scope="session")
+def resnet18_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """timm resnet18 at 32 px, so with the small-image stem."""
+    return save_random_encoder(tmp_path_factory.mktemp("r18") / "encoder.safetensors", "resnet18", 32)
