@@ -30,6 +30,8 @@ SetOption = typer.Option(None, "--set", help="override any spec key, repeatable:
 JsonOption = typer.Option(False, "--json", help="print the result as one JSON object on stdout")
 QuietOption = typer.Option(False, "--quiet", "-q", help="no progress or info lines on stderr")
 BadImageOption = typer.Option(None, "--on-bad-image", help="skip (default) or fail on unreadable images")
+LabelFractionOption = typer.Option(None, "--label-fraction", help="train on a seeded class-balanced fraction of "
+                                   "the labeled train split, e.g. 0.01 or 0.1")
 
 
 def _version(value: bool) -> None:
@@ -86,6 +88,7 @@ def probe(
     encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
     data: Path = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ or test/)"),
     val: Path = typer.Option(None, "--val", help="labeled eval split"),
+    label_fraction: float = LabelFractionOption,
     on_bad_image: str = BadImageOption,
     sets: list[str] = SetOption,
     json_out: bool = JsonOption,
@@ -96,7 +99,7 @@ def probe(
     from sslcli.spec import ProbeSpec, resolve
 
     options = {"encoder": str(encoder), "data": str(data), "val": str(val) if val else None,
-               "on_bad_image": on_bad_image}
+               "on_bad_image": on_bad_image, "label_fraction": label_fraction}
     spec = resolve(ProbeSpec, options=options, sets=sets)
     from sslcli import probe as runner
 
@@ -105,6 +108,107 @@ def probe(
         console.result_json(result)
     else:
         console.result(runner.format_table(result))
+
+
+@app.command()
+def finetune(
+    encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
+    data: Path = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ or test/)"),
+    val: Path = typer.Option(None, "--val", help="labeled eval split, scored after every epoch"),
+    epochs: int = typer.Option(None, "--epochs", help="training epochs"),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="batch size"),
+    label_fraction: float = LabelFractionOption,
+    preset: str = typer.Option(None, "--preset", "-p", help="path to a .toml of finetune spec sections"),
+    out: Path = typer.Option(None, "--out", "-o", help="output folder (default: finetune-<timestamp> beside ENCODER)"),
+    on_bad_image: str = BadImageOption,
+    sets: list[str] = SetOption,
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and exit"),
+    json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Fine-tune a classifier (the encoder plus a fresh head) on labeled images; writes classifier.safetensors."""
+    console.configure(quiet=quiet)
+    from sslcli.spec import FinetuneSpec, dump, resolve
+
+    options: dict[str, Any] = {
+        "encoder": str(encoder), "data.train": str(data), "data.val": str(val) if val else None,
+        "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
+        "train.batch_size": batch_size, "out": str(out) if out else None,
+    }
+    spec = resolve(FinetuneSpec, preset=preset, options=options, sets=sets)
+    if dry_run:
+        console.result_json(dump(spec)) if json_out else console.result(spec.model_dump_json(indent=2))
+        return
+    from sslcli import finetune as runner
+
+    result = runner.run(spec)
+    if json_out:
+        console.result_json(result)
+    else:
+        console.result(f"classifier {result['classifier']}  val top-1 {100 * result['top1']:.2f}%  top-5 "
+                       f"{100 * result['top5']:.2f}%  ({result['n_train']} train images, {result['steps']} steps, "
+                       f"{result['wall_s']:.0f} s)")
+
+
+@app.command()
+def export(
+    encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
+    to: str = typer.Option(..., "--to", help="timm (a local-dir model folder) or torchvision (ResNets)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for model.safetensors and config.json"),
+    json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Export an encoder for timm (create_model("local-dir:DIR")) or torchvision (resnet18/34/50/...)."""
+    console.configure(quiet=quiet)
+    from sslcli import export as runner
+
+    result = runner.export(encoder, to, out)
+    if json_out:
+        console.result_json(result)
+    else:
+        console.result(f"{result['weights']}  ({result['architecture']}, {result['tensors']} tensors; "
+                       f"config {result['config']})")
+
+
+@app.command()
+def embed(
+    encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
+    data: Path = typer.Option(..., "--data", "-d", help="folder of images (labeled or not)"),
+    out: Path = typer.Option(..., "--out", "-o", help="embeddings file (.safetensors); the CSV index goes beside it"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="images per forward pass"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
+    on_bad_image: str = typer.Option("skip", "--on-bad-image", help="skip (default) or fail on unreadable images"),
+    json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Write the encoder's features of every image: an [N, D] matrix in safetensors plus a CSV index."""
+    console.configure(quiet=quiet)
+    from sslcli import embed as runner
+    from sslcli.errors import UsageError
+
+    if on_bad_image not in ("skip", "fail"):
+        raise UsageError(f"--on-bad-image must be skip or fail, not '{on_bad_image}'")
+    result = runner.run(encoder, data, out, batch_size=batch_size, device=device, on_bad_image=on_bad_image)
+    if json_out:
+        console.result_json(result)
+    else:
+        console.result(f"{result['embeddings']}  ({result['count']} x {result['feature_dim']}; "
+                       f"index {result['index']})")
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="any sslcli artifact: encoder, classifier, training state, embeddings"),
+    json_out: bool = JsonOption,
+) -> None:
+    """Show what an sslcli artifact holds: its kind, metadata and tensor sizes."""
+    from sslcli import artifacts
+
+    described = artifacts.describe(file)
+    if json_out:
+        console.result_json(described)
+    else:
+        console.result(artifacts.format_text(described))
 
 
 @app.command()

@@ -1,0 +1,80 @@
+"""`sslcli embed`: the encoder's features for every image in a folder, as safetensors plus a CSV index.
+
+Features come from probe.extract_features, so they are exactly what `sslcli probe` classifies: the same
+decode, centre crop and normalisation, in file order (sorted), with unreadable files skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import save as save_bytes
+
+from sslcli import checkpoint, console, data
+from sslcli.errors import UsageError
+from sslcli.pretrain import default_workers
+from sslcli.probe import extract_features
+from sslcli.train import resolve_device
+
+EMBEDDINGS_FORMAT = "sslcli.embeddings.v1"
+
+
+def index_path(out: Path) -> Path:
+    """The CSV beside the embeddings file: emb.safetensors -> emb.csv."""
+    return Path(out).with_suffix(".csv")
+
+
+def index_csv(images: data.ImageSet, kept: list[int]) -> str:
+    """row, path, label, class for every embedded image; label and class are empty for unlabeled folders."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["row", "path", "label", "class"])
+    for row, i in enumerate(kept):
+        label = images.labels[i] if images.labels is not None else ""
+        name = images.classes[label] if images.classes is not None else ""
+        writer.writerow([row, str(images.paths[i]), label, name])
+    return buffer.getvalue()
+
+
+def run(encoder: Path, data_dir: Path, out: Path, *, batch_size: int = 256, num_workers: int | str = "auto",
+        device: str = "auto", on_bad_image: Literal["skip", "fail"] = "skip") -> dict[str, Any]:
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must end in .safetensors (got {out}); the CSV index is written beside it")
+    model, info, meta = checkpoint.load_encoder(encoder)
+    images = data.find_images(data_dir)
+    policy = data.BadImagePolicy(on_bad_image)
+    console.info(f"embedding {len(images)} images from {data_dir} with {info.name} at {info.image_size} px")
+    features, kept_t = extract_features(model, info, images.paths, batch_size=batch_size,
+                                        num_workers=default_workers(num_workers), device=resolve_device(device),
+                                        policy=policy)
+    kept = kept_t.tolist()
+    tensors = {"embeddings": features.contiguous()}
+    if images.labels is not None:
+        tensors["labels"] = torch.tensor([images.labels[i] for i in kept], dtype=torch.int64)
+    metadata = {
+        "format": "pt",
+        "sslcli_format": EMBEDDINGS_FORMAT,
+        "sslcli_version": meta.get("sslcli_version", ""),
+        "source_encoder": str(encoder),
+        "encoder": info.name,
+        "method": meta.get("method", ""),
+        "feature_dim": str(features.shape[1]),
+        "image_size": str(info.image_size),
+        "count": str(len(kept)),
+        "data": str(data_dir),
+        "classes": json.dumps(images.classes),
+        "index": index_path(out).name,
+    }
+    checkpoint.atomic_write_bytes(out, save_bytes(tensors, metadata=metadata))
+    checkpoint.atomic_write_bytes(index_path(out), index_csv(images, kept).encode())
+    if policy.summary():
+        console.warn(policy.summary())
+    return {"embeddings": str(out), "index": str(index_path(out)), "count": len(kept),
+            "feature_dim": int(features.shape[1]), "labeled": images.labels is not None,
+            "skipped_images": policy.count}

@@ -1,0 +1,282 @@
+"""`sslcli finetune`: a timm classifier on a pretrained encoder, trained by the same loop as pretraining.
+
+The classifier is `timm.create_model(encoder, num_classes=C)` with the encoder's weights and a fresh
+head; its loss (label smoothing or Mixup/CutMix soft targets) is the `compute_loss` that train.fit
+calls, and the val split is evaluated after every epoch from fit's checkpoint callback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslcli import checkpoint, console, data
+from sslcli.augment import Augmenter, ViewConfig
+from sslcli.encoders import EncoderInfo, apply_small_stem
+from sslcli.errors import RunError, UsageError
+from sslcli.evaluate import topk_accuracy
+from sslcli.methods.base import StepOut
+from sslcli.pretrain import default_workers
+from sslcli.probe import eval_splits, eval_view, labeled_images, match_classes
+from sslcli.schedules import warmup_cosine
+from sslcli.spec import FinetuneSpec, dump
+from sslcli.train import PRECISIONS, LoopConfig, fit, resolve_device, resolve_precision
+
+CLASSIFIER_FORMAT = "sslcli.classifier.v1"
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's classifier head (fc for ResNets, head for ViTs, ...)."""
+    head = model.get_classifier()
+    prefix = next(name for name, module in model.named_modules() if module is head)
+    return {f"{prefix}.{key}" for key in head.state_dict()}
+
+
+def build_classifier(info: EncoderInfo, encoder: nn.Module, num_classes: int) -> nn.Module:
+    """The encoder's timm architecture with a fresh `num_classes` head, holding the encoder's weights."""
+    import timm
+
+    model = timm.create_model(info.name, pretrained=False, num_classes=num_classes, **info.kwargs)
+    if info.small_stem:
+        apply_small_stem(model)
+    problem = f"the encoder's weights do not fit a {info.name} classifier"
+    try:
+        missing, unexpected = model.load_state_dict(encoder.state_dict(), strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise RunError(f"{problem} ({str(exc).strip().splitlines()[-1].strip()})") from None
+    # Only the new head may be missing: anything else means the encoder did not really load.
+    if unexpected or set(missing) != head_keys(model):
+        raise RunError(f"{problem} (missing {sorted(set(missing) - head_keys(model))[:3]}, "
+                       f"unexpected {unexpected[:3]})")
+    return model
+
+
+def labeled_splits(spec: FinetuneSpec) -> tuple[data.ImageSet, data.ImageSet, torch.Tensor]:
+    """(train images, possibly a label-fraction subset; val images; val labels in train's class ids)."""
+    if spec.data.train is None:
+        raise UsageError("no labeled data given: sslcli finetune ENCODER --data DIR")
+    train_dir, val_dir = eval_splits(spec.data.train, spec.data.val)
+    train_set, val_set = labeled_images(train_dir, "train"), labeled_images(val_dir, "eval")
+    if spec.data.label_fraction is not None:
+        keep = data.label_fraction_subset(train_set.labels, spec.data.label_fraction, spec.train.seed)
+        train_set = data.subset(train_set, keep)
+    return train_set, val_set, torch.tensor(match_classes(train_set, val_set))
+
+
+def make_criterion(spec: FinetuneSpec, num_classes: int) -> tuple[nn.Module, Any]:
+    """(loss, mixup or None): soft-target CE after Mixup/CutMix (which applies the smoothing), else smoothed CE."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    aug = spec.augment
+    if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
+        mixup = Mixup(mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha, prob=aug.mix_prob,
+                      label_smoothing=aug.label_smoothing, num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    return LabelSmoothingCrossEntropy(smoothing=aug.label_smoothing), None
+
+
+def make_optimizer(model: nn.Module, spec: FinetuneSpec) -> torch.optim.Optimizer:
+    """timm's AdamW/SGD; with layer_decay its groups carry lr_scale, which fit multiplies into the lr."""
+    from timm.optim import create_optimizer_v2
+
+    opt = spec.optim
+    extra = {"momentum": opt.momentum} if opt.name == "sgd" else {}
+    return create_optimizer_v2(model, opt=opt.name, lr=spec.scaled_lr(), weight_decay=opt.weight_decay,
+                               layer_decay=opt.layer_decay, filter_bias_and_bn=True, **extra)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, labels: torch.Tensor, paths: list[Path], info: EncoderInfo,
+             device: torch.device, dtype: torch.dtype | None, policy: data.BadImagePolicy) -> dict[str, float]:
+    """Top-1/top-5 on the eval split with the encoder's eval geometry; the model is left in train mode."""
+    model.eval()
+    logits, kept = [], []
+    for x, idx in data.iter_batches(loader, policy, paths):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits.append(model(eval_view(x.to(device, non_blocking=True), info)).float())
+        kept.append(idx)
+    model.train()  # fit leaves modes to us: training resumes right after this callback
+    if not logits:
+        raise UsageError("no readable images in the eval split")
+    acc = topk_accuracy(torch.cat(logits), labels[torch.cat(kept)].to(device), ks=(1, 5))
+    return {"top1": acc[1], "top5": acc[5]}
+
+
+def output_dir(spec: FinetuneSpec) -> Path:
+    out = Path(spec.out) if spec.out else Path(spec.encoder).parent / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "classifier.safetensors").exists():
+        raise UsageError(f"{out} already holds a fine-tuned classifier; choose another --out so nothing is overwritten")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def classifier_metadata(info: EncoderInfo, source: dict[str, str], *, encoder_path: Path, classes: list[str],
+                        epoch: int, step: int, spec: dict[str, Any]) -> dict[str, str]:
+    """The encoder's metadata fields (so the classifier rebuilds the same way) plus classes and provenance."""
+    meta = checkpoint.encoder_metadata(info, method="finetune", epoch=epoch, step=step, spec=spec)
+    meta.update({
+        "sslcli_format": CLASSIFIER_FORMAT,
+        "num_classes": str(len(classes)),
+        "classes": json.dumps(classes),
+        "source_encoder": str(encoder_path),
+        "source_method": source.get("method", ""),
+        "source_epoch": source.get("epoch", ""),
+        "source_spec": source.get("spec", ""),
+    })
+    return meta
+
+
+def _loop_config(spec: FinetuneSpec, steps_per_epoch: int, device: torch.device, name: str) -> LoopConfig:
+    channels_last = spec.train.channels_last
+    return LoopConfig(
+        epochs=spec.train.epochs, steps_per_epoch=steps_per_epoch,
+        precision=resolve_precision(spec.train.precision, device),
+        channels_last=device.type == "cuda" if channels_last == "auto" else channels_last,
+        clip_grad=spec.optim.clip_grad, log_every=spec.train.log_every,
+        checkpoint_every=1,  # on_checkpoint evaluates the val split after every epoch
+        description=f"finetune {name}",
+    )
+
+
+def _train_loader(spec: FinetuneSpec, train_set: data.ImageSet, info: EncoderInfo, device: torch.device,
+                  mixing: bool) -> tuple[Any, int]:
+    """Shuffled uint8 batches; the batch shrinks to the subset's size (1 % splits can be tiny), even for Mixup."""
+    batch = min(spec.train.batch_size, len(train_set))
+    batch -= batch % 2 if mixing else 0
+    if batch < 2:
+        raise UsageError(f"only {len(train_set)} training image(s): fine-tuning needs at least 2")
+    if batch != spec.train.batch_size:
+        console.info(f"batch size {batch} (the train split holds {len(train_set)} images)")
+    loader = data.make_loader(train_set.paths, data.storage_size_for(info.image_size), batch, shuffle=True,
+                              drop_last=True, num_workers=default_workers(spec.data.num_workers),
+                              seed=spec.train.seed, pin_memory=device.type == "cuda")
+    return loader, batch
+
+
+@dataclass
+class Job:
+    """Everything a fine-tuning run is built from, prepared by run() and consumed by _train()."""
+
+    spec: FinetuneSpec
+    info: EncoderInfo
+    source: dict[str, str]  # the encoder's metadata, kept as provenance
+    model: nn.Module
+    classes: list[str]
+    train_set: data.ImageSet
+    val_set: data.ImageSet
+    val_labels: torch.Tensor
+    loader: Any
+    val_loader: Any
+    loop: LoopConfig
+    optimizer: torch.optim.Optimizer
+    lr_schedule: torch.Tensor
+    criterion: nn.Module
+    mixup: Any
+    out: Path
+    device: torch.device
+
+
+def run(spec: FinetuneSpec) -> dict[str, Any]:
+    """Fine-tune as the spec says; writes classifier.safetensors, finetune.json and metrics.jsonl."""
+    if spec.encoder is None:
+        raise UsageError("no encoder given: sslcli finetune ENCODER --data DIR")
+    device = resolve_device(spec.train.device)
+    torch.manual_seed(spec.train.seed)
+    encoder, info, source = checkpoint.load_encoder(spec.encoder)
+    train_set, val_set, val_labels = labeled_splits(spec)
+    classes = list(train_set.classes or [])
+    model = build_classifier(info, encoder, len(classes))
+    criterion, mixup = make_criterion(spec, len(classes))
+    loader, batch_size = _train_loader(spec, train_set, info, device, mixing=mixup is not None)
+    val_loader = data.make_loader(val_set.paths, data.storage_size_for(info.image_size), 256, shuffle=False,
+                                  drop_last=False, num_workers=0, seed=0)
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": batch_size})})
+    loop = _loop_config(spec, len(loader), device, info.name)
+    lr = spec.scaled_lr()
+    lr_schedule = warmup_cosine(lr, loop.total_steps, round(spec.optim.warmup_epochs * len(loader)),
+                                final=lr * spec.optim.min_lr_ratio)
+    out = output_dir(spec)
+    checkpoint.atomic_write_json(out / "spec.json", dump(spec))
+    console.info(f"fine-tuning {info.name} on {len(train_set)} images, {len(classes)} classes "
+                 f"({len(val_set)} eval), {len(loader)} steps/epoch x {spec.train.epochs} epochs on {device}; "
+                 f"lr = {spec.optim.base_lr} x {batch_size} / 256 = {lr:.4g}")
+    job = Job(spec, info, source, model, classes, train_set, val_set, val_labels, loader, val_loader, loop,
+              make_optimizer(model, spec), lr_schedule, criterion, mixup, out, device)
+    result, history = _train(job)
+    return _save(job, result, history)
+
+
+def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
+    """train.fit with a supervised compute_loss; the val split is scored after every epoch."""
+    spec, model, info, device = job.spec, job.model, job.info, job.device
+    labels, paths = torch.tensor(job.train_set.labels), job.train_set.paths
+    view = ViewConfig(size=info.image_size, scale=spec.augment.scale, ratio=spec.augment.ratio,
+                      hflip_p=spec.augment.hflip_p, jitter_p=0, gray_p=0, blur_p=0, solarize_p=0)
+    augment = Augmenter([view], info.mean, info.std, torch.Generator(device=device).manual_seed(spec.train.seed))
+    policy, mixup, criterion = data.BadImagePolicy(spec.data.on_bad_image), job.mixup, job.criterion
+    dtype, history = PRECISIONS[job.loop.precision], []
+    metrics = console.MetricsLog(job.out / "metrics.jsonl")
+
+    def batches(epoch: int):
+        for x, idx in data.iter_batches(job.loader, policy, paths):
+            yield x, labels[idx]
+
+    def compute_loss(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepOut:
+        x, y = augment(batch[0])[0], batch[1]
+        if mixup is not None:
+            even = x.shape[0] - x.shape[0] % 2  # timm's Mixup pairs samples; a skipped bad file can leave one over
+            x, y = mixup(x[:even], y[:even])
+        return StepOut(loss=criterion(model(x), y))
+
+    def on_epoch_end(epoch: int, step: int) -> None:
+        scores = evaluate(model, job.val_loader, job.val_labels, job.val_set.paths, info, device, dtype, policy)
+        history.append({"epoch": epoch, "step": step, **scores})
+        metrics.write({"epoch": epoch, "step": step, "val_top1": scores["top1"], "val_top5": scores["top5"]})
+        console.info(f"epoch {epoch}/{spec.train.epochs}: val top-1 {100 * scores['top1']:.2f}%  "
+                     f"top-5 {100 * scores['top5']:.2f}%")
+
+    try:
+        result = fit(model=model, optimizer=job.optimizer, compute_loss=compute_loss, batches=batches,
+                     lr_schedule=job.lr_schedule, cfg=job.loop, device=device, metrics=metrics,
+                     on_checkpoint=on_epoch_end)
+    finally:
+        metrics.close()
+    if policy.summary():
+        console.warn(policy.summary())
+    return result, history
+
+
+def _save(job: Job, result: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    spec, out = job.spec, job.out
+    meta = classifier_metadata(job.info, job.source, encoder_path=Path(spec.encoder), classes=job.classes,
+                               epoch=result.epochs, step=result.steps, spec=dump(spec))
+    checkpoint.save_encoder(out / "classifier.safetensors", job.model, meta)
+    summary = {
+        "classifier": str(out / "classifier.safetensors"),
+        "encoder": str(spec.encoder),
+        "encoder_name": job.info.name,
+        "source_method": job.source.get("method"),
+        "num_classes": len(job.classes),
+        "label_fraction": spec.data.label_fraction,
+        "n_train": len(job.train_set),
+        "n_eval": len(job.val_set),
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "final_loss": result.last_loss,
+        "top1": history[-1]["top1"],
+        "top5": history[-1]["top5"],
+        "best_top1": max(h["top1"] for h in history),
+        "history": history,
+        "images_per_s": round(result.images_per_s, 2),
+        "wall_s": round(result.wall_s, 2),
+        "device": str(job.device),
+    }
+    checkpoint.atomic_write_json(out / "finetune.json", summary)
+    return summary
