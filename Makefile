@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data/cifar10
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install test lint demo bench-quickstart clean
+.PHONY: install test lint demo bench-quickstart bench-finetune clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ demo: install
 
 bench-quickstart: install
 	$(BIN)/python bench/quickstart.py --data $(DATA)
+
+# 10 % labels on Imagenette: fine-tuned from random init vs from SimCLR pretrained in the bench (~15 min, 2 cores).
+FINETUNE_DATA ?= ../shared/data/imagenette
+bench-finetune: install
+	$(BIN)/python bench/finetune.py --data $(FINETUNE_DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

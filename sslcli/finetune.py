@@ -2,7 +2,8 @@
 
 The classifier is `timm.create_model(encoder, num_classes=C)` with the encoder's weights and a fresh
 head; its loss (label smoothing or Mixup/CutMix soft targets) is the `compute_loss` that train.fit
-calls, and the val split is evaluated after every epoch from fit's checkpoint callback.
+calls, and the val split is scored every `train.eval_every` epochs (default 1) from fit's checkpoint
+callback.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def _loop_config(spec: FinetuneSpec, steps_per_epoch: int, device: torch.device,
         precision=resolve_precision(spec.train.precision, device),
         channels_last=device.type == "cuda" if channels_last == "auto" else channels_last,
         clip_grad=spec.optim.clip_grad, log_every=spec.train.log_every,
-        checkpoint_every=1,  # on_checkpoint evaluates the val split after every epoch
+        checkpoint_every=spec.train.eval_every,  # on_checkpoint scores the val split
         description=f"finetune {name}",
     )
 
@@ -214,7 +215,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
 
 
 def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
-    """train.fit with a supervised compute_loss; the val split is scored after every epoch."""
+    """train.fit with a supervised compute_loss; the val split is scored every train.eval_every epochs."""
     spec, model, info, device = job.spec, job.model, job.info, job.device
     labels, paths = torch.tensor(job.train_set.labels), job.train_set.paths
     view = ViewConfig(size=info.image_size, scale=spec.augment.scale, ratio=spec.augment.ratio,

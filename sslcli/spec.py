@@ -144,6 +144,7 @@ class FinetuneTrain(Strict):
     device: str = "auto"
     seed: int = 0
     log_every: int = Field(50, gt=0)
+    eval_every: int = Field(1, gt=0, description="epochs between val evaluations (the last epoch is always scored)")
 
 
 class FinetuneSpec(Strict):
