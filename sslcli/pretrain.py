@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sslcli import checkpoint, console, data
+from sslcli import cache, checkpoint, console, data
 from sslcli.augment import Augmenter
 from sslcli.encoders import build_encoder
 from sslcli.errors import UsageError
@@ -61,16 +62,53 @@ def training_images(spec: PretrainSpec) -> data.ImageSet:
     return images
 
 
+def use_cache(spec: PretrainSpec, images: data.ImageSet, storage_size: int) -> Path | None:
+    """The decode cache folder to use, or None to decode on the fly with DataLoader workers."""
+    if spec.data.cache == "off":
+        return None
+    folder = Path(spec.data.cache_dir) if spec.data.cache_dir else cache.default_cache_dir()
+    try:
+        if spec.data.cache == "on" or cache.fits(images.paths, storage_size, folder, spec.data.cache_max_gb * 2**30):
+            return folder
+    except OSError as exc:
+        console.warn(f"decode cache disabled: cannot use {folder} ({exc}); set data.cache_dir to a writable folder")
+        return None
+    size_gb = cache.array_bytes(len(images), storage_size) / 2**30
+    console.info(f"decode cache off: {size_gb:.1f} GB is over data.cache_max_gb={spec.data.cache_max_gb}")
+    return None
+
+
+def training_batches(spec: PretrainSpec, images: data.ImageSet, storage_size: int, policy: data.BadImagePolicy,
+                     device: torch.device) -> tuple[Callable[[int], Iterator[torch.Tensor]], int]:
+    """`batches(epoch)` of uint8 images and the number of steps per epoch, from the cache or the files."""
+    workers = default_workers(spec.data.num_workers)
+    batch_size, seed = spec.train.batch_size, spec.train.seed
+    folder = use_cache(spec, images, storage_size)
+    if folder is not None:
+        decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers)
+
+        def cached(epoch: int) -> Iterator[torch.Tensor]:
+            return (x for x, _ in cache.batches(decoded, batch_size, seed, epoch))
+
+        return cached, cache.steps_per_epoch(decoded, batch_size)
+    loader = data.make_loader(images.paths, storage_size, batch_size, shuffle=True, drop_last=True,
+                              num_workers=workers, seed=seed, pin_memory=device.type == "cuda")
+
+    def streamed(epoch: int) -> Iterator[torch.Tensor]:
+        loader.generator.manual_seed(seed * 1_000_003 + epoch)  # each epoch's order depends on (seed, epoch) only
+        return (x for x, _ in data.iter_batches(loader, policy, images.paths))
+
+    return streamed, len(loader)
+
+
 def run(spec: PretrainSpec) -> dict[str, Any]:
     """Pretrain an encoder as the spec says; returns the summary printed by the CLI."""
     device = resolve_device(spec.train.device)
     torch.manual_seed(spec.train.seed)
     images = training_images(spec)
     storage_size = data.storage_size_for(spec.data.image_size)
-    loader = data.make_loader(images.paths, storage_size, spec.train.batch_size, shuffle=True, drop_last=True,
-                              num_workers=default_workers(spec.data.num_workers), seed=spec.train.seed,
-                              pin_memory=device.type == "cuda")
-    steps_per_epoch = len(loader)
+    policy = data.BadImagePolicy(spec.data.on_bad_image)
+    batches, steps_per_epoch = training_batches(spec, images, storage_size, policy, device)
     if steps_per_epoch == 0:
         raise UsageError(f"batch size {spec.train.batch_size} is larger than the {len(images)} images found; "
                          "lower --batch-size")
@@ -105,11 +143,6 @@ def run(spec: PretrainSpec) -> dict[str, Any]:
     console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {lr:.4g}")
 
     step_model = torch.compile(method) if spec.train.compile else method
-    policy = data.BadImagePolicy(spec.data.on_bad_image)
-
-    def batches(epoch: int):
-        for x, _ in data.iter_batches(loader, policy, images.paths):
-            yield x
 
     def compute_loss(x: torch.Tensor, step: int):
         return step_model(augment(x), step)

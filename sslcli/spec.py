@@ -37,6 +37,10 @@ class DataConfig(Strict):
     max_images: int | None = Field(None, gt=0, description="train on a seeded random subset of this many images")
     num_workers: int | Literal["auto"] = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = Field("skip", description="unreadable images: skip and report, or stop")
+    cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="decode every image once into a memory-mapped array ('auto': when it fits cache_max_gb)")
+    cache_dir: Path | None = Field(None, description="decode cache folder (default $SSLCLI_CACHE_DIR or ~/.cache/sslcli)")
+    cache_max_gb: float = Field(16.0, gt=0, description="'auto' caches only arrays up to this size")
 
 
 class EncoderConfig(Strict):

@@ -131,10 +131,9 @@ def fit(
     start = time.perf_counter()
     try:
         for epoch in range(cfg.epochs):
-            for batch in batches(epoch):
+            for batch in _prefetched(batches(epoch), device, memory_format):
                 if step >= cfg.total_steps:
                     break  # a loader that yields more batches than planned never runs past the schedule
-                batch = _to_device(batch, device, memory_format)
                 _set_lr(optimizer, float(lr_schedule[step]))
                 autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
                             else contextlib.nullcontext())
@@ -162,6 +161,28 @@ def fit(
         progress.close()
     on_checkpoint(cfg.epochs, step)
     return FitResult(step, cfg.epochs, images, time.perf_counter() - start, last_good[1] if last_good else None)
+
+
+def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: torch.memory_format):
+    """Batches on the device; on CUDA the next one is pinned and copied asynchronously before this one trains."""
+    if device.type != "cuda":
+        for batch in batches:
+            yield _to_device(batch, device, memory_format)
+        return
+    iterator = iter(batches)
+    upcoming = next(iterator, None)
+    upcoming = None if upcoming is None else _to_device(_pinned(upcoming), device, memory_format)
+    while upcoming is not None:
+        current = upcoming
+        following = next(iterator, None)
+        upcoming = None if following is None else _to_device(_pinned(following), device, memory_format)
+        yield current
+
+
+def _pinned(batch: Any) -> Any:
+    if isinstance(batch, tuple):
+        return tuple(_pinned(t) for t in batch)
+    return batch if batch.is_pinned() else batch.pin_memory()
 
 
 def _to_device(batch: Any, device: torch.device, memory_format: torch.memory_format) -> Any:

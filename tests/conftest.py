@@ -10,6 +10,12 @@ import pytest
 SHARED_DATA = Path(os.environ.get("SSLCLI_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _private_decode_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never write to the user's ~/.cache; subprocesses inherit the variable."""
+    monkeypatch.setenv("SSLCLI_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "decode-cache"))
+
+
 @pytest.fixture(scope="session")
 def cifar10() -> Path:
     root = SHARED_DATA / "cifar10"

@@ -1,0 +1,152 @@
+"""The decode cache: every image decoded once into a uint8 array on disk, memory-mapped by later runs.
+
+Decoding JPEGs is the most expensive part of an SSL input pipeline; done once, every epoch after is
+a memory copy. The cache is keyed by a hash of the file list with sizes and modification times and
+the storage size, so a changed, added or removed file gives a new key and a rebuild. Unreadable
+files are recorded in the cache's JSON and reported again, under the run's bad-image policy, on reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sslcli import console, data
+from sslcli.checkpoint import atomic_write_json
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("SSLCLI_CACHE_DIR"):
+        return Path(os.environ["SSLCLI_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sslcli"
+
+
+def array_bytes(count: int, size: int) -> int:
+    return count * 3 * size * size
+
+
+def cache_key(paths: list[Path], size: int) -> str:
+    """sha256 of (path, bytes, mtime) for every file, the storage size and the cache format version."""
+    digest = hashlib.sha256(f"sslcli-decode-cache v{CACHE_VERSION} size={size}\n".encode())
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size} {st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest.update(os.fsencode(os.path.abspath(path)) + f" {stamp}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class DecodedImages:
+    """Decoded images [N,3,S,S] uint8 (a read-only memory map) and which of them decoded."""
+
+    array: np.ndarray
+    good: np.ndarray  # bool [N]
+    path: Path
+
+    @property
+    def good_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.good)
+
+
+def fits(paths: list[Path], size: int, cache_dir: Path, max_bytes: float) -> bool:
+    """Whether the array fits the size budget and the free space of the cache folder."""
+    needed = array_bytes(len(paths), size)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return needed <= max_bytes and needed < shutil.disk_usage(cache_dir).free * 0.9
+
+
+def open_or_build(paths: list[Path], size: int, cache_dir: Path, policy: data.BadImagePolicy,
+                  num_workers: int) -> DecodedImages:
+    """The cached array for these files at this size, decoding them first if no valid cache exists."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(paths, size)
+    array_path, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
+    meta = _read_meta(meta_path, len(paths), size)
+    if meta is None or not array_path.is_file() or array_path.stat().st_size != array_bytes(len(paths), size):
+        meta = _build(paths, size, array_path, meta_path, policy, num_workers)
+    else:
+        console.info(f"decode cache: reusing {array_path}")
+        for index, reason in meta["bad"]:
+            policy.record(paths[index], reason)
+    good = np.ones(len(paths), dtype=bool)
+    good[[index for index, _ in meta["bad"]]] = False
+    array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(paths), 3, size, size))
+    return DecodedImages(array=array, good=good, path=array_path)
+
+
+def _read_meta(meta_path: Path, count: int, size: int) -> dict | None:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("version") != CACHE_VERSION or meta.get("count") != count or meta.get("size") != size:
+        return None
+    return meta
+
+
+def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, policy: data.BadImagePolicy,
+           num_workers: int) -> dict:
+    console.info(f"decode cache: decoding {len(paths)} images at {size} px into {array_path} "
+                 "(once; later runs reuse it)")
+    fd, tmp = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # a shared cache folder: others may reuse it read-only
+    os.close(fd)
+    bad: list[tuple[int, str]] = []
+    try:
+        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), 3, size, size))
+        loader = data.make_loader(paths, size, 256, shuffle=False, drop_last=False, num_workers=num_workers, seed=0)
+        progress = console.Progress(len(loader), "decoding", every=max(1, len(loader) // 10))
+        for step, (images, indices, failures) in enumerate(loader, start=1):
+            array[indices.numpy()] = images.numpy()
+            for index, reason in failures:
+                policy.record(paths[index], reason)
+                bad.append((index, reason))
+            progress.update(step, {"images": min(step * 256, len(paths))})
+        progress.close()
+        array.flush()
+        del array
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, array_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    meta = {"version": CACHE_VERSION, "count": len(paths), "size": size, "bad": bad}
+    atomic_write_json(meta_path, meta)  # written last: a cache is valid only once its JSON exists
+    return meta
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffle of one epoch, a function of (seed, epoch) only, so any epoch can be replayed."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def batches(images: DecodedImages, batch_size: int, seed: int, epoch: int,
+            drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 [B,3,S,S], indices) for one shuffled epoch over the images that decoded."""
+    indices = images.good_indices
+    order = indices[epoch_order(len(indices), seed, epoch).numpy()]
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        # Sorted reads walk the memory map forwards; the order inside a batch does not matter.
+        chosen = np.sort(order[start:start + batch_size])
+        yield torch.from_numpy(np.ascontiguousarray(images.array[chosen])), torch.from_numpy(chosen)
+
+
+def steps_per_epoch(images: DecodedImages, batch_size: int) -> int:
+    return int(images.good.sum()) // batch_size
