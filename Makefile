@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data/cifar10
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install test lint demo bench-quickstart bench-finetune clean
+.PHONY: install install-bench test test-gpu lint demo bench-quickstart bench-finetune bench-throughput bench-augment clean
 
 install: $(VENV)/.installed
 
@@ -33,7 +33,17 @@ demo: install
 	$(BIN)/sslcli probe $(RUN)/encoder.safetensors --data $(DATA)
 
 bench-quickstart: install
-	$(BIN)/python bench/quickstart.py --data $(DATA)
+	$(BIN)/python -m bench.quickstart --data $(DATA)
+
+# lightly is the reference of bench-throughput: a benchmark-only dependency (the `bench` extra).
+install-bench: install
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+
+bench-throughput: install-bench
+	$(BIN)/python -m bench.throughput
+
+bench-augment: install
+	$(BIN)/python -m bench.augment
 
 # 10 % labels on Imagenette: fine-tuned from random init vs from SimCLR pretrained in the bench (~15 min, 2 cores).
 FINETUNE_DATA ?= ../shared/data/imagenette

@@ -1,0 +1,39 @@
+"""Helpers shared by the benchmarks: the data they read, peak memory, isolated phases."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process plus its finished children (DataLoader workers), in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round((own + children) / 1024, 1)
+
+
+def linked_subset(src: Path, dst: Path, per_class: int) -> Path:
+    """An ImageFolder of symlinks to the first `per_class` files of each class (nothing copied)."""
+    if dst.exists():
+        return dst
+    for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
+        out = dst / class_dir.name
+        out.mkdir(parents=True)
+        for file in sorted(class_dir.iterdir())[:per_class]:
+            (out / file.name).symlink_to(file.resolve())
+    return dst
+
+
+def run_phase(module: str, phase: str, args: list[str]) -> dict:
+    """Run one measurement in a fresh process (own memory peak, no state shared) and read its JSON line."""
+    proc = subprocess.run([sys.executable, "-m", module, "--phase", phase, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"phase {phase} failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
