@@ -45,9 +45,11 @@ def spec_for(args: argparse.Namespace, cfg: dict, out: Path) -> PretrainSpec:
                    sets=sets)
 
 
-def measure_sslcli(args: argparse.Namespace, cfg: dict) -> dict:
-    out = Path(args.workdir) / f"sslcli-{time.strftime('%H%M%S')}"
-    summary = pretrain.run(spec_for(args, cfg, out))
+def measure_sslcli(args: argparse.Namespace, cfg: dict, compile: bool = False) -> dict:
+    out = Path(args.workdir) / f"sslcli-{time.strftime('%H%M%S')}{'-compile' if compile else ''}"
+    spec = spec_for(args, cfg, out)
+    spec.train.compile = compile
+    summary = pretrain.run(spec)
     return {"images_per_s": summary["images_per_s"], "steps": summary["steps"]}
 
 
@@ -130,7 +132,9 @@ def _sync(device: torch.device) -> None:
 def phase(args: argparse.Namespace) -> None:
     console.configure(quiet=True)
     cfg = settings(args)
-    result = {"sslcli": measure_sslcli, "lightly": measure_lightly, "model": measure_model_only}[args.phase](args, cfg)
+    measure = {"sslcli": measure_sslcli, "lightly": measure_lightly, "model": measure_model_only,
+               "sslcli-compile": lambda a, c: measure_sslcli(a, c, compile=True)}[args.phase]
+    result = measure(args, cfg)
     result["peak_rss_mb"] = peak_rss_mb()
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -146,6 +150,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="lightly's DataLoader workers")
     parser.add_argument("--workdir", default=str(Path("runs") / "bench-throughput"))
+    parser.add_argument("--compile", action="store_true", help="also measure (a) with train.compile=true")
     parser.add_argument("--phase", default=None)
     args = parser.parse_args()
     if args.phase:
@@ -153,7 +158,8 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     common = ["--data", str(args.data), "--device", args.device, "--workers", str(args.workers),
               "--workdir", args.workdir] + (["--steps", str(args.steps)] if args.steps else [])
-    results = {name: run_phase("bench.throughput", name, common) for name in ("sslcli", "lightly", "model")}
+    names = ("sslcli", "lightly", "model") + (("sslcli-compile",) if args.compile else ())
+    results = {name: run_phase("bench.throughput", name, common) for name in names}
     a, b, c = (results[k]["images_per_s"] for k in ("sslcli", "lightly", "model"))
     cfg = settings(args)
     device = results["model"].get("device_name", "cpu")
@@ -161,6 +167,8 @@ def main() -> None:
     print(f"{title:<56} {'images/s':>9} {'peak RSS MiB':>13} {'peak GPU MiB':>13}")
     rows = (("(a) sslcli pretrain", "sslcli"), (f"(b) lightly, {args.workers} DataLoader workers", "lightly"),
             ("(c) model only (views already on the device)", "model"))
+    if args.compile:
+        rows += (("(a) sslcli pretrain with train.compile=true", "sslcli-compile"),)
     for label, key in rows:
         r = results[key]
         print(f"{label:<56} {r['images_per_s']:>9.1f} {r['peak_rss_mb']:>13.0f} {r.get('peak_gpu_mb', 0):>13.0f}")
@@ -169,6 +177,8 @@ def main() -> None:
     figures = {"sslcli_images_per_s": round(a, 1), "lightly_images_per_s": round(b, 1),
                "model_only_images_per_s": round(c, 1), "ratio_a_b": round(a / b, 2), "ratio_a_c": round(a / c, 2),
                "device": device, "encoder": cfg["encoder"], "batch": cfg["batch"], "lightly_workers": args.workers}
+    if args.compile:
+        figures["sslcli_compile_images_per_s"] = round(results["sslcli-compile"]["images_per_s"], 1)
     for key in ("sslcli", "lightly", "model"):
         figures[f"{key}_peak_rss_mb"] = results[key]["peak_rss_mb"]
         if "peak_gpu_mb" in results[key]:

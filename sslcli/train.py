@@ -139,12 +139,14 @@ def fit(
                             else contextlib.nullcontext())
                 with autocast:
                     out = compute_loss(batch, step)
-                # Checked before backward so that a bad step never reaches the weights.
-                loss_value = float(out.loss.detach())
-                if not math.isfinite(loss_value):
-                    raise _non_finite(step + 1, epoch, loss_value, last_good)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()
+                # The one host read per step, placed after backward is queued so the device is not left
+                # idle waiting for it, and before the optimizer step so a bad loss never reaches the weights.
+                loss_value = float(out.loss.detach())
+                if not math.isfinite(loss_value):
+                    optimizer.zero_grad(set_to_none=True)
+                    raise _non_finite(step + 1, epoch, loss_value, last_good)
                 if cfg.clip_grad is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
