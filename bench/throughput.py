@@ -24,7 +24,7 @@ from sslcli import console, pretrain
 from sslcli.encoders import build_encoder
 from sslcli.methods.simclr import SimCLR
 from sslcli.spec import PretrainSpec, resolve
-from sslcli.train import PRECISIONS, build_optimizer, resolve_device, resolve_precision
+from sslcli.train import PRECISIONS, build_optimizer, resolve_channels_last, resolve_device, resolve_precision
 
 CPU = {"encoder": "resnet10t", "small_stem": False, "batch": 256, "steps": 30}
 GPU = {"encoder": "resnet18", "small_stem": True, "batch": 512, "steps": 60}
@@ -61,8 +61,8 @@ def _model(spec: PretrainSpec, device: torch.device, head: torch.nn.Module | Non
         method.projector = head
     optimizer = build_optimizer(method, spec.optim.name, spec.scaled_lr(), spec.optim.weight_decay,
                                 spec.optim.momentum, spec.optim.trust_coeff)
-    channels_last = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return method.to(device, memory_format=channels_last), optimizer, info
+    memory_format = torch.channels_last if resolve_channels_last("auto", device) else torch.contiguous_format
+    return method.to(device, memory_format=memory_format), optimizer, info
 
 
 def measure_lightly(args: argparse.Namespace, cfg: dict) -> dict:
@@ -110,7 +110,9 @@ def measure_model_only(args: argparse.Namespace, cfg: dict) -> dict:
     device = resolve_device(args.device)
     dtype = PRECISIONS[resolve_precision(spec.train.precision, device)]
     model, optimizer, info = _model(spec, device)
-    views = [torch.randn(cfg["batch"], 3, info.image_size, info.image_size, device=device) for _ in range(2)]
+    memory_format = torch.channels_last if resolve_channels_last("auto", device) else torch.contiguous_format
+    views = [torch.randn(cfg["batch"], 3, info.image_size, info.image_size, device=device)
+             .contiguous(memory_format=memory_format) for _ in range(2)]
     for step in range(cfg["steps"] + 2):
         if step == 2:  # two warm-up steps
             _sync(device)

@@ -27,7 +27,7 @@ from sslcli.pretrain import default_workers
 from sslcli.probe import eval_splits, eval_view, labeled_images, match_classes
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import FinetuneSpec, dump
-from sslcli.train import PRECISIONS, LoopConfig, fit, resolve_device, resolve_precision
+from sslcli.train import PRECISIONS, LoopConfig, fit, resolve_channels_last, resolve_device, resolve_precision
 
 CLASSIFIER_FORMAT = "sslcli.classifier.v1"
 
@@ -135,11 +135,10 @@ def classifier_metadata(info: EncoderInfo, source: dict[str, str], *, encoder_pa
 
 
 def _loop_config(spec: FinetuneSpec, steps_per_epoch: int, device: torch.device, name: str) -> LoopConfig:
-    channels_last = spec.train.channels_last
     return LoopConfig(
         epochs=spec.train.epochs, steps_per_epoch=steps_per_epoch,
         precision=resolve_precision(spec.train.precision, device),
-        channels_last=device.type == "cuda" if channels_last == "auto" else channels_last,
+        channels_last=resolve_channels_last(spec.train.channels_last, device),
         clip_grad=spec.optim.clip_grad, log_every=spec.train.log_every,
         checkpoint_every=spec.train.eval_every,  # on_checkpoint scores the val split
         description=f"finetune {name}",

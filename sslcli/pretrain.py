@@ -17,7 +17,14 @@ from sslcli.errors import UsageError
 from sslcli.methods import METHODS
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import PretrainSpec, dump
-from sslcli.train import LoopConfig, build_optimizer, fit, resolve_device, resolve_precision
+from sslcli.train import (
+    LoopConfig,
+    build_optimizer,
+    fit,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def default_workers(setting: int | str) -> int:
@@ -117,7 +124,7 @@ def run(spec: PretrainSpec) -> dict[str, Any]:
         epochs=spec.train.epochs,
         steps_per_epoch=steps_per_epoch,
         precision=resolve_precision(spec.train.precision, device),
-        channels_last=device.type == "cuda" if spec.train.channels_last == "auto" else spec.train.channels_last,
+        channels_last=resolve_channels_last(spec.train.channels_last, device),
         clip_grad=spec.optim.clip_grad,
         log_every=spec.train.log_every,
         checkpoint_every=spec.train.checkpoint_every,
@@ -144,8 +151,10 @@ def run(spec: PretrainSpec) -> dict[str, Any]:
 
     step_model = torch.compile(method) if spec.train.compile else method
 
+    view_format = torch.channels_last if loop.channels_last else torch.contiguous_format
+
     def compute_loss(x: torch.Tensor, step: int):
-        return step_model(augment(x), step)
+        return step_model([v.contiguous(memory_format=view_format) for v in augment(x)], step)
 
     def save(epoch: int, step: int) -> None:
         meta = checkpoint.encoder_metadata(info, method=spec.method.name, epoch=epoch, step=step, spec=resolved)

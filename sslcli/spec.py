@@ -63,8 +63,9 @@ class OptimConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(100, gt=0)
     batch_size: int = Field(256, ge=2)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto': bf16 on CUDA, fp32 on CPU")
-    channels_last: bool | Literal["auto"] = Field("auto", description="'auto': on for CUDA")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto': bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32")
+    channels_last: bool | Literal["auto"] = Field("auto", description="'auto': on for CUDA and oneDNN CPUs")
     compile: bool = Field(False, description="torch.compile the method")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     seed: int = 0

@@ -36,13 +36,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls and convs run natively (elsewhere they are emulated and slower)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' means bf16 on CUDA (no loss scaling needed) and fp32 on CPU (CPU autocast is slower here)."""
+    """'auto': bf16 on CUDA (no loss scaling needed) and on CPUs with native bf16, else fp32.
+
+    Measured on a 2-core AVX512-BF16 EPYC: a resnet10t SimCLR step runs 1.4x faster in bf16 autocast.
+    """
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return "bf16" if native else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("fp16 needs a CUDA device; use --set train.precision=fp32 (or bf16)")
     return precision
+
+
+def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """'auto': on for CUDA and for CPUs with oneDNN, whose convolutions are faster in NHWC (+10 % measured)."""
+    if setting != "auto":
+        return bool(setting)
+    return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available())
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
