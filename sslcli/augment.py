@@ -83,8 +83,8 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = _per_sample(factor).to(x.dtype)
-    return (x * f + other * (1 - f)).clamp_(0.0, 1.0)
+    # lerp(other, x, f) = x * f + other * (1 - f) in one kernel.
+    return torch.lerp(other.expand_as(x), x, _per_sample(factor).to(x.dtype)).clamp_(0.0, 1.0)
 
 
 def sample_crop_boxes(
@@ -127,17 +127,34 @@ def sample_crop_boxes(
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crop boxes (top, left, height, width) [B,4] out of x and resize each to size x size in one call.
 
-    roi_align with aligned=True samples pixel centres like interpolate(align_corners=False); an adaptive
-    sampling grid (sampling_ratio=0) averages several points per output pixel when downscaling, which acts
-    like antialiasing. Deviation from torchvision (crop, then resize): within half an output pixel of a crop
-    edge that lies inside the image, bilinear taps read the real neighbouring pixels instead of repeating
-    the crop's edge pixel. Elsewhere an upscaling crop equals resized_crop(antialias=False).
+    Both paths sample pixel centres like interpolate(align_corners=False). When no crop can be larger
+    than the output (the image is not larger than `size`, as for CIFAR), bilinear upsampling is exact
+    and grid_sample does it at half roi_align's cost on CPU. Otherwise roi_align with an adaptive grid
+    (sampling_ratio=0) averages several taps per output pixel when downscaling, which acts like
+    antialiasing. Deviation from torchvision (crop, then resize): within half an output pixel of a crop
+    edge that lies inside the image, bilinear taps read the real neighbouring pixels instead of
+    repeating the crop's edge pixel. Elsewhere an upscaling crop equals resized_crop(antialias=False).
     """
     top, left, height, width = boxes.to(x.dtype).unbind(1)
+    if max(x.shape[-2:]) <= size:
+        return _grid_crop(x, top, left, height, width, size)
     index = torch.arange(x.shape[0], device=x.device, dtype=x.dtype)
     # roi_align wants rows (batch index, x1, y1, x2, y2).
     rois = torch.stack((index, left, top, left + width, top + height), dim=1)
     return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+
+
+def _grid_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
+               width: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear crop-and-resize through one affine sampling grid per sample (normalised coordinates)."""
+    n, c, img_h, img_w = x.shape
+    zero = torch.zeros_like(top)
+    theta = torch.stack((
+        torch.stack((width / img_w, zero, (2 * left + width) / img_w - 1), dim=1),
+        torch.stack((zero, height / img_h, (2 * top + height) / img_h - 1), dim=1),
+    ), dim=1)
+    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -157,42 +174,25 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(x, _luma(x), factor)
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """torchvision's _rgb_to_hsv on dim 1; denominators are swapped for 1 where max == min to avoid NaN."""
-    r, g, _ = x.unbind(1)
-    minc, maxc = torch.aminmax(x, dim=1)
-    eqc = maxc == minc
-    spread = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = spread / torch.where(eqc, ones, maxc)
-    rc, gc, bc = ((maxc.unsqueeze(1) - x) / torch.where(eqc, ones, spread).unsqueeze(1)).unbind(1)
-    not_r = maxc != r
-    is_g = maxc == g
-    hg = (rc + 2.0 - bc) * (is_g & not_r)
-    hr = (bc - gc) * ~not_r
-    hb = (gc + 4.0 - rc) * (not_r & ~is_g)
-    h = ((hr + hg + hb) * (1.0 / 6.0) + 1.0).fmod_(1.0)
-    return torch.stack((h, s, maxc), dim=1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """HSV -> RGB in closed form: channel n in (R, G, B) = v - v*s*clamp(min(k, 4 - k), 0, 1) with
-    k = (n + 6h) mod 6 and n = (5, 3, 1). The same function as torchvision's six-sector lookup, in a
-    handful of kernels over all three channels at once (the lookup made hue the costliest op by 3x).
-    """
-    h, s, v = x.unbind(1)
-    n = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = (n + (h * 6).unsqueeze(1)).remainder_(6.0)
-    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    v, s = v.unsqueeze(1), s.unsqueeze(1)
-    return (v - v * s * t).clamp_(0.0, 1.0)
-
-
 def adjust_hue(x: torch.Tensor, hue_factor: torch.Tensor) -> torch.Tensor:
-    """Rotate hue by hue_factor [B] (in turns, within [-0.5, 0.5]) through HSV."""
-    h, s, v = _rgb_to_hsv(x).unbind(1)
-    h = (h + hue_factor.to(x.dtype).view(-1, 1, 1)).remainder_(1.0)
-    return _hsv_to_rgb(torch.stack((h, s, v), dim=1)).clamp_(0.0, 1.0)
+    """Rotate hue by hue_factor [B] (in turns, within [-0.5, 0.5]), the same function as torchvision's.
+
+    A hue rotation keeps each pixel's max (V) and min, so instead of a full RGB -> HSV -> RGB round trip
+    only the hue is computed (in sextants, torchvision's tie-breaking: red, then green, then blue wins)
+    and each channel n in (R, G, B) comes back in closed form as max - (max - min) * clamp(min(k, 4 - k), 0, 1)
+    with k = (n + 6h) mod 6 and n = (5, 3, 1). That is half the kernels of the round trip.
+    """
+    r, g, b = x.unbind(1)
+    maxc, minc = torch.aminmax(x, dim=1)
+    spread = maxc - minc
+    safe = torch.where(spread == 0, torch.ones_like(spread), spread)  # grey pixels: any hue, zero spread
+    hue = torch.where(maxc == r, (g - b) / safe,
+                      torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    hue = hue + 6.0 * hue_factor.to(x.dtype).view(-1, 1, 1)
+    n = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = (n + hue.unsqueeze(1)).remainder_(6.0)
+    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return (maxc.unsqueeze(1) - spread.unsqueeze(1) * t).clamp_(0.0, 1.0)
 
 
 def color_jitter(
