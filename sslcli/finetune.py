@@ -221,7 +221,10 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
                       hflip_p=spec.augment.hflip_p, jitter_p=0, gray_p=0, blur_p=0, solarize_p=0)
     augment = Augmenter([view], info.mean, info.std, torch.Generator(device=device).manual_seed(spec.train.seed))
     policy, mixup, criterion = data.BadImagePolicy(spec.data.on_bad_image), job.mixup, job.criterion
-    dtype, history = PRECISIONS[job.loop.precision], []
+    # Scores are computed at full precision on CPU (as probe does), so the saved classifier re-scores to
+    # exactly the reported top-1; CUDA evaluates under the training autocast, where fp32 would only cost time.
+    dtype = PRECISIONS[job.loop.precision] if device.type == "cuda" else None
+    history = []
     metrics = console.MetricsLog(job.out / "metrics.jsonl")
 
     def batches(epoch: int):
