@@ -88,3 +88,32 @@ def test_presets_lists_one_line_each():
     lines = proc.stdout.strip().splitlines()
     assert any(line.startswith("quickstart ") for line in lines)
     assert any(line.startswith("simclr-cifar10 ") for line in lines)
+
+
+def _folder_with_one_bad_image(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+def test_bad_images_are_skipped_and_reported_or_fatal_on_request(tmp_path: Path):
+    images = _folder_with_one_bad_image(tmp_path / "images")
+    common = ["--preset", "quickstart", "--epochs", "1", "--batch-size", "4", "--set", "method.proj_hidden_dim=64"]
+    failed = sslcli_run("pretrain", str(images), "--out", str(tmp_path / "fail"), "--on-bad-image", "fail", *common)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and failed.stderr.strip().splitlines()[-1] == errors[0]  # progress lines may precede it
+    assert "broken.jpg" in errors[0] and "--on-bad-image skip" in errors[0]
+    assert not (tmp_path / "fail" / "encoder.safetensors").exists()
+
+    skipped = sslcli_run("pretrain", str(images), "--out", str(tmp_path / "skip"), "--json", *common)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipping unreadable image" in skipped.stderr and "broken.jpg" in skipped.stderr
+    summary = json.loads(skipped.stdout)
+    assert summary["skipped_images"] == 1 and summary["steps"] == 2  # 8 good images, batch 4
