@@ -48,7 +48,7 @@ bench-augment: install
 # 10 % labels on Imagenette: fine-tuned from random init vs from SimCLR pretrained in the bench (~15 min, 2 cores).
 FINETUNE_DATA ?= ../shared/data/imagenette
 bench-finetune: install
-	$(BIN)/python bench/finetune.py --data $(FINETUNE_DATA)
+	$(BIN)/python -m bench.finetune --data $(FINETUNE_DATA)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

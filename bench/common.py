@@ -11,6 +11,23 @@ from pathlib import Path
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def random_init_encoder(spec, folder: Path) -> Path:
+    """The spec's encoder exactly as pretraining starts it (same seed), saved like a trained one."""
+    import torch
+
+    from sslcli import checkpoint
+    from sslcli.encoders import build_encoder
+    from sslcli.spec import dump
+
+    torch.manual_seed(spec.train.seed)
+    model, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem, spec.encoder.kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "encoder.safetensors"
+    checkpoint.save_encoder(path, model, checkpoint.encoder_metadata(info, method="random-init", epoch=0, step=0,
+                                                                     spec=dump(spec)))
+    return path
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process plus its finished children (DataLoader workers), in MiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

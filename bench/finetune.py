@@ -17,25 +17,15 @@ from pathlib import Path
 
 import torch
 
-from sslcli import checkpoint, finetune, pretrain
-from sslcli.encoders import build_encoder
-from sslcli.spec import FinetuneSpec, PretrainSpec, dump, resolve
+from bench.common import random_init_encoder
+from sslcli import finetune, pretrain
+from sslcli.spec import FinetuneSpec, PretrainSpec, resolve
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
 PRETRAIN_SETS = ["data.image_size=32", "data.max_images=null", "train.epochs=15", "train.batch_size=256",
                  "augment.scale=[0.2,1.0]"]
 FINETUNE_SETS = ["train.epochs=20", "train.batch_size=64", "train.eval_every=10", "optim.base_lr=2e-3",
                  "optim.warmup_epochs=2", "augment.scale=[0.25,1.0]", "train.log_every=100"]
-
-
-def random_init_encoder(spec: PretrainSpec, folder: Path) -> Path:
-    """The pretraining encoder exactly as pretraining starts it (same seed), saved like a trained one."""
-    torch.manual_seed(spec.train.seed)
-    model, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem, spec.encoder.kwargs)
-    path = folder / "encoder.safetensors"
-    checkpoint.save_encoder(path, model, checkpoint.encoder_metadata(info, method="random-init", epoch=0, step=0,
-                                                                     spec=dump(spec)))
-    return path
 
 
 def finetune_run(encoder: Path, data: Path, out: Path, fraction: float, sets: list[str]) -> dict:

@@ -15,21 +15,11 @@ from pathlib import Path
 
 import torch
 
-from sslcli import checkpoint, pretrain, probe
-from sslcli.encoders import build_encoder
-from sslcli.spec import PretrainSpec, ProbeSpec, dump, resolve
+from bench.common import random_init_encoder
+from sslcli import pretrain, probe
+from sslcli.spec import PretrainSpec, ProbeSpec, resolve
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
-
-
-def random_init_encoder(spec: PretrainSpec, folder: Path) -> Path:
-    """The quickstart's encoder exactly as pretraining starts it (same seed), saved like a trained one."""
-    torch.manual_seed(spec.train.seed)
-    model, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem, spec.encoder.kwargs)
-    path = folder / "encoder.safetensors"
-    meta = checkpoint.encoder_metadata(info, method="random-init", epoch=0, step=0, spec=dump(spec))
-    checkpoint.save_encoder(path, model, meta)
-    return path
 
 
 def main() -> None:
@@ -42,9 +32,7 @@ def main() -> None:
     spec = resolve(PretrainSpec, preset="quickstart", options={"data.path": str(args.data), "out": str(args.out)},
                    sets=args.sets)
     summary = pretrain.run(spec)
-    baseline_dir = args.out / "random-init"
-    baseline_dir.mkdir(parents=True, exist_ok=True)
-    baseline = random_init_encoder(spec, baseline_dir)
+    baseline = random_init_encoder(spec, args.out / "random-init")
 
     results = {}
     for name, encoder in (("trained", Path(summary["encoder"])), ("random_init", baseline)):
