@@ -189,7 +189,8 @@ def adjust_hue(x: torch.Tensor, hue_factor: torch.Tensor) -> torch.Tensor:
     hue = torch.where(maxc == r, (g - b) / safe,
                       torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
     hue = hue + 6.0 * hue_factor.to(x.dtype).view(-1, 1, 1)
-    n = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # n = (5, 3, 1) built on the device: a torch.tensor from host values would be a synchronising copy on CUDA.
+    n = torch.arange(3, device=x.device, dtype=x.dtype).mul_(-2.0).add_(5.0).view(1, 3, 1, 1)
     k = (n + hue.unsqueeze(1)).remainder_(6.0)
     t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return (maxc.unsqueeze(1) - spread.unsqueeze(1) * t).clamp_(0.0, 1.0)

@@ -18,5 +18,6 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     logits = z @ z.T / temperature
     # An anchor is never its own negative: mask the diagonal out of the softmax.
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    # The positive of anchor i is i + n (mod 2n); built on the device to avoid a host-to-device copy.
+    targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
     return F.cross_entropy(logits, targets)
