@@ -110,7 +110,7 @@ def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, poli
     try:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), 3, size, size))
         loader = data.make_loader(paths, size, 256, shuffle=False, drop_last=False, num_workers=num_workers, seed=0)
-        progress = console.Progress(len(loader), "decoding", every=max(1, len(loader) // 10))
+        progress = console.Progress(len(loader), "decoding", every=max(1, len(loader) // 10), unit="decoding batch")
         for step, (images, indices, failures) in enumerate(loader, start=1):
             array[indices.numpy()] = images.numpy()
             for index, reason in failures:

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from sslcli import __version__, console
-from sslcli.errors import SslcliError
+from sslcli.errors import Interrupted, SslcliError
 
 app = typer.Typer(
     name="sslcli",
@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.error("interrupted")
         sys.exit(130)
+    except Interrupted as exc:  # a clean stop after a checkpoint, not a failure
+        console.warn(str(exc))
+        sys.exit(exc.exit_code)
     except SslcliError as exc:
         if os.environ.get("SSLCLI_DEBUG") == "1":
             raise

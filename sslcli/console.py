@@ -78,8 +78,10 @@ def format_seconds(seconds: float) -> str:
 class Progress:
     """Training progress: a Rich bar on a TTY, otherwise a plain line every `every` steps."""
 
-    def __init__(self, total_steps: int, description: str, every: int = 50, start_step: int = 0):
+    def __init__(self, total_steps: int, description: str, every: int = 50, start_step: int = 0,
+                 unit: str = "step"):
         self.total = total_steps
+        self.unit = unit
         self.every = max(1, every)
         self.start_time = time.perf_counter()
         self.start_step = start_step
@@ -117,7 +119,7 @@ class Progress:
             kwargs = {"status": status} if fields else {}
             self._bar.update(self._task, completed=step, **kwargs)
         elif fields and not _quiet and (step % self.every == 0 or step == self.total):
-            _err(f"step {step}/{self.total}  {status}")
+            _err(f"{self.unit} {step}/{self.total}  {status}")
 
     def close(self) -> None:
         if self._bar is not None:

@@ -27,3 +27,11 @@ class RunError(SslcliError):
     """The work started but cannot go on (non-finite loss, out of memory, ...). Exit 1."""
 
     exit_code = 1
+
+
+class Interrupted(SslcliError):
+    """A signal stopped the run at a step boundary, after a checkpoint. Exit 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message, exit_code=128 + signum)
+        self.signum = signum

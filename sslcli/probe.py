@@ -70,7 +70,7 @@ def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, 
     model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     features, kept = [], []
-    progress = console.Progress(len(loader), f"features {info.name}", every=10)
+    progress = console.Progress(len(loader), f"features {info.name}", every=10, unit="feature batch")
     try:
         for batch, (x, idx) in enumerate(data.iter_batches(loader, policy, paths), start=1):
             x = eval_view(x.to(device, non_blocking=True), info)

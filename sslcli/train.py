@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from sslcli import console
-from sslcli.errors import RunError, UsageError
+from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.methods.base import StepOut
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -146,40 +148,90 @@ def fit(
     progress = console.Progress(cfg.total_steps, cfg.description, every=cfg.log_every)
     step, images, last_good = 0, 0, None
     start = time.perf_counter()
-    try:
-        for epoch in range(cfg.epochs):
-            for batch in _prefetched(batches(epoch), device, memory_format):
-                if step >= cfg.total_steps:
-                    break  # a loader that yields more batches than planned never runs past the schedule
-                _set_lr(optimizer, float(lr_schedule[step]))
-                autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                            else contextlib.nullcontext())
-                with autocast:
-                    out = compute_loss(batch, step)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out.loss).backward()
-                # The one host read per step, placed after backward is queued so the device is not left
-                # idle waiting for it, and before the optimizer step so a bad loss never reaches the weights.
-                loss_value = float(out.loss.detach())
-                if not math.isfinite(loss_value):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise _non_finite(step + 1, epoch, loss_value, last_good)
-                if cfg.clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                on_step_end(step)
-                step += 1
-                images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
-                last_good = (step, loss_value)
-                _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
-            if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
-                on_checkpoint(epoch + 1, step)
-    finally:
-        progress.close()
+    with _stop_signals() as stop:
+        try:
+            for epoch in range(cfg.epochs):
+                for batch in _prefetched(batches(epoch), device, memory_format):
+                    if step >= cfg.total_steps:
+                        break  # a loader that yields more batches than planned never runs past the schedule
+                    _set_lr(optimizer, float(lr_schedule[step]))
+                    loss_value, out = _train_step(batch, step, epoch, compute_loss, optimizer, scaler, dtype,
+                                                  device, params, cfg.clip_grad, last_good)
+                    on_step_end(step)
+                    step += 1
+                    images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+                    last_good = (step, loss_value)
+                    _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
+                    if stop.signum is not None:
+                        on_checkpoint(epoch, step)
+                        raise _interrupted(stop.signum, step, cfg.total_steps)
+                if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
+                    on_checkpoint(epoch + 1, step)
+        finally:
+            progress.close()
     on_checkpoint(cfg.epochs, step)
     return FitResult(step, cfg.epochs, images, time.perf_counter() - start, last_good[1] if last_good else None)
+
+
+def _train_step(batch: Any, step: int, epoch: int, compute_loss: Callable[[Any, int], StepOut],
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, dtype: torch.dtype | None,
+                device: torch.device, params: list[torch.Tensor], clip_grad: float | None,
+                last_good: tuple[int, float] | None) -> tuple[float, StepOut]:
+    """Forward, backward, the non-finite check, clipping and the optimizer step; returns the loss value."""
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with autocast:
+        out = compute_loss(batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out.loss).backward()
+    # The one host read per step, placed after backward is queued so the device is not left idle waiting
+    # for it, and before the optimizer step so a bad loss never reaches the weights.
+    loss_value = float(out.loss.detach())
+    if not math.isfinite(loss_value):
+        optimizer.zero_grad(set_to_none=True)
+        raise _non_finite(step + 1, epoch, loss_value, last_good)
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_value, out
+
+
+class _StopRequest:
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGTERM, SIGINT and SIGUSR1 ask the loop to stop at the next step boundary, after a checkpoint.
+
+    Pre-emptible schedulers send SIGTERM (SLURM can send SIGUSR1 ahead of time); a second SIGINT
+    interrupts at once, for a user who does not want to wait for the step to finish.
+    """
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signum = signum
+        console.info(f"{signal.Signals(signum).name} received: stopping after this step")
+
+    wanted = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])
+    previous = {sig: signal.signal(sig, handler) for sig in wanted}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _interrupted(signum: int, step: int, total: int) -> Interrupted:
+    name = signal.Signals(signum).name
+    return Interrupted(f"stopped by {name} at step {step}/{total}; the weights and training state at this step "
+                       "were saved to the run folder (encoder.safetensors, checkpoints/)", signum)
 
 
 def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: torch.memory_format):
