@@ -148,5 +148,24 @@ def batches(images: DecodedImages, batch_size: int, seed: int, epoch: int,
         yield torch.from_numpy(np.ascontiguousarray(images.array[chosen])), torch.from_numpy(chosen)
 
 
+def in_order(images: DecodedImages, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 [B,3,S,S], indices) over the images that decoded, in file order (for feature extraction)."""
+    indices = images.good_indices
+    for start in range(0, len(indices), batch_size):
+        chosen = indices[start:start + batch_size]
+        yield torch.from_numpy(np.ascontiguousarray(images.array[chosen])), torch.from_numpy(chosen)
+
+
+def usable_folder(paths: list[Path], size: int, folder: Path | None = None,
+                  max_bytes: float = 16 * 2**30) -> Path | None:
+    """The cache folder when these images fit it and it is writable, else None (decode on the fly)."""
+    folder = folder or default_cache_dir()
+    try:
+        return folder if fits(paths, size, folder, max_bytes) else None
+    except OSError as exc:
+        console.warn(f"decode cache disabled: cannot use {folder} ({exc})")
+        return None
+
+
 def steps_per_epoch(images: DecodedImages, batch_size: int) -> int:
     return int(images.good.sum()) // batch_size

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sslcli import checkpoint, console, data
+from sslcli import cache, checkpoint, console, data
 from sslcli.encoders import EncoderInfo
 from sslcli.errors import UsageError
 from sslcli.evaluate import knn_evaluate, linear_probe
@@ -57,22 +58,36 @@ def eval_view(x: torch.Tensor, info: EncoderInfo) -> torch.Tensor:
     return (x.float() / 255 - mean) / std
 
 
+def _eval_batches(paths: list[Path], storage: int, batch_size: int, num_workers: int, device: torch.device,
+                  policy: data.BadImagePolicy, use_cache: bool) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
+    """(uint8 batches with their indices, in file order; the number of batches): from the decode cache when
+    the images fit it, so a second probe of the same folder decodes nothing, else decoded on the fly."""
+    folder = cache.usable_folder(paths, storage) if use_cache else None
+    if folder is not None:
+        decoded = cache.open_or_build(paths, storage, folder, policy, num_workers)
+        return cache.in_order(decoded, batch_size), -(-len(decoded.good_indices) // batch_size)
+    loader = data.make_loader(paths, storage, batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
+                              seed=0, pin_memory=device.type == "cuda")
+    return data.iter_batches(loader, policy, paths), len(loader)
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, batch_size: int, num_workers: int,
-                     device: torch.device, policy: data.BadImagePolicy) -> tuple[torch.Tensor, torch.Tensor]:
+                     device: torch.device, policy: data.BadImagePolicy,
+                     use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of every readable image with deterministic eval preprocessing; returns (features, kept indices).
 
     Images are decoded at the training storage size and centre-cropped to the encoder's input size,
     the same geometry the encoder saw in training.
     """
-    loader = data.make_loader(paths, data.storage_size_for(info.image_size), batch_size, shuffle=False,
-                              drop_last=False, num_workers=num_workers, seed=0, pin_memory=device.type == "cuda")
+    batches, total = _eval_batches(paths, data.storage_size_for(info.image_size), batch_size, num_workers, device,
+                                   policy, use_cache)
     model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     features, kept = [], []
-    progress = console.Progress(len(loader), f"features {info.name}", every=10, unit="feature batch")
+    progress = console.Progress(total, f"features {info.name}", every=10, unit="feature batch")
     try:
-        for batch, (x, idx) in enumerate(data.iter_batches(loader, policy, paths), start=1):
+        for batch, (x, idx) in enumerate(batches, start=1):
             x = eval_view(x.to(device, non_blocking=True), info)
             with autocast:
                 features.append(model(x).float().cpu())
@@ -100,7 +115,8 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     workers = default_workers(spec.num_workers)
     console.info(f"extracting features: {len(train_set)} train and {len(val_set)} eval images, "
                  f"{info.name} at {info.image_size} px on {device}")
-    common = dict(batch_size=spec.batch_size, num_workers=workers, device=device, policy=policy)
+    common = dict(batch_size=spec.batch_size, num_workers=workers, device=device, policy=policy,
+                  use_cache=spec.cache)
     train_f, train_kept = extract_features(model, info, train_set.paths, **common)
     val_f, val_kept = extract_features(model, info, val_set.paths, **common)
     train_y = torch.tensor(train_set.labels)[train_kept]

@@ -107,6 +107,7 @@ class ProbeSpec(Strict):
     device: str = "auto"
     seed: int = 0
     on_bad_image: Literal["skip", "fail"] = "skip"
+    cache: bool = Field(True, description="decode the images once into the decode cache (when they fit 16 GB)")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
 
 
