@@ -59,13 +59,7 @@ def training_images(spec: PretrainSpec) -> data.ImageSet:
     limit = spec.data.max_images
     if limit is not None and limit < len(images):
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(spec.train.seed))[:limit]
-        keep = sorted(order.tolist())
-        images = data.ImageSet(
-            root=images.root,
-            paths=[images.paths[i] for i in keep],
-            labels=[images.labels[i] for i in keep] if images.labels is not None else None,
-            classes=images.classes,
-        )
+        images = data.subset(images, sorted(order.tolist()))
     return images
 
 

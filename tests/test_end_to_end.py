@@ -71,3 +71,17 @@ def test_probe_reports_knn_and_linear(pretrained, cifar_small: Path):
     assert json.loads((run / "probe.json").read_text()) == result
     table = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_small))
     assert "kNN k=20" in table.stdout and "linear" in table.stdout
+
+
+def test_max_images_is_a_seeded_subset_of_the_train_split(cifar_small: Path):
+    from sslcli.pretrain import training_images
+    from sslcli.spec import PretrainSpec, resolve
+
+    def pick(seed: int) -> list[Path]:
+        spec = resolve(PretrainSpec, options={"data.path": str(cifar_small)},
+                       sets=["data.max_images=50", f"train.seed={seed}"])
+        return training_images(spec).paths
+
+    first = pick(0)
+    assert len(first) == 50 and first == pick(0) and first != pick(1)
+    assert all(p.parent.parent == cifar_small / "train" for p in first)  # never the test split
