@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data/cifar10
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-bench test test-gpu lint demo bench-quickstart bench-finetune bench-throughput bench-augment clean
+.PHONY: install install-bench test test-gpu lint demo bench-quickstart bench-finetune bench-throughput bench-augment bench-methods clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ bench-augment: install
 FINETUNE_DATA ?= ../shared/data/imagenette
 bench-finetune: install
 	$(BIN)/python -m bench.finetune --data $(FINETUNE_DATA)
+
+# Every method's CPU preset for the same budget (MINUTES each, 8 by default: ~95 min for all ten on 2 cores).
+MINUTES ?= 8
+bench-methods: install
+	$(BIN)/python -m bench.methods --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

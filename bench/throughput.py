@@ -22,6 +22,7 @@ import torch
 from bench.common import SHARED_DATA, linked_subset, peak_rss_mb, run_phase
 from sslcli import console, pretrain
 from sslcli.encoders import build_encoder
+from sslcli.methods import Budget
 from sslcli.methods.simclr import SimCLR
 from sslcli.spec import PretrainSpec, resolve
 from sslcli.train import PRECISIONS, build_optimizer, resolve_channels_last, resolve_device, resolve_precision
@@ -56,7 +57,7 @@ def measure_sslcli(args: argparse.Namespace, cfg: dict, compile: bool = False) -
 def _model(spec: PretrainSpec, device: torch.device, head: torch.nn.Module | None = None):
     torch.manual_seed(0)
     encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem)
-    method = SimCLR(spec.method, encoder, info.feature_dim, total_steps=1)
+    method = SimCLR(spec.method, encoder, info.feature_dim, Budget(total_steps=1, steps_per_epoch=1))
     if head is not None:
         method.projector = head
     optimizer = build_optimizer(method, spec.optim.name, spec.scaled_lr(), spec.optim.weight_decay,

@@ -264,6 +264,30 @@ def solarize(x: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Ten
     return torch.where(_per_sample(mask) & (x >= threshold), 1.0 - x, x)
 
 
+def asymmetric_views(augment: ViewConfig, blur_p: tuple[float, ...], solarize_p: tuple[float, ...]) -> list[ViewConfig]:
+    """BYOL's two-view recipe (arXiv 2006.07733, table 6): the views differ only in blur and solarize odds."""
+    if len(blur_p) != len(solarize_p):
+        raise ValueError("blur_p and solarize_p need one value per view")
+    return [augment.model_copy(update={"blur_p": b, "solarize_p": s}) for b, s in zip(blur_p, solarize_p, strict=True)]
+
+
+def multi_crop(global_views: list[ViewConfig], num_local: int, local_size: int,
+               local_scale: tuple[float, float], local_blur_p: float | None = None) -> list[ViewConfig]:
+    """SwAV's multi-crop (arXiv 2006.09882, section 3.2): the global views, then num_local small views.
+
+    Local views share the first global view's colour recipe, cropped from a smaller area (local_scale)
+    and resized to local_size. The loop hands every view to the method as its own tensor, so views of
+    different sizes live in one batch recipe; ViT encoders take them through timm's dynamic_img_size.
+    """
+    base = global_views[0]
+    update: dict = {"size": local_size, "scale": tuple(local_scale)}
+    if local_blur_p is not None:
+        update["blur_p"] = local_blur_p
+    local = base.model_copy(update=update)
+    ViewConfig.model_validate(local.model_dump())  # the scale range must still be valid
+    return list(global_views) + [local] * num_local
+
+
 class Augmenter:
     """Turns a uint8 batch [B,3,H,W] into one normalised float32 view [B,3,size,size] per ViewConfig."""
 

@@ -66,6 +66,12 @@ def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
         raise UsageError(f"encoder '{name}' does not accept kwargs {kwargs}: {exc}") from None
 
 
+def _accepts_dynamic_size(model: nn.Module) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
+
+
 def build_encoder(name: str, image_size: int, small_stem: bool | str = "auto",
                   kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, EncoderInfo]:
     """A randomly initialised timm encoder for `image_size` inputs and what it takes to rebuild it."""
@@ -75,6 +81,10 @@ def build_encoder(name: str, image_size: int, small_stem: bool | str = "auto",
     built_for = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if built_for is not None and "img_size" not in kwargs and tuple(built_for) != (image_size, image_size):
         kwargs["img_size"] = image_size
+        model = _create(name, kwargs)
+    # ViTs take views of any size (multi-crop's local views) by interpolating their position embeddings.
+    if _accepts_dynamic_size(model) and "dynamic_img_size" not in kwargs:
+        kwargs["dynamic_img_size"] = True
         model = _create(name, kwargs)
     use_stem = (is_resnet(model) and image_size <= SMALL_STEM_MAX_SIZE) if small_stem == "auto" else bool(small_stem)
     if use_stem:

@@ -1,12 +1,34 @@
-"""Loss functions as pure functions of embeddings. Each is tested against a hand-written reference."""
+"""Loss functions as pure functions of embeddings. Each is tested against a hand-written reference.
+
+Stop-gradients are the caller's business: a method passes targets already detached where its paper
+stops the gradient, so each function here computes exactly its equation. Every loss is computed in
+float32 with autocast switched off: under bf16 autocast a matmul would round its float32 inputs back to
+bf16 (8 bits of mantissa), too coarse for logits at temperature 0.1 or a 2048 x 2048 cross-correlation.
+"""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+F_ = TypeVar("F_", bound=Callable)
 
+
+def full_precision(fn: F_) -> F_:
+    """Run fn with autocast off on every device type (cheap: loss math is tiny next to the encoder)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+@full_precision
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """SimCLR's normalised temperature-scaled cross entropy (arXiv 2002.05709, eq. 1).
 
@@ -21,3 +43,137 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     # The positive of anchor i is i + n (mod 2n); built on the device to avoid a host-to-device copy.
     targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
     return F.cross_entropy(logits, targets)
+
+
+@full_precision
+def info_nce(q: Tensor, k: Tensor, temperature: float, queue: Tensor | None = None) -> Tensor:
+    """InfoNCE (MoCo, arXiv 1911.05722 eq. 1): q[i]'s positive is k[i].
+
+    With a queue [K, D] of past keys the negatives are the queue (MoCo v1/v2); without one they are the
+    other keys of the batch (MoCo v3, arXiv 2104.02057 Algorithm 1). Inputs need not be normalised.
+    """
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.float(), dim=1)
+    if queue is None:
+        logits = q @ k.T
+        targets = torch.arange(q.shape[0], device=q.device)
+    else:
+        positive = (q * k).sum(dim=1, keepdim=True)
+        logits = torch.cat([positive, q @ F.normalize(queue.float(), dim=1).T], dim=1)
+        targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits / temperature, targets)
+
+
+@full_precision
+def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
+    """Mean negative cosine similarity -<p/|p|, z/|z|> (SimSiam eq. 1; BYOL's loss is 2 + 2x this)."""
+    return -F.cosine_similarity(p.float(), z.float(), dim=1).mean()
+
+
+def _off_diagonal(m: Tensor) -> Tensor:
+    n = m.shape[0]
+    return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+@full_precision
+def barlow_twins(z1: Tensor, z2: Tensor, lambd: float) -> Tensor:
+    """Barlow Twins (arXiv 2103.03230 eq. 1): push the cross-correlation of the batch-normalised
+    embeddings towards the identity; lambd weighs the off-diagonal (redundancy) terms.
+    """
+    n = z1.shape[0]
+    z1, z2 = z1.float(), z2.float()
+    z1 = (z1 - z1.mean(0)) / z1.std(0, unbiased=False).clamp_min(1e-6)
+    z2 = (z2 - z2.mean(0)) / z2.std(0, unbiased=False).clamp_min(1e-6)
+    c = z1.T @ z2 / n
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = _off_diagonal(c).pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+@full_precision
+def vicreg_terms(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor, Tensor]:
+    """VICReg's three terms (arXiv 2105.04906 eqs. 1-5): invariance (MSE), variance (hinge on each
+    dimension's std at 1), covariance (squared off-diagonal covariances / D), each summed over branches
+    as in the official code (variance averaged over the two)."""
+    z1, z2 = z1.float(), z2.float()
+    n, d = z1.shape
+    invariance = F.mse_loss(z1, z2)
+    variance = z1.new_zeros(())
+    covariance = z1.new_zeros(())
+    for z in (z1, z2):
+        z = z - z.mean(dim=0)
+        std = torch.sqrt(z.var(dim=0) + eps)
+        variance = variance + F.relu(1 - std).mean() / 2
+        cov = z.T @ z / (n - 1)
+        covariance = covariance + _off_diagonal(cov).pow(2).sum() / d
+    return invariance, variance, covariance
+
+
+@torch.no_grad()
+@full_precision
+def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+    """SwAV's Sinkhorn-Knopp codes (arXiv 2006.09882, section 3.1 and Algorithm 1 of its appendix).
+
+    scores [B, K] (prototype similarities) -> codes Q [B, K] whose rows sum to 1 and whose columns
+    tend to B/K each: an equipartition of the batch over the prototypes.
+    """
+    # Subtracting the max leaves Q unchanged (it is normalised) and keeps exp() finite.
+    q = torch.exp((scores.float() - scores.float().max()) / epsilon).T  # [K, B]
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    return (q * b).T
+
+
+@full_precision
+def swapped_prediction(scores: list[Tensor], codes: list[Tensor], temperature: float) -> Tensor:
+    """SwAV's swapped prediction (eq. 1): the code of each global crop i is predicted from every other crop.
+
+    scores: prototype scores of every crop (globals first); codes: Sinkhorn codes of the global crops.
+    """
+    total, terms = scores[0].new_zeros((), dtype=torch.float32), 0
+    log_p = [F.log_softmax(s.float() / temperature, dim=1) for s in scores]
+    for i, q in enumerate(codes):
+        for v, lp in enumerate(log_p):
+            if v == i:
+                continue
+            total = total - (q * lp).sum(dim=1).mean()
+            terms += 1
+    return total / terms
+
+
+@full_precision
+def dino_loss(student: list[Tensor], teacher_probs: list[Tensor], student_temperature: float) -> Tensor:
+    """DINO (arXiv 2104.14294 eq. 3): cross entropy between the teacher's centred, sharpened distribution
+    on each global crop and the student's on every other crop, averaged over the pairs.
+    """
+    total, terms = student[0].new_zeros((), dtype=torch.float32), 0
+    log_p = [F.log_softmax(s.float() / student_temperature, dim=1) for s in student]
+    for i, t in enumerate(teacher_probs):
+        for v, lp in enumerate(log_p):
+            if v == i:
+                continue  # the same view for teacher and student is no task
+            total = total - (t * lp).sum(dim=1).mean()
+            terms += 1
+    return total / terms
+
+
+@full_precision
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
+    """MAE's reconstruction loss (arXiv 2111.06377 section 3): per-patch MSE averaged over masked patches only.
+
+    pred, target [B, L, P]; mask [B, L] with 1 where the patch was removed. With norm_pix each target patch
+    is normalised by its own mean and variance (the paper's better-performing variant).
+    """
+    target = target.float()
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+    mask = mask.float()
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)

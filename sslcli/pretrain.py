@@ -14,7 +14,7 @@ from sslcli import cache, checkpoint, console, data
 from sslcli.augment import Augmenter
 from sslcli.encoders import build_encoder
 from sslcli.errors import UsageError
-from sslcli.methods import METHODS
+from sslcli.methods import METHODS, Budget
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import PretrainSpec, dump
 from sslcli.train import (
@@ -126,13 +126,14 @@ def run(spec: PretrainSpec) -> dict[str, Any]:
     )
     encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
                                   spec.encoder.kwargs)
-    method = METHODS[spec.method.name](spec.method, encoder, info.feature_dim, loop.total_steps)
+    method = METHODS[spec.method.name](spec.method, encoder, info.feature_dim,
+                                       Budget(loop.total_steps, steps_per_epoch))
     generator = torch.Generator(device=device).manual_seed(spec.train.seed)
     augment = Augmenter(method.views(spec.augment), info.mean, info.std, generator)
 
     lr = spec.scaled_lr()
     optimizer = build_optimizer(method, spec.optim.name, lr, spec.optim.weight_decay, spec.optim.momentum,
-                                spec.optim.trust_coeff)
+                                spec.optim.trust_coeff, spec.optim.betas, getattr(method, "fixed_lr_modules", ()))
     warmup_steps = round(spec.optim.warmup_epochs * steps_per_epoch)
     lr_schedule = warmup_cosine(lr, loop.total_steps, warmup_steps, final=lr * spec.optim.min_lr_ratio)
 

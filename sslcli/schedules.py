@@ -27,3 +27,24 @@ def warmup_cosine(base: float, total_steps: int, warmup_steps: int = 0, final: f
 
 def constant(value: float, total_steps: int) -> torch.Tensor:
     return torch.full((total_steps,), float(value), dtype=torch.float64)
+
+
+def cosine_increase(base: float, final: float, total_steps: int) -> torch.Tensor:
+    """BYOL's momentum schedule: tau_k = final - (final - base) * (cos(pi k / K) + 1) / 2, from base to final.
+
+    Used for EMA momentum (BYOL 0.99 -> 1, DINO 0.996 -> 1, MoCo v3 0.99 -> 1).
+    """
+    if total_steps <= 0:
+        raise ValueError("total_steps must be positive")
+    k = torch.arange(total_steps, dtype=torch.float64) / max(total_steps - 1, 1)
+    return final - (final - base) * (torch.cos(math.pi * k) + 1) / 2
+
+
+def linear_warmup_then_constant(start: float, end: float, warmup_steps: int, total_steps: int) -> torch.Tensor:
+    """Linear from start to end over warmup_steps, then end (DINO's teacher temperature)."""
+    if total_steps <= 0:
+        raise ValueError("total_steps must be positive")
+    warmup_steps = min(max(warmup_steps, 0), total_steps)
+    ramp = torch.linspace(start, end, warmup_steps, dtype=torch.float64) if warmup_steps > 1 else \
+        torch.full((warmup_steps,), float(end), dtype=torch.float64)
+    return torch.cat([ramp, torch.full((total_steps - warmup_steps,), float(end), dtype=torch.float64)])

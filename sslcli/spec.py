@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sslcli.augment import ViewConfig
 from sslcli.errors import UsageError
-from sslcli.methods import METHODS, MethodConfig
+from sslcli.methods import DEFAULT_METHOD, METHODS, MethodConfig, spec_defaults_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,6 +58,7 @@ class OptimConfig(Strict):
     warmup_epochs: float = Field(10, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak lr")
     clip_grad: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    betas: tuple[float, float] | None = Field(None, description="AdamW/LAMB betas (default: the optimizer's own)")
 
 
 class TrainConfig(Strict):
@@ -77,7 +78,7 @@ class TrainConfig(Strict):
 class PretrainSpec(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    method: MethodConfig = Field(default_factory=lambda: METHODS["simclr"].Config())
+    method: MethodConfig = Field(default_factory=lambda: METHODS[DEFAULT_METHOD].Config())
     augment: ViewConfig = Field(default_factory=ViewConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -264,10 +265,31 @@ def resolve(model: type[BaseModel], preset: str | None = None, options: dict[str
     for item in sets or []:
         key, value = parse_set(item)
         set_dotted(tree, key, value)
+    if model is PretrainSpec:
+        tree = merge(method_defaults(tree), tree)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
         raise UsageError("\n".join(format_errors(exc, model))) from None
+
+
+def method_defaults(tree: dict[str, Any]) -> dict[str, Any]:
+    """The chosen method's own defaults (its paper's optimizer, MAE's ViT), under every other layer.
+
+    The encoder section is taken whole or not at all: kwargs meant for the method's default encoder
+    (a ViT patch size) must not reach an encoder the user chose.
+    """
+    method = tree.get("method") if isinstance(tree.get("method"), dict) else {}
+    name = method.get("name", DEFAULT_METHOD)
+    if name not in METHODS:
+        return {}
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    image_size = data.get("image_size", DataConfig.model_fields["image_size"].default)
+    defaults = spec_defaults_of(METHODS[name], image_size if isinstance(image_size, int) else 32)
+    encoder = tree.get("encoder") if isinstance(tree.get("encoder"), dict) else {}
+    if "name" in encoder:
+        defaults.pop("encoder", None)
+    return defaults
 
 
 def _check_method_switch(tree: dict[str, Any], typed: dict[str, Any], preset: str | None) -> None:
@@ -293,6 +315,8 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             valid = _valid_keys(model, loc[:-1])
             hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
             lines.append(f"spec error: unknown key '{key}'{hint}")
+        elif err["type"] == "union_tag_invalid":
+            lines.append(f"spec error: {key}.name: unknown method {err['ctx']['tag']!r}; available: {', '.join(METHODS)}")
         elif err["type"] == "model_type" and err["input"] is not None:
             lines.append(f"spec error: '{key}' is a section; set its keys, e.g. {key}.<name>=value")
         else:

@@ -64,18 +64,41 @@ def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and torch.backends.mkldnn.is_available())
 
 
+def param_groups(model: nn.Module, weight_decay: float, fixed_lr_modules: tuple[str, ...] = ()) -> list[dict]:
+    """timm's weight-decay split, done here so it sees the whole method: biases, norm parameters and the
+    names any submodule lists in no_weight_decay() (a ViT's pos_embed and cls_token) get no decay, and so
+    no LARS adaptation. Parameters under fixed_lr_modules are tagged to keep the peak lr (SimSiam)."""
+    exempt: set[str] = set()
+    for prefix, module in model.named_modules():
+        names = getattr(module, "no_weight_decay", None)
+        if callable(names):
+            exempt |= {f"{prefix}.{n}" if prefix else n for n in names()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim <= 1 or name.endswith(".bias") or name in exempt)
+        fixed = any(name.startswith(m + ".") for m in fixed_lr_modules)
+        groups.setdefault((decay, fixed), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "fixed_lr": fixed}
+            for (decay, fixed), params in groups.items()]
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
-                    trust_coeff: float) -> torch.optim.Optimizer:
-    """timm's optimizers; biases and norm parameters get no weight decay (and so no LARS adaptation)."""
+                    trust_coeff: float, betas: tuple[float, float] | None = None,
+                    fixed_lr_modules: tuple[str, ...] = ()) -> torch.optim.Optimizer:
+    """timm's optimizers (LARS, SGD, AdamW, LAMB) over param_groups(model)."""
     from timm.optim import create_optimizer_v2
 
     kwargs: dict[str, Any] = {}
     if name == "lars":
         kwargs["trust_coeff"] = trust_coeff
-    if name in ("adamw", "lamb"):
-        return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, filter_bias_and_bn=True)
-    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                               filter_bias_and_bn=True, **kwargs)
+    if name in ("lars", "sgd"):
+        kwargs["momentum"] = momentum
+    if name in ("adamw", "lamb") and betas is not None:
+        kwargs["betas"] = tuple(betas)
+    groups = param_groups(model, weight_decay, fixed_lr_modules)
+    return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 @dataclass
@@ -107,9 +130,9 @@ class FitResult:
         return self.images / max(self.wall_s, 1e-9)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = (peak if group.get("fixed_lr") else lr) * group.get("lr_scale", 1.0)
 
 
 def _non_finite(step: int, epoch: int, loss: float, last_good: tuple[int, float] | None) -> RunError:
@@ -145,6 +168,7 @@ def fit(
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format).train()
     params = [p for p in model.parameters() if p.requires_grad]
+    peak_lr = float(lr_schedule.max())
     progress = console.Progress(cfg.total_steps, cfg.description, every=cfg.log_every)
     step, images, last_good = 0, 0, None
     start = time.perf_counter()
@@ -154,7 +178,7 @@ def fit(
                 for batch in _prefetched(batches(epoch), device, memory_format):
                     if step >= cfg.total_steps:
                         break  # a loader that yields more batches than planned never runs past the schedule
-                    _set_lr(optimizer, float(lr_schedule[step]))
+                    _set_lr(optimizer, float(lr_schedule[step]), peak_lr)
                     loss_value, out = _train_step(batch, step, epoch, compute_loss, optimizer, scaler, dtype,
                                                   device, params, cfg.clip_grad, last_good)
                     on_step_end(step)

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -53,3 +54,131 @@ def test_nt_xent_gradients_flow_to_both_views():
     z2 = torch.randn(4, 8, requires_grad=True)
     nt_xent(z1, z2, 0.2).backward()
     assert z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- the other methods' losses
+
+from sslcli.losses import (  # noqa: E402
+    barlow_twins,
+    dino_loss,
+    info_nce,
+    masked_mse,
+    negative_cosine,
+    sinkhorn,
+    swapped_prediction,
+    vicreg_terms,
+)
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_info_nce_with_queue_matches_moco_pseudocode():
+    # MoCo v1 Algorithm 1: l_pos = q.k, l_neg = q.queue^T, logits = [l_pos, l_neg] / t, label 0.
+    q, k, queue = _randn(5, 8, seed=1), _randn(5, 8, seed=2), _randn(12, 8, seed=3)
+    t = 0.2
+    total = 0.0
+    for i in range(5):
+        qi, ki = F.normalize(q[i], dim=0), F.normalize(k[i], dim=0)
+        pos = torch.exp(qi @ ki / t)
+        neg = sum(torch.exp(qi @ F.normalize(queue[j], dim=0) / t) for j in range(12))
+        total += -torch.log(pos / (pos + neg))
+    torch.testing.assert_close(info_nce(q, k, t, queue), total / 5, rtol=1e-5, atol=1e-5)
+
+
+def test_info_nce_in_batch_matches_mocov3_pseudocode():
+    q, k = _randn(6, 4, seed=4), _randn(6, 4, seed=5)
+    t = 0.5
+    qn, kn = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    total = 0.0
+    for i in range(6):
+        logits = torch.stack([qn[i] @ kn[j] / t for j in range(6)])
+        total += -(logits[i] - torch.logsumexp(logits, dim=0))
+    torch.testing.assert_close(info_nce(q, k, t), total / 6, rtol=1e-5, atol=1e-5)
+
+
+def test_negative_cosine_known_values():
+    p = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert negative_cosine(p, p * 5).item() == pytest.approx(-1.0)
+    assert negative_cosine(p, -p).item() == pytest.approx(1.0)
+    assert negative_cosine(p, p.flip(1)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def barlow_reference(z1, z2, lambd):
+    n, d = z1.shape
+    a = (z1 - z1.mean(0)) / z1.std(0, unbiased=False)
+    b = (z2 - z2.mean(0)) / z2.std(0, unbiased=False)
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(a[k, i] * b[k, j] for k in range(n)) / n
+            loss += (1 - c) ** 2 if i == j else lambd * c ** 2
+    return loss
+
+
+def test_barlow_matches_the_paper_formula_and_is_zero_for_decorrelated_identical_inputs():
+    z1, z2 = _randn(7, 4, seed=6), _randn(7, 4, seed=7)
+    torch.testing.assert_close(barlow_twins(z1, z2, 0.1), barlow_reference(z1, z2, 0.1), rtol=1e-4, atol=1e-5)
+    # Identical inputs with exactly uncorrelated, standardised columns: C is the identity, so the loss is 0.
+    basis = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert barlow_twins(basis, basis.clone(), 0.0051).item() == pytest.approx(0.0, abs=1e-6)
+    # Identical but correlated columns: the diagonal is still 1, the off-diagonal terms remain.
+    z = _randn(32, 3, seed=8)
+    z = torch.cat([z, z[:, :1] + 0.1 * z[:, 1:2]], dim=1)
+    assert barlow_twins(z, z.clone(), 1.0).item() > 0.5
+
+
+def test_vicreg_terms_against_the_paper():
+    z1, z2 = _randn(16, 6, seed=9), _randn(16, 6, seed=10)
+    inv, var, cov = vicreg_terms(z1, z2)
+    torch.testing.assert_close(inv, ((z1 - z2) ** 2).mean())
+    # Variance: zero when every dimension's std is at least 1.
+    big = _randn(64, 6, seed=11) * 5
+    _, var_big, _ = vicreg_terms(big, big * 2)
+    assert var_big.item() == 0.0
+    # ... and 1 (the hinge at its maximum) for a collapsed batch.
+    collapsed = torch.ones(8, 6)
+    _, var_collapsed, cov_collapsed = vicreg_terms(collapsed, collapsed)
+    assert var_collapsed.item() == pytest.approx(1.0 - 1e-2, abs=1e-3)
+    assert cov_collapsed.item() == 0.0
+    # Covariance: the off-diagonal of the sample covariance, squared, summed, over d, for each branch.
+    expected = 0.0
+    for z in (z1, z2):
+        c = torch.cov(z.T)
+        expected += (c.pow(2).sum() - torch.diagonal(c).pow(2).sum()) / 6
+    torch.testing.assert_close(cov, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sinkhorn_codes_are_an_equipartition():
+    scores = F.normalize(_randn(32, 8, seed=12), dim=1) @ F.normalize(_randn(10, 8, seed=13), dim=1).T
+    q = sinkhorn(scores, epsilon=0.05, iterations=3)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(32))  # each sample's code is a distribution
+    q_many = sinkhorn(scores, epsilon=0.05, iterations=200)
+    torch.testing.assert_close(q_many.sum(dim=0), torch.full((10,), 32 / 10), rtol=1e-3, atol=1e-3)
+    assert (q >= 0).all()
+    # A smaller epsilon gives sharper (lower-entropy) codes.
+    entropy = lambda c: -(c * c.clamp_min(1e-12).log()).sum(1).mean()  # noqa: E731
+    assert entropy(sinkhorn(scores, 0.02, 3)) < entropy(sinkhorn(scores, 0.5, 3))
+
+
+def test_swapped_prediction_and_dino_loss_pair_every_other_view():
+    scores = [_randn(4, 5, seed=s) for s in range(3)]  # 2 global + 1 local
+    codes = [F.softmax(_randn(4, 5, seed=10 + s), dim=1) for s in range(2)]
+    t = 0.1
+    ce = lambda q, s: -(q * F.log_softmax(s / t, dim=1)).sum(1).mean()  # noqa: E731
+    expected = (ce(codes[0], scores[1]) + ce(codes[0], scores[2]) + ce(codes[1], scores[0]) + ce(codes[1], scores[2])) / 4
+    torch.testing.assert_close(swapped_prediction(scores, codes, t), expected)
+    torch.testing.assert_close(dino_loss(scores, codes, t), expected)
+
+
+def test_masked_mse_counts_only_masked_patches():
+    pred, target = _randn(2, 4, 12, seed=20), _randn(2, 4, 12, seed=21)
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    spoiled = pred.clone()
+    spoiled[mask == 0] = 1e6  # visible patches may be anything: they are not in the loss
+    assert masked_mse(spoiled, target, mask, norm_pix=False) == masked_mse(pred, target, mask, norm_pix=False)
+    per_patch = ((pred - target) ** 2).mean(-1)
+    torch.testing.assert_close(masked_mse(pred, target, mask, norm_pix=False), per_patch[mask == 1].mean())
+    # norm_pix: the target patch is standardised first, so a shifted and scaled target gives the same loss.
+    torch.testing.assert_close(masked_mse(pred, target * 3 + 2, mask), masked_mse(pred, target, mask), rtol=1e-4, atol=1e-4)

@@ -1,11 +1,11 @@
-"""The method contract that the training loop relies on."""
+"""The method contract that the training loop relies on, and what the methods share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -20,13 +20,34 @@ class StepOut:
     logs: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long the run is, for methods whose schedules or freezes are counted in steps or epochs."""
+
+    total_steps: int
+    steps_per_epoch: int
+
+    def epochs_to_steps(self, epochs: float) -> int:
+        return min(self.total_steps, round(epochs * self.steps_per_epoch))
+
+
+class MethodConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 class Method(Protocol):
-    """A method is an nn.Module holding the encoder and its own heads."""
+    """A method is an nn.Module holding the encoder and its own heads.
+
+    Optional class attributes: `summary` (one line for `sslcli methods`), `fixed_lr_modules` (names of
+    submodules whose lr stays at the peak value, SimSiam's predictor), and `spec_defaults(image_size)`
+    (spec values that suit the method better than the global defaults; a preset or option overrides them).
+    """
 
     Config: ClassVar[type[BaseModel]]
     paper: ClassVar[str]
+    summary: ClassVar[str]
 
-    def __init__(self, cfg: BaseModel, encoder: nn.Module, feature_dim: int, total_steps: int) -> None: ...
+    def __init__(self, cfg: BaseModel, encoder: nn.Module, feature_dim: int, budget: Budget) -> None: ...
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         """The augmentation recipe: one ViewConfig per view, built from the spec's augment section."""
@@ -41,3 +62,8 @@ class Method(Protocol):
     def export_encoder(self) -> nn.Module:
         """The backbone to save (DINO exports its teacher)."""
         ...
+
+
+def spec_defaults_of(method_cls: type, image_size: int) -> dict[str, Any]:
+    fn = getattr(method_cls, "spec_defaults", None)
+    return fn(image_size) if fn is not None else {}

@@ -8,18 +8,16 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from sslcli.augment import ViewConfig
 from sslcli.heads import mlp
 from sslcli.losses import nt_xent
-from sslcli.methods.base import StepOut
+from sslcli.methods.base import Budget, MethodConfigBase, StepOut
 
 
-class SimCLRConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SimCLRConfig(MethodConfigBase):
     name: Literal["simclr"] = "simclr"
     temperature: float = Field(0.2, gt=0, description="NT-Xent temperature (paper: 0.1-0.5; solo-learn CIFAR: 0.2)")
     proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width")
@@ -36,8 +34,9 @@ class SimCLR(nn.Module):
 
     Config: ClassVar[type[BaseModel]] = SimCLRConfig
     paper: ClassVar[str] = "https://arxiv.org/abs/2002.05709"
+    summary: ClassVar[str] = "contrastive: two views, in-batch negatives, NT-Xent (Chen et al. 2020)"
 
-    def __init__(self, cfg: SimCLRConfig, encoder: nn.Module, feature_dim: int, total_steps: int):
+    def __init__(self, cfg: SimCLRConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
@@ -59,4 +58,3 @@ class SimCLR(nn.Module):
 
     def export_encoder(self) -> nn.Module:
         return self.encoder
-

@@ -1,0 +1,121 @@
+"""MAE: Masked Autoencoders Are Scalable Vision Learners.
+
+He et al. 2021, https://arxiv.org/abs/2111.06377
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, Field
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from sslcli.augment import ViewConfig
+from sslcli.errors import UsageError
+from sslcli.losses import masked_mse
+from sslcli.methods.base import Budget, MethodConfigBase, StepOut
+
+
+class MAEConfig(MethodConfigBase):
+    name: Literal["mae"] = "mae"
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="fraction of patches removed per image (paper: 0.75)")
+    decoder_dim: int = Field(512, gt=0, description="decoder width (paper: 512)")
+    decoder_depth: int = Field(8, gt=0, description="decoder blocks (paper: 8)")
+    decoder_heads: int = Field(16, gt=0, description="decoder attention heads (paper: 16)")
+    norm_pix_loss: bool = Field(True, description="normalise each target patch by its mean and std (paper)")
+
+
+def default_patch_size(image_size: int) -> int:
+    """A ViT patch giving 8x8 patches at CIFAR and Imagenette sizes, 14x14 at 224 px (ViT-*/16)."""
+    return 4 if image_size <= 64 else 12 if image_size <= 128 else 16
+
+
+class MAE(nn.Module):
+    """A timm ViT encodes the 25 % of patches kept (per-sample random masking, section 3); a light
+    transformer decoder with mask tokens and fixed 2D sin-cos positions reconstructs every patch; the
+    loss is the MSE over masked patches only. The encoder is exported untouched, a standard timm ViT.
+    """
+
+    Config: ClassVar[type[BaseModel]] = MAEConfig
+    paper: ClassVar[str] = "https://arxiv.org/abs/2111.06377"
+    summary: ClassVar[str] = "masked image modelling: ViT encodes 25 % of patches, decoder rebuilds pixels (He et al. 2021)"
+
+    def __init__(self, cfg: MAEConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
+        super().__init__()
+        if not isinstance(encoder, VisionTransformer):
+            raise UsageError(f"mae needs a timm ViT encoder (e.g. vit_tiny_patch16_224), not {type(encoder).__name__}; "
+                             "set --encoder")
+        self.cfg = cfg
+        self.encoder = encoder
+        self.patch = encoder.patch_embed.patch_size[0]
+        grid = encoder.patch_embed.grid_size
+        self.decoder_embed = nn.Linear(feature_dim, cfg.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        # Fixed (not learned) sin-cos positions, as in the paper's decoder; prefix tokens get position 0.
+        pos = build_sincos2d_pos_embed(list(grid), cfg.decoder_dim).unsqueeze(0)
+        self.register_buffer("decoder_pos", pos, persistent=False)
+        self.decoder = nn.Sequential(*[Block(cfg.decoder_dim, cfg.decoder_heads, mlp_ratio=4.0, qkv_bias=True)
+                                       for _ in range(cfg.decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
+        self.decoder_pred = nn.Linear(cfg.decoder_dim, self.patch * self.patch * 3)
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict:
+        # Paper: AdamW (betas 0.9, 0.95), lr 1.5e-4 x batch / 256, weight decay 0.05, 40 warm-up epochs;
+        # augmentation is only a random resized crop (0.2, 1) and a flip.
+        return {
+            "encoder": {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": default_patch_size(image_size)}},
+            "optim": {"name": "adamw", "base_lr": 1.5e-4, "weight_decay": 0.05, "betas": [0.9, 0.95],
+                      "warmup_epochs": 40},
+            "augment": {"scale": [0.2, 1.0], "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0},
+        }
+
+    def views(self, augment: ViewConfig) -> list[ViewConfig]:
+        return [augment]
+
+    def patchify(self, x: Tensor) -> Tensor:
+        """[B,3,H,W] -> [B, L, p*p*3], patches in row-major order, pixels (p, q, c) as in the official code."""
+        b, c, h, w = x.shape
+        p = self.patch
+        x = x.reshape(b, c, h // p, p, w // p, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def random_mask(self, n: int, length: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample random masking by argsort of noise: kept indices, the restoring permutation, the mask."""
+        keep = max(1, int(round(length * (1 - self.cfg.mask_ratio))))
+        noise = torch.rand(n, length, device=device)
+        shuffle = noise.argsort(dim=1)
+        restore = shuffle.argsort(dim=1)
+        mask = torch.ones(n, length, device=device)
+        mask[:, :keep] = 0
+        return shuffle[:, :keep], restore, mask.gather(1, restore)
+
+    def forward(self, views: list[Tensor], step: int) -> StepOut:
+        x = views[0]
+        enc = self.encoder
+        tokens = enc._pos_embed(enc.patch_embed(x))  # [B, prefix + L, D], positions added before masking
+        prefix, patches = tokens[:, :enc.num_prefix_tokens], tokens[:, enc.num_prefix_tokens:]
+        n, length, dim = patches.shape
+        kept, restore, mask = self.random_mask(n, length, x.device)
+        visible = patches.gather(1, kept.unsqueeze(-1).expand(-1, -1, dim))
+        h = enc.norm(enc.blocks(enc.norm_pre(torch.cat([prefix, visible], dim=1))))
+
+        d = self.decoder_embed(h)
+        d_prefix, d_visible = d[:, :enc.num_prefix_tokens], d[:, enc.num_prefix_tokens:]
+        filler = self.mask_token.to(d.dtype).expand(n, length - d_visible.shape[1], -1)
+        full = torch.cat([d_visible, filler], dim=1).gather(1, restore.unsqueeze(-1).expand(-1, -1, d.shape[-1]))
+        full = full + self.decoder_pos.to(full.dtype)
+        out = self.decoder(torch.cat([d_prefix, full], dim=1))
+        pred = self.decoder_pred(self.decoder_norm(out))[:, enc.num_prefix_tokens:]
+        loss = masked_mse(pred, self.patchify(x), mask, self.cfg.norm_pix_loss)
+        return StepOut(loss=loss, logs={"loss": loss.detach()})
+
+    def on_step_end(self, step: int) -> None:
+        pass
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder

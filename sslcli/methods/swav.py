@@ -1,0 +1,124 @@
+"""SwAV: Unsupervised Learning of Visual Features by Contrasting Cluster Assignments.
+
+Caron et al. 2020, https://arxiv.org/abs/2006.09882
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import Tensor, nn
+
+from sslcli.augment import ViewConfig, multi_crop
+from sslcli.heads import NormalizedLinear, mlp
+from sslcli.losses import sinkhorn, swapped_prediction
+from sslcli.methods.base import Budget, MethodConfigBase, StepOut
+from sslcli.methods.mocov2 import enqueue
+
+
+class SwAVConfig(MethodConfigBase):
+    name: Literal["swav"] = "swav"
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the predictions (paper: 0.1)")
+    proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width (paper: 2048)")
+    proj_out_dim: int = Field(128, gt=0, description="feature size compared with the prototypes (paper: 128)")
+    num_prototypes: int = Field(3000, gt=0, description="K prototypes (paper: 3000 on ImageNet)")
+    sinkhorn_iterations: int = Field(3, gt=0, description="Sinkhorn-Knopp iterations (paper: 3)")
+    epsilon: float = Field(0.05, gt=0, description="entropy regularisation of the codes (paper: 0.05)")
+    freeze_prototypes_epochs: float = Field(1, ge=0, description="prototypes get no update this long (paper: 1)")
+    num_local_crops: int = Field(6, ge=0, description="small crops besides the 2 global ones (paper: 6)")
+    local_crop_size: int | None = Field(None, gt=0, description="side of a local crop (default: 3/7 of the image, "
+                                        "as 96/224 in the paper)")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.14), description="local crop area range (paper)")
+    queue_length: int = Field(0, ge=0, description="past features added to Sinkhorn for small batches "
+                              "(paper: 3840 below batch 256; 0 = off)")
+    queue_start_epoch: float = Field(15, ge=0, description="epoch from which the queue is filled (paper: 15)")
+
+
+class SwAV(nn.Module):
+    """Encoder -> projector -> L2-normalised z -> scores against normalised prototypes. The codes of each
+    global crop (Sinkhorn-Knopp, no gradient) are predicted from every other crop (swapped prediction).
+
+    Multi-crop: 2 global crops at the image size plus num_local_crops small ones; only the global crops
+    get codes (section 3.2). The prototypes are frozen for the first epoch, as in the paper.
+    """
+
+    Config: ClassVar[type[BaseModel]] = SwAVConfig
+    paper: ClassVar[str] = "https://arxiv.org/abs/2006.09882"
+    summary: ClassVar[str] = "clustering: Sinkhorn codes, swapped prediction, multi-crop (Caron et al. 2020)"
+
+    def __init__(self, cfg: SwAVConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim)
+        self.prototypes = NormalizedLinear(cfg.proj_out_dim, cfg.num_prototypes)
+        self.freeze_steps = budget.epochs_to_steps(cfg.freeze_prototypes_epochs)
+        self.queue_start = budget.epochs_to_steps(cfg.queue_start_epoch)
+        self.batch_size: int | None = None
+        if cfg.queue_length:
+            self.register_buffer("queue", torch.zeros(2, cfg.queue_length, cfg.proj_out_dim))
+            self.register_buffer("queue_ptr", torch.zeros(2, dtype=torch.long))
+        self._pending: Tensor | None = None
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict:
+        # Paper: LARS, lr 4.8 at batch 4096 (0.3 per 256 images), weight decay 1e-6; global crops (0.14, 1).
+        return {"optim": {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6},
+                "augment": {"scale": [0.14, 1.0]}}
+
+    def views(self, augment: ViewConfig) -> list[ViewConfig]:
+        size = self.cfg.local_crop_size or max(8, round(augment.size * 3 / 7))
+        return multi_crop([augment, augment], self.cfg.num_local_crops, size, self.cfg.local_crop_scale)
+
+    def queue_ready(self, step: int) -> bool:
+        """The queue joins Sinkhorn once it has been filled entirely (a function of the step, so no host sync)."""
+        if not self.cfg.queue_length or self.batch_size is None:
+            return False
+        steps_to_fill = -(-self.cfg.queue_length // self.batch_size)
+        return step - self.queue_start >= steps_to_fill
+
+    def forward(self, views: list[Tensor], step: int) -> StepOut:
+        with torch.no_grad():  # the prototypes stay on the unit sphere (the paper normalises them every step)
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        # Frozen prototypes get no gradient at all, so the optimizer leaves them as they are (p.grad is None).
+        self.prototypes.weight.requires_grad_(step >= self.freeze_steps)
+        self.batch_size = views[0].shape[0]
+        z = [F.normalize(self.projector(self.encoder(torch.cat(group))), dim=1) for group in _by_size(views)]
+        z = torch.cat(z).chunk(len(views))
+        scores = [self.prototypes(zi) for zi in z]
+        codes = []
+        with torch.no_grad():
+            for i in range(2):
+                s = scores[i].detach()
+                if self.queue_ready(step):
+                    s = torch.cat([self.prototypes(self.queue[i]), s])
+                # With a queue the codes are computed over queue + batch; the batch's are the last rows.
+                codes.append(sinkhorn(s, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-z[i].shape[0]:])
+        loss = swapped_prediction(scores, codes, self.cfg.temperature)
+        if self.cfg.queue_length and step >= self.queue_start:
+            self._pending = torch.stack([z[0].detach(), z[1].detach()])
+        return StepOut(loss=loss, logs={"loss": loss.detach()})
+
+    @torch.no_grad()
+    def on_step_end(self, step: int) -> None:
+        if self._pending is not None:
+            for i in range(2):
+                enqueue(self.queue[i], self.queue_ptr[i], self._pending[i])
+            self._pending = None
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder
+
+
+def _by_size(views: list[Tensor]) -> list[list[Tensor]]:
+    """Consecutive views of the same size, so each size goes through the encoder in one batch (as SwAV does)."""
+    groups: list[list[Tensor]] = []
+    for v in views:
+        if groups and groups[-1][0].shape[-2:] == v.shape[-2:]:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return groups

@@ -1,0 +1,243 @@
+"""The method contract, checked for every method in METHODS with tiny encoders on CPU."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslcli import checkpoint, pretrain
+from sslcli.augment import Augmenter
+from sslcli.encoders import build_encoder
+from sslcli.methods import METHODS, Budget
+from sslcli.spec import PretrainSpec, dump, list_presets, resolve
+from sslcli.train import build_optimizer
+
+# Small heads so a step takes milliseconds; everything else is the method's default.
+TINY = {
+    "simclr": {"proj_hidden_dim": 64, "proj_out_dim": 32},
+    "mocov2": {"proj_hidden_dim": 64, "proj_out_dim": 32, "queue_size": 20},
+    "mocov3": {"proj_hidden_dim": 64, "proj_out_dim": 32, "pred_hidden_dim": 64},
+    "byol": {"proj_hidden_dim": 64, "proj_out_dim": 32, "pred_hidden_dim": 64},
+    "simsiam": {"proj_dim": 64, "pred_hidden_dim": 16},
+    "swav": {"proj_hidden_dim": 64, "proj_out_dim": 32, "num_prototypes": 20, "num_local_crops": 2,
+             "queue_length": 16, "queue_start_epoch": 0},
+    "barlow": {"proj_dim": 64},
+    "vicreg": {"proj_dim": 64},
+    "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "num_local_crops": 2},
+    "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+}
+BATCH, STEPS_PER_EPOCH = 8, 2
+
+
+def tiny_spec(name: str, **method) -> PretrainSpec:
+    sets = [f"method.{k}={v}" if not isinstance(v, (list, tuple)) else f"method.{k}={list(v)}"
+            for k, v in {**TINY[name], **method}.items()]
+    if name == "mae":
+        sets += ['encoder.kwargs={"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}']
+    else:
+        sets += ["encoder.name=resnet10t", "encoder.small_stem=false"]
+    return resolve(PretrainSpec, options={"method.name": name, "data.image_size": 16}, sets=sets)
+
+
+def build(name: str, **method):
+    torch.manual_seed(0)
+    spec = tiny_spec(name, **method)
+    encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
+    model = METHODS[name](spec.method, encoder, info.feature_dim, Budget(4 * STEPS_PER_EPOCH, STEPS_PER_EPOCH))
+    augment = Augmenter(model.views(spec.augment), info.mean, info.std, torch.Generator().manual_seed(0))
+    optimizer = build_optimizer(model, spec.optim.name, 0.05, spec.optim.weight_decay, spec.optim.momentum,
+                                spec.optim.trust_coeff, spec.optim.betas, getattr(model, "fixed_lr_modules", ()))
+    return spec, model.train(), augment, optimizer, info
+
+
+def images(seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (BATCH, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def train_step(model, augment, optimizer, step: int):
+    out = model(augment(images(step)), step)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    model.on_step_end(step)
+    return out
+
+
+def targets_of(model) -> list[tuple[str, str]]:
+    """(target, online) submodule pairs of EMA methods."""
+    pairs = [("key_encoder", "encoder"), ("key_projector", "projector"), ("momentum_encoder", "encoder"),
+             ("momentum_projector", "projector"), ("target_encoder", "encoder"), ("target_projector", "projector"),
+             ("teacher_encoder", "encoder"), ("teacher_head", "head")]
+    return [(t, o) for t, o in pairs if hasattr(model, t)]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_step_is_finite_and_trains_the_encoder(name: str):
+    _, model, augment, optimizer, _ = build(name)
+    before = copy.deepcopy(model.encoder.state_dict())
+    out = model(augment(images()), 0)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads), "no gradient reached the encoder"
+    optimizer.step()
+    model.on_step_end(0)
+    changed = [k for k, v in model.encoder.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert changed, "the optimizer step left the encoder unchanged"
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_targets_receive_no_gradient_and_follow_the_ema(name: str):
+    _, model, augment, optimizer, _ = build(name)
+    pairs = targets_of(model)
+    if name in ("mocov2", "mocov3", "byol", "dino"):
+        assert pairs, f"{name} should hold a momentum target"
+    else:
+        assert not pairs
+        return
+    optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for target, _ in pairs:
+        assert all(not p.requires_grad and id(p) not in optimized for p in getattr(model, target).parameters())
+    for step in range(2):
+        old = {t: [p.detach().clone() for p in getattr(model, t).parameters()] for t, _ in pairs}
+        train_step(model, augment, optimizer, step)
+        m = model.momentum[step]
+        for target, online in pairs:
+            for before, now, new_online in zip(old[target], getattr(model, target).parameters(),
+                                               getattr(model, online).parameters(), strict=True):
+                torch.testing.assert_close(now, m * before + (1 - m) * new_online.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_ema_momentum_follows_the_cosine_schedule():
+    _, model, *_ = build("byol", momentum=0.99, final_momentum=1.0)
+    assert model.momentum[0] == pytest.approx(0.99)
+    assert model.momentum[-1] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(model.momentum, model.momentum[1:], strict=False))
+
+
+def test_mocov2_queue_takes_each_steps_keys_after_the_step():
+    _, model, augment, optimizer, _ = build("mocov2")
+    initial = model.queue.clone()
+    out = model(augment(images()), 0)
+    keys = model._pending_keys.clone()
+    assert torch.equal(model.queue, initial), "the queue must not change before the update is applied"
+    optimizer.zero_grad()
+    out.loss.backward()
+    optimizer.step()
+    model.on_step_end(0)
+    torch.testing.assert_close(model.queue[:BATCH], keys)
+    torch.testing.assert_close(model.queue[BATCH:], initial[BATCH:])
+    assert int(model.queue_ptr) == BATCH
+    for step in range(1, 3):  # a queue of 20 wraps around after 3 batches of 8
+        train_step(model, augment, optimizer, step)
+    assert int(model.queue_ptr) == (3 * BATCH) % 20
+    assert torch.allclose(model.queue.norm(dim=1), torch.ones(20))
+
+
+def test_dino_center_is_an_ema_of_teacher_means_and_last_layer_is_frozen_for_an_epoch():
+    _, model, augment, optimizer, _ = build("dino")
+    last = model.head.last_layer.weight.detach().clone()
+    for step in range(STEPS_PER_EPOCH):
+        center = model.center.clone()
+        out = model(augment(images(step)), step)
+        batch_mean = model._pending_center.clone()
+        optimizer.zero_grad()
+        out.loss.backward()
+        assert model.head.last_layer.weight.grad is None
+        optimizer.step()
+        model.on_step_end(step)
+        torch.testing.assert_close(model.center, 0.9 * center + 0.1 * batch_mean)
+    assert torch.equal(model.head.last_layer.weight, last), "the last layer moved during the first epoch"
+    train_step(model, augment, optimizer, STEPS_PER_EPOCH)
+    assert not torch.equal(model.head.last_layer.weight, last), "the last layer stays frozen after the first epoch"
+    # The teacher temperature warms up linearly, then holds.
+    assert model.teacher_temperature[0] == pytest.approx(0.04)
+    assert model.export_encoder() is model.teacher_encoder
+
+
+def test_swav_prototypes_are_normalised_frozen_for_an_epoch_and_the_queue_joins_when_full():
+    _, model, augment, optimizer, _ = build("swav")
+    train_step(model, augment, optimizer, 0)
+    frozen = model.prototypes.weight.detach().clone()  # normalised at step 0, then frozen
+    for step in range(1, STEPS_PER_EPOCH):
+        train_step(model, augment, optimizer, step)
+        assert model.prototypes.weight.grad is None
+        # Re-normalising a unit vector may move its last bit; an update would move it by ~lr.
+        torch.testing.assert_close(model.prototypes.weight.detach(), frozen, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(frozen.norm(dim=1), torch.ones(20))
+    # queue 16, batch 8: filled by steps 0 and 1, used from step 2.
+    assert not model.queue_ready(1) and model.queue_ready(2)
+    assert (model.queue.abs().sum(dim=-1) > 0).all(), "both global crops' features fill the queue"
+    train_step(model, augment, optimizer, STEPS_PER_EPOCH)
+    assert (model.prototypes.weight - frozen).abs().max() > 1e-4, "prototypes stay frozen after the first epoch"
+    views = model.views(tiny_spec("swav").augment)
+    assert [v.size for v in views] == [16, 16, 8, 8]  # 2 global + 2 local crops (3/7 of the side, at least 8 px)
+
+
+def test_simsiam_predictor_keeps_the_peak_lr():
+    from sslcli.train import _set_lr
+
+    _, model, _, optimizer, _ = build("simsiam")
+    _set_lr(optimizer, 0.01, peak=0.5)
+    predictor = {id(p) for p in model.predictor.parameters()}
+    for group in optimizer.param_groups:
+        in_predictor = {id(p) in predictor for p in group["params"]}
+        assert len(in_predictor) == 1  # a group is all predictor or none of it
+        assert group["lr"] == (0.5 if in_predictor.pop() else 0.01)
+
+
+def test_mae_masks_three_quarters_per_sample_and_exports_a_plain_vit():
+    _, model, _, _, info = build("mae")
+    kept, restore, mask = model.random_mask(4, 16, torch.device("cpu"))
+    assert kept.shape == (4, 4) and mask.sum(dim=1).tolist() == [12.0] * 4
+    for i in range(4):  # the kept patches are exactly the unmasked ones
+        assert sorted(kept[i].tolist()) == torch.nonzero(mask[i] == 0).flatten().tolist()
+    x = torch.randn(2, 3, 16, 16)
+    patches = model.patchify(x)
+    assert patches.shape == (2, 16, 48)
+    torch.testing.assert_close(patches[0, 1].view(4, 4, 3).permute(2, 0, 1), x[0, :, 0:4, 4:8])
+    import timm
+
+    assert isinstance(model.export_encoder(), timm.models.vision_transformer.VisionTransformer)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_exported_encoder_round_trips_through_safetensors(name: str, tmp_path: Path):
+    spec, model, augment, optimizer, info = build(name)
+    train_step(model, augment, optimizer, 0)
+    path = tmp_path / "encoder.safetensors"
+    meta = checkpoint.encoder_metadata(info, method=name, epoch=1, step=1, spec=dump(spec))
+    checkpoint.save_encoder(path, model.export_encoder(), meta)
+    loaded, loaded_info, loaded_meta = checkpoint.load_encoder(path)
+    assert loaded_meta["method"] == name
+    x = torch.randn(3, 3, 16, 16)
+    exported = model.export_encoder().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), exported(x))
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_pretrain_from_defaults_then_probe(name: str, cifar_small: Path, tmp_path: Path):
+    """`--method X` with the method's own defaults (only the size of the run shrunk) trains and probes."""
+    from sslcli import probe
+    from sslcli.spec import ProbeSpec
+
+    sets = ["data.max_images=64", "train.batch_size=32", "train.epochs=1", "data.num_workers=0"]
+    spec = resolve(PretrainSpec, options={"method.name": name, "data.path": str(cifar_small),
+                                          "out": str(tmp_path / "run")}, sets=sets)
+    summary = pretrain.run(spec)
+    assert summary["steps"] == 2 and summary["method"] == name
+    result = probe.run(ProbeSpec(encoder=Path(summary["encoder"]), data=cifar_small, knn_k=[5],
+                                 linear_weight_decays=[1e-4], num_workers=0))
+    assert 0.0 <= result["knn"]["k5"]["top1"] <= 1.0 and result["method"] == name
+
+
+def test_every_method_has_a_cpu_cifar10_and_imagenette_preset():
+    names = {name for name, _ in list_presets()}
+    for method in METHODS:
+        for kind in ("cpu", "cifar10", "imagenette"):
+            assert f"{method}-{kind}" in names, f"missing preset {method}-{kind}"
