@@ -309,7 +309,7 @@ class Augmenter:
         # Op order in colour jitter is Python control flow, so it comes from a host generator; seeding it
         # from generator once here (the only sync) keeps one seed in charge of every random choice.
         seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()
-        self._order_generator = torch.Generator().manual_seed(int(seed))
+        self.order_generator = torch.Generator().manual_seed(int(seed))
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -330,7 +330,7 @@ class Augmenter:
         if cfg.jitter_p > 0:
             mask = _bernoulli(n, cfg.jitter_p, gen, device)
             v = color_jitter(
-                v, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, mask, gen, self._order_generator
+                v, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, mask, gen, self.order_generator
             )
         if cfg.gray_p > 0:
             v = grayscale(v, _bernoulli(n, cfg.gray_p, gen, device))

@@ -137,12 +137,13 @@ def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def batches(images: DecodedImages, batch_size: int, seed: int, epoch: int,
-            drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 [B,3,S,S], indices) for one shuffled epoch over the images that decoded."""
+            drop_last: bool = True, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 [B,3,S,S], indices) for one shuffled epoch over the images that decoded, from batch `skip` on
+    (a run resumed mid-epoch continues with exactly the batches it had not seen)."""
     indices = images.good_indices
     order = indices[epoch_order(len(indices), seed, epoch).numpy()]
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
-    for start in range(0, stop, batch_size):
+    for start in range(skip * batch_size, stop, batch_size):
         # Sorted reads walk the memory map forwards; the order inside a batch does not matter.
         chosen = np.sort(order[start:start + batch_size])
         yield torch.from_numpy(np.ascontiguousarray(images.array[chosen])), torch.from_numpy(chosen)

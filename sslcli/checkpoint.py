@@ -6,6 +6,8 @@ and the folder is fsynced: a crash leaves either the old complete file or the ne
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -19,7 +21,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from sslcli import __version__
+from sslcli import __version__, console
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import UsageError
 
@@ -119,17 +121,20 @@ def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
         raise UsageError(f"{path} is not an sslcli encoder (its metadata has no '{ENCODER_FORMAT}' tag); "
                          "give the encoder.safetensors of an sslcli run")
     try:
-        return EncoderInfo(
+        info = EncoderInfo(
             name=meta["encoder"],
             kwargs=json.loads(meta["encoder_kwargs"]),
             small_stem=bool(json.loads(meta["small_stem"])),
             feature_dim=int(meta["feature_dim"]),
             image_size=int(meta["image_size"]),
-            mean=tuple(json.loads(meta["mean"])),
-            std=tuple(json.loads(meta["std"])),
+            mean=tuple(float(v) for v in json.loads(meta["mean"])),
+            std=tuple(float(v) for v in json.loads(meta["std"])),
         )
+        if not isinstance(info.kwargs, dict) or len(info.mean) != 3 or len(info.std) != 3 or info.image_size <= 0:
+            raise ValueError("encoder_kwargs, mean, std or image_size has the wrong shape")
     except (KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"{path} has damaged sslcli metadata ({exc!r}); re-export it from its run") from None
+    return info
 
 
 def load_encoder(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
@@ -141,6 +146,12 @@ def load_encoder(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
         state = load_bytes(Path(path).read_bytes())
     except (SafetensorError, OSError, ValueError) as exc:
         raise UsageError(f"{path} is not a readable safetensors file ({exc})") from None
+    expected = model.state_dict()
+    # load_state_dict would cast silently; a tensor of another dtype means the file is not what it claims.
+    for key, value in state.items():
+        if key in expected and value.dtype != expected[key].dtype:
+            raise UsageError(f"{path}: tensor {key} is {value.dtype}, a {info.name} encoder holds "
+                             f"{expected[key].dtype}; the file was altered or is not this encoder's")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -177,19 +188,29 @@ def unflatten_optimizer(tensors: Mapping[str, torch.Tensor], info: dict[str, Any
 
 
 def save_train_state(folder: Path, *, step: int, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     extra: dict[str, Any], keep: int = 2) -> Path:
-    """checkpoints/state-<step>.safetensors (model, optimizer, RNG) + .json (the rest); keeps the newest `keep`."""
+                     extra: dict[str, Any], keep: int = 2, rng: Mapping[str, torch.Tensor] | None = None,
+                     scaler: dict[str, Any] | None = None) -> Path:
+    """checkpoints/state-<step>.safetensors (model, optimizer, RNG states) + .json (the rest), then
+    checkpoints/latest.json pointing at them; keeps the newest `keep` states.
+
+    Order matters for crash safety: tensors, then the JSON holding their sha256 (a state is complete only
+    when both exist and the hash matches), then latest.json, and only then are older states removed.
+    """
     folder = Path(folder)
     opt_tensors, opt_info = flatten_optimizer(optimizer.state_dict())
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
     tensors["rng/torch"] = torch.get_rng_state()
+    tensors.update({f"rng/{k}": v for k, v in (rng or {}).items()})
     stem = folder / f"state-{step:09d}"
-    atomic_write_bytes(stem.with_suffix(".safetensors"),
-                       save_bytes(_plain_tensors(tensors), metadata={"sslcli_format": STATE_FORMAT}))
-    record = {"format": STATE_FORMAT, "step": step, "epoch": epoch, "optimizer": opt_info, **extra}
-    # The JSON is written last: a state is complete only when both files exist.
+    payload = save_bytes(_plain_tensors(tensors), metadata={"sslcli_format": STATE_FORMAT})
+    atomic_write_bytes(stem.with_suffix(".safetensors"), payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    record = {"format": STATE_FORMAT, "step": step, "epoch": epoch, "sha256": digest, "optimizer": opt_info,
+              "scaler": scaler, **extra}
     atomic_write_json(stem.with_suffix(".json"), record)
+    atomic_write_json(folder / "latest.json", {"file": stem.with_suffix(".safetensors").name, "step": step,
+                                               "sha256": digest, "fingerprint": extra.get("fingerprint")})
     for old in complete_states(folder)[:-keep]:
         old.with_suffix(".json").unlink(missing_ok=True)
         old.with_suffix(".safetensors").unlink(missing_ok=True)
@@ -201,14 +222,62 @@ def complete_states(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("state-*.safetensors") if p.with_suffix(".json").is_file())
 
 
-def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG from a state written by save_train_state; returns its JSON record."""
+def read_state_record(path: Path) -> dict[str, Any]:
+    """The JSON half of a training state; UsageError when it is missing, unreadable or not ours."""
     path = Path(path)
-    record = json.loads(path.with_suffix(".json").read_text())
-    if record.get("format") != STATE_FORMAT:
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} has no readable training-state record ({exc.__class__.__name__}); "
+                         "give a checkpoints/state-*.safetensors written by sslcli pretrain") from None
+    if not isinstance(record, dict) or record.get("format") != STATE_FORMAT:
         raise UsageError(f"{path} is not an sslcli training state")
-    tensors = load_bytes(path.read_bytes())
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}, strict=True)
-    optimizer.load_state_dict(unflatten_optimizer(tensors, record["optimizer"]))
-    torch.set_rng_state(tensors["rng/torch"])
     return record
+
+
+def state_is_intact(path: Path) -> bool:
+    """The tensors file exists and hashes to the sha256 its record holds (a torn write does not)."""
+    try:
+        record = read_state_record(path)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() == record.get("sha256")
+    except (UsageError, OSError):
+        return False
+
+
+def newest_intact_state(folder: Path) -> Path | None:
+    """The newest state whose hash checks out; states that fail are reported and passed over."""
+    folder = Path(folder)
+    pointed = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # latest.json is a hint; the hashes decide
+        pointed = json.loads((folder / "latest.json").read_text()).get("file")
+    for path in reversed(complete_states(folder)):
+        if state_is_intact(path):
+            if pointed and path.name != pointed:
+                console.warn(f"{folder / pointed} is missing or damaged; resuming from the previous good "
+                             f"checkpoint {path.name}")
+            return path
+        console.warn(f"{path} does not match its recorded sha256 (a torn or altered write); skipping it")
+    return None
+
+
+def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore model, optimizer and the global torch RNG from a state written by save_train_state.
+
+    Returns its JSON record and the other RNG states (rng/<name>) for the caller's generators.
+    """
+    path = Path(path)
+    record = read_state_record(path)
+    try:
+        tensors = load_bytes(path.read_bytes())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")},
+                              strict=True)
+        optimizer.load_state_dict(unflatten_optimizer(tensors, record["optimizer"]))
+        torch.set_rng_state(tensors["rng/torch"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UsageError(f"{path} does not fit this run's model and optimizer ({first})") from None
+    return record, {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/") and k != "rng/torch"}

@@ -49,7 +49,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 @app.command()
 def pretrain(
     data: Path = typer.Argument(..., help="folder of images (ImageFolder or any nested folder); train/ is used if present"),
-    method: str = typer.Option(None, "--method", "-m", help="method name (default simclr)"),
+    method: str = typer.Option(None, "--method", "-m", help="simclr (default), mocov2, mocov3, byol, simsiam, swav, barlow, vicreg, dino or mae (sslcli methods)"),
     preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
     encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),
     epochs: int = typer.Option(None, "--epochs", help="training epochs"),
@@ -57,6 +57,11 @@ def pretrain(
     out: Path = typer.Option(None, "--out", "-o", help="run folder (default runs/<method>-<timestamp>)"),
     on_bad_image: str = BadImageOption,
     sets: list[str] = SetOption,
+    resume: str = typer.Option(None, "--resume", help="auto (continue --out from its newest intact checkpoint, "
+                               "or start it), a run folder, or a checkpoints/state-*.safetensors file"),
+    force: bool = typer.Option(False, "--force", help="resume even if the spec fingerprint differs"),
+    init_from: Path = typer.Option(None, "--init-from", help="a new run starting from this encoder.safetensors"),
+    on_nan: str = typer.Option(None, "--on-nan", help="stop (default) or skip steps with a non-finite loss"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and exit"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
@@ -68,6 +73,7 @@ def pretrain(
     options: dict[str, Any] = {
         "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": str(out) if out else None, "data.on_bad_image": on_bad_image,
+        "init_from": str(init_from) if init_from else None, "train.on_nan": on_nan,
     }
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
     if dry_run:
@@ -75,9 +81,11 @@ def pretrain(
         return
     from sslcli import pretrain as runner
 
-    summary = runner.run(spec)
+    summary = runner.run(spec, resume=resume, force=force)
     if json_out:
         console.result_json(summary)
+    elif summary.get("already_complete"):
+        console.result(f"encoder {summary['encoder']}  (already complete: {summary['steps']} steps)")
     else:
         console.result(f"encoder {summary['encoder']}  ({summary['steps']} steps, {summary['images_per_s']:.0f} "
                        f"images/s, {summary['wall_s']:.0f} s, final loss {summary['final_loss']:.4f})")
@@ -220,6 +228,20 @@ def presets() -> None:
     width = max((len(name) for name, _ in rows), default=0)
     for name, description in rows:
         console.result(f"{name:<{width}}  {description}")
+
+
+@app.command()
+def methods(json_out: bool = typer.Option(False, "--json", help="one JSON object on stdout")) -> None:
+    """List the methods, one line each with its paper."""
+    from sslcli.methods import METHODS
+
+    rows = {name: {"summary": cls.summary, "paper": cls.paper} for name, cls in METHODS.items()}
+    if json_out:
+        console.result_json(rows)
+        return
+    width = max(len(name) for name in rows)
+    for name, row in rows.items():
+        console.result(f"{name:<{width}}  {row['summary']}  {row['paper']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,8 +62,9 @@ def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
         raise UsageError(f"unknown encoder '{name}'{hint}")
     try:
         return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-    except TypeError as exc:
-        raise UsageError(f"encoder '{name}' does not accept kwargs {kwargs}: {exc}") from None
+    except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError, OverflowError) as exc:
+        # kwargs come from specs and file metadata: a bad value is the user's input, not a crash.
+        raise UsageError(f"encoder '{name}' cannot be built with kwargs {kwargs}: {exc}") from None
 
 
 def _accepts_dynamic_size(model: nn.Module) -> bool:

@@ -227,7 +227,7 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
     history = []
     metrics = console.MetricsLog(job.out / "metrics.jsonl")
 
-    def batches(epoch: int):
+    def batches(epoch: int, skip: int = 0):  # fine-tuning never resumes mid-epoch: skip is always 0
         for x, idx in data.iter_batches(job.loader, policy, paths):
             yield x, labels[idx]
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +17,7 @@ import torch
 from sslcli import cache, checkpoint, console, data
 from sslcli.augment import Augmenter
 from sslcli.encoders import build_encoder
-from sslcli.errors import UsageError
+from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.methods import METHODS, Budget
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import PretrainSpec, dump
@@ -34,11 +38,12 @@ def default_workers(setting: int | str) -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def make_run_dir(spec: PretrainSpec) -> Path:
+def make_run_dir(spec: PretrainSpec, resuming: bool = False) -> Path:
     if spec.out is not None:
         run_dir = Path(spec.out)
-        if (run_dir / "encoder.safetensors").exists():
-            raise UsageError(f"{run_dir} already holds a finished run; choose another --out so nothing is overwritten")
+        if (run_dir / "encoder.safetensors").exists() and not resuming:
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume auto, or choose another "
+                             "--out so nothing is overwritten")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{spec.method.name}-{stamp}"
@@ -46,8 +51,28 @@ def make_run_dir(spec: PretrainSpec) -> Path:
         while run_dir.exists():
             suffix += 1
             run_dir = Path("runs") / f"{spec.method.name}-{stamp}-{suffix}"
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_bytes(run_dir / "checkpoints" / ".write-test", b"ok")
+        (run_dir / "checkpoints" / ".write-test").unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); choose a writable --out") \
+            from None
     return run_dir
+
+
+def check_free_space(run_dir: Path, model: torch.nn.Module, keep: int) -> None:
+    """Refuse to start when the disk cannot hold the checkpoints: a run that dies at its first save wastes hours.
+
+    A state is the model plus up to two optimizer buffers per parameter (momentum; Adam's two moments);
+    keep + 1 of them exist while a new one is written, plus the exported encoder.
+    """
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    needed = model_bytes * 3 * (keep + 1) + model_bytes
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise UsageError(f"{run_dir} has {free / 2**20:.0f} MiB free but the checkpoints need about "
+                         f"{needed / 2**20:.0f} MiB; free some space or choose another --out")
 
 
 def training_images(spec: PretrainSpec) -> data.ImageSet:
@@ -81,29 +106,99 @@ def use_cache(spec: PretrainSpec, images: data.ImageSet, storage_size: int) -> P
 
 def training_batches(spec: PretrainSpec, images: data.ImageSet, storage_size: int, policy: data.BadImagePolicy,
                      device: torch.device) -> tuple[Callable[[int], Iterator[torch.Tensor]], int]:
-    """`batches(epoch)` of uint8 images and the number of steps per epoch, from the cache or the files."""
+    """`batches(epoch, skip)` of uint8 images and the number of steps per epoch, from the cache or the files."""
     workers = default_workers(spec.data.num_workers)
     batch_size, seed = spec.train.batch_size, spec.train.seed
     folder = use_cache(spec, images, storage_size)
     if folder is not None:
         decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers)
 
-        def cached(epoch: int) -> Iterator[torch.Tensor]:
-            return (x for x, _ in cache.batches(decoded, batch_size, seed, epoch))
+        def cached(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
+            return (x for x, _ in cache.batches(decoded, batch_size, seed, epoch, skip=skip))
 
         return cached, cache.steps_per_epoch(decoded, batch_size)
     loader = data.make_loader(images.paths, storage_size, batch_size, shuffle=True, drop_last=True,
                               num_workers=workers, seed=seed, pin_memory=device.type == "cuda")
 
-    def streamed(epoch: int) -> Iterator[torch.Tensor]:
+    def streamed(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
         loader.generator.manual_seed(seed * 1_000_003 + epoch)  # each epoch's order depends on (seed, epoch) only
-        return (x for x, _ in data.iter_batches(loader, policy, images.paths))
+        # Resuming mid-epoch decodes and drops the batches already trained on, to reach the same order.
+        return itertools.islice((x for x, _ in data.iter_batches(loader, policy, images.paths)), skip, None)
 
     return streamed, len(loader)
 
 
-def run(spec: PretrainSpec) -> dict[str, Any]:
-    """Pretrain an encoder as the spec says; returns the summary printed by the CLI."""
+def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> dict[str, Any]:
+    """What must not change for a resume to continue the same run, part by part, plus one hash of it all."""
+    manifest = hashlib.sha256("\0".join(str(p) for p in images.paths).encode()).hexdigest()
+    parts = {"method": spec.method.model_dump(mode="json"), "encoder": spec.encoder.model_dump(mode="json"),
+             "data manifest": manifest, "image size": spec.data.image_size, "batch size": spec.train.batch_size,
+             "total steps": total_steps, "seed": spec.train.seed}
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return {"hash": digest, "parts": parts}
+
+
+def resume_point(spec: PretrainSpec, resume: str | None) -> tuple[Path | None, Path | None]:
+    """(run folder, state to load) for --resume auto|RUN_DIR|STATE_FILE; (None, None) for a fresh run.
+
+    `auto` with no usable checkpoint yet starts the run in --out, so the same command can be repeated
+    after any interruption (idempotent).
+    """
+    if resume is None:
+        return None, None
+    if resume == "auto":
+        if spec.out is None:
+            raise UsageError("--resume auto needs the run folder: add --out RUN_DIR (the one the run writes to)")
+        run_dir = Path(spec.out)
+        state = checkpoint.newest_intact_state(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+        if state is None:
+            console.info(f"no checkpoint in {run_dir} yet: starting the run there")
+        return run_dir, state
+    target = Path(resume)
+    if target.is_dir():  # a run folder
+        state = checkpoint.newest_intact_state(target / "checkpoints")
+        if state is None:
+            raise UsageError(f"{target} holds no intact checkpoint to resume from (checkpoints/state-*.safetensors)")
+        return Path(spec.out) if spec.out else target, state
+    if not target.is_file():
+        raise UsageError(f"--resume {resume}: no such file or folder; give auto, a run folder or a state file")
+    if not checkpoint.state_is_intact(target):
+        raise UsageError(f"{target} does not match its recorded sha256 (torn or altered); resume from the run folder "
+                         "to fall back to the previous good checkpoint")
+    return (Path(spec.out) if spec.out else target.parent.parent), target
+
+
+def _check_fingerprint(record: dict[str, Any], current: dict[str, Any], state: Path, force: bool) -> None:
+    if record.get("fingerprint") == current["hash"]:
+        return
+    saved = record.get("fingerprint_parts") or {}
+    changed = [k for k, v in current["parts"].items() if saved.get(k) != v]
+    what = ", ".join(changed) if changed else "the run's settings"
+    if force:
+        console.warn(f"resuming {state} although {what} changed (--force)")
+        return
+    raise UsageError(f"{state} belongs to a different run: {what} changed since it was written; resume with the "
+                     "original settings, start a new run (--init-from to reuse the weights), or pass --force")
+
+
+def _init_from(encoder: torch.nn.Module, info, path: Path) -> None:
+    """--init-from: start a new run from an encoder.safetensors of the same architecture."""
+    loaded, loaded_info, _ = checkpoint.load_encoder(path)
+    same = (loaded_info.name, loaded_info.kwargs, loaded_info.small_stem) == (info.name, info.kwargs, info.small_stem)
+    if not same:
+        raise UsageError(f"--init-from {path} holds a {loaded_info.name} {loaded_info.kwargs} encoder, but this run "
+                         f"builds {info.name} {info.kwargs}; use the same encoder settings")
+    encoder.load_state_dict(loaded.state_dict(), strict=True)
+    console.info(f"encoder initialised from {path}")
+
+
+def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Pretrain an encoder as the spec says; returns the summary printed by the CLI.
+
+    resume: None (a new run), "auto" (continue --out from its newest intact checkpoint, or start it),
+    a run folder or a state file. force: resume even when the spec fingerprint differs.
+    """
+    resume_dir, state = resume_point(spec, resume)
     device = resolve_device(spec.train.device)
     torch.manual_seed(spec.train.seed)
     images = training_images(spec)
@@ -122,10 +217,15 @@ def run(spec: PretrainSpec) -> dict[str, Any]:
         clip_grad=spec.optim.clip_grad,
         log_every=spec.train.log_every,
         checkpoint_every=spec.train.checkpoint_every,
+        checkpoint_every_steps=spec.train.checkpoint_every_steps,
         description=f"{spec.method.name} {spec.encoder.name}",
+        on_nan=spec.train.on_nan,
+        max_nan_skips=spec.train.max_nan_skips,
     )
     encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
                                   spec.encoder.kwargs)
+    if spec.init_from is not None:
+        _init_from(encoder, info, spec.init_from)
     method = METHODS[spec.method.name](spec.method, encoder, info.feature_dim,
                                        Budget(loop.total_steps, steps_per_epoch))
     generator = torch.Generator(device=device).manual_seed(spec.train.seed)
@@ -137,7 +237,28 @@ def run(spec: PretrainSpec) -> dict[str, Any]:
     warmup_steps = round(spec.optim.warmup_epochs * steps_per_epoch)
     lr_schedule = warmup_cosine(lr, loop.total_steps, warmup_steps, final=lr * spec.optim.min_lr_ratio)
 
-    run_dir = make_run_dir(spec)
+    scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
+    identity = fingerprint(spec, images, loop.total_steps)
+    start_step = 0
+    if state is not None:
+        record, rng = checkpoint.load_train_state(state, method, optimizer)
+        _check_fingerprint(record, identity, state, force)
+        generator.set_state(rng["augment"])
+        augment.order_generator.set_state(rng["augment_order"])
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        if record.get("scaler"):
+            scaler.load_state_dict(record["scaler"])
+        start_step = int(record["step"])
+        if start_step >= loop.total_steps:
+            console.info(f"{resume_dir} is already complete ({start_step} steps); nothing to do")
+            return {"run_dir": str(resume_dir), "encoder": str(resume_dir / "encoder.safetensors"),
+                    "method": spec.method.name, "steps": start_step, "already_complete": True}
+        console.info(f"resuming from {state} at step {start_step}/{loop.total_steps}")
+
+    run_dir = make_run_dir(spec.model_copy(update={"out": resume_dir}) if resume_dir else spec,
+                           resuming=resume_dir is not None)
+    check_free_space(run_dir, method, spec.train.keep_checkpoints)
     resolved = dump(spec)
     checkpoint.atomic_write_json(run_dir / "spec.json", resolved)
     console.info(f"run folder {run_dir}: {len(images)} images, {steps_per_epoch} steps/epoch x "
@@ -152,17 +273,32 @@ def run(spec: PretrainSpec) -> dict[str, Any]:
         return step_model([v.contiguous(memory_format=view_format) for v in augment(x)], step)
 
     def save(epoch: int, step: int) -> None:
+        try:
+            write_checkpoint(epoch, step)
+        except OSError as exc:  # disk full, folder removed: the previous checkpoint is still complete
+            raise RunError(f"could not write the checkpoint of step {step} to {run_dir} ({exc.strerror or exc}); "
+                           "the previous checkpoint is intact: free space, then run again with --resume auto") \
+                from None
+
+    def write_checkpoint(epoch: int, step: int) -> None:
         meta = checkpoint.encoder_metadata(info, method=spec.method.name, epoch=epoch, step=step, spec=resolved)
         checkpoint.save_encoder(run_dir / "encoder.safetensors", method.export_encoder(), meta)
+        rng = {"augment": generator.get_state(), "augment_order": augment.order_generator.get_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        extra = {"spec": resolved, "fingerprint": identity["hash"], "fingerprint_parts": identity["parts"]}
         checkpoint.save_train_state(run_dir / "checkpoints", step=step, epoch=epoch, model=method,
-                                    optimizer=optimizer, extra={"spec": resolved},
-                                    keep=spec.train.keep_checkpoints)
+                                    optimizer=optimizer, extra=extra, keep=spec.train.keep_checkpoints, rng=rng,
+                                    scaler=scaler.state_dict() or None)
 
     metrics = console.MetricsLog(run_dir / "metrics.jsonl")
     try:
         result = fit(model=method, optimizer=optimizer, compute_loss=compute_loss, batches=batches,
                      lr_schedule=lr_schedule, cfg=loop, device=device, metrics=metrics,
-                     on_step_end=method.on_step_end, on_checkpoint=save)
+                     on_step_end=method.on_step_end, on_checkpoint=save, start_step=start_step, scaler=scaler)
+    except Interrupted as exc:
+        raise Interrupted(f"{exc}; to continue, run the same command with --out {run_dir} --resume auto",
+                          exc.signum) from None
     finally:
         metrics.close()
     if policy.summary():
@@ -176,6 +312,8 @@ def run(spec: PretrainSpec) -> dict[str, Any]:
         "skipped_images": policy.count,
         "epochs": result.epochs,
         "steps": result.steps,
+        "resumed_from_step": start_step,
+        "skipped_steps": result.skipped_steps,
         "final_loss": result.last_loss,
         "images_per_s": round(result.images_per_s, 2),
         "wall_s": round(result.wall_s, 2),

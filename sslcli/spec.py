@@ -72,6 +72,10 @@ class TrainConfig(Strict):
     seed: int = 0
     log_every: int = Field(50, gt=0, description="steps between logged lines")
     checkpoint_every: int = Field(10, ge=0, description="epochs between checkpoints (0: only at the end)")
+    checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every this many steps (0: off)")
+    on_nan: Literal["stop", "skip"] = Field("stop", description="a non-finite loss stops the run before the "
+                                            "update, or skips that step's update")
+    max_nan_skips: int = Field(10, ge=0, description="with on_nan=skip: stop after this many skipped steps")
     keep_checkpoints: int = Field(2, ge=1)
 
 
@@ -83,6 +87,7 @@ class PretrainSpec(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     out: Path | None = Field(None, description="run folder (default runs/<method>-<timestamp>)")
+    init_from: Path | None = Field(None, description="start from this encoder.safetensors (same architecture)")
 
     @model_validator(mode="after")
     def _crop_size_is_image_size(self) -> PretrainSpec:
@@ -204,7 +209,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read preset {path}: {exc}") from None
 
 
@@ -281,8 +286,8 @@ def method_defaults(tree: dict[str, Any]) -> dict[str, Any]:
     """
     method = tree.get("method") if isinstance(tree.get("method"), dict) else {}
     name = method.get("name", DEFAULT_METHOD)
-    if name not in METHODS:
-        return {}
+    if not isinstance(name, str) or name not in METHODS:
+        return {}  # validation reports the bad name
     data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
     image_size = data.get("image_size", DataConfig.model_fields["image_size"].default)
     defaults = spec_defaults_of(METHODS[name], image_size if isinstance(image_size, int) else 32)
@@ -296,7 +301,7 @@ def _check_method_switch(tree: dict[str, Any], typed: dict[str, Any], preset: st
     """A preset's method settings only fit its own method: switching method with --method drops none silently."""
     wanted = typed.get("method", {}).get("name")
     preset_method = tree.get("method", {})
-    if wanted and preset_method:
+    if wanted and isinstance(preset_method, dict) and preset_method:
         have = preset_method.get("name", "simclr")
         if have != wanted:
             raise UsageError(f"preset '{preset}' is for method '{have}', not '{wanted}': "

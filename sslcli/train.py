@@ -110,7 +110,10 @@ class LoopConfig:
     clip_grad: float | None = None
     log_every: int = 50
     checkpoint_every: int = 0  # epochs; 0 = only at the end
+    checkpoint_every_steps: int = 0  # also every this many steps; 0 = off
     description: str = "train"
+    on_nan: str = "stop"  # "stop" before the bad update, or "skip" the step (at most max_nan_skips times)
+    max_nan_skips: int = 10
 
     @property
     def total_steps(self) -> int:
@@ -124,6 +127,7 @@ class FitResult:
     images: int
     wall_s: float
     last_loss: float | None
+    skipped_steps: int = 0
 
     @property
     def images_per_s(self) -> float:
@@ -135,10 +139,12 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float) -> None:
         group["lr"] = (peak if group.get("fixed_lr") else lr) * group.get("lr_scale", 1.0)
 
 
-def _non_finite(step: int, epoch: int, loss: float, last_good: tuple[int, float] | None) -> RunError:
+def _non_finite(step: int, epoch: int, loss: float, last_good: tuple[int, float] | None,
+                grad_norm: float = 0.0) -> RunError:
     before = f"last finite loss {last_good[1]:.4g} at step {last_good[0]}" if last_good else "no finite loss yet"
+    what = f"loss became {loss}" if not math.isfinite(loss) else f"gradients became {grad_norm} (loss {loss:.4g})"
     return RunError(
-        f"loss became {loss} at step {step} (epoch {epoch}, {before}); stopped before applying the update, "
+        f"{what} at step {step} (epoch {epoch}, {before}); stopped before applying the update, "
         "the last checkpoint is intact. Lower optim.base_lr or set optim.clip_grad (e.g. --set optim.clip_grad=3)"
     )
 
@@ -155,8 +161,11 @@ def fit(
     metrics: console.MetricsLog | None = None,
     on_step_end: Callable[[int], None] = lambda step: None,
     on_checkpoint: Callable[[int, int], None] = lambda epoch, step: None,
+    start_step: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> FitResult:
-    """Train for cfg.epochs; `batches(epoch)` yields batches, `compute_loss(batch, step)` does the rest.
+    """Train for cfg.epochs; `batches(epoch, skip)` yields an epoch's batches from the skip-th on,
+    `compute_loss(batch, step)` does the rest. A resumed run passes the step it continues from.
 
     A batch is a tensor (uint8 images) or a tuple of tensors whose first is the images (e.g. images,
     labels for fine-tuning); fit moves it to the device and counts images by its first dimension.
@@ -164,55 +173,79 @@ def fit(
     if len(lr_schedule) < cfg.total_steps:
         raise ValueError("the lr schedule is shorter than the run")
     dtype = PRECISIONS[cfg.precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    if scaler is None:
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format).train()
     params = [p for p in model.parameters() if p.requires_grad]
     peak_lr = float(lr_schedule.max())
-    progress = console.Progress(cfg.total_steps, cfg.description, every=cfg.log_every)
-    step, images, last_good = 0, 0, None
+    progress = console.Progress(cfg.total_steps, cfg.description, every=cfg.log_every, start_step=start_step)
+    step, images, last_good, skipped = start_step, 0, None, 0
     start = time.perf_counter()
+    first_epoch, skip = divmod(start_step, cfg.steps_per_epoch)
     with _stop_signals() as stop:
         try:
-            for epoch in range(cfg.epochs):
-                for batch in _prefetched(batches(epoch), device, memory_format):
-                    if step >= cfg.total_steps:
+            for epoch in range(first_epoch, cfg.epochs):
+                for batch in _prefetched(batches(epoch, skip if epoch == first_epoch else 0), device, memory_format):
+                    if step >= cfg.total_steps or step >= (epoch + 1) * cfg.steps_per_epoch:
                         break  # a loader that yields more batches than planned never runs past the schedule
                     _set_lr(optimizer, float(lr_schedule[step]), peak_lr)
                     loss_value, out = _train_step(batch, step, epoch, compute_loss, optimizer, scaler, dtype,
-                                                  device, params, cfg.clip_grad, last_good)
-                    on_step_end(step)
+                                                  device, params, cfg.clip_grad, last_good,
+                                                  may_skip=cfg.on_nan == "skip" and skipped < cfg.max_nan_skips)
                     step += 1
                     images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+                    if out is None:  # a non-finite loss skipped under on_nan=skip: no update, no EMA
+                        skipped += 1
+                        console.warn(f"step {step}: non-finite loss or gradients ({loss_value}), update skipped "
+                                     f"({skipped}/{cfg.max_nan_skips} skips allowed)")
+                        continue
+                    on_step_end(step - 1)
                     last_good = (step, loss_value)
                     _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
                     if stop.signum is not None:
                         on_checkpoint(epoch, step)
                         raise _interrupted(stop.signum, step, cfg.total_steps)
+                    if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step < cfg.total_steps:
+                        on_checkpoint(epoch, step)
                 if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
                     on_checkpoint(epoch + 1, step)
         finally:
             progress.close()
     on_checkpoint(cfg.epochs, step)
-    return FitResult(step, cfg.epochs, images, time.perf_counter() - start, last_good[1] if last_good else None)
+    return FitResult(step, cfg.epochs, images, time.perf_counter() - start, last_good[1] if last_good else None,
+                     skipped)
 
 
 def _train_step(batch: Any, step: int, epoch: int, compute_loss: Callable[[Any, int], StepOut],
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, dtype: torch.dtype | None,
                 device: torch.device, params: list[torch.Tensor], clip_grad: float | None,
-                last_good: tuple[int, float] | None) -> tuple[float, StepOut]:
-    """Forward, backward, the non-finite check, clipping and the optimizer step; returns the loss value."""
+                last_good: tuple[int, float] | None, may_skip: bool = False) -> tuple[float, StepOut | None]:
+    """Forward, backward, the non-finite check, clipping and the optimizer step; returns the loss value.
+
+    A non-finite loss raises before the update, or with may_skip returns (loss, None) with no update."""
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with autocast:
         out = compute_loss(batch, step)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(out.loss).backward()
     # The one host read per step, placed after backward is queued so the device is not left idle waiting
-    # for it, and before the optimizer step so a bad loss never reaches the weights.
-    loss_value = float(out.loss.detach())
-    if not math.isfinite(loss_value):
+    # for it, and before the optimizer step so a bad loss never reaches the weights. A finite loss can still
+    # give non-finite gradients (measured: bf16 autocast on CPU overflowing in a backward kernel), which
+    # would turn the weights into NaN silently; the gradient norm rides along in the same read. Under fp16
+    # the GradScaler already skips steps with non-finite (scaled) gradients.
+    loss = out.loss.detach().float()
+    grads = [p.grad for p in params if p.grad is not None] if not scaler.is_enabled() else []
+    if grads:
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+        loss_value, grad_value = torch.stack([loss, grad_norm]).tolist()
+    else:
+        loss_value, grad_value = float(loss), 0.0
+    if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
         optimizer.zero_grad(set_to_none=True)
-        raise _non_finite(step + 1, epoch, loss_value, last_good)
+        if may_skip:
+            return (loss_value if not math.isfinite(loss_value) else grad_value), None
+        raise _non_finite(step + 1, epoch, loss_value, last_good, grad_value)
     if clip_grad is not None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, clip_grad)

@@ -88,7 +88,8 @@ def test_train_state_round_trip(tmp_path: Path):
     fresh, _ = build_encoder("resnet10t", 32, small_stem=False)
     fresh_opt = build_optimizer(fresh, "lars", 0.1, 1e-4, 0.9, 0.02)
     torch.rand(7)  # move the global RNG away from the saved state
-    record = checkpoint.load_train_state(path, fresh, fresh_opt)
+    record, rng = checkpoint.load_train_state(path, fresh, fresh_opt)
+    assert rng == {}
     assert record["step"] == 1 and record["note"] == "x"
     torch.testing.assert_close(torch.rand(3), rng_after_save)
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
@@ -113,3 +114,26 @@ def test_only_the_newest_complete_states_are_kept(tmp_path: Path):
     # A state whose JSON half is missing (a crash between the two writes) is not complete.
     (folder / "state-000000004.safetensors").write_bytes(b"partial")
     assert checkpoint.complete_states(folder)[-1].name == "state-000000003.safetensors"
+    pointer = json.loads((folder / "latest.json").read_text())
+    assert pointer["file"] == "state-000000003.safetensors" and pointer["step"] == 3
+
+
+def test_a_torn_newest_state_falls_back_to_the_previous_good_one(tmp_path: Path, capsys):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    folder = tmp_path / "ck"
+    for step in (1, 2):
+        checkpoint.save_train_state(folder, step=step, epoch=0, model=model, optimizer=opt, extra={})
+    assert checkpoint.newest_intact_state(folder).name == "state-000000002.safetensors"
+    newest = folder / "state-000000002.safetensors"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # what a kill during a non-atomic write would leave
+    assert not checkpoint.state_is_intact(newest)
+    assert checkpoint.newest_intact_state(folder).name == "state-000000001.safetensors"
+    assert "previous good checkpoint" in capsys.readouterr().err
+    # A flipped byte with the size unchanged is caught by the hash too.
+    older = folder / "state-000000001.safetensors"
+    flipped = bytearray(older.read_bytes())
+    flipped[-1] ^= 0xFF
+    older.write_bytes(bytes(flipped))
+    assert checkpoint.newest_intact_state(folder) is None

@@ -88,6 +88,33 @@ def test_presets_lists_one_line_each():
     lines = proc.stdout.strip().splitlines()
     assert any(line.startswith("quickstart ") for line in lines)
     assert any(line.startswith("simclr-cifar10 ") for line in lines)
+    from sslcli.methods import METHODS
+
+    for method in METHODS:  # every method's three presets are listed
+        for kind in ("cpu", "cifar10", "imagenette"):
+            assert any(line.startswith(f"{method}-{kind} ") for line in lines), f"{method}-{kind} not listed"
+
+
+def test_methods_lists_every_method_with_its_paper():
+    import json
+
+    from sslcli.methods import METHODS
+
+    proc = sslcli_run("methods")
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(METHODS)
+    assert all("arxiv.org/abs/" in line for line in lines)
+    rows = json.loads(sslcli_run("methods", "--json").stdout)
+    assert set(rows) == set(METHODS) and all(r["paper"].startswith("https://arxiv.org/abs/") for r in rows.values())
+
+
+def test_unknown_method_lists_the_valid_ones_and_exits_2(tmp_path: Path):
+    proc = sslcli_run("pretrain", str(tmp_path), "--method", "simclrr")
+    assert_one_clean_error(proc, 2, "unknown method 'simclrr'", "mocov3", "mae")
+    proc = sslcli_run("pretrain", str(tmp_path), "--set", "method.name=nope", "--dry-run")
+    assert proc.returncode == 2
+    assert "unknown method 'nope'" in proc.stderr and "vicreg" in proc.stderr
 
 
 def _folder_with_one_bad_image(root: Path) -> Path:

@@ -413,3 +413,46 @@ def test_real_cifar10_test_split():
 def test_extensions_constant():
     expected = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
     assert isinstance(data.IMAGE_EXTENSIONS, frozenset) and expected == data.IMAGE_EXTENSIONS
+
+
+def test_very_large_image_is_decoded_to_the_storage_size(tmp_path):
+    path = _save(tmp_path / "big.png", color=(10, 200, 30), size=(6000, 4000))  # 24 Mpx, under Pillow's limit
+    out = decode_image(path, 32)
+    assert out.shape == (3, 32, 32)
+    assert out[:, 16, 16].tolist() == [10, 200, 30]
+
+
+def test_unreadable_file_is_a_bad_image(tmp_path, monkeypatch):
+    path = _save(tmp_path / "locked.jpg")
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anything: make the open fail as it would for a user
+        real_open = Image.open
+
+        def denied(fp, *args, **kwargs):
+            if Path(fp) == path:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(fp, *args, **kwargs)
+
+        monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(BadImageError, match="permission denied"):
+        decode_image(path, 8)
+    path.chmod(0o644)
+
+
+def test_non_utf8_file_names_are_found_decoded_and_reported_literally(tmp_path, capsys):
+    folder = os.fsencode(tmp_path)
+    good = Path(os.fsdecode(os.path.join(folder, b"caf\xe9.jpg")))
+    _save(good)
+    bad = Path(os.fsdecode(os.path.join(folder, b"bad\xff.jpg")))
+    bad.write_bytes(b"junk")
+    found = find_images(tmp_path)
+    assert sorted(p.name for p in found.paths) == sorted([good.name, bad.name])
+    assert decode_image(good, 8).shape == (3, 8, 8)
+    policy = BadImagePolicy("skip")
+    with pytest.raises(BadImageError) as info:
+        decode_image(bad, 8)
+    policy.record(bad, info.value.reason)
+    from sslcli import console
+
+    console.warn(policy.summary())  # must not raise UnicodeEncodeError on a surrogate-escaped name
+    assert "bad\\udcff.jpg" in capsys.readouterr().err

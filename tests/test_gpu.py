@@ -44,3 +44,14 @@ def test_fp16_with_grad_scaler_and_compile_on_cuda(cifar_small: Path, tmp_path: 
                       "--set", "train.compile=true", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["final_loss"] > 0
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "barlow", "vicreg",
+                                    "dino", "mae"])
+def test_every_cpu_preset_trains_on_cuda_in_bf16(method: str, cifar_small: Path, tmp_path: Path):
+    proc = sslcli_run("pretrain", str(cifar_small), "--preset", f"{method}-cpu", "--epochs", "2", "--batch-size",
+                      "64", "--out", str(tmp_path / "run"), "--set", "train.device=cuda", "--set",
+                      "data.max_images=256", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["device"].startswith("cuda") and summary["steps"] == 8

@@ -241,3 +241,24 @@ def test_every_method_has_a_cpu_cifar10_and_imagenette_preset():
     for method in METHODS:
         for kind in ("cpu", "cifar10", "imagenette"):
             assert f"{method}-{kind}" in names, f"missing preset {method}-{kind}"
+
+
+@pytest.mark.parametrize("name", ["mocov3", "dino"])
+def test_vit_encoders_take_multi_crop_views_of_every_size(name: str):
+    """MoCo v3 and DINO with a ViT: timm's dynamic_img_size lets the local crops through the same encoder."""
+    torch.manual_seed(0)
+    spec = resolve(PretrainSpec, options={"method.name": name, "data.image_size": 16}, sets=[
+        "encoder.name=vit_tiny_patch16_224",
+        'encoder.kwargs={"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}',
+        *(f"method.{k}={v}" for k, v in TINY[name].items())])
+    encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
+    assert info.kwargs["dynamic_img_size"] is True  # recorded, so the export rebuilds the same way
+    model = METHODS[name](spec.method, encoder, info.feature_dim, Budget(8, 2))
+    augment = Augmenter(model.views(spec.augment), info.mean, info.std, torch.Generator().manual_seed(0))
+    views = augment(images())
+    out = model(views, 0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    if name == "dino":
+        assert sorted({v.shape[-1] for v in views}) == [8, 16]

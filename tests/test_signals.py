@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from sslcli import checkpoint
@@ -38,3 +39,33 @@ def test_signal_checkpoints_and_exits(cifar_small: Path, tmp_path: Path, signum:
     assert 2 <= stopped_at < 600
     states = checkpoint.complete_states(run / "checkpoints")
     assert states and states[-1].name == f"state-{stopped_at:09d}.safetensors"
+
+
+def test_sigterm_mid_epoch_gives_143_and_an_exact_resume(cifar_small: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    def args(run: Path) -> list[str]:
+        return [sys.executable, "-m", "sslcli", "pretrain", str(cifar_small), "--method", "simclr", "--out", str(run),
+                "--set", "encoder.name=resnet10t", "--set", "encoder.small_stem=false", "--set", "data.max_images=384",
+                "--batch-size", "32", "--epochs", "2", "--set", "method.proj_hidden_dim=64", "--set",
+                "data.num_workers=0", "--set", "train.log_every=1"]
+
+    env = {k: v for k, v in os.environ.items() if k != "SSLCLI_DEBUG"}
+    whole = subprocess.run(args(tmp_path / "whole"), capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen(args(tmp_path / "split"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    for line in proc.stderr:
+        if line.startswith("step 2/24"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "--resume auto" in stderr.strip().splitlines()[-1]
+    stopped = int(checkpoint.complete_states(tmp_path / "split" / "checkpoints")[-1].stem.split("-")[1])
+    assert 2 <= stopped < 12  # mid-epoch (12 steps per epoch)
+    resumed = subprocess.run(args(tmp_path / "split") + ["--resume", "auto"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(tmp_path / "whole" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "split" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

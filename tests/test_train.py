@@ -17,8 +17,8 @@ def _toy(losses: list[float]):
         loss = out * 0 + losses[step] + out.pow(2)
         return StepOut(loss=loss)
 
-    def batches(epoch: int):
-        for _ in range(2):
+    def batches(epoch: int, skip: int = 0):
+        for _ in range(2 - skip):
             yield torch.ones(3, 4, dtype=torch.uint8)
 
     return model, opt, compute_loss, batches
@@ -52,6 +52,26 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint():
     assert "loss became nan at step 3" in message and "last finite loss" in message and "step 2" in message
     assert checkpoints == [(1, 2)]  # epoch 1's checkpoint was written; no checkpoint of the bad state
     torch.testing.assert_close(model.weight, weights[1])  # the NaN step never touched the weights
+
+
+def test_non_finite_gradients_with_a_finite_loss_stop_before_the_update():
+    model, opt, _, batches = _toy([1.0] * 4)
+
+    def compute_loss(x: torch.Tensor, step: int) -> StepOut:
+        out = model(x.float()).mean()
+        if step < 1:
+            return StepOut(loss=out.pow(2))
+        # sqrt at 0 is 0 (a finite loss) but its gradient is infinite, as a bf16 overflow in backward would be.
+        return StepOut(loss=out.pow(2) + torch.sqrt(out - out.detach()))
+
+    before = {}
+    with pytest.raises(RunError, match="gradients became inf .* at step 2"):
+        fit(model=model, optimizer=opt, compute_loss=compute_loss, batches=batches,
+            lr_schedule=torch.full((4,), 0.1, dtype=torch.float64),
+            cfg=LoopConfig(epochs=2, steps_per_epoch=2), device=torch.device("cpu"),
+            on_step_end=lambda step: before.update(w=model.weight.detach().clone()))
+    assert torch.isfinite(model.weight).all()
+    torch.testing.assert_close(model.weight, before["w"])  # the bad gradients never reached the weights
 
 
 def test_gradient_clipping_bounds_the_update():

@@ -36,9 +36,8 @@ DEFAULT_METHOD = "simclr"
 
 def _method_name(value: Any) -> str:
     """The `name` that picks the config class; a method section without one is SimCLR's (the default)."""
-    if isinstance(value, dict):
-        return value.get("name", DEFAULT_METHOD)
-    return getattr(value, "name", DEFAULT_METHOD)
+    name = value.get("name", DEFAULT_METHOD) if isinstance(value, dict) else getattr(value, "name", DEFAULT_METHOD)
+    return name if isinstance(name, str) else repr(name)  # a non-string name is reported as unknown
 
 
 # The spec's `method` section: the union of every method's config, told apart by `name`.

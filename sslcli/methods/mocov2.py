@@ -70,7 +70,8 @@ class MoCoV2(nn.Module):
         with torch.no_grad():
             keys = torch.cat([x2, x1]) if self.cfg.symmetric else x2
             k = self.key_projector(self.key_encoder(keys))
-        queue = self.queue.clone()  # the buffer changes in on_step_end; autograd keeps the value it saw
+        # The queue buffer is only written in on_step_end, after backward has used it: no copy needed.
+        queue = self.queue
         if self.cfg.symmetric:
             (q1, q2), (k2, k1) = q.chunk(2), k.chunk(2)
             loss = (info_nce(q1, k2, self.cfg.temperature, queue) + info_nce(q2, k1, self.cfg.temperature, queue)) / 2

@@ -1,0 +1,221 @@
+"""Exact resume: a run stopped and continued ends with the very weights of a run never stopped."""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sslcli import checkpoint, pretrain, train
+from sslcli.errors import Interrupted, RunError, UsageError
+from sslcli.spec import PretrainSpec, resolve
+
+STEPS_PER_EPOCH, EPOCHS = 4, 2
+
+
+def spec_for(data: Path, out: Path, method: str = "simclr", **extra: str) -> PretrainSpec:
+    sets = ["encoder.name=resnet10t", "encoder.small_stem=false", "data.max_images=128", "train.batch_size=32",
+            f"train.epochs={EPOCHS}", "data.num_workers=0", "train.log_every=1", "train.checkpoint_every=1",
+            "optim.warmup_epochs=1"]
+    small = {"simclr": ["method.proj_hidden_dim=64"],
+             "byol": ["method.proj_hidden_dim=64", "method.pred_hidden_dim=64"]}[method]
+    sets += small + [f"{k}={v}" for k, v in extra.items()]
+    return resolve(PretrainSpec, options={"method.name": method, "data.path": str(data), "out": str(out)}, sets=sets)
+
+
+def stop_after(monkeypatch: pytest.MonkeyPatch, stop_step: int) -> None:
+    """Send this process SIGUSR1 during step `stop_step`: the loop stops after it, like a pre-emption."""
+    real = train._train_step
+    calls = {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == stop_step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_step", step)
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the last training state: model (EMA target included), optimizer, RNG."""
+    return load_file(str(checkpoint.complete_states(run / "checkpoints")[-1]))
+
+
+@pytest.mark.parametrize(("method", "stop_step"), [("simclr", 6), ("simclr", 4), ("byol", 6)],
+                         ids=["simclr-mid-epoch", "simclr-epoch-boundary", "byol-mid-epoch"])
+def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: int, cifar_small: Path,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    whole = pretrain.run(spec_for(cifar_small, tmp_path / "whole", method))
+    assert whole["steps"] == STEPS_PER_EPOCH * EPOCHS
+
+    with monkeypatch.context() as m:
+        stop_after(m, stop_step)
+        with pytest.raises(Interrupted, match="--resume auto"):
+            pretrain.run(spec_for(cifar_small, tmp_path / "split", method))
+    assert checkpoint.complete_states(tmp_path / "split" / "checkpoints")[-1].name == f"state-{stop_step:09d}.safetensors"
+    resumed = pretrain.run(spec_for(cifar_small, tmp_path / "split", method), resume="auto")
+    assert resumed["resumed_from_step"] == stop_step and resumed["steps"] == whole["steps"]
+
+    a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "split")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resume is not exact: {different[:5]}"
+    if method == "byol":
+        assert any(k.startswith("model/target_encoder.") for k in a)  # the EMA target is part of the state
+    enc_a = load_file(str(tmp_path / "whole" / "encoder.safetensors"))
+    enc_b = load_file(str(tmp_path / "split" / "encoder.safetensors"))
+    assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
+
+
+def test_negative_control_resume_without_rng_state_differs(cifar_small: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    """The exactness test can fail: a resume that loses the RNG states ends elsewhere."""
+    pretrain.run(spec_for(cifar_small, tmp_path / "whole"))
+    with monkeypatch.context() as m:
+        stop_after(m, 6)
+        with pytest.raises(Interrupted):
+            pretrain.run(spec_for(cifar_small, tmp_path / "split"))
+    real = checkpoint.load_train_state
+
+    def without_rng(path, model, optimizer):
+        record, rng = real(path, model, optimizer)
+        torch.manual_seed(12345)
+        fresh = torch.Generator().manual_seed(12345).get_state()
+        return record, {name: fresh for name in rng}
+
+    monkeypatch.setattr(checkpoint, "load_train_state", without_rng)
+    pretrain.run(spec_for(cifar_small, tmp_path / "split"), resume="auto")
+    a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "split")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("model/"))
+
+
+def test_resume_auto_is_idempotent_and_refuses_another_runs_checkpoint(cifar_small: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    first = pretrain.run(spec_for(cifar_small, run), resume="auto")  # nothing to resume: starts the run
+    assert first["resumed_from_step"] == 0
+    again = pretrain.run(spec_for(cifar_small, run), resume="auto")  # finished: nothing to do
+    assert again["already_complete"] and again["steps"] == first["steps"]
+    other = spec_for(cifar_small, run, **{"train.seed": "1"})
+    other.train.epochs = 3  # more steps and another seed: a different run
+    with pytest.raises(UsageError, match="total steps, seed"):
+        pretrain.run(other, resume="auto")
+    with pytest.raises(UsageError, match="already holds a run"):
+        pretrain.run(spec_for(cifar_small, run))  # a new run never overwrites an existing one
+    with pytest.raises(UsageError, match="needs the run folder"):
+        pretrain.run(spec_for(cifar_small, run).model_copy(update={"out": None}), resume="auto")
+
+
+def test_init_from_starts_a_new_run_from_an_encoder(cifar_small: Path, tmp_path: Path):
+    donor = pretrain.run(spec_for(cifar_small, tmp_path / "donor"))
+    spec = spec_for(cifar_small, tmp_path / "new", **{"init_from": donor["encoder"], "train.epochs": "1"})
+    seen = {}
+    real = pretrain.METHODS["simclr"].__init__
+
+    def capture(self, cfg, encoder, *args, **kwargs):
+        seen.update({k: v.clone() for k, v in encoder.state_dict().items()})
+        real(self, cfg, encoder, *args, **kwargs)
+
+    pretrain.METHODS["simclr"].__init__ = capture
+    try:
+        pretrain.run(spec)
+    finally:
+        pretrain.METHODS["simclr"].__init__ = real
+    donor_weights = load_file(donor["encoder"])
+    assert all(torch.equal(seen[k], donor_weights[k]) for k in donor_weights)
+    resnet18 = spec_for(cifar_small, tmp_path / "bad", **{"init_from": donor["encoder"], "encoder.name": "resnet18"})
+    with pytest.raises(UsageError, match="same encoder settings"):
+        pretrain.run(resnet18)
+
+
+def test_on_nan_skip_skips_bounded_number_of_steps(cifar_small: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    real = pretrain.METHODS["simclr"].forward
+
+    def poisoned(self, views, step):
+        out = real(self, views, step)
+        if step in (2, 3):
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(pretrain.METHODS["simclr"], "forward", poisoned)
+    summary = pretrain.run(spec_for(cifar_small, tmp_path / "skip", **{"train.on_nan": "skip"}))
+    assert summary["skipped_steps"] == 2 and summary["steps"] == STEPS_PER_EPOCH * EPOCHS
+    with pytest.raises(RunError, match="step 4"):  # one skip allowed: the second bad step stops the run
+        pretrain.run(spec_for(cifar_small, tmp_path / "bounded", **{"train.on_nan": "skip", "train.max_nan_skips": "1"}))
+    with pytest.raises(RunError, match="step 3 .*last checkpoint is intact"):
+        pretrain.run(spec_for(cifar_small, tmp_path / "stop"))
+
+
+KILL_DURING_SECOND_STATE_WRITE = """
+import os, signal, sys
+from sslcli import checkpoint, cli
+real = checkpoint.atomic_write_bytes
+writes = {"n": 0}
+def torn(path, data):
+    if path.name.startswith("state-"):
+        writes["n"] += 1
+        if writes["n"] == 2:  # half the bytes in the temp file, then the power goes
+            (path.parent / ("." + path.name + ".tmp")).write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+    real(path, data)
+checkpoint.atomic_write_bytes = torn
+sys.argv = ["sslcli"] + sys.argv[1:]
+cli.main()
+"""
+
+
+def test_kill_9_during_a_checkpoint_write_then_resume_auto(cifar_small: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["pretrain", str(cifar_small), "--out", str(run), "--method", "simclr", "--set", "encoder.name=resnet10t",
+            "--set", "encoder.small_stem=false", "--set", "data.max_images=128", "--batch-size", "32",
+            "--epochs", "3", "--set", "train.checkpoint_every=1", "--set", "method.proj_hidden_dim=64",
+            "--set", "data.num_workers=0"]
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING_SECOND_STATE_WRITE, *args], capture_output=True,
+                            text=True)
+    assert killed.returncode == -signal.SIGKILL
+    states = checkpoint.complete_states(run / "checkpoints")
+    assert [p.name for p in states] == ["state-000000004.safetensors"]  # the first epoch's, intact
+    resumed = subprocess.run([sys.executable, "-m", "sslcli", *args, "--resume", "auto", "--json"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "step 4/12" in resumed.stderr
+    assert checkpoint.complete_states(run / "checkpoints")[-1].name == "state-000000012.safetensors"
+
+
+def test_unwritable_run_folder_and_a_full_disk_are_refused_before_training(cifar_small: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="cannot write the run folder"):
+        pretrain.run(spec_for(cifar_small, blocker / "run"))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(pretrain.shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**20, 2**20))
+    with pytest.raises(UsageError, match="1 MiB free"):
+        pretrain.run(spec_for(cifar_small, tmp_path / "full"))
+    assert not (tmp_path / "full" / "metrics.jsonl").exists()  # refused before the first step
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(cifar_small: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    real = checkpoint.atomic_write_bytes
+
+    def disk_full_at_step_8(path: Path, data: bytes) -> None:
+        if path.name == "state-000000008.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", disk_full_at_step_8)
+    with pytest.raises(RunError, match="step 8 .*No space left.*previous checkpoint is intact"):
+        pretrain.run(spec_for(cifar_small, tmp_path / "run"))
+    states = checkpoint.complete_states(tmp_path / "run" / "checkpoints")
+    assert [p.name for p in states] == ["state-000000004.safetensors"] and checkpoint.state_is_intact(states[0])
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*.tmp"))  # no temp file left behind
