@@ -273,12 +273,14 @@ def test_augmenter_rejects_bad_input(batch):
 
 
 def test_module_has_no_loop_over_the_batch():
-    # The only loops allowed iterate over views, colour-jitter ops, HSV sectors or config fields.
+    # The only loops allowed iterate over views (also the per-view blur/solarize odds of an asymmetric
+    # recipe), colour-jitter ops, HSV sectors or config fields.
     tree = ast.parse(inspect.getsource(A))
     loops = [node for node in ast.walk(tree) if isinstance(node, (ast.For, ast.While, ast.comprehension))]
     sources = {ast.unparse(loop.iter) for loop in loops}
     assert sources <= {
         "self.views",
+        "zip(blur_p, solarize_p, strict=True)",
         "order",
         "range(4, -1, -1)",
         "('scale', 'ratio', 'blur_sigma')",

@@ -161,7 +161,7 @@ from sslcli import checkpoint, cli
 real = checkpoint.atomic_write_bytes
 writes = {"n": 0}
 def torn(path, data):
-    if path.name.startswith("state-"):
+    if path.name.startswith("state-") and path.suffix == ".safetensors":
         writes["n"] += 1
         if writes["n"] == 2:  # half the bytes in the temp file, then the power goes
             (path.parent / ("." + path.name + ".tmp")).write_bytes(data[: len(data) // 2])
