@@ -219,3 +219,18 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(cifar_small: Pa
     states = checkpoint.complete_states(tmp_path / "run" / "checkpoints")
     assert [p.name for p in states] == ["state-000000004.safetensors"] and checkpoint.state_is_intact(states[0])
     assert not list((tmp_path / "run" / "checkpoints").glob(".*.tmp"))  # no temp file left behind
+
+
+def test_hostile_resume_targets_are_clean_usage_errors(cifar_small: Path, tmp_path: Path):
+    garbage = tmp_path / "state-000000004.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(UsageError, match="no readable training-state record|recorded sha256"):
+        pretrain.run(spec_for(cifar_small, tmp_path / "run"), resume=str(garbage))
+    garbage.with_suffix(".json").write_text('{"format": "sslcli.train-state.v1", "sha256": "0", "step": 4}')
+    with pytest.raises(UsageError, match="recorded sha256"):
+        pretrain.run(spec_for(cifar_small, tmp_path / "run"), resume=str(garbage))
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(UsageError, match="no intact checkpoint"):
+        pretrain.run(spec_for(cifar_small, tmp_path / "run"), resume=str(tmp_path / "empty-run"))
+    with pytest.raises(UsageError, match="no such file or folder"):
+        pretrain.run(spec_for(cifar_small, tmp_path / "run"), resume=str(tmp_path / "missing"))
