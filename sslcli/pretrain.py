@@ -243,6 +243,9 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     if state is not None:
         record, rng = checkpoint.load_train_state(state, method, optimizer)
         _check_fingerprint(record, identity, state, force)
+        if not {"augment", "augment_order"} <= rng.keys() or not isinstance(record.get("step"), int):
+            raise UsageError(f"{state} lacks the step or augmentation RNG state an exact resume needs (an older or "
+                             "altered checkpoint); start a new run, with --init-from RUN/encoder.safetensors")
         generator.set_state(rng["augment"])
         augment.order_generator.set_state(rng["augment_order"])
         if "cuda" in rng and device.type == "cuda":
