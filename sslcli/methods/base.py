@@ -67,3 +67,14 @@ class Method(Protocol):
 def spec_defaults_of(method_cls: type, image_size: int) -> dict[str, Any]:
     fn = getattr(method_cls, "spec_defaults", None)
     return fn(image_size) if fn is not None else {}
+
+
+def views_by_size(views: list[Tensor]) -> list[list[Tensor]]:
+    """Consecutive views of the same size, so each size goes through the encoder in one batch (as SwAV and DINO do)."""
+    groups: list[list[Tensor]] = []
+    for v in views:
+        if groups and groups[-1][0].shape[-2:] == v.shape[-2:]:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return groups

@@ -16,8 +16,7 @@ from sslcli.augment import ViewConfig, asymmetric_views, multi_crop
 from sslcli.ema import frozen_copy, update_ema
 from sslcli.heads import DINOHead
 from sslcli.losses import dino_loss
-from sslcli.methods.base import Budget, MethodConfigBase, StepOut
-from sslcli.methods.swav import _by_size
+from sslcli.methods.base import Budget, MethodConfigBase, StepOut, views_by_size
 from sslcli.schedules import cosine_increase, linear_warmup_then_constant
 
 
@@ -86,7 +85,7 @@ class DINO(nn.Module):
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         # The last layer gets no gradient for the first epoch (the official cancel_gradients_last_layer).
         self.head.last_layer.requires_grad_(step >= self.freeze_steps)
-        student = [self.head(self.encoder(torch.cat(group))) for group in _by_size(views)]
+        student = [self.head(self.encoder(torch.cat(group))) for group in views_by_size(views)]
         student = torch.cat(student).chunk(len(views))
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_encoder(torch.cat(views[:2]))).float()

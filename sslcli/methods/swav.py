@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from sslcli.augment import ViewConfig, multi_crop
 from sslcli.heads import NormalizedLinear, mlp
 from sslcli.losses import sinkhorn, swapped_prediction
-from sslcli.methods.base import Budget, MethodConfigBase, StepOut
+from sslcli.methods.base import Budget, MethodConfigBase, StepOut, views_by_size
 from sslcli.methods.mocov2 import enqueue
 
 
@@ -86,7 +86,7 @@ class SwAV(nn.Module):
         # Frozen prototypes get no gradient at all, so the optimizer leaves them as they are (p.grad is None).
         self.prototypes.weight.requires_grad_(step >= self.freeze_steps)
         self.batch_size = views[0].shape[0]
-        z = [F.normalize(self.projector(self.encoder(torch.cat(group))), dim=1) for group in _by_size(views)]
+        z = [F.normalize(self.projector(self.encoder(torch.cat(group))), dim=1) for group in views_by_size(views)]
         z = torch.cat(z).chunk(len(views))
         scores = [self.prototypes(zi) for zi in z]
         codes = []
@@ -112,13 +112,3 @@ class SwAV(nn.Module):
     def export_encoder(self) -> nn.Module:
         return self.encoder
 
-
-def _by_size(views: list[Tensor]) -> list[list[Tensor]]:
-    """Consecutive views of the same size, so each size goes through the encoder in one batch (as SwAV does)."""
-    groups: list[list[Tensor]] = []
-    for v in views:
-        if groups and groups[-1][0].shape[-2:] == v.shape[-2:]:
-            groups[-1].append(v)
-        else:
-            groups.append([v])
-    return groups
