@@ -136,22 +136,30 @@ def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def batches(images: DecodedImages, batch_size: int, seed: int, epoch: int,
-            drop_last: bool = True, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(images: DecodedImages, batch_size: int, seed: int, epoch: int, drop_last: bool = True, skip: int = 0,
+            shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(uint8 [B,3,S,S], indices) for one shuffled epoch over the images that decoded, from batch `skip` on
-    (a run resumed mid-epoch continues with exactly the batches it had not seen)."""
+    (a run resumed mid-epoch continues with exactly the batches it had not seen).
+
+    shard=(rank, world): each global batch of batch_size images is cut into world equal slices and this
+    rank gets slice `rank` (batch_size must divide by world)."""
+    rank, world = shard
     indices = images.good_indices
     order = indices[epoch_order(len(indices), seed, epoch).numpy()]
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    local = batch_size // world
     for start in range(skip * batch_size, stop, batch_size):
         # Sorted reads walk the memory map forwards; the order inside a batch does not matter.
-        chosen = np.sort(order[start:start + batch_size])
+        first = start + rank * local
+        chosen = np.sort(order[first:min(first + local, stop)])
         yield torch.from_numpy(np.ascontiguousarray(images.array[chosen])), torch.from_numpy(chosen)
 
 
-def in_order(images: DecodedImages, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 [B,3,S,S], indices) over the images that decoded, in file order (for feature extraction)."""
-    indices = images.good_indices
+def in_order(images: DecodedImages, batch_size: int,
+             indices: np.ndarray | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 [B,3,S,S], indices) over the images that decoded (or the given ones), in file order
+    (for feature extraction)."""
+    indices = images.good_indices if indices is None else indices
     for start in range(0, len(indices), batch_size):
         chosen = indices[start:start + batch_size]
         yield torch.from_numpy(np.ascontiguousarray(images.array[chosen])), torch.from_numpy(chosen)

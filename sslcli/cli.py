@@ -34,6 +34,12 @@ LabelFractionOption = typer.Option(None, "--label-fraction", help="train on a se
                                    "the labeled train split, e.g. 0.01 or 0.1")
 
 
+def _reporting_rank() -> bool:
+    """Under torchrun only rank 0 prints the result (the module is only loaded when a command uses it)."""
+    module = sys.modules.get("sslcli.distributed")
+    return module is None or module.is_main()
+
+
 def _version(value: bool) -> None:
     if value:
         console.result(f"sslcli {__version__}")
@@ -62,6 +68,8 @@ def pretrain(
     force: bool = typer.Option(False, "--force", help="resume even if the spec fingerprint differs"),
     init_from: Path = typer.Option(None, "--init-from", help="a new run starting from this encoder.safetensors"),
     on_nan: str = typer.Option(None, "--on-nan", help="stop (default) or skip steps with a non-finite loss"),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="under torchrun: batch norm over the global "
+                                 "batch (default: as the method's paper)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and exit"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
@@ -73,7 +81,7 @@ def pretrain(
     options: dict[str, Any] = {
         "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": str(out) if out else None, "data.on_bad_image": on_bad_image,
-        "init_from": str(init_from) if init_from else None, "train.on_nan": on_nan,
+        "init_from": str(init_from) if init_from else None, "train.on_nan": on_nan, "train.sync_bn": sync_bn,
     }
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
     if dry_run:
@@ -82,6 +90,8 @@ def pretrain(
     from sslcli import pretrain as runner
 
     summary = runner.run(spec, resume=resume, force=force)
+    if not _reporting_rank():
+        return
     if json_out:
         console.result_json(summary)
     elif summary.get("already_complete"):
@@ -112,6 +122,8 @@ def probe(
     from sslcli import probe as runner
 
     result = runner.run(spec)
+    if not _reporting_rank():
+        return
     if json_out:
         console.result_json(result)
     else:
@@ -150,6 +162,8 @@ def finetune(
     from sslcli import finetune as runner
 
     result = runner.run(spec)
+    if not _reporting_rank():
+        return
     if json_out:
         console.result_json(result)
     else:
@@ -274,6 +288,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         console.error(f"{type(exc).__name__}: {exc} (run with SSLCLI_DEBUG=1 for the traceback)")
         sys.exit(1)
+    finally:
+        if "sslcli.distributed" in sys.modules:  # leave torchrun's process group cleanly, whatever happened
+            sys.modules["sslcli.distributed"].shutdown()
     sys.exit(code if isinstance(code, int) else 0)
 
 

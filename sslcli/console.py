@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Any
 
 _quiet = False
+_rank = 0  # under torchrun only rank 0 reports; the others print their errors and nothing else
 
 
 def configure(quiet: bool = False) -> None:
     """Set once by the CLI: --quiet silences info and progress (warnings and errors still show)."""
     global _quiet
     _quiet = quiet
+
+
+def set_rank(rank: int) -> None:
+    global _rank
+    _rank = rank
 
 
 def stderr_is_tty() -> bool:
@@ -38,7 +44,9 @@ def literal(text: object) -> str:
     return "".join(out)
 
 
-def _err(line: str) -> None:
+def _err(line: str, always: bool = False) -> None:
+    if _rank and not always:
+        return
     sys.stderr.write(literal(line) + "\n")
     sys.stderr.flush()
 
@@ -53,17 +61,21 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
-    _err(f"error: {message}")
+    _err(f"error: [rank {_rank}] {message}" if _rank else f"error: {message}", always=True)
 
 
 def result(text: str) -> None:
     """A human-readable result on stdout."""
+    if _rank:
+        return
     sys.stdout.write(literal(text) + "\n")
     sys.stdout.flush()
 
 
 def result_json(obj: Any) -> None:
     """One JSON object on one line of stdout, for machines."""
+    if _rank:
+        return
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
     sys.stdout.flush()
 
@@ -86,7 +98,7 @@ class Progress:
         self.start_time = time.perf_counter()
         self.start_step = start_step
         self._bar = None
-        if stderr_is_tty() and not _quiet:
+        if stderr_is_tty() and not _quiet and not _rank:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress

@@ -281,14 +281,18 @@ def make_loader(
     num_workers: int,
     seed: int,
     pin_memory: bool = False,
+    sampler: torch.utils.data.Sampler | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader of decoded uint8 batches; the shuffle order depends only on `seed` and the epoch."""
+    """A DataLoader of decoded uint8 batches; the shuffle order depends only on `seed` and the epoch.
+
+    A sampler (DistributedSampler under torchrun) replaces the loader's own shuffle."""
     # The sampler draws from this generator each epoch, so epoch k's order is the same in every run.
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         ImageDataset(paths, size),
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,
         collate_fn=functools.partial(collate_images, size=size),

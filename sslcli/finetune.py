@@ -4,6 +4,9 @@ The classifier is `timm.create_model(encoder, num_classes=C)` with the encoder's
 head; its loss (label smoothing or Mixup/CutMix soft targets) is the `compute_loss` that train.fit
 calls, and the val split is scored every `train.eval_every` epochs (default 1) from fit's checkpoint
 callback.
+
+Under torchrun the classifier is wrapped in DDP, each rank trains on a DistributedSampler's share of
+the global batch (train.batch_size), the val split is scored in shards and gathered, and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslcli import checkpoint, console, data
+from sslcli import checkpoint, console, data, distributed
 from sslcli.augment import Augmenter, ViewConfig
 from sslcli.encoders import EncoderInfo, apply_small_stem
 from sslcli.errors import RunError, UsageError
@@ -95,18 +98,24 @@ def make_optimizer(model: nn.Module, spec: FinetuneSpec) -> torch.optim.Optimize
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, labels: torch.Tensor, paths: list[Path], info: EncoderInfo,
-             device: torch.device, dtype: torch.dtype | None, policy: data.BadImagePolicy) -> dict[str, float]:
-    """Top-1/top-5 on the eval split with the encoder's eval geometry; the model is left in train mode."""
+             device: torch.device, dtype: torch.dtype | None, policy: data.BadImagePolicy,
+             offset: int = 0) -> dict[str, float]:
+    """Top-1/top-5 on the eval split with the encoder's eval geometry; the model is left in train mode.
+
+    Under torchrun the loader holds this rank's shard, starting at image `offset`; scores are gathered."""
     model.eval()
     logits, kept = [], []
     for x, idx in data.iter_batches(loader, policy, paths):
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits.append(model(eval_view(x.to(device, non_blocking=True), info)).float())
-        kept.append(idx)
+        kept.append(idx + offset)
     model.train()  # fit leaves modes to us: training resumes right after this callback
-    if not logits:
+    all_logits = distributed.gather_uneven(torch.cat(logits) if logits else torch.zeros(0, model.num_classes,
+                                                                                        device=device))
+    all_kept = distributed.gather_uneven(torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long))
+    if not len(all_kept):
         raise UsageError("no readable images in the eval split")
-    acc = topk_accuracy(torch.cat(logits), labels[torch.cat(kept)].to(device), ks=(1, 5))
+    acc = topk_accuracy(all_logits, labels[all_kept].to(device), ks=(1, 5))
     return {"top1": acc[1], "top5": acc[5]}
 
 
@@ -147,16 +156,23 @@ def _loop_config(spec: FinetuneSpec, steps_per_epoch: int, device: torch.device,
 
 def _train_loader(spec: FinetuneSpec, train_set: data.ImageSet, info: EncoderInfo, device: torch.device,
                   mixing: bool) -> tuple[Any, int]:
-    """Shuffled uint8 batches; the batch shrinks to the subset's size (1 % splits can be tiny), even for Mixup."""
+    """Shuffled uint8 batches; the batch shrinks to the subset's size (1 % splits can be tiny), even for Mixup.
+
+    The batch is the global one: under torchrun each rank loads batch / world images per step."""
+    world = distributed.world_size()
     batch = min(spec.train.batch_size, len(train_set))
-    batch -= batch % 2 if mixing else 0
-    if batch < 2:
-        raise UsageError(f"only {len(train_set)} training image(s): fine-tuning needs at least 2")
+    batch -= batch % (2 * world if mixing else world)
+    if batch < 2 * world:
+        raise UsageError(f"only {len(train_set)} training image(s): fine-tuning needs at least {2 * world}")
     if batch != spec.train.batch_size:
         console.info(f"batch size {batch} (the train split holds {len(train_set)} images)")
-    loader = data.make_loader(train_set.paths, data.storage_size_for(info.image_size), batch, shuffle=True,
+    sampler = None
+    if distributed.is_distributed():
+        sampler = torch.utils.data.DistributedSampler(train_set.paths, shuffle=True, seed=spec.train.seed,
+                                                      drop_last=True)
+    loader = data.make_loader(train_set.paths, data.storage_size_for(info.image_size), batch // world, shuffle=True,
                               drop_last=True, num_workers=default_workers(spec.data.num_workers),
-                              seed=spec.train.seed, pin_memory=device.type == "cuda")
+                              seed=spec.train.seed, pin_memory=device.type == "cuda", sampler=sampler)
     return loader, batch
 
 
@@ -187,30 +203,34 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     """Fine-tune as the spec says; writes classifier.safetensors, finetune.json and metrics.jsonl."""
     if spec.encoder is None:
         raise UsageError("no encoder given: sslcli finetune ENCODER --data DIR")
-    device = resolve_device(spec.train.device)
-    torch.manual_seed(spec.train.seed)
+    device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
+    torch.manual_seed(spec.train.seed)  # the same fresh head on every rank
     encoder, info, source = checkpoint.load_encoder(spec.encoder)
     train_set, val_set, val_labels = labeled_splits(spec)
     classes = list(train_set.classes or [])
     model = build_classifier(info, encoder, len(classes))
     criterion, mixup = make_criterion(spec, len(classes))
     loader, batch_size = _train_loader(spec, train_set, info, device, mixing=mixup is not None)
-    val_loader = data.make_loader(val_set.paths, data.storage_size_for(info.image_size), 256, shuffle=False,
-                                  drop_last=False, num_workers=0, seed=0)
+    val_part = distributed.shard(len(val_set))  # each rank scores its share of the val split
+    val_loader = data.make_loader(val_set.paths[val_part.start:val_part.stop], data.storage_size_for(info.image_size),
+                                  256, shuffle=False, drop_last=False, num_workers=0, seed=0)
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": batch_size})})
     loop = _loop_config(spec, len(loader), device, info.name)
     lr = spec.scaled_lr()
     lr_schedule = warmup_cosine(lr, loop.total_steps, round(spec.optim.warmup_epochs * len(loader)),
                                 final=lr * spec.optim.min_lr_ratio)
-    out = output_dir(spec)
-    checkpoint.atomic_write_json(out / "spec.json", dump(spec))
+    out = output_dir(spec) if distributed.is_main() else Path(spec.out or ".")
+    if distributed.is_main():
+        checkpoint.atomic_write_json(out / "spec.json", dump(spec))
     console.info(f"fine-tuning {info.name} on {len(train_set)} images, {len(classes)} classes "
                  f"({len(val_set)} eval), {len(loader)} steps/epoch x {spec.train.epochs} epochs on {device}; "
                  f"lr = {spec.optim.base_lr} x {batch_size} / 256 = {lr:.4g}")
     job = Job(spec, info, source, model, classes, train_set, val_set, val_labels, loader, val_loader, loop,
               make_optimizer(model, spec), lr_schedule, criterion, mixup, out, device)
     result, history = _train(job)
-    return _save(job, result, history)
+    summary = _save(job, result, history) if distributed.is_main() else {}
+    distributed.barrier()  # the classifier is written before any rank returns
+    return summary
 
 
 def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
@@ -219,15 +239,21 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
     labels, paths = torch.tensor(job.train_set.labels), job.train_set.paths
     view = ViewConfig(size=info.image_size, scale=spec.augment.scale, ratio=spec.augment.ratio,
                       hflip_p=spec.augment.hflip_p, jitter_p=0, gray_p=0, blur_p=0, solarize_p=0)
-    augment = Augmenter([view], info.mean, info.std, torch.Generator(device=device).manual_seed(spec.train.seed))
+    seed = distributed.seed_for_rank(spec.train.seed)  # each rank draws its own crops and flips
+    augment = Augmenter([view], info.mean, info.std, torch.Generator(device=device).manual_seed(seed))
     policy, mixup, criterion = data.BadImagePolicy(spec.data.on_bad_image), job.mixup, job.criterion
     # Scores are computed at full precision on CPU (as probe does), so the saved classifier re-scores to
     # exactly the reported top-1; CUDA evaluates under the training autocast, where fp32 would only cost time.
     dtype = PRECISIONS[job.loop.precision] if device.type == "cuda" else None
     history = []
-    metrics = console.MetricsLog(job.out / "metrics.jsonl")
+    metrics = console.MetricsLog(job.out / "metrics.jsonl") if distributed.is_main() else None
+    model.to(device=device, memory_format=torch.channels_last if job.loop.channels_last else torch.contiguous_format)
+    parallel = distributed.wrap(model, device)  # DDP under torchrun, the model itself otherwise
+    val_part = distributed.shard(len(job.val_set))  # this rank's share of the val split (see run)
 
     def batches(epoch: int, skip: int = 0):  # fine-tuning never resumes mid-epoch: skip is always 0
+        if isinstance(job.loader.sampler, torch.utils.data.DistributedSampler):
+            job.loader.sampler.set_epoch(epoch)
         for x, idx in data.iter_batches(job.loader, policy, paths):
             yield x, labels[idx]
 
@@ -236,12 +262,14 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
         if mixup is not None:
             even = x.shape[0] - x.shape[0] % 2  # timm's Mixup pairs samples; a skipped bad file can leave one over
             x, y = mixup(x[:even], y[:even])
-        return StepOut(loss=criterion(model(x), y))
+        return StepOut(loss=criterion(parallel(x), y))
 
     def on_epoch_end(epoch: int, step: int) -> None:
-        scores = evaluate(model, job.val_loader, job.val_labels, job.val_set.paths, info, device, dtype, policy)
+        scores = evaluate(model, job.val_loader, job.val_labels, job.val_set.paths[val_part.start:val_part.stop],
+                          info, device, dtype, policy, offset=val_part.start)
         history.append({"epoch": epoch, "step": step, **scores})
-        metrics.write({"epoch": epoch, "step": step, "val_top1": scores["top1"], "val_top5": scores["top5"]})
+        if metrics is not None:
+            metrics.write({"epoch": epoch, "step": step, "val_top1": scores["top1"], "val_top5": scores["top5"]})
         console.info(f"epoch {epoch}/{spec.train.epochs}: val top-1 {100 * scores['top1']:.2f}%  "
                      f"top-5 {100 * scores['top5']:.2f}%")
 
@@ -250,7 +278,8 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
                      lr_schedule=job.lr_schedule, cfg=job.loop, device=device, metrics=metrics,
                      on_checkpoint=on_epoch_end)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     if policy.summary():
         console.warn(policy.summary())
     return result, history

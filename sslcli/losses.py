@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sslcli import distributed
+
 F_ = TypeVar("F_", bound=Callable)
 
 
@@ -115,14 +117,16 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tens
     """SwAV's Sinkhorn-Knopp codes (arXiv 2006.09882, section 3.1 and Algorithm 1 of its appendix).
 
     scores [B, K] (prototype similarities) -> codes Q [B, K] whose rows sum to 1 and whose columns
-    tend to B/K each: an equipartition of the batch over the prototypes.
+    tend to B/K each: an equipartition of the batch over the prototypes. Under torchrun the batch is the
+    global one: the sums over samples are all-reduced, as in the official distributed_sinkhorn.
     """
-    # Subtracting the max leaves Q unchanged (it is normalised) and keeps exp() finite.
-    q = torch.exp((scores.float() - scores.float().max()) / epsilon).T  # [K, B]
-    q /= q.sum()
-    k, b = q.shape
+    # Subtracting the (global) max leaves Q unchanged (it is normalised) and keeps exp() finite.
+    peak = distributed.all_reduce_(scores.float().max().clone(), op="max")
+    q = torch.exp((scores.float() - peak) / epsilon).T  # [K, B]
+    q /= distributed.all_reduce_(q.sum())
+    k, b = q.shape[0], q.shape[1] * distributed.world_size()
     for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True)
+        q /= distributed.all_reduce_(q.sum(dim=1, keepdim=True))
         q /= k
         q /= q.sum(dim=0, keepdim=True)
         q /= b

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
-from sslcli import cache, checkpoint, console, data
+from sslcli import cache, checkpoint, console, data, distributed
 from sslcli.augment import Augmenter
 from sslcli.encoders import build_encoder
 from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.methods import METHODS, Budget
+from sslcli.methods.base import sync_bn_default
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import PretrainSpec, dump
 from sslcli.train import (
@@ -104,24 +105,48 @@ def use_cache(spec: PretrainSpec, images: data.ImageSet, storage_size: int) -> P
     return None
 
 
+def rank_batch_size(global_batch: int) -> int:
+    """train.batch_size is the global batch: under torchrun each rank takes an equal share of it."""
+    world = distributed.world_size()
+    if global_batch % world:
+        raise UsageError(f"batch size {global_batch} does not split evenly over {world} processes; "
+                         f"use a multiple of {world} (train.batch_size is the global batch)")
+    return global_batch // world
+
+
 def training_batches(spec: PretrainSpec, images: data.ImageSet, storage_size: int, policy: data.BadImagePolicy,
                      device: torch.device) -> tuple[Callable[[int], Iterator[torch.Tensor]], int]:
-    """`batches(epoch, skip)` of uint8 images and the number of steps per epoch, from the cache or the files."""
+    """`batches(epoch, skip)` of uint8 images and the number of steps per epoch, from the cache or the files.
+
+    Under torchrun each rank gets its share of every global batch: from the cache, a slice of the global
+    batch a single process would draw (so the images of a step do not depend on the number of ranks);
+    decoding on the fly, a DistributedSampler reseeded with set_epoch.
+    """
     workers = default_workers(spec.data.num_workers)
     batch_size, seed = spec.train.batch_size, spec.train.seed
+    local_batch = rank_batch_size(batch_size)
     folder = use_cache(spec, images, storage_size)
     if folder is not None:
-        decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers)
+        with distributed.main_first():  # one process decodes; the others open what it wrote
+            decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers)
+        part = (distributed.rank(), distributed.world_size())
 
         def cached(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
-            return (x for x, _ in cache.batches(decoded, batch_size, seed, epoch, skip=skip))
+            return (x for x, _ in cache.batches(decoded, batch_size, seed, epoch, skip=skip, shard=part))
 
         return cached, cache.steps_per_epoch(decoded, batch_size)
-    loader = data.make_loader(images.paths, storage_size, batch_size, shuffle=True, drop_last=True,
-                              num_workers=workers, seed=seed, pin_memory=device.type == "cuda")
+    sampler = None
+    if distributed.is_distributed():
+        sampler = torch.utils.data.DistributedSampler(data.ImageDataset(images.paths, storage_size), shuffle=True,
+                                                      seed=seed, drop_last=True)
+    loader = data.make_loader(images.paths, storage_size, local_batch, shuffle=True, drop_last=True,
+                              num_workers=workers, seed=seed, pin_memory=device.type == "cuda", sampler=sampler)
 
     def streamed(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
-        loader.generator.manual_seed(seed * 1_000_003 + epoch)  # each epoch's order depends on (seed, epoch) only
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        else:
+            loader.generator.manual_seed(seed * 1_000_003 + epoch)  # each epoch's order depends on (seed, epoch)
         # Resuming mid-epoch decodes and drops the batches already trained on, to reach the same order.
         return itertools.islice((x for x, _ in data.iter_batches(loader, policy, images.paths)), skip, None)
 
@@ -192,6 +217,14 @@ def _init_from(encoder: torch.nn.Module, info, path: Path) -> None:
     console.info(f"encoder initialised from {path}")
 
 
+def _reseed_rank(seed: int, step: int, generator: torch.Generator, augment: Augmenter) -> None:
+    """A resumed rank other than 0 continues with generators of its own, derived from the seed and the step."""
+    fresh = distributed.seed_for_rank(seed) + step
+    torch.manual_seed(fresh)
+    generator.manual_seed(fresh)
+    augment.order_generator.manual_seed(fresh)
+
+
 def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as the spec says; returns the summary printed by the CLI.
 
@@ -199,8 +232,9 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     a run folder or a state file. force: resume even when the spec fingerprint differs.
     """
     resume_dir, state = resume_point(spec, resume)
-    device = resolve_device(spec.train.device)
-    torch.manual_seed(spec.train.seed)
+    device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
+    main = distributed.is_main()
+    torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
     images = training_images(spec)
     storage_size = data.storage_size_for(spec.data.image_size)
     policy = data.BadImagePolicy(spec.data.on_bad_image)
@@ -228,7 +262,12 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
         _init_from(encoder, info, spec.init_from)
     method = METHODS[spec.method.name](spec.method, encoder, info.feature_dim,
                                        Budget(loop.total_steps, steps_per_epoch))
-    generator = torch.Generator(device=device).manual_seed(spec.train.seed)
+    sync_bn = spec.train.sync_bn if spec.train.sync_bn is not None else sync_bn_default(type(method))
+    if distributed.is_distributed() and sync_bn:
+        method = distributed.sync_batchnorm(method, device)
+    if distributed.rank():  # other ranks draw their own augmentations and masks
+        torch.manual_seed(distributed.seed_for_rank(spec.train.seed))
+    generator = torch.Generator(device=device).manual_seed(distributed.seed_for_rank(spec.train.seed))
     augment = Augmenter(method.views(spec.augment), info.mean, info.std, generator)
 
     lr = spec.scaled_lr()
@@ -253,22 +292,30 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
         if record.get("scaler"):
             scaler.load_state_dict(record["scaler"])
         start_step = int(record["step"])
+        if distributed.rank():  # the state holds rank 0's generators: the others draw fresh ones
+            _reseed_rank(spec.train.seed, start_step, generator, augment)
         if start_step >= loop.total_steps:
             console.info(f"{resume_dir} is already complete ({start_step} steps); nothing to do")
             return {"run_dir": str(resume_dir), "encoder": str(resume_dir / "encoder.safetensors"),
                     "method": spec.method.name, "steps": start_step, "already_complete": True}
         console.info(f"resuming from {state} at step {start_step}/{loop.total_steps}")
 
-    run_dir = make_run_dir(spec.model_copy(update={"out": resume_dir}) if resume_dir else spec,
-                           resuming=resume_dir is not None)
-    check_free_space(run_dir, method, spec.train.keep_checkpoints)
     resolved = dump(spec)
-    checkpoint.atomic_write_json(run_dir / "spec.json", resolved)
+    run_dir = resume_dir or (Path(spec.out) if spec.out else None)
+    if main:  # only rank 0 writes the run folder; the others train and stay quiet
+        run_dir = make_run_dir(spec.model_copy(update={"out": resume_dir}) if resume_dir else spec,
+                               resuming=resume_dir is not None)
+        check_free_space(run_dir, method, spec.train.keep_checkpoints)
+        checkpoint.atomic_write_json(run_dir / "spec.json", resolved)
+    world = distributed.world_size()
+    on = f"{world} processes ({device.type}, sync BN {'on' if sync_bn else 'off'})" if world > 1 else str(device)
     console.info(f"run folder {run_dir}: {len(images)} images, {steps_per_epoch} steps/epoch x "
-                 f"{spec.train.epochs} epochs on {device} ({loop.precision})")
+                 f"{spec.train.epochs} epochs on {on} ({loop.precision})")
     console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {lr:.4g}")
 
-    step_model = torch.compile(method) if spec.train.compile else method
+    method.to(device=device, memory_format=torch.channels_last if loop.channels_last else torch.contiguous_format)
+    parallel = distributed.wrap(method, device)  # DDP under torchrun, the method itself otherwise
+    step_model = torch.compile(parallel) if spec.train.compile else parallel
 
     view_format = torch.channels_last if loop.channels_last else torch.contiguous_format
 
@@ -276,6 +323,8 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
         return step_model([v.contiguous(memory_format=view_format) for v in augment(x)], step)
 
     def save(epoch: int, step: int) -> None:
+        if not main:
+            return
         try:
             write_checkpoint(epoch, step)
         except OSError as exc:  # disk full, folder removed: the previous checkpoint is still complete
@@ -294,16 +343,21 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
                                     optimizer=optimizer, extra=extra, keep=spec.train.keep_checkpoints, rng=rng,
                                     scaler=scaler.state_dict() or None)
 
-    metrics = console.MetricsLog(run_dir / "metrics.jsonl")
+    metrics = console.MetricsLog(run_dir / "metrics.jsonl") if main else None
     try:
         result = fit(model=method, optimizer=optimizer, compute_loss=compute_loss, batches=batches,
                      lr_schedule=lr_schedule, cfg=loop, device=device, metrics=metrics,
-                     on_step_end=method.on_step_end, on_checkpoint=save, start_step=start_step, scaler=scaler)
+                     on_step_end=method.on_step_end, on_checkpoint=save, start_step=start_step, scaler=scaler,
+                     after_backward=getattr(method, "cancel_gradients", lambda step: None))
     except Interrupted as exc:
         raise Interrupted(f"{exc}; to continue, run the same command with --out {run_dir} --resume auto",
                           exc.signum) from None
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
+    distributed.barrier()  # the run folder is complete before any rank returns
+    if not main:
+        return {}  # rank 0 reports
     if policy.summary():
         console.warn(policy.summary())
     return {
@@ -321,4 +375,5 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
         "images_per_s": round(result.images_per_s, 2),
         "wall_s": round(result.wall_s, 2),
         "device": str(device),
+        "processes": distributed.world_size(),
     }

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslcli import cache, checkpoint, console, data
+from sslcli import cache, checkpoint, console, data, distributed
 from sslcli.encoders import EncoderInfo
 from sslcli.errors import UsageError
 from sslcli.evaluate import knn_evaluate, linear_probe
@@ -61,14 +61,22 @@ def eval_view(x: torch.Tensor, info: EncoderInfo) -> torch.Tensor:
 def _eval_batches(paths: list[Path], storage: int, batch_size: int, num_workers: int, device: torch.device,
                   policy: data.BadImagePolicy, use_cache: bool) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
     """(uint8 batches with their indices, in file order; the number of batches): from the decode cache when
-    the images fit it, so a second probe of the same folder decodes nothing, else decoded on the fly."""
+    the images fit it, so a second probe of the same folder decodes nothing, else decoded on the fly.
+
+    Under torchrun each rank reads its contiguous share of the images (indices stay global)."""
     folder = cache.usable_folder(paths, storage) if use_cache else None
     if folder is not None:
-        decoded = cache.open_or_build(paths, storage, folder, policy, num_workers)
-        return cache.in_order(decoded, batch_size), -(-len(decoded.good_indices) // batch_size)
-    loader = data.make_loader(paths, storage, batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
-                              seed=0, pin_memory=device.type == "cuda")
-    return data.iter_batches(loader, policy, paths), len(loader)
+        with distributed.main_first():  # one process decodes; the others open what it wrote
+            decoded = cache.open_or_build(paths, storage, folder, policy, num_workers)
+        part = distributed.shard(len(decoded.good_indices))
+        mine = decoded.good_indices[part.start:part.stop]
+        return cache.in_order(decoded, batch_size, mine), -(-len(mine) // batch_size)
+    part = distributed.shard(len(paths))
+    shard_paths = paths[part.start:part.stop]
+    loader = data.make_loader(shard_paths, storage, batch_size, shuffle=False, drop_last=False,
+                              num_workers=num_workers, seed=0, pin_memory=device.type == "cuda")
+    batches = ((x, idx + part.start) for x, idx in data.iter_batches(loader, policy, shard_paths))
+    return batches, len(loader)
 
 
 @torch.no_grad()
@@ -95,14 +103,18 @@ def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, 
             progress.update(batch, {"images": int(sum(len(k) for k in kept))})
     finally:
         progress.close()
-    if not features:
+    features_t = torch.cat(features) if features else torch.zeros(0, info.feature_dim)
+    kept_t = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
+    # Under torchrun every rank extracted its share: put the whole split together, in file order.
+    features_t, kept_t = distributed.gather_uneven(features_t), distributed.gather_uneven(kept_t)
+    if not len(kept_t):
         raise UsageError("no readable images to extract features from")
-    return torch.cat(features), torch.cat(kept)
+    return features_t, kept_t
 
 
 def run(spec: ProbeSpec) -> dict[str, Any]:
     start = time.perf_counter()
-    device = resolve_device(spec.device)
+    device = distributed.init(resolve_device(spec.device))  # under torchrun the ranks share the extraction
     model, info, meta = checkpoint.load_encoder(spec.encoder)
     train_dir, val_dir = eval_splits(spec.data, spec.val)
     train_set, val_set = labeled_images(train_dir, "train"), labeled_images(val_dir, "eval")
@@ -121,6 +133,8 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     val_f, val_kept = extract_features(model, info, val_set.paths, **common)
     train_y = torch.tensor(train_set.labels)[train_kept]
     val_y = val_labels_all[val_kept]
+    if not distributed.is_main():
+        return {}  # rank 0 fits the kNN and linear probe on the gathered features and reports them
 
     console.info("kNN and linear probe on the cached features")
     knn = knn_evaluate(train_f, train_y, val_f, val_y, num_classes, ks=spec.knn_k, temperature=spec.knn_temperature)

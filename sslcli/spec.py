@@ -77,6 +77,8 @@ class TrainConfig(Strict):
                                             "update, or skips that step's update")
     max_nan_skips: int = Field(10, ge=0, description="with on_nan=skip: stop after this many skipped steps")
     keep_checkpoints: int = Field(2, ge=1)
+    sync_bn: bool | None = Field(None, description="under torchrun, batch norm over the global batch (default: "
+                                 "as the method's paper: on, except MoCo v2)")
 
 
 class PretrainSpec(Strict):

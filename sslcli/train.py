@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslcli import console
+from sslcli import console, distributed
 from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.methods.base import StepOut
 
@@ -163,9 +163,15 @@ def fit(
     on_checkpoint: Callable[[int, int], None] = lambda epoch, step: None,
     start_step: int = 0,
     scaler: torch.amp.GradScaler | None = None,
+    after_backward: Callable[[int], None] = lambda step: None,
 ) -> FitResult:
     """Train for cfg.epochs; `batches(epoch, skip)` yields an epoch's batches from the skip-th on,
     `compute_loss(batch, step)` does the rest. A resumed run passes the step it continues from.
+    `after_backward(step)` may drop gradients of parameters frozen at that step (SwAV, DINO).
+
+    Under torchrun every rank runs this loop on its share of each global batch; the per-step host read
+    is all-reduced, so the logged loss is the global mean and every rank takes the same decision about a
+    non-finite step or a stop signal (a rank that stopped alone would leave the others waiting forever).
 
     A batch is a tensor (uint8 images) or a tuple of tensors whose first is the images (e.g. images,
     labels for fine-tuning); fit moves it to the device and counts images by its first dimension.
@@ -190,9 +196,10 @@ def fit(
                     if step >= cfg.total_steps or step >= (epoch + 1) * cfg.steps_per_epoch:
                         break  # a loader that yields more batches than planned never runs past the schedule
                     _set_lr(optimizer, float(lr_schedule[step]), peak_lr)
-                    loss_value, out = _train_step(batch, step, epoch, compute_loss, optimizer, scaler, dtype,
-                                                  device, params, cfg.clip_grad, last_good,
-                                                  may_skip=cfg.on_nan == "skip" and skipped < cfg.max_nan_skips)
+                    loss_value, out, stop_now = _train_step(
+                        batch, step, epoch, compute_loss, optimizer, scaler, dtype, device, params, cfg.clip_grad,
+                        last_good, may_skip=cfg.on_nan == "skip" and skipped < cfg.max_nan_skips,
+                        after_backward=after_backward, stop_requested=stop.signum is not None)
                     step += 1
                     images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
                     if out is None:  # a non-finite loss skipped under on_nan=skip: no update, no EMA
@@ -203,9 +210,11 @@ def fit(
                     on_step_end(step - 1)
                     last_good = (step, loss_value)
                     _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
-                    if stop.signum is not None:
+                    # Under torchrun only the all-reduced flag counts: a signal that lands after this step's
+                    # read is seen by every rank at the next step, so all of them stop at the same one.
+                    if stop_now or (stop.signum is not None and not distributed.is_distributed()):
                         on_checkpoint(epoch, step)
-                        raise _interrupted(stop.signum, step, cfg.total_steps)
+                        raise _interrupted(stop.signum or signal.SIGTERM, step, cfg.total_steps)
                     if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step < cfg.total_steps:
                         on_checkpoint(epoch, step)
                 if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
@@ -220,15 +229,19 @@ def fit(
 def _train_step(batch: Any, step: int, epoch: int, compute_loss: Callable[[Any, int], StepOut],
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, dtype: torch.dtype | None,
                 device: torch.device, params: list[torch.Tensor], clip_grad: float | None,
-                last_good: tuple[int, float] | None, may_skip: bool = False) -> tuple[float, StepOut | None]:
-    """Forward, backward, the non-finite check, clipping and the optimizer step; returns the loss value.
+                last_good: tuple[int, float] | None, may_skip: bool = False,
+                after_backward: Callable[[int], None] = lambda step: None,
+                stop_requested: bool = False) -> tuple[float, StepOut | None, bool]:
+    """Forward, backward, the non-finite check, clipping and the optimizer step; returns the loss value,
+    the step's output and whether any rank was asked to stop.
 
-    A non-finite loss raises before the update, or with may_skip returns (loss, None) with no update."""
+    A non-finite loss raises before the update, or with may_skip returns (loss, None, stop) with no update."""
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with autocast:
         out = compute_loss(batch, step)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(out.loss).backward()
+    after_backward(step)
     # The one host read per step, placed after backward is queued so the device is not left idle waiting
     # for it, and before the optimizer step so a bad loss never reaches the weights. A finite loss can still
     # give non-finite gradients (measured: bf16 autocast on CPU overflowing in a backward kernel), which
@@ -236,22 +249,24 @@ def _train_step(batch: Any, step: int, epoch: int, compute_loss: Callable[[Any, 
     # the GradScaler already skips steps with non-finite (scaled) gradients.
     loss = out.loss.detach().float()
     grads = [p.grad for p in params if p.grad is not None] if not scaler.is_enabled() else []
-    if grads:
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
-        loss_value, grad_value = torch.stack([loss, grad_norm]).tolist()
-    else:
-        loss_value, grad_value = float(loss), 0.0
+    grad_norm = (torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) if grads
+                 else loss.new_zeros(()))
+    # [loss, grad norm, stop]: summed over the ranks under torchrun (DDP has already averaged the gradients,
+    # so the norm is the same everywhere; a NaN on any rank makes the sum NaN on all of them).
+    read = distributed.all_reduce_(torch.stack([loss, grad_norm, loss.new_tensor(float(stop_requested))]))
+    world = distributed.world_size()
+    loss_value, grad_value, stops = (v / world if i < 2 else v for i, v in enumerate(read.tolist()))
     if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
         optimizer.zero_grad(set_to_none=True)
         if may_skip:
-            return (loss_value if not math.isfinite(loss_value) else grad_value), None
+            return (loss_value if not math.isfinite(loss_value) else grad_value), None, stops > 0
         raise _non_finite(step + 1, epoch, loss_value, last_good, grad_value)
     if clip_grad is not None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, clip_grad)
     scaler.step(optimizer)
     scaler.update()
-    return loss_value, out
+    return loss_value, out, stops > 0
 
 
 class _StopRequest:

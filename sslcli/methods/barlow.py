@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from sslcli import distributed
 from sslcli.augment import ViewConfig, asymmetric_views
 from sslcli.heads import mlp
 from sslcli.losses import barlow_twins
@@ -52,7 +53,8 @@ class Barlow(nn.Module):
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         z1, z2 = self.projector(self.encoder(torch.cat(views[:2]))).chunk(2)
-        loss = self.cfg.scale_loss * barlow_twins(z1, z2, self.cfg.lambd)
+        # Under torchrun the cross-correlation (and its batch normalisation) covers the global batch.
+        loss = self.cfg.scale_loss * barlow_twins(distributed.gather(z1), distributed.gather(z2), self.cfg.lambd)
         return StepOut(loss=loss, logs={"loss": loss.detach()})
 
     def on_step_end(self, step: int) -> None:

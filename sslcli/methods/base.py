@@ -39,8 +39,10 @@ class Method(Protocol):
     """A method is an nn.Module holding the encoder and its own heads.
 
     Optional class attributes: `summary` (one line for `sslcli methods`), `fixed_lr_modules` (names of
-    submodules whose lr stays at the peak value, SimSiam's predictor), and `spec_defaults(image_size)`
-    (spec values that suit the method better than the global defaults; a preset or option overrides them).
+    submodules whose lr stays at the peak value, SimSiam's predictor), `spec_defaults(image_size)`
+    (spec values that suit the method better than the global defaults; a preset or option overrides them),
+    `sync_bn` (whether the paper's BN layers see the global batch under torchrun; default True) and
+    `cancel_gradients(step)` (drop the gradients of parameters frozen at this step, after backward).
     """
 
     Config: ClassVar[type[BaseModel]]
@@ -62,6 +64,10 @@ class Method(Protocol):
     def export_encoder(self) -> nn.Module:
         """The backbone to save (DINO exports its teacher)."""
         ...
+
+
+def sync_bn_default(method_cls: type) -> bool:
+    return bool(getattr(method_cls, "sync_bn", True))
 
 
 def spec_defaults_of(method_cls: type, image_size: int) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from sslcli import distributed
 from sslcli.augment import ViewConfig, asymmetric_views, multi_crop
 from sslcli.ema import frozen_copy, update_ema
 from sslcli.heads import DINOHead
@@ -83,17 +84,23 @@ class DINO(nn.Module):
                           local_blur_p=self.cfg.local_blur_p)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
-        # The last layer gets no gradient for the first epoch (the official cancel_gradients_last_layer).
-        self.head.last_layer.requires_grad_(step >= self.freeze_steps)
         student = [self.head(self.encoder(torch.cat(group))) for group in views_by_size(views)]
         student = torch.cat(student).chunk(len(views))
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_encoder(torch.cat(views[:2]))).float()
             temperature = self.teacher_temperature[min(step, len(self.teacher_temperature) - 1)]
             probs = F.softmax((teacher - self.center) / temperature, dim=-1).chunk(2)
-            self._pending_center = teacher.mean(dim=0, keepdim=True)
+            # The center is the global batch's mean (all-reduced under torchrun, as in the official code).
+            total = distributed.all_reduce_(teacher.sum(dim=0, keepdim=True))
+            self._pending_center = total / (teacher.shape[0] * distributed.world_size())
         loss = dino_loss(list(student), list(probs), self.cfg.student_temperature)
         return StepOut(loss=loss, logs={"loss": loss.detach()})
+
+    def cancel_gradients(self, step: int) -> None:
+        """The last layer loses its gradient for the first epoch (the official cancel_gradients_last_layer)."""
+        if step < self.freeze_steps:
+            for p in self.head.last_layer.parameters():
+                p.grad = None
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

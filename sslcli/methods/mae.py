@@ -84,10 +84,15 @@ class MAE(nn.Module):
         x = x.reshape(b, c, h // p, p, w // p, p)
         return torch.einsum("nchpwq->nhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
 
-    def random_mask(self, n: int, length: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-sample random masking by argsort of noise: kept indices, the restoring permutation, the mask."""
+    def mask_noise(self, n: int, length: int, device: torch.device) -> Tensor:
+        """Uniform noise per patch; its argsort picks the kept patches (tests substitute fixed noise)."""
+        return torch.rand(n, length, device=device)
+
+    def random_mask(self, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample random masking by argsort of noise [N, L]: kept indices, the restoring permutation, the mask."""
+        n, length = noise.shape
+        device = noise.device
         keep = max(1, int(round(length * (1 - self.cfg.mask_ratio))))
-        noise = torch.rand(n, length, device=device)
         shuffle = noise.argsort(dim=1)
         restore = shuffle.argsort(dim=1)
         mask = torch.ones(n, length, device=device)
@@ -100,7 +105,7 @@ class MAE(nn.Module):
         tokens = enc._pos_embed(enc.patch_embed(x))  # [B, prefix + L, D], positions added before masking
         prefix, patches = tokens[:, :enc.num_prefix_tokens], tokens[:, enc.num_prefix_tokens:]
         n, length, dim = patches.shape
-        kept, restore, mask = self.random_mask(n, length, x.device)
+        kept, restore, mask = self.random_mask(self.mask_noise(n, length, x.device))
         visible = patches.gather(1, kept.unsqueeze(-1).expand(-1, -1, dim))
         h = enc.norm(enc.blocks(enc.norm_pre(torch.cat([prefix, visible], dim=1))))
 

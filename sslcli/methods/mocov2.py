@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from sslcli import distributed
 from sslcli.augment import ViewConfig
 from sslcli.ema import frozen_copy, update_ema
 from sslcli.heads import mlp
@@ -36,12 +37,15 @@ class MoCoV2(nn.Module):
 
     Deviation: no shuffled BN on one process (the paper shuffles the key batch across GPUs so BN cannot
     leak which key is the positive). The query and key batches pass through BN in separate forwards,
-    so there is no shared statistic to exploit within one process; solo-learn does the same.
+    so there is no shared statistic to exploit within one process; solo-learn does the same. Under
+    torchrun BN stays per rank (sync_bn off by default) and keys are not shuffled across ranks either.
     """
 
     Config: ClassVar[type[BaseModel]] = MoCoV2Config
     paper: ClassVar[str] = "https://arxiv.org/abs/2003.04297"
     summary: ClassVar[str] = "contrastive: momentum key encoder and a queue of negatives (Chen et al. 2020)"
+    # The paper shuffles BN across GPUs instead of synchronising it; sslcli keeps BN per rank (see above).
+    sync_bn: ClassVar[bool] = False
 
     def __init__(self, cfg: MoCoV2Config, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
@@ -77,7 +81,8 @@ class MoCoV2(nn.Module):
             loss = (info_nce(q1, k2, self.cfg.temperature, queue) + info_nce(q2, k1, self.cfg.temperature, queue)) / 2
         else:
             loss = info_nce(q, k, self.cfg.temperature, queue)
-        self._pending_keys = nn.functional.normalize(k.float(), dim=1)
+        # Under torchrun the queue takes every rank's keys, so it stays the same on all of them.
+        self._pending_keys = distributed.gather(nn.functional.normalize(k.float(), dim=1))
         return StepOut(loss=loss, logs={"loss": loss.detach()})
 
     @torch.no_grad()

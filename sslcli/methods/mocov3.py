@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from sslcli import distributed
 from sslcli.augment import ViewConfig, asymmetric_views
 from sslcli.ema import frozen_copy, update_ema
 from sslcli.heads import mlp
@@ -69,6 +70,8 @@ class MoCoV3(nn.Module):
         q1, q2 = self.predictor(self.projector(self.encoder(x))).chunk(2)
         with torch.no_grad():
             k1, k2 = self.momentum_projector(self.momentum_encoder(x)).chunk(2)
+        # Under torchrun the in-batch negatives are the global batch's (queries with gradients, keys without).
+        q1, q2, k1, k2 = (distributed.gather(t) for t in (q1, q2, k1, k2))
         tau = self.cfg.temperature
         loss = 2 * tau * (info_nce(q1, k2, tau) + info_nce(q2, k1, tau))
         return StepOut(loss=loss, logs={"loss": loss.detach()})

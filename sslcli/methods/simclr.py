@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from sslcli import distributed
 from sslcli.augment import ViewConfig
 from sslcli.heads import mlp
 from sslcli.losses import nt_xent
@@ -50,7 +51,8 @@ class SimCLR(nn.Module):
         # One encoder pass over both views: BN sees the 2N batch, as in the paper's implementation.
         h = self.encoder(torch.cat([x1, x2]))
         z1, z2 = self.projector(h).chunk(2)
-        loss = nt_xent(z1, z2, self.cfg.temperature)
+        # Under torchrun the negatives are the global batch's, with gradients reaching every rank.
+        loss = nt_xent(distributed.gather(z1), distributed.gather(z2), self.cfg.temperature)
         return StepOut(loss=loss, logs={"loss": loss.detach()})
 
     def on_step_end(self, step: int) -> None:

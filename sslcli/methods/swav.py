@@ -83,8 +83,6 @@ class SwAV(nn.Module):
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         with torch.no_grad():  # the prototypes stay on the unit sphere (the paper normalises them every step)
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        # Frozen prototypes get no gradient at all, so the optimizer leaves them as they are (p.grad is None).
-        self.prototypes.weight.requires_grad_(step >= self.freeze_steps)
         self.batch_size = views[0].shape[0]
         z = [F.normalize(self.projector(self.encoder(torch.cat(group))), dim=1) for group in views_by_size(views)]
         z = torch.cat(z).chunk(len(views))
@@ -101,6 +99,12 @@ class SwAV(nn.Module):
         if self.cfg.queue_length and step >= self.queue_start:
             self._pending = torch.stack([z[0].detach(), z[1].detach()])
         return StepOut(loss=loss, logs={"loss": loss.detach()})
+
+    def cancel_gradients(self, step: int) -> None:
+        """Frozen prototypes lose their gradient after backward, so the optimizer leaves them as they are
+        (the official code's way; a requires_grad toggle would change the parameter set DDP reduces)."""
+        if step < self.freeze_steps:
+            self.prototypes.weight.grad = None
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from sslcli import distributed
 from sslcli.augment import ViewConfig, asymmetric_views
 from sslcli.heads import mlp
 from sslcli.losses import vicreg_terms
@@ -53,7 +54,8 @@ class VICReg(nn.Module):
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         z1, z2 = self.projector(self.encoder(torch.cat(views[:2]))).chunk(2)
-        invariance, variance, covariance = vicreg_terms(z1, z2)
+        # Under torchrun variance and covariance are the global batch's, as in the official code.
+        invariance, variance, covariance = vicreg_terms(distributed.gather(z1), distributed.gather(z2))
         loss = self.cfg.sim_weight * invariance + self.cfg.var_weight * variance + self.cfg.cov_weight * covariance
         logs = {"loss": loss.detach(), "invariance": invariance.detach(), "variance": variance.detach(),
                 "covariance": covariance.detach()}

@@ -1,0 +1,90 @@
+"""One training step of every method, on one process or on each rank under torchrun (used by test_distributed).
+
+`python -m tests.dist_worker OUT [--control gather|statistics]`: on one process it steps on the whole global
+batch; under `torchrun --nproc_per_node 2` each rank steps on its half. Either way it writes OUT, a
+safetensors file of every parameter's gradient after backward (DDP-averaged), the loss, the BN running
+statistics, and the queue or center a step updates, so the test can compare the two runs tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from safetensors.torch import save_file
+
+from sslcli import distributed
+from sslcli.encoders import build_encoder
+from sslcli.methods import METHODS, Budget
+from tests.test_methods import tiny_spec
+
+GLOBAL_BATCH = 8  # images per step, over all ranks
+STEP = 0
+
+
+def global_views(model, spec, seed: int) -> list[torch.Tensor]:
+    """Already-augmented views of the global batch, the same in every process (float, normalised-like)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(GLOBAL_BATCH, 3, v.size, v.size, generator=g) for v in model.views(spec.augment)]
+
+
+def fixed_mask_noise(model, rank: int, world: int) -> None:
+    """MAE draws its masks from the RNG: give every process the rows of one global noise tensor."""
+    def noise(n: int, length: int, device: torch.device) -> torch.Tensor:
+        full = torch.rand(GLOBAL_BATCH, length, generator=torch.Generator().manual_seed(7))
+        return full.chunk(world)[rank].to(device)
+    model.mask_noise = noise
+
+
+def one_step(name: str) -> dict[str, torch.Tensor]:
+    rank, world = distributed.rank(), distributed.world_size()
+    torch.manual_seed(0)
+    # SwAV's queue needs several steps to fill and stays per rank (as in the paper's code): off here.
+    spec = tiny_spec(name, **({"queue_length": 0} if name == "swav" else {}))
+    encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
+    model = METHODS[name](spec.method, encoder, info.feature_dim, Budget(8, 2)).train()
+    if name == "mae":
+        fixed_mask_noise(model, rank, world)
+    if distributed.is_distributed():
+        model = distributed.sync_batchnorm(model, torch.device("cpu"))
+    views = [v.chunk(world)[rank] for v in global_views(model, spec, seed=1)]
+    parallel = distributed.wrap(model, torch.device("cpu"))  # kept alive: DDP's hooks reduce during backward
+    out = parallel(views, STEP)
+    out.loss.backward()
+    getattr(model, "cancel_gradients", lambda step: None)(STEP)
+    model.on_step_end(STEP)
+    # The logged loss is all-reduced by the loop; here the mean over ranks is what one process computes.
+    loss = out.loss.detach().clone()
+    if distributed.is_distributed():  # not all_reduce_: the statistics control switches that one off
+        torch.distributed.all_reduce(loss)
+    loss /= world
+    result = {f"{name}/grad/{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    result[f"{name}/loss"] = loss.reshape(1)
+    # BN running statistics: with synchronised BN they are the global batch's, as on one process.
+    result.update({f"{name}/bn/{n}": b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean",
+                                                                                              "running_var"))})
+    for buffer in ("queue", "center"):
+        if hasattr(model, buffer):
+            result[f"{name}/{buffer}"] = getattr(model, buffer).clone()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--control", choices=["gather", "statistics"], default=None)
+    args = parser.parse_args()
+    distributed.init(torch.device("cpu"))
+    distributed._gather_without_gradients = args.control == "gather"
+    distributed._local_statistics = args.control == "statistics"
+    torch.set_num_threads(1)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in METHODS:
+        tensors.update(one_step(name))
+    if distributed.is_main():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, args.out)
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
