@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data/cifar10
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-bench test test-gpu lint demo bench-quickstart bench-finetune bench-throughput bench-augment bench-methods clean
+.PHONY: install install-bench test test-gpu lint demo bench-quickstart bench-finetune bench-throughput bench-augment bench-methods bench-presets clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,12 @@ bench-finetune: install
 MINUTES ?= 8
 bench-methods: install
 	$(BIN)/python -m bench.methods --minutes $(MINUTES)
+
+# Every preset that carries an expected kNN top-1, run for its own schedule and checked against it
+# (PRESETS=a,b for a subset; about 95 min for all eleven CPU presets on 2 cores).
+PRESETS ?=
+bench-presets: install
+	$(BIN)/python -m bench.presets $(if $(PRESETS),--presets $(PRESETS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

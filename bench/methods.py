@@ -28,6 +28,8 @@ KNN_BANK_FRACTION = 0.2
 def _spec(method: str, out: Path, sets: list[str]):
     from sslcli.spec import PretrainSpec, resolve
 
+    # The online kNN and report are monitors with a cost of their own: off, so the budget is all training.
+    sets = ["monitor.knn_every=0", "monitor.report=false", *sets]
     return resolve(PretrainSpec, preset=f"{method}-cpu", options={"data.path": str(DATA), "out": str(out)}, sets=sets)
 
 

@@ -40,6 +40,27 @@ def _reporting_rank() -> bool:
     return module is None or module.is_main()
 
 
+def closing_summary(s: dict[str, Any]) -> str:
+    """pretrain's result for people: what ran, how fast, how good, and where the files are."""
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f} %"
+
+    lines = [f"{s['method']} · {s['encoder_name']} · {s['epochs']} epochs ({s['steps']} steps) · "
+             f"{s['images_per_s']:.0f} images/s · {s['wall_s']:.0f} s · final loss {s['final_loss']:.4f}"]
+    if s.get("knn_top1") is not None:
+        lines.append(f"kNN top-1 {pct(s['knn_top1'])} · linear top-1 {pct(s.get('linear_top1'))}  "
+                     "(online evaluation on the labeled eval split)")
+    else:
+        lines.append("kNN/linear: no labeled eval split (DATA with train/ and val/ or test/, or --val DIR); "
+                     "`sslcli probe` scores the encoder later")
+    if s.get("collapse_warnings"):
+        lines.append(f"collapse warnings: {s['collapse_warnings']} (see metrics.jsonl)")
+    lines.append(f"encoder {s['encoder']}")
+    if s.get("report"):
+        lines.append(f"report  {s['report']}/ (curves.png, neighbors.png, summary.json)")
+    return "\n".join(lines)
+
+
 def _version(value: bool) -> None:
     if value:
         console.result(f"sslcli {__version__}")
@@ -68,6 +89,7 @@ def pretrain(
     force: bool = typer.Option(False, "--force", help="resume even if the spec fingerprint differs"),
     init_from: Path = typer.Option(None, "--init-from", help="a new run starting from this encoder.safetensors"),
     on_nan: str = typer.Option(None, "--on-nan", help="stop (default) or skip steps with a non-finite loss"),
+    val: Path = typer.Option(None, "--val", help="labeled eval split for the online kNN (default: DATA's val/ or test/)"),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="under torchrun: batch norm over the global "
                                  "batch (default: as the method's paper)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and exit"),
@@ -82,6 +104,7 @@ def pretrain(
         "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": str(out) if out else None, "data.on_bad_image": on_bad_image,
         "init_from": str(init_from) if init_from else None, "train.on_nan": on_nan, "train.sync_bn": sync_bn,
+        "data.val": str(val) if val else None,
     }
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
     if dry_run:
@@ -97,8 +120,7 @@ def pretrain(
     elif summary.get("already_complete"):
         console.result(f"encoder {summary['encoder']}  (already complete: {summary['steps']} steps)")
     else:
-        console.result(f"encoder {summary['encoder']}  ({summary['steps']} steps, {summary['images_per_s']:.0f} "
-                       f"images/s, {summary['wall_s']:.0f} s, final loss {summary['final_loss']:.4f})")
+        console.result(closing_summary(summary))
 
 
 @app.command()
@@ -222,8 +244,10 @@ def embed(
 def inspect(
     file: Path = typer.Argument(..., help="any sslcli artifact: encoder, classifier, training state, embeddings"),
     json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
 ) -> None:
     """Show what an sslcli artifact holds: its kind, metadata and tensor sizes."""
+    console.configure(quiet=quiet)
     from sslcli import artifacts
 
     described = artifacts.describe(file)
@@ -234,19 +258,46 @@ def inspect(
 
 
 @app.command()
-def presets() -> None:
-    """List the presets, one line each."""
-    from sslcli.spec import list_presets
+def presets(json_out: bool = JsonOption, quiet: bool = QuietOption) -> None:
+    """List the presets, one line each (with the kNN top-1 each is expected to reach, where measured)."""
+    console.configure(quiet=quiet)
+    from sslcli.spec import list_presets, preset_expectations
 
     rows = list_presets()
+    expected = preset_expectations()
+    if json_out:
+        console.result_json({name: {"description": description, "expected": expected.get(name)}
+                             for name, description in rows})
+        return
     width = max((len(name) for name, _ in rows), default=0)
     for name, description in rows:
-        console.result(f"{name:<{width}}  {description}")
+        e = expected.get(name)
+        note = f"  [expect kNN {e['knn_top1']:.1f} % ± {e['tolerance']:.1f}]" if e else ""
+        console.result(f"{name:<{width}}  {description}{note}")
 
 
 @app.command()
-def methods(json_out: bool = typer.Option(False, "--json", help="one JSON object on stdout")) -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="a run folder written by sslcli pretrain"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (for the neighbour features)"),
+    json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Regenerate RUN/report/: curves.png, neighbors.png and summary.json."""
+    console.configure(quiet=quiet)
+    from sslcli import report as runner
+
+    summary = runner.regenerate(run_dir, device)
+    if json_out:
+        console.result_json(summary)
+    else:
+        console.result("\n".join(f"{name:<12} {path}" for name, path in summary["files"].items()))
+
+
+@app.command()
+def methods(json_out: bool = JsonOption, quiet: bool = QuietOption) -> None:
     """List the methods, one line each with its paper."""
+    console.configure(quiet=quiet)
     from sslcli.methods import METHODS
 
     rows = {name: {"summary": cls.summary, "paper": cls.paper} for name, cls in METHODS.items()}

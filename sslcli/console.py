@@ -91,14 +91,15 @@ class Progress:
     """Training progress: a Rich bar on a TTY, otherwise a plain line every `every` steps."""
 
     def __init__(self, total_steps: int, description: str, every: int = 50, start_step: int = 0,
-                 unit: str = "step"):
+                 unit: str = "step", visible: bool = True):
         self.total = total_steps
         self.unit = unit
         self.every = max(1, every)
         self.start_time = time.perf_counter()
         self.start_step = start_step
         self._bar = None
-        if stderr_is_tty() and not _quiet and not _rank:
+        self.visible = visible
+        if visible and stderr_is_tty() and not _quiet and not _rank:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
@@ -130,7 +131,7 @@ class Progress:
         if self._bar is not None:
             kwargs = {"status": status} if fields else {}
             self._bar.update(self._task, completed=step, **kwargs)
-        elif fields and not _quiet and (step % self.every == 0 or step == self.total):
+        elif self.visible and fields and not _quiet and (step % self.every == 0 or step == self.total):
             _err(f"{self.unit} {step}/{self.total}  {status}")
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sslcli import cache, checkpoint, console, data, distributed
+from sslcli import cache, checkpoint, console, data, distributed, monitors, online_knn, report
 from sslcli.augment import Augmenter
 from sslcli.encoders import build_encoder
 from sslcli.errors import Interrupted, RunError, UsageError
@@ -217,6 +217,14 @@ def _init_from(encoder: torch.nn.Module, info, path: Path) -> None:
     console.info(f"encoder initialised from {path}")
 
 
+def _write_report(run_dir: Path, grid: report.NeighbourGrid | None) -> None:
+    """The report is a view of the run, not the run: a failure to draw it is a warning, never a lost run."""
+    try:
+        report.write(run_dir, grid)
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        console.warn(f"report/ not refreshed ({exc}); `sslcli report {run_dir}` retries")
+
+
 def _reseed_rank(seed: int, step: int, generator: torch.Generator, augment: Augmenter) -> None:
     """A resumed rank other than 0 continues with generators of its own, derived from the seed and the step."""
     fresh = distributed.seed_for_rank(seed) + step
@@ -320,7 +328,16 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     view_format = torch.channels_last if loop.channels_last else torch.contiguous_format
 
     def compute_loss(x: torch.Tensor, step: int):
-        return step_model([v.contiguous(memory_format=view_format) for v in augment(x)], step)
+        out = step_model([v.contiguous(memory_format=view_format) for v in augment(x)], step)
+        logged = (step + 1) % loop.log_every == 0 or step + 1 == loop.total_steps
+        if spec.monitor.embeddings and logged:  # the label-free monitors, only on steps that are logged
+            with torch.autocast(device.type, enabled=False):
+                for kind, views in out.embeddings.items():
+                    out.logs.update(monitors.measure(views, kind))
+        return out
+
+    health = monitors.CollapseWatch(metrics=None)
+    knn = online_knn.OnlineKnn(spec, info, device, method)
 
     def save(epoch: int, step: int) -> None:
         if not main:
@@ -342,13 +359,17 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
         checkpoint.save_train_state(run_dir / "checkpoints", step=step, epoch=epoch, model=method,
                                     optimizer=optimizer, extra=extra, keep=spec.train.keep_checkpoints, rng=rng,
                                     scaler=scaler.state_dict() or None)
+        if spec.monitor.report:
+            _write_report(run_dir, knn.grid)
 
     metrics = console.MetricsLog(run_dir / "metrics.jsonl") if main else None
+    health.metrics = knn.metrics = metrics
     try:
         result = fit(model=method, optimizer=optimizer, compute_loss=compute_loss, batches=batches,
                      lr_schedule=lr_schedule, cfg=loop, device=device, metrics=metrics,
                      on_step_end=method.on_step_end, on_checkpoint=save, start_step=start_step, scaler=scaler,
-                     after_backward=getattr(method, "cancel_gradients", lambda step: None))
+                     after_backward=getattr(method, "cancel_gradients", lambda step: None),
+                     on_log=health.check, on_epoch_end=knn.at_epoch_end)
     except Interrupted as exc:
         raise Interrupted(f"{exc}; to continue, run the same command with --out {run_dir} --resume auto",
                           exc.signum) from None
@@ -376,4 +397,8 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
         "wall_s": round(result.wall_s, 2),
         "device": str(device),
         "processes": distributed.world_size(),
+        "knn_top1": knn.last_top1,
+        "linear_top1": knn.linear_top1(),
+        "collapse_warnings": health.warnings,
+        "report": str(run_dir / "report") if spec.monitor.report else None,
     }

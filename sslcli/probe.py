@@ -81,8 +81,8 @@ def _eval_batches(paths: list[Path], storage: int, batch_size: int, num_workers:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, batch_size: int, num_workers: int,
-                     device: torch.device, policy: data.BadImagePolicy,
-                     use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                     device: torch.device, policy: data.BadImagePolicy, use_cache: bool = True,
+                     show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of every readable image with deterministic eval preprocessing; returns (features, kept indices).
 
     Images are decoded at the training storage size and centre-cropped to the encoder's input size,
@@ -93,7 +93,8 @@ def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, 
     model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     features, kept = [], []
-    progress = console.Progress(total, f"features {info.name}", every=10, unit="feature batch")
+    progress = console.Progress(total, f"features {info.name}", every=10, unit="feature batch",
+                                visible=show_progress)
     try:
         for batch, (x, idx) in enumerate(batches, start=1):
             x = eval_view(x.to(device, non_blocking=True), info)

@@ -33,6 +33,7 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     path: Path | None = Field(None, description="folder of images (DATA); train/ is used when it holds splits")
+    val: Path | None = Field(None, description="labeled eval split for the online kNN (default: DATA's val/ or test/)")
     image_size: int = Field(32, gt=0, description="training crop side in px; also the encoder's input size")
     max_images: int | None = Field(None, gt=0, description="train on a seeded random subset of this many images")
     num_workers: int | Literal["auto"] = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
@@ -81,6 +82,17 @@ class TrainConfig(Strict):
                                  "as the method's paper: on, except MoCo v2)")
 
 
+class MonitorConfig(Strict):
+    knn_every: int = Field(1, ge=0, description="online kNN every this many epochs, and at the end (0: off)")
+    knn_k: int = Field(20, gt=0, description="neighbours of the online weighted kNN (t = 0.07)")
+    # 7,000 images per evaluation: about 3 s for a resnet10t at 32 px on 2 CPU cores, ~7 % of a quickstart epoch.
+    knn_bank_max: int = Field(5000, gt=0, description="labeled train images in the kNN bank (class-balanced)")
+    knn_val_max: int = Field(2000, gt=0, description="eval images the online kNN classifies (class-balanced)")
+    embeddings: bool = Field(True, description="label-free monitors (std, effective rank, alignment, "
+                             "uniformity) on each logged step's batch, with a warning on collapse")
+    report: bool = Field(True, description="write report/ (curves.png, neighbors.png, summary.json)")
+
+
 class PretrainSpec(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
@@ -88,6 +100,7 @@ class PretrainSpec(Strict):
     augment: ViewConfig = Field(default_factory=ViewConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     out: Path | None = Field(None, description="run folder (default runs/<method>-<timestamp>)")
     init_from: Path | None = Field(None, description="start from this encoder.safetensors (same architecture)")
 
@@ -192,6 +205,17 @@ def list_presets() -> list[tuple[str, str]]:
         meta = _read_toml(path).get("preset", {})
         rows.append((path.stem, str(meta.get("description", ""))))
     return rows
+
+
+def preset_expectations() -> dict[str, dict[str, Any]]:
+    """{preset: its [preset.expected] table}: the kNN top-1 (%) its schedule reached, the tolerance (points),
+    where and how it was measured. Only presets that were measured carry one (`make bench-presets` checks)."""
+    found = {}
+    for path in sorted(presets_dir().glob("*.toml")):
+        expected = _read_toml(path).get("preset", {}).get("expected")
+        if isinstance(expected, dict) and isinstance(expected.get("knn_top1"), (int, float)):
+            found[path.stem] = {"tolerance": 2.0, **expected}
+    return found
 
 
 def find_preset(name_or_path: str) -> Path:

@@ -164,10 +164,14 @@ def fit(
     start_step: int = 0,
     scaler: torch.amp.GradScaler | None = None,
     after_backward: Callable[[int], None] = lambda step: None,
+    on_log: Callable[[dict[str, Any]], None] = lambda record: None,
+    on_epoch_end: Callable[[int, int], None] = lambda epoch, step: None,
 ) -> FitResult:
     """Train for cfg.epochs; `batches(epoch, skip)` yields an epoch's batches from the skip-th on,
     `compute_loss(batch, step)` does the rest. A resumed run passes the step it continues from.
-    `after_backward(step)` may drop gradients of parameters frozen at that step (SwAV, DINO).
+    `after_backward(step)` may drop gradients of parameters frozen at that step (SwAV, DINO); `on_log(record)`
+    sees each logged record after it is written; `on_epoch_end(epochs_done, step)` runs before that epoch's
+    checkpoint (the online kNN).
 
     Under torchrun every rank runs this loop on its share of each global batch; the per-step host read
     is all-reduced, so the logged loss is the global mean and every rank takes the same decision about a
@@ -209,7 +213,9 @@ def fit(
                         continue
                     on_step_end(step - 1)
                     last_good = (step, loss_value)
-                    _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
+                    record = _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
+                    if record is not None:
+                        on_log(record)
                     # Under torchrun only the all-reduced flag counts: a signal that lands after this step's
                     # read is seen by every rank at the next step, so all of them stop at the same one.
                     if stop_now or (stop.signum is not None and not distributed.is_distributed()):
@@ -217,6 +223,8 @@ def fit(
                         raise _interrupted(stop.signum or signal.SIGTERM, step, cfg.total_steps)
                     if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step < cfg.total_steps:
                         on_checkpoint(epoch, step)
+                if step == (epoch + 1) * cfg.steps_per_epoch:  # a whole epoch (not a loader that ran short)
+                    on_epoch_end(epoch + 1, step)
                 if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
                     on_checkpoint(epoch + 1, step)
         finally:
@@ -337,18 +345,23 @@ def _to_device(batch: Any, device: torch.device, memory_format: torch.memory_for
 
 def _log(step: int, epoch: int, loss: float, out: StepOut, optimizer: torch.optim.Optimizer,
          progress: console.Progress, metrics: console.MetricsLog | None, cfg: LoopConfig, images: int,
-         start: float) -> None:
+         start: float) -> dict[str, Any] | None:
     if step % cfg.log_every and step != cfg.total_steps:
         progress.update(step)
-        return
+        return None
     elapsed = time.perf_counter() - start
     rate = images / max(elapsed, 1e-9)
     eta = elapsed / step * (cfg.total_steps - step)
     lr = optimizer.param_groups[0]["lr"]
     record: dict[str, Any] = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr,
                               "images_per_s": round(rate, 2), "elapsed_s": round(elapsed, 2)}
-    record.update({k: float(v) for k, v in out.logs.items() if k != "loss"})
+    extra = {k: v for k, v in out.logs.items() if k != "loss"}
+    if extra:  # one host read for every logged value
+        values = [torch.as_tensor(v).detach().float().reshape(()) for v in extra.values()]
+        stacked = torch.stack([v.to(values[0].device) for v in values])
+        record.update(zip(extra, stacked.tolist(), strict=True))
     if metrics is not None:
         metrics.write(record)
     progress.update(step, {"epoch": f"{epoch + 1}/{cfg.epochs}", "loss": loss, "lr": lr,
                            "img/s": round(rate, 1), "eta": console.format_seconds(eta)})
+    return record

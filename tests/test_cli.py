@@ -144,3 +144,21 @@ def test_bad_images_are_skipped_and_reported_or_fatal_on_request(tmp_path: Path)
     assert "skipping unreadable image" in skipped.stderr and "broken.jpg" in skipped.stderr
     summary = json.loads(skipped.stdout)
     assert summary["skipped_images"] == 1 and summary["steps"] == 2  # 8 good images, batch 4
+
+
+def test_every_cpu_preset_carries_its_expected_knn_and_presets_json_shows_it():
+    import json
+
+    from sslcli.methods import METHODS
+    from sslcli.spec import PretrainSpec, preset_expectations, resolve
+
+    expected = preset_expectations()
+    assert set(expected) == {f"{m}-cpu" for m in METHODS} | {"quickstart"}
+    for name, e in expected.items():
+        assert 10 < e["knn_top1"] < 100 and 0 < e["tolerance"] <= 5, name
+        assert "CPU" in e["measured_on"] and e["command"].startswith("make bench-"), name
+        resolve(PretrainSpec, preset=name)  # the [preset.expected] table is not a spec key
+    rows = json.loads(sslcli_run("presets", "--json").stdout)
+    assert rows["simclr-cpu"]["expected"]["knn_top1"] == expected["simclr-cpu"]["knn_top1"]
+    assert rows["simclr-cifar10"]["expected"] is None  # GPU presets: not measured here
+    assert "expect kNN" in sslcli_run("presets").stdout

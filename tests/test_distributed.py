@@ -99,7 +99,7 @@ def test_torchrun_pretrain_writes_one_run_folder_that_probes_and_finetunes(cifar
     common = ["--method", "simclr", "--encoder", "resnet10t", "--epochs", "2", "--batch-size", "64",
               "--set", "encoder.small_stem=false", "--set", "data.image_size=32", "--set", "train.log_every=1",
               "--set", "method.proj_hidden_dim=128", "--set", "method.proj_out_dim=32", "--json"]
-    proc = torchrun("-m", "sslcli", "pretrain", str(cifar_small / "train"), *common, cwd=tmp_path)
+    proc = torchrun("-m", "sslcli", "pretrain", str(cifar_small), *common, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1, f"only rank 0 makes the run folder: {runs}"
@@ -107,7 +107,11 @@ def test_torchrun_pretrain_writes_one_run_folder_that_probes_and_finetunes(cifar
     assert summary["processes"] == 2 and summary["steps"] == 2 * (400 // 64)
     assert "2 processes" in proc.stderr and "rank 1" not in proc.stderr
     metrics = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == list(range(1, summary["steps"] + 1)), "one writer, one line per step"
+    steps = [m["step"] for m in metrics if "loss" in m]
+    assert steps == list(range(1, summary["steps"] + 1)), "one writer, one line per step"
+    # The online kNN extracts its features in shards on both ranks; rank 0 logs it and draws the report.
+    assert [m["epoch"] for m in metrics if "knn_top1" in m] == [1, 2] and summary["knn_top1"] > 0.1
+    assert (runs[0] / "report" / "neighbors.png").is_file() and (runs[0] / "report" / "curves.png").is_file()
     encoder = runs[0] / "encoder.safetensors"
 
     # probe under torchrun: each rank extracts half the features; the scores equal a one-process probe

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
-from sslcli import checkpoint
+from sslcli import checkpoint, report
 from tests.test_cli import sslcli_run
 
 
@@ -31,10 +33,21 @@ def test_pretrain_writes_the_run_folder(pretrained):
     spec = json.loads((run / "spec.json").read_text())
     assert spec["train"]["batch_size"] == 64 and spec["data"]["path"].endswith(str(Path(spec["data"]["path"]).name))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, summary["steps"] + 1))
-    assert all(r["loss"] > 0 and r["images_per_s"] > 0 for r in records)
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, summary["steps"] + 1))
+    assert all(r["loss"] > 0 and r["images_per_s"] > 0 for r in steps)
+    # Label-free monitors on every logged step, for the encoder features and the projections.
+    for key in ("features_std", "features_effective_rank", "features_uniformity", "features_alignment",
+                "projections_std", "projections_effective_rank", "projections_alignment"):
+        assert all(key in r for r in steps), key
+    assert all(1 <= r["features_effective_rank"] <= 64 for r in steps)  # at most min(batch, dim)
+    # cifar_small holds train/ and test/: the online kNN ran after each epoch.
+    knn = [r for r in records if "knn_top1" in r]
+    assert [(r["epoch"], r["step"]) for r in knn] == [(1, 6), (2, 12)]
+    assert summary["knn_top1"] == knn[-1]["knn_top1"] and 0.1 < summary["knn_top1"] <= 1
+    assert 0.1 < summary["linear_top1"] <= 1
     # Not a TTY: plain progress lines on stderr.
-    assert "step 1/12" in proc.stderr and "loss" in proc.stderr
+    assert "step 1/12" in proc.stderr and "loss" in proc.stderr and "online kNN top-1" in proc.stderr
     states = checkpoint.complete_states(run / "checkpoints")
     assert len(states) == 2  # epoch 1 and the end, the newest two kept
 
@@ -85,3 +98,101 @@ def test_max_images_is_a_seeded_subset_of_the_train_split(cifar_small: Path):
     first = pick(0)
     assert len(first) == 50 and first == pick(0) and first != pick(1)
     assert all(p.parent.parent == cifar_small / "train" for p in first)  # never the test split
+
+
+def test_pretrain_report_shows_the_loss_falling_and_neighbours_of_the_same_class(pretrained):
+    run, proc = pretrained
+    summary = json.loads(proc.stdout)
+    assert summary["report"] == str(run / "report")
+    for name in ("curves.png", "neighbors.png"):
+        assert report.images_are_valid_png(run / "report" / name), name
+        with Image.open(run / "report" / name) as img:
+            assert img.width > 500 and img.height > 400  # a figure, not an empty canvas
+    written = json.loads((run / "report" / "summary.json").read_text())
+    assert written["steps"] == summary["steps"] and written["knn_top1"] == summary["knn_top1"]
+    assert written["final_loss"] < written["first_loss"], "the curves show the loss falling"
+    assert written["neighbours_same_class"] > written["chance"] == 0.1, "neighbours share the query's class"
+
+
+def test_report_command_regenerates_the_report(pretrained, tmp_path: Path):
+    run, _ = pretrained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "report")
+    proc = sslcli_run("report", str(copy), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # nothing but the JSON on stdout
+    assert set(summary["files"]) == {"curves.png", "neighbors.png", "summary.json", "encoder"}
+    assert all(report.images_are_valid_png(copy / "report" / n) for n in ("curves.png", "neighbors.png"))
+    assert summary["neighbours_same_class"] == json.loads((run / "report" / "summary.json").read_text())[
+        "neighbours_same_class"], "the same encoder and data give the same grid"
+    bad = sslcli_run("report", str(tmp_path / "nothing-here"))
+    assert bad.returncode == 2 and "not a run folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def command_lines(run: Path, data: Path, tmp: Path) -> dict[str, list[str]]:
+    encoder = str(run / "encoder.safetensors")
+    return {
+        "probe": ["probe", encoder, "--data", str(data), "--set", "knn_k=[20]"],
+        "finetune": ["finetune", encoder, "--data", str(data), "--epochs", "1", "--batch-size", "64",
+                     "--out", str(tmp / "ft")],
+        "export": ["export", encoder, "--to", "timm", "--out", str(tmp / "export")],
+        "embed": ["embed", encoder, "--data", str(data / "test"), "--out", str(tmp / "emb.safetensors")],
+        "inspect": ["inspect", encoder],
+        "presets": ["presets"],
+        "methods": ["methods"],
+        "report": ["report", str(tmp / "run")],
+    }
+
+
+@pytest.mark.parametrize("command", ["probe", "finetune", "export", "embed", "inspect", "presets", "methods",
+                                     "report"])
+def test_every_command_prints_only_json_with_json_and_nothing_on_stderr_with_quiet(pretrained, cifar_small: Path,
+                                                                                   tmp_path: Path, command: str):
+    run, _ = pretrained
+    shutil.copytree(run, tmp_path / "run")  # report rewrites the folder it is given
+    args = command_lines(run, cifar_small, tmp_path)[command]
+    proc = sslcli_run(*args, "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and isinstance(json.loads(lines[0]), dict), proc.stdout[:500]
+    assert proc.stderr == "", f"--quiet leaves stderr to warnings and errors: {proc.stderr[:500]}"
+
+
+def _pty_stderr(args: list[str], env: dict[str, str]) -> str:
+    """Run sslcli with stderr on a pseudo-terminal (so the Rich progress bar is used); returns what it drew."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "sslcli", *args], stdout=subprocess.PIPE, stderr=slave,
+                            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", **env})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0, b"".join(chunks)[-2000:]
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_no_color_removes_colour_from_the_progress_bar(cifar_small: Path, tmp_path: Path):
+    import re
+
+    args = ["pretrain", str(cifar_small / "train"), "--preset", "quickstart", "--epochs", "1", "--batch-size", "64",
+            "--set", "method.proj_hidden_dim=64", "--set", "monitor.report=false"]
+    colour = re.compile(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;[25];[0-9;]+)m")
+    coloured = _pty_stderr([*args, "--out", str(tmp_path / "a")], {})
+    assert colour.search(coloured), "control: on a terminal the bar is drawn in colour"
+    plain = _pty_stderr([*args, "--out", str(tmp_path / "b")], {"NO_COLOR": "1"})
+    assert "step" in plain or "simclr" in plain
+    assert not colour.search(plain), "NO_COLOR=1: no colour codes"

@@ -264,3 +264,19 @@ def test_vit_encoders_take_multi_crop_views_of_every_size(name: str):
     assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
     if name == "dino":
         assert sorted({v.shape[-1] for v in views}) == [8, 16]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_step_exposes_its_embeddings_to_the_monitors(name: str):
+    from sslcli import monitors
+
+    _, model, augment, _, info = build(name)
+    out = model(augment(images()), 0)
+    assert "features" in out.embeddings, "every method shows its encoder features"
+    for kind, views in out.embeddings.items():
+        assert 1 <= len(views) <= 2 and all(v.shape[0] == BATCH for v in views), kind
+        if kind == "features":
+            assert all(v.shape[1] == info.feature_dim for v in views)
+        values = monitors.measure(views, kind)
+        assert all(torch.isfinite(v) for v in values.values())
+        assert (f"{kind}_alignment" in values) == (len(views) == 2)

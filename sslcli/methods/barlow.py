@@ -52,10 +52,12 @@ class Barlow(nn.Module):
         return asymmetric_views(augment, self.cfg.view_blur_p, self.cfg.view_solarize_p)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
-        z1, z2 = self.projector(self.encoder(torch.cat(views[:2]))).chunk(2)
+        h = self.encoder(torch.cat(views[:2]))
+        z1, z2 = self.projector(h).chunk(2)
         # Under torchrun the cross-correlation (and its batch normalisation) covers the global batch.
         loss = self.cfg.scale_loss * barlow_twins(distributed.gather(z1), distributed.gather(z2), self.cfg.lambd)
-        return StepOut(loss=loss, logs={"loss": loss.detach()})
+        return StepOut(loss=loss, logs={"loss": loss.detach()},
+                       embeddings={"features": h.chunk(2), "projections": (z1, z2)})
 
     def on_step_end(self, step: int) -> None:
         pass

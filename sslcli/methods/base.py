@@ -18,6 +18,9 @@ class StepOut:
 
     loss: Tensor
     logs: dict[str, Tensor] = field(default_factory=dict)
+    # Embeddings the label-free monitors read on logged steps: {"features": (h1, h2), "projections": (z1, z2)}
+    # (one tensor per view; one view is enough for std and rank, two also give alignment). No copies are made.
+    embeddings: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

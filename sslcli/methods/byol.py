@@ -59,11 +59,14 @@ class BYOL(nn.Module):
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x = torch.cat(views[:2])
-        p1, p2 = self.predictor(self.projector(self.encoder(x))).chunk(2)
+        h = self.encoder(x)
+        online = self.projector(h)
+        p1, p2 = self.predictor(online).chunk(2)
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_encoder(x)).chunk(2)
         loss = (2 + 2 * negative_cosine(p1, z2)) + (2 + 2 * negative_cosine(p2, z1))
-        return StepOut(loss=loss, logs={"loss": loss.detach()})
+        return StepOut(loss=loss, logs={"loss": loss.detach()},
+                       embeddings={"features": h.chunk(2), "projections": online.chunk(2)})
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

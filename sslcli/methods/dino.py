@@ -84,8 +84,9 @@ class DINO(nn.Module):
                           local_blur_p=self.cfg.local_blur_p)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
-        student = [self.head(self.encoder(torch.cat(group))) for group in views_by_size(views)]
-        student = torch.cat(student).chunk(len(views))
+        groups = views_by_size(views)
+        h = [self.encoder(torch.cat(group)) for group in groups]
+        student = torch.cat([self.head(hi) for hi in h]).chunk(len(views))
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_encoder(torch.cat(views[:2]))).float()
             temperature = self.teacher_temperature[min(step, len(self.teacher_temperature) - 1)]
@@ -94,7 +95,8 @@ class DINO(nn.Module):
             total = distributed.all_reduce_(teacher.sum(dim=0, keepdim=True))
             self._pending_center = total / (teacher.shape[0] * distributed.world_size())
         loss = dino_loss(list(student), list(probs), self.cfg.student_temperature)
-        return StepOut(loss=loss, logs={"loss": loss.detach()})
+        # Monitors read the student's features of the two global crops (the head's output can be 65k wide).
+        return StepOut(loss=loss, logs={"loss": loss.detach()}, embeddings={"features": h[0].chunk(len(groups[0]))[:2]})
 
     def cancel_gradients(self, step: int) -> None:
         """The last layer loses its gradient for the first epoch (the official cancel_gradients_last_layer)."""

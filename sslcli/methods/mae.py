@@ -117,7 +117,9 @@ class MAE(nn.Module):
         out = self.decoder(torch.cat([d_prefix, full], dim=1))
         pred = self.decoder_pred(self.decoder_norm(out))[:, enc.num_prefix_tokens:]
         loss = masked_mse(pred, self.patchify(x), mask, self.cfg.norm_pix_loss)
-        return StepOut(loss=loss, logs={"loss": loss.detach()})
+        # Features of the visible patches (class token, or their mean without one), one view.
+        feature = h[:, 0] if enc.num_prefix_tokens else h.mean(dim=1)
+        return StepOut(loss=loss, logs={"loss": loss.detach()}, embeddings={"features": (feature,)})
 
     def on_step_end(self, step: int) -> None:
         pass

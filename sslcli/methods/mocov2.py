@@ -70,7 +70,8 @@ class MoCoV2(nn.Module):
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x1, x2 = views
         queries = torch.cat([x1, x2]) if self.cfg.symmetric else x1
-        q = self.projector(self.encoder(queries))
+        h = self.encoder(queries)
+        q = self.projector(h)
         with torch.no_grad():
             keys = torch.cat([x2, x1]) if self.cfg.symmetric else x2
             k = self.key_projector(self.key_encoder(keys))
@@ -83,7 +84,9 @@ class MoCoV2(nn.Module):
             loss = info_nce(q, k, self.cfg.temperature, queue)
         # Under torchrun the queue takes every rank's keys, so it stays the same on all of them.
         self._pending_keys = distributed.gather(nn.functional.normalize(k.float(), dim=1))
-        return StepOut(loss=loss, logs={"loss": loss.detach()})
+        n = x1.shape[0]  # query of view 1 against the key of view 2: the pair alignment is about
+        return StepOut(loss=loss, logs={"loss": loss.detach()},
+                       embeddings={"features": (h[:n],), "projections": (q[:n], k[:n])})
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

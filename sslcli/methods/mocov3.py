@@ -67,14 +67,17 @@ class MoCoV3(nn.Module):
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x = torch.cat(views[:2])
-        q1, q2 = self.predictor(self.projector(self.encoder(x))).chunk(2)
+        h = self.encoder(x)
+        z = self.projector(h)
+        q1, q2 = self.predictor(z).chunk(2)
         with torch.no_grad():
             k1, k2 = self.momentum_projector(self.momentum_encoder(x)).chunk(2)
         # Under torchrun the in-batch negatives are the global batch's (queries with gradients, keys without).
         q1, q2, k1, k2 = (distributed.gather(t) for t in (q1, q2, k1, k2))
         tau = self.cfg.temperature
         loss = 2 * tau * (info_nce(q1, k2, tau) + info_nce(q2, k1, tau))
-        return StepOut(loss=loss, logs={"loss": loss.detach()})
+        return StepOut(loss=loss, logs={"loss": loss.detach()},
+                       embeddings={"features": h.chunk(2), "projections": z.chunk(2)})
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

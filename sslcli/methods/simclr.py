@@ -53,7 +53,8 @@ class SimCLR(nn.Module):
         z1, z2 = self.projector(h).chunk(2)
         # Under torchrun the negatives are the global batch's, with gradients reaching every rank.
         loss = nt_xent(distributed.gather(z1), distributed.gather(z2), self.cfg.temperature)
-        return StepOut(loss=loss, logs={"loss": loss.detach()})
+        return StepOut(loss=loss, logs={"loss": loss.detach()},
+                       embeddings={"features": h.chunk(2), "projections": (z1, z2)})
 
     def on_step_end(self, step: int) -> None:
         pass

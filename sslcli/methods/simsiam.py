@@ -51,12 +51,13 @@ class SimSiam(nn.Module):
         return [augment, augment]
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
-        z1, z2 = self.projector(self.encoder(torch.cat(views[:2]))).chunk(2)
+        h = self.encoder(torch.cat(views[:2]))
+        z1, z2 = self.projector(h).chunk(2)
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
         loss = negative_cosine(p1, z2.detach()) / 2 + negative_cosine(p2, z1.detach()) / 2
-        # The std of the normalised z is the paper's collapse indicator (fig. 2): ~1/sqrt(d) when healthy, 0 collapsed.
-        z_std = nn.functional.normalize(z1.detach().float(), dim=1).std(dim=0).mean()
-        return StepOut(loss=loss, logs={"loss": loss.detach(), "z_std": z_std})
+        # The std of the normalised z (the paper's collapse indicator, fig. 2) is among the monitors.
+        return StepOut(loss=loss, logs={"loss": loss.detach()},
+                       embeddings={"features": h.chunk(2), "projections": (z1, z2)})
 
     def on_step_end(self, step: int) -> None:
         pass

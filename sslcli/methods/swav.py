@@ -84,8 +84,8 @@ class SwAV(nn.Module):
         with torch.no_grad():  # the prototypes stay on the unit sphere (the paper normalises them every step)
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         self.batch_size = views[0].shape[0]
-        z = [F.normalize(self.projector(self.encoder(torch.cat(group))), dim=1) for group in views_by_size(views)]
-        z = torch.cat(z).chunk(len(views))
+        h = [self.encoder(torch.cat(group)) for group in views_by_size(views)]
+        z = torch.cat([F.normalize(self.projector(hi), dim=1) for hi in h]).chunk(len(views))
         scores = [self.prototypes(zi) for zi in z]
         codes = []
         with torch.no_grad():
@@ -98,7 +98,9 @@ class SwAV(nn.Module):
         loss = swapped_prediction(scores, codes, self.cfg.temperature)
         if self.cfg.queue_length and step >= self.queue_start:
             self._pending = torch.stack([z[0].detach(), z[1].detach()])
-        return StepOut(loss=loss, logs={"loss": loss.detach()})
+        global_h = h[0].chunk(len(views_by_size(views)[0]))  # the first group holds the two global crops
+        return StepOut(loss=loss, logs={"loss": loss.detach()},
+                       embeddings={"features": global_h[:2], "projections": z[:2]})
 
     def cancel_gradients(self, step: int) -> None:
         """Frozen prototypes lose their gradient after backward, so the optimizer leaves them as they are

@@ -53,13 +53,14 @@ class VICReg(nn.Module):
         return asymmetric_views(augment, self.cfg.view_blur_p, self.cfg.view_solarize_p)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
-        z1, z2 = self.projector(self.encoder(torch.cat(views[:2]))).chunk(2)
+        h = self.encoder(torch.cat(views[:2]))
+        z1, z2 = self.projector(h).chunk(2)
         # Under torchrun variance and covariance are the global batch's, as in the official code.
         invariance, variance, covariance = vicreg_terms(distributed.gather(z1), distributed.gather(z2))
         loss = self.cfg.sim_weight * invariance + self.cfg.var_weight * variance + self.cfg.cov_weight * covariance
         logs = {"loss": loss.detach(), "invariance": invariance.detach(), "variance": variance.detach(),
                 "covariance": covariance.detach()}
-        return StepOut(loss=loss, logs=logs)
+        return StepOut(loss=loss, logs=logs, embeddings={"features": h.chunk(2), "projections": (z1, z2)})
 
     def on_step_end(self, step: int) -> None:
         pass

@@ -1,0 +1,161 @@
+"""Online kNN during pretraining: "is it learning?" answered with labels while the run goes on.
+
+Every `monitor.knn_every` epochs the encoder (the teacher for DINO) embeds a labeled bank and an eval split
+with the eval preprocessing (centre crop, no augmentation), and a weighted kNN (as `sslcli probe`)
+classifies the eval images. The bank is the labeled train split of DATA (a seeded class-balanced subset
+of at most monitor.knn_bank_max images), the eval split is --val DIR or DATA's val/ or test/ (at most
+monitor.knn_val_max images). The features of the last evaluation also give report/neighbors.png.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslcli import console, data, distributed
+from sslcli.encoders import EncoderInfo
+from sslcli.evaluate import knn_evaluate
+
+if TYPE_CHECKING:
+    from sslcli.report import NeighbourGrid
+    from sslcli.spec import PretrainSpec
+
+
+@dataclass
+class KnnSplits:
+    bank: data.ImageSet
+    bank_labels: Tensor
+    val: data.ImageSet
+    val_labels: Tensor  # in the bank's class indices
+    classes: list[str]
+
+
+@dataclass
+class KnnResult:
+    top1: float
+    bank_features: Tensor
+    bank_labels: Tensor
+    bank_paths: list[Path]
+    val_features: Tensor
+    val_labels: Tensor
+    val_paths: list[Path]
+
+
+def _capped(images: data.ImageSet, limit: int, seed: int) -> data.ImageSet:
+    """A seeded class-balanced subset of at most about `limit` images (all of them when fewer)."""
+    if len(images) <= limit:
+        return images
+    return data.subset(images, data.label_fraction_subset(images.labels, limit / len(images), seed))
+
+
+def find_splits(data_path: Path | None, val: Path | None, bank_max: int, val_max: int,
+                seed: int) -> KnnSplits | None:
+    """The labeled bank and eval split, or None (with the reason on stderr) when there are none."""
+    if data_path is None:
+        return None
+    train_dir, found_val = data.split_folders(data_path)
+    val_dir = val or found_val
+    if val_dir is None:
+        console.info("online kNN off: DATA holds no train/ with val/ or test/ (pass --val DIR to turn it on)")
+        return None
+    bank, evaluation = data.find_images(train_dir), data.find_images(val_dir)
+    if bank.labels is None or evaluation.labels is None:
+        console.warn(f"online kNN off: {train_dir if bank.labels is None else val_dir} is not labeled "
+                     "(one sub-folder per class is needed)")
+        return None
+    index = {name: i for i, name in enumerate(bank.classes or [])}
+    known = [i for i, label in enumerate(evaluation.labels) if (evaluation.classes or [])[label] in index]
+    if not known:
+        console.warn(f"online kNN off: no class of {val_dir} is among the classes of {train_dir}")
+        return None
+    evaluation = _capped(data.subset(evaluation, known), val_max, seed)
+    bank = _capped(bank, bank_max, seed)
+    val_labels = torch.tensor([index[(evaluation.classes or [])[label]] for label in evaluation.labels])
+    return KnnSplits(bank, torch.tensor(bank.labels), evaluation, val_labels, list(bank.classes or []))
+
+
+def evaluate(encoder: nn.Module, info: EncoderInfo, splits: KnnSplits, *, k: int, batch_size: int,
+             num_workers: int, device: torch.device) -> KnnResult:
+    """Weighted kNN top-1 (t = 0.07, as probe) of the encoder on the splits; leaves the encoder in eval mode."""
+    from sslcli.probe import extract_features  # probe imports pretrain, which imports this module
+
+    policy = data.BadImagePolicy("skip")
+    # No progress lines of its own: one line per evaluation is enough inside a training log.
+    common = dict(batch_size=batch_size, num_workers=num_workers, device=device, policy=policy, show_progress=False)
+    bank_f, bank_kept = extract_features(encoder, info, splits.bank.paths, **common)
+    val_f, val_kept = extract_features(encoder, info, splits.val.paths, **common)
+    bank_y, val_y = splits.bank_labels[bank_kept], splits.val_labels[val_kept]
+    scores = knn_evaluate(bank_f, bank_y, val_f, val_y, len(splits.classes), ks=[min(k, len(bank_y))])
+    top1 = next(iter(scores.values()))["top1"]
+    return KnnResult(top1, bank_f, bank_y, [splits.bank.paths[i] for i in bank_kept.tolist()], val_f, val_y,
+                     [splits.val.paths[i] for i in val_kept.tolist()])
+
+
+def nearest_neighbours(result: KnnResult, queries: int = 8, k: int = 8, seed: int = 0) -> tuple[list[int], Tensor]:
+    """(query indices into the eval split, [queries, k] bank indices by cosine similarity).
+
+    Queries are one image from each of `queries` classes where there are that many (seeded), so the grid
+    shows a spread of classes rather than eight of the most common one."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(result.val_labels), generator=generator).tolist()
+    picked, seen = [], set()
+    for i in order:  # one per class first, then fill up
+        if int(result.val_labels[i]) not in seen:
+            picked.append(i)
+            seen.add(int(result.val_labels[i]))
+        if len(picked) == queries:
+            break
+    picked += [i for i in order if i not in picked][:queries - len(picked)]
+    q = F.normalize(result.val_features[picked].float(), dim=1)
+    bank = F.normalize(result.bank_features.float(), dim=1)
+    return picked, (q @ bank.T).topk(min(k, bank.shape[0]), dim=1).indices
+
+
+class OnlineKnn:
+    """on_epoch_end: the online kNN every monitor.knn_every epochs and after the last one."""
+
+    def __init__(self, spec: PretrainSpec, info: EncoderInfo, device: torch.device, method: nn.Module):
+        self.spec, self.info, self.device, self.method = spec, info, device, method
+        monitor = spec.monitor
+        self.splits = (find_splits(spec.data.path, spec.data.val, monitor.knn_bank_max, monitor.knn_val_max,
+                                   spec.train.seed) if monitor.knn_every else None)
+        self.metrics: console.MetricsLog | None = None
+        self.last_top1: float | None = None
+        self.last_result: KnnResult | None = None
+        self.grid: NeighbourGrid | None = None
+
+    def at_epoch_end(self, epochs_done: int, step: int) -> None:
+        from sslcli.pretrain import default_workers
+        from sslcli.report import grid_from
+
+        every, last = self.spec.monitor.knn_every, self.spec.train.epochs
+        if self.splits is None or not (epochs_done % every == 0 or epochs_done == last):
+            return
+        start = time.perf_counter()
+        result = evaluate(self.method.export_encoder(), self.info, self.splits, k=self.spec.monitor.knn_k,
+                          batch_size=256, num_workers=default_workers(self.spec.data.num_workers), device=self.device)
+        self.method.train()  # extraction left the encoder in eval mode
+        self.last_top1, self.last_result = result.top1, result
+        if self.metrics is not None:
+            self.metrics.write({"step": step, "epoch": epochs_done, "knn_top1": result.top1})
+        if distributed.is_main():
+            self.grid = grid_from(result, self.splits.classes, self.info.image_size)
+        console.info(f"epoch {epochs_done}: online kNN top-1 {100 * result.top1:.2f} % (k={self.spec.monitor.knn_k}, "
+                     f"{len(result.bank_labels)} train / {len(result.val_labels)} eval images, "
+                     f"{time.perf_counter() - start:.0f} s)")
+
+    def linear_top1(self) -> float | None:
+        """A linear probe on the last online-kNN features, for the closing summary (rank 0 only)."""
+        if self.last_result is None or not distributed.is_main():
+            return None
+        from sslcli.evaluate import linear_probe
+
+        r = self.last_result
+        return linear_probe(r.bank_features, r.bank_labels, r.val_features, r.val_labels,
+                            len(self.splits.classes), seed=self.spec.train.seed)["top1"]

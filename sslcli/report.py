@@ -1,0 +1,247 @@
+"""report/ in the run folder: curves.png, neighbors.png and summary.json, from metrics.jsonl and the kNN features.
+
+Written by pretrain at every checkpoint and at the end, and by `sslcli report RUN_DIR` on demand
+(which re-extracts features for the neighbour grid). matplotlib runs with the Agg backend: no display.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sslcli import checkpoint, console, data
+from sslcli.errors import UsageError
+
+
+@dataclass
+class NeighbourGrid:
+    """8 eval images, each with its nearest bank images (cosine on the encoder's features)."""
+
+    query_paths: list[Path]
+    query_labels: list[int]
+    neighbour_paths: list[list[Path]]
+    neighbour_labels: list[list[int]]
+    classes: list[str]
+    image_size: int
+
+    @property
+    def same_class_fraction(self) -> float:
+        pairs = [(q, n) for q, row in zip(self.query_labels, self.neighbour_labels, strict=True) for n in row]
+        return sum(q == n for q, n in pairs) / max(1, len(pairs))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: the others still tell the story
+    return records
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = [(r["step"], r[key]) for r in records if key in r and "step" in r and _finite(r[key])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_png(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss, lr, online kNN top-1 and effective rank against steps, one panel each."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), constrained_layout=True)
+    panels = [("loss", ["loss"], "loss"), ("learning rate", ["lr"], "lr"),
+              ("online kNN top-1 (%)", ["knn_top1"], "top-1 %"),
+              ("effective rank (RankMe)", ["features_effective_rank", "projections_effective_rank"], "rank")]
+    for ax, (name, keys, ylabel) in zip(axes.flat, panels, strict=True):
+        drawn = False
+        for key in keys:
+            steps, values = _series(records, key)
+            if key == "knn_top1":
+                values = [100 * v for v in values]
+            if steps:
+                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=key.split("_")[0])
+                drawn = True
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(keys) > 1 and drawn:
+            ax.legend()
+        if not drawn:
+            ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def neighbours_png(grid: NeighbourGrid, path: Path, title: str) -> None:
+    """One row per query: the query, then its neighbours framed green (same class) or red (another)."""
+    plt = _pyplot()
+    rows, cols = len(grid.query_paths), 1 + max((len(r) for r in grid.neighbour_paths), default=0)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows), squeeze=False)
+    storage = data.storage_size_for(grid.image_size)
+    for r in range(rows):
+        cells = [(grid.query_paths[r], grid.query_labels[r], None)]
+        cells += [(p, label, label == grid.query_labels[r])
+                  for p, label in zip(grid.neighbour_paths[r], grid.neighbour_labels[r], strict=True)]
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(cells):
+                ax.axis("off")
+                continue
+            file, label, same = cells[c]
+            try:
+                ax.imshow(data.decode_image(file, storage).permute(1, 2, 0).numpy())
+            except data.BadImageError:
+                ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=6)
+            colour = "black" if same is None else ("tab:green" if same else "tab:red")
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3 if same is not None else 1.5)
+            ax.set_title(console.literal(grid.classes[label])[:12] if c == 0 else "", fontsize=7)
+    fig.suptitle(f"{title}\nquery | 8 nearest train images (green: same class, {100 * grid.same_class_fraction:.0f} %)",
+                 fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    tmp.replace(path)  # a reader never sees half a PNG
+
+
+def summarize(run_dir: Path, records: list[dict[str, Any]], spec: dict[str, Any],
+              neighbours: dict[str, float] | None) -> dict[str, Any]:
+    steps = [r for r in records if "loss" in r]
+    knn = [r for r in records if "knn_top1" in r]
+    warnings = [r for r in records if r.get("collapse")]
+    summary = {
+        "method": (spec.get("method") or {}).get("name"),
+        "encoder": (spec.get("encoder") or {}).get("name"),
+        "steps": steps[-1]["step"] if steps else 0,
+        "epochs": steps[-1].get("epoch") if steps else 0,
+        "first_loss": steps[0]["loss"] if steps else None,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "images_per_s": steps[-1].get("images_per_s") if steps else None,
+        "knn_top1": knn[-1]["knn_top1"] if knn else None,
+        "best_knn_top1": max(r["knn_top1"] for r in knn) if knn else None,
+        "features_effective_rank": next((r["features_effective_rank"] for r in reversed(steps)
+                                         if "features_effective_rank" in r), None),
+        "collapse_warnings": len(warnings),
+        "neighbours_same_class": (neighbours or {}).get("neighbours_same_class"),
+        "chance": (neighbours or {}).get("chance"),
+        "files": {name: str(run_dir / "report" / name) for name in ("curves.png", "neighbors.png", "summary.json")
+                  if name != "neighbors.png" or neighbours is not None},
+    }
+    if (run_dir / "encoder.safetensors").is_file():
+        summary["files"]["encoder"] = str(run_dir / "encoder.safetensors")
+    return summary
+
+
+def write(run_dir: Path, grid: NeighbourGrid | None = None) -> dict[str, Any]:
+    """(Re)write report/ from metrics.jsonl (and the grid when given); returns summary.json's content."""
+    records = read_metrics(run_dir)
+    spec_path = run_dir / "spec.json"
+    spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+    title = f"{(spec.get('method') or {}).get('name', '?')} · {(spec.get('encoder') or {}).get('name', '?')} · {run_dir.name}"
+    report = run_dir / "report"
+    curves_png(records, report / "curves.png", title)
+    neighbours = None
+    if grid is not None:
+        neighbours_png(grid, report / "neighbors.png", title)
+        neighbours = {"neighbours_same_class": round(grid.same_class_fraction, 4), "chance": round(1 / len(grid.classes), 4)}
+    elif (report / "neighbors.png").exists():  # a curves-only refresh keeps the grid's numbers
+        neighbours = _previous_neighbours(report)
+    summary = summarize(run_dir, records, spec, neighbours)
+    checkpoint.atomic_write_json(report / "summary.json", summary)
+    return summary
+
+
+def _previous_neighbours(report: Path) -> dict[str, float] | None:
+    try:
+        previous = json.loads((report / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if previous.get("neighbours_same_class") is None:
+        return None
+    return {"neighbours_same_class": previous["neighbours_same_class"], "chance": previous.get("chance")}
+
+
+def grid_from(result, classes: list[str], image_size: int) -> NeighbourGrid:
+    """The neighbour grid of an online-kNN result (features already extracted)."""
+    from sslcli.online_knn import nearest_neighbours
+
+    queries, neighbours = nearest_neighbours(result)
+    return NeighbourGrid(
+        query_paths=[result.val_paths[i] for i in queries],
+        query_labels=[int(result.val_labels[i]) for i in queries],
+        neighbour_paths=[[result.bank_paths[j] for j in row.tolist()] for row in neighbours],
+        neighbour_labels=[[int(result.bank_labels[j]) for j in row.tolist()] for row in neighbours],
+        classes=classes, image_size=image_size)
+
+
+def regenerate(run_dir: Path, device_name: str = "auto") -> dict[str, Any]:
+    """`sslcli report RUN_DIR`: curves and summary from metrics.jsonl; neighbours from the encoder and the data."""
+    from sslcli import online_knn
+    from sslcli.pretrain import default_workers
+    from sslcli.spec import PretrainSpec
+    from sslcli.train import resolve_device
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "spec.json").is_file():
+        raise UsageError(f"{run_dir} is not a run folder (no metrics.jsonl and spec.json); give the folder "
+                         "`sslcli pretrain` wrote")
+    try:
+        spec = PretrainSpec.model_validate(json.loads((run_dir / "spec.json").read_text()))
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{run_dir / 'spec.json'} cannot be read as a pretraining spec ({exc})") from None
+    grid = None
+    encoder_path = run_dir / "encoder.safetensors"
+    splits = online_knn.find_splits(spec.data.path, spec.data.val, spec.monitor.knn_bank_max,
+                                    spec.monitor.knn_val_max, spec.train.seed) if encoder_path.is_file() else None
+    if splits is not None:
+        encoder, info, _ = checkpoint.load_encoder(encoder_path)
+        result = online_knn.evaluate(encoder, info, splits, k=spec.monitor.knn_k, batch_size=256,
+                                     num_workers=default_workers("auto"), device=resolve_device(device_name))
+        grid = grid_from(result, splits.classes, info.image_size)
+    elif not encoder_path.is_file():
+        console.info(f"no encoder in {run_dir} yet: curves and summary only")
+    return write(run_dir, grid)
+
+
+def images_are_valid_png(path: Path) -> bool:
+    """A non-empty PNG that decodes (used by tests and by `sslcli report` to say what it wrote)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return path.stat().st_size > 0
+    except (OSError, SyntaxError):
+        return False
+
