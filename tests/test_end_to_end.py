@@ -133,6 +133,8 @@ def test_report_command_regenerates_the_report(pretrained, tmp_path: Path):
 def command_lines(run: Path, data: Path, tmp: Path) -> dict[str, list[str]]:
     encoder = str(run / "encoder.safetensors")
     return {
+        "pretrain": ["pretrain", str(data), "--preset", "quickstart", "--epochs", "1", "--batch-size", "128",
+                     "--set", "method.proj_hidden_dim=64", "--out", str(tmp / "pretrain")],
         "probe": ["probe", encoder, "--data", str(data), "--set", "knn_k=[20]"],
         "finetune": ["finetune", encoder, "--data", str(data), "--epochs", "1", "--batch-size", "64",
                      "--out", str(tmp / "ft")],
@@ -145,8 +147,8 @@ def command_lines(run: Path, data: Path, tmp: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("command", ["probe", "finetune", "export", "embed", "inspect", "presets", "methods",
-                                     "report"])
+@pytest.mark.parametrize("command", ["pretrain", "probe", "finetune", "export", "embed", "inspect", "presets",
+                                     "methods", "report"])
 def test_every_command_prints_only_json_with_json_and_nothing_on_stderr_with_quiet(pretrained, cifar_small: Path,
                                                                                    tmp_path: Path, command: str):
     run, _ = pretrained
