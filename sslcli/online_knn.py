@@ -4,7 +4,9 @@ Every `monitor.knn_every` epochs the encoder (the teacher for DINO) embeds a lab
 with the eval preprocessing (centre crop, no augmentation), and a weighted kNN (as `sslcli probe`)
 classifies the eval images. The bank is the labeled train split of DATA (a seeded class-balanced subset
 of at most monitor.knn_bank_max images), the eval split is --val DIR or DATA's val/ or test/ (at most
-monitor.knn_val_max images). The features of the last evaluation also give report/neighbors.png.
+monitor.knn_val_max images). When the training images are unlabeled, the labeled eval split is cut into
+two class-stratified halves: one is the bank, the other is classified. The features of the last
+evaluation also give report/neighbors.png.
 """
 
 from __future__ import annotations
@@ -65,10 +67,11 @@ def find_splits(data_path: Path | None, val: Path | None, bank_max: int, val_max
         console.info("online kNN off: DATA holds no train/ with val/ or test/ (pass --val DIR to turn it on)")
         return None
     bank, evaluation = data.find_images(train_dir), data.find_images(val_dir)
-    if bank.labels is None or evaluation.labels is None:
-        console.warn(f"online kNN off: {train_dir if bank.labels is None else val_dir} is not labeled "
-                     "(one sub-folder per class is needed)")
+    if evaluation.labels is None:
+        console.warn(f"online kNN off: {val_dir} is not labeled (one sub-folder per class is needed)")
         return None
+    if bank.labels is None:  # unlabeled training images: the labeled split gives both bank and queries
+        return _halves(evaluation, bank_max, val_max, seed)
     index = {name: i for i, name in enumerate(bank.classes or [])}
     known = [i for i, label in enumerate(evaluation.labels) if (evaluation.classes or [])[label] in index]
     if not known:
@@ -78,6 +81,18 @@ def find_splits(data_path: Path | None, val: Path | None, bank_max: int, val_max
     bank = _capped(bank, bank_max, seed)
     val_labels = torch.tensor([index[(evaluation.classes or [])[label]] for label in evaluation.labels])
     return KnnSplits(bank, torch.tensor(bank.labels), evaluation, val_labels, list(bank.classes or []))
+
+
+def _halves(labeled: data.ImageSet, bank_max: int, val_max: int, seed: int) -> KnnSplits:
+    """Bank and eval set from one labeled folder: a seeded class-stratified half each."""
+    from sslcli.evaluate import stratified_split
+
+    bank_idx, eval_idx = stratified_split(torch.tensor(labeled.labels), 0.5, seed)
+    bank = _capped(data.subset(labeled, bank_idx.tolist()), bank_max, seed)
+    evaluation = _capped(data.subset(labeled, eval_idx.tolist()), val_max, seed)
+    console.info(f"online kNN: DATA is unlabeled, so {labeled.root} gives the bank and the eval images (half each)")
+    return KnnSplits(bank, torch.tensor(bank.labels), evaluation, torch.tensor(evaluation.labels),
+                     list(labeled.classes or []))
 
 
 def evaluate(encoder: nn.Module, info: EncoderInfo, splits: KnnSplits, *, k: int, batch_size: int,

@@ -198,3 +198,19 @@ def test_no_color_removes_colour_from_the_progress_bar(cifar_small: Path, tmp_pa
     plain = _pty_stderr([*args, "--out", str(tmp_path / "b")], {"NO_COLOR": "1"})
     assert "step" in plain or "simclr" in plain
     assert not colour.search(plain), "NO_COLOR=1: no colour codes"
+
+
+def test_online_knn_with_unlabeled_training_images_uses_halves_of_val(cifar_small: Path, tmp_path: Path):
+    flat = tmp_path / "unlabeled"
+    flat.mkdir()
+    for file in sorted((cifar_small / "train").rglob("*.jpg")) + sorted((cifar_small / "train").rglob("*.png")):
+        (flat / f"{file.parent.name}-{file.name}").symlink_to(file)
+    proc = sslcli_run("pretrain", str(flat), "--preset", "quickstart", "--epochs", "1", "--batch-size", "128",
+                      "--val", str(cifar_small / "test"), "--set", "method.proj_hidden_dim=64",
+                      "--out", str(tmp_path / "run"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "half each" in proc.stderr
+    knn = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+           if "knn_top1" in line]
+    assert len(knn) == 1 and 0.1 < knn[0]["knn_top1"] <= 1  # 100 bank / 100 queried images, 10 classes
+    assert json.loads(proc.stdout)["knn_top1"] == knn[0]["knn_top1"]
