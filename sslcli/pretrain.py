@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import shutil
 import time
@@ -15,6 +13,7 @@ from typing import Any
 import torch
 
 from sslcli import cache, checkpoint, console, data, distributed, monitors, online_knn, report
+from sslcli import resume as resumption
 from sslcli.augment import Augmenter
 from sslcli.encoders import build_encoder
 from sslcli.errors import Interrupted, RunError, UsageError
@@ -153,70 +152,6 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, storage_size: in
     return streamed, len(loader)
 
 
-def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> dict[str, Any]:
-    """What must not change for a resume to continue the same run, part by part, plus one hash of it all."""
-    manifest = hashlib.sha256("\0".join(str(p) for p in images.paths).encode()).hexdigest()
-    parts = {"method": spec.method.model_dump(mode="json"), "encoder": spec.encoder.model_dump(mode="json"),
-             "data manifest": manifest, "image size": spec.data.image_size, "batch size": spec.train.batch_size,
-             "total steps": total_steps, "seed": spec.train.seed}
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    return {"hash": digest, "parts": parts}
-
-
-def resume_point(spec: PretrainSpec, resume: str | None) -> tuple[Path | None, Path | None]:
-    """(run folder, state to load) for --resume auto|RUN_DIR|STATE_FILE; (None, None) for a fresh run.
-
-    `auto` with no usable checkpoint yet starts the run in --out, so the same command can be repeated
-    after any interruption (idempotent).
-    """
-    if resume is None:
-        return None, None
-    if resume == "auto":
-        if spec.out is None:
-            raise UsageError("--resume auto needs the run folder: add --out RUN_DIR (the one the run writes to)")
-        run_dir = Path(spec.out)
-        state = checkpoint.newest_intact_state(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
-        if state is None:
-            console.info(f"no checkpoint in {run_dir} yet: starting the run there")
-        return run_dir, state
-    target = Path(resume)
-    if target.is_dir():  # a run folder
-        state = checkpoint.newest_intact_state(target / "checkpoints")
-        if state is None:
-            raise UsageError(f"{target} holds no intact checkpoint to resume from (checkpoints/state-*.safetensors)")
-        return Path(spec.out) if spec.out else target, state
-    if not target.is_file():
-        raise UsageError(f"--resume {resume}: no such file or folder; give auto, a run folder or a state file")
-    if not checkpoint.state_is_intact(target):
-        raise UsageError(f"{target} does not match its recorded sha256 (torn or altered); resume from the run folder "
-                         "to fall back to the previous good checkpoint")
-    return (Path(spec.out) if spec.out else target.parent.parent), target
-
-
-def _check_fingerprint(record: dict[str, Any], current: dict[str, Any], state: Path, force: bool) -> None:
-    if record.get("fingerprint") == current["hash"]:
-        return
-    saved = record.get("fingerprint_parts") or {}
-    changed = [k for k, v in current["parts"].items() if saved.get(k) != v]
-    what = ", ".join(changed) if changed else "the run's settings"
-    if force:
-        console.warn(f"resuming {state} although {what} changed (--force)")
-        return
-    raise UsageError(f"{state} belongs to a different run: {what} changed since it was written; resume with the "
-                     "original settings, start a new run (--init-from to reuse the weights), or pass --force")
-
-
-def _init_from(encoder: torch.nn.Module, info, path: Path) -> None:
-    """--init-from: start a new run from an encoder.safetensors of the same architecture."""
-    loaded, loaded_info, _ = checkpoint.load_encoder(path)
-    same = (loaded_info.name, loaded_info.kwargs, loaded_info.small_stem) == (info.name, info.kwargs, info.small_stem)
-    if not same:
-        raise UsageError(f"--init-from {path} holds a {loaded_info.name} {loaded_info.kwargs} encoder, but this run "
-                         f"builds {info.name} {info.kwargs}; use the same encoder settings")
-    encoder.load_state_dict(loaded.state_dict(), strict=True)
-    console.info(f"encoder initialised from {path}")
-
-
 def _write_report(run_dir: Path, grid: report.NeighbourGrid | None) -> None:
     """The report is a view of the run, not the run: a failure to draw it is a warning, never a lost run."""
     try:
@@ -225,21 +160,13 @@ def _write_report(run_dir: Path, grid: report.NeighbourGrid | None) -> None:
         console.warn(f"report/ not refreshed ({exc}); `sslcli report {run_dir}` retries")
 
 
-def _reseed_rank(seed: int, step: int, generator: torch.Generator, augment: Augmenter) -> None:
-    """A resumed rank other than 0 continues with generators of its own, derived from the seed and the step."""
-    fresh = distributed.seed_for_rank(seed) + step
-    torch.manual_seed(fresh)
-    generator.manual_seed(fresh)
-    augment.order_generator.manual_seed(fresh)
-
-
 def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as the spec says; returns the summary printed by the CLI.
 
     resume: None (a new run), "auto" (continue --out from its newest intact checkpoint, or start it),
     a run folder or a state file. force: resume even when the spec fingerprint differs.
     """
-    resume_dir, state = resume_point(spec, resume)
+    resume_dir, state = resumption.resume_point(spec, resume)
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     main = distributed.is_main()
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
@@ -267,7 +194,7 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
                                   spec.encoder.kwargs)
     if spec.init_from is not None:
-        _init_from(encoder, info, spec.init_from)
+        resumption.init_from(encoder, info, spec.init_from)
     method = METHODS[spec.method.name](spec.method, encoder, info.feature_dim,
                                        Budget(loop.total_steps, steps_per_epoch))
     sync_bn = spec.train.sync_bn if spec.train.sync_bn is not None else sync_bn_default(type(method))
@@ -285,11 +212,11 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     lr_schedule = warmup_cosine(lr, loop.total_steps, warmup_steps, final=lr * spec.optim.min_lr_ratio)
 
     scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
-    identity = fingerprint(spec, images, loop.total_steps)
+    identity = resumption.fingerprint(spec, images, loop.total_steps)
     start_step = 0
     if state is not None:
         record, rng = checkpoint.load_train_state(state, method, optimizer)
-        _check_fingerprint(record, identity, state, force)
+        resumption.check_fingerprint(record, identity, state, force)
         if not {"augment", "augment_order"} <= rng.keys() or not isinstance(record.get("step"), int):
             raise UsageError(f"{state} lacks the step or augmentation RNG state an exact resume needs (an older or "
                              "altered checkpoint); start a new run, with --init-from RUN/encoder.safetensors")
@@ -301,7 +228,7 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
             scaler.load_state_dict(record["scaler"])
         start_step = int(record["step"])
         if distributed.rank():  # the state holds rank 0's generators: the others draw fresh ones
-            _reseed_rank(spec.train.seed, start_step, generator, augment)
+            resumption.reseed_rank(spec.train.seed, start_step, generator, augment)
         if start_step >= loop.total_steps:
             console.info(f"{resume_dir} is already complete ({start_step} steps); nothing to do")
             return {"run_dir": str(resume_dir), "encoder": str(resume_dir / "encoder.safetensors"),

@@ -1,0 +1,90 @@
+"""Continuing a run and starting from one: --resume targets, the spec fingerprint, --init-from, rank seeds.
+
+pretrain.run calls these; they decide what a resumed run may load, never how the run trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslcli import checkpoint, console, data, distributed
+from sslcli.augment import Augmenter
+from sslcli.errors import UsageError
+from sslcli.spec import PretrainSpec
+
+
+def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> dict[str, Any]:
+    """What must not change for a resume to continue the same run, part by part, plus one hash of it all."""
+    manifest = hashlib.sha256("\0".join(str(p) for p in images.paths).encode()).hexdigest()
+    parts = {"method": spec.method.model_dump(mode="json"), "encoder": spec.encoder.model_dump(mode="json"),
+             "data manifest": manifest, "image size": spec.data.image_size, "batch size": spec.train.batch_size,
+             "total steps": total_steps, "seed": spec.train.seed}
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return {"hash": digest, "parts": parts}
+
+
+def resume_point(spec: PretrainSpec, resume: str | None) -> tuple[Path | None, Path | None]:
+    """(run folder, state to load) for --resume auto|RUN_DIR|STATE_FILE; (None, None) for a fresh run.
+
+    `auto` with no usable checkpoint yet starts the run in --out, so the same command can be repeated
+    after any interruption (idempotent).
+    """
+    if resume is None:
+        return None, None
+    if resume == "auto":
+        if spec.out is None:
+            raise UsageError("--resume auto needs the run folder: add --out RUN_DIR (the one the run writes to)")
+        run_dir = Path(spec.out)
+        state = checkpoint.newest_intact_state(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
+        if state is None:
+            console.info(f"no checkpoint in {run_dir} yet: starting the run there")
+        return run_dir, state
+    target = Path(resume)
+    if target.is_dir():  # a run folder
+        state = checkpoint.newest_intact_state(target / "checkpoints")
+        if state is None:
+            raise UsageError(f"{target} holds no intact checkpoint to resume from (checkpoints/state-*.safetensors)")
+        return Path(spec.out) if spec.out else target, state
+    if not target.is_file():
+        raise UsageError(f"--resume {resume}: no such file or folder; give auto, a run folder or a state file")
+    if not checkpoint.state_is_intact(target):
+        raise UsageError(f"{target} does not match its recorded sha256 (torn or altered); resume from the run folder "
+                         "to fall back to the previous good checkpoint")
+    return (Path(spec.out) if spec.out else target.parent.parent), target
+
+
+def check_fingerprint(record: dict[str, Any], current: dict[str, Any], state: Path, force: bool) -> None:
+    if record.get("fingerprint") == current["hash"]:
+        return
+    saved = record.get("fingerprint_parts") or {}
+    changed = [k for k, v in current["parts"].items() if saved.get(k) != v]
+    what = ", ".join(changed) if changed else "the run's settings"
+    if force:
+        console.warn(f"resuming {state} although {what} changed (--force)")
+        return
+    raise UsageError(f"{state} belongs to a different run: {what} changed since it was written; resume with the "
+                     "original settings, start a new run (--init-from to reuse the weights), or pass --force")
+
+
+def init_from(encoder: torch.nn.Module, info, path: Path) -> None:
+    """--init-from: start a new run from an encoder.safetensors of the same architecture."""
+    loaded, loaded_info, _ = checkpoint.load_encoder(path)
+    same = (loaded_info.name, loaded_info.kwargs, loaded_info.small_stem) == (info.name, info.kwargs, info.small_stem)
+    if not same:
+        raise UsageError(f"--init-from {path} holds a {loaded_info.name} {loaded_info.kwargs} encoder, but this run "
+                         f"builds {info.name} {info.kwargs}; use the same encoder settings")
+    encoder.load_state_dict(loaded.state_dict(), strict=True)
+    console.info(f"encoder initialised from {path}")
+
+
+def reseed_rank(seed: int, step: int, generator: torch.Generator, augment: Augmenter) -> None:
+    """A resumed rank other than 0 continues with generators of its own, derived from the seed and the step."""
+    fresh = distributed.seed_for_rank(seed) + step
+    torch.manual_seed(fresh)
+    generator.manual_seed(fresh)
+    augment.order_generator.manual_seed(fresh)
