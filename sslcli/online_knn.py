@@ -144,6 +144,12 @@ class OnlineKnn:
         self.last_top1: float | None = None
         self.last_result: KnnResult | None = None
         self.grid: NeighbourGrid | None = None
+        self.grid_is_new = False
+
+    def new_grid(self) -> NeighbourGrid | None:
+        """The neighbour grid once after each evaluation (None otherwise: neighbors.png is already drawn)."""
+        grid, self.grid_is_new = (self.grid if self.grid_is_new else None), False
+        return grid
 
     def at_epoch_end(self, epochs_done: int, step: int) -> None:
         from sslcli.pretrain import default_workers
@@ -161,6 +167,7 @@ class OnlineKnn:
             self.metrics.write({"step": step, "epoch": epochs_done, "knn_top1": result.top1})
         if distributed.is_main():
             self.grid = grid_from(result, self.splits.classes, self.info.image_size)
+            self.grid_is_new = True
         console.info(f"epoch {epochs_done}: online kNN top-1 {100 * result.top1:.2f} % (k={self.spec.monitor.knn_k}, "
                      f"{len(result.bank_labels)} train / {len(result.val_labels)} eval images, "
                      f"{time.perf_counter() - start:.0f} s)")

@@ -287,7 +287,7 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
                                     optimizer=optimizer, extra=extra, keep=spec.train.keep_checkpoints, rng=rng,
                                     scaler=scaler.state_dict() or None)
         if spec.monitor.report:
-            _write_report(run_dir, knn.grid)
+            _write_report(run_dir, knn.new_grid())
 
     metrics = console.MetricsLog(run_dir / "metrics.jsonl") if main else None
     health.metrics = knn.metrics = metrics

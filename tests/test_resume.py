@@ -21,10 +21,13 @@ from sslcli.spec import PretrainSpec, resolve
 STEPS_PER_EPOCH, EPOCHS = 4, 2
 
 
-def spec_for(data: Path, out: Path, method: str = "simclr", **extra: str) -> PretrainSpec:
+def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = False, **extra: str) -> PretrainSpec:
+    """A 2-epoch run; the online kNN and report (tested elsewhere) only when `monitored`, to keep the suite fast."""
     sets = ["encoder.name=resnet10t", "encoder.small_stem=false", "data.max_images=128", "train.batch_size=32",
             f"train.epochs={EPOCHS}", "data.num_workers=0", "train.log_every=1", "train.checkpoint_every=1",
             "optim.warmup_epochs=1"]
+    if not monitored:
+        sets += ["monitor.knn_every=0", "monitor.report=false"]
     small = {"simclr": ["method.proj_hidden_dim=64"],
              "byol": ["method.proj_hidden_dim=64", "method.pred_hidden_dim=64"]}[method]
     sets += small + [f"{k}={v}" for k, v in extra.items()]
@@ -54,15 +57,16 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
                          ids=["simclr-mid-epoch", "simclr-epoch-boundary", "byol-mid-epoch"])
 def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: int, cifar_small: Path,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    whole = pretrain.run(spec_for(cifar_small, tmp_path / "whole", method))
-    assert whole["steps"] == STEPS_PER_EPOCH * EPOCHS
+    # Monitored: the online kNN, monitors and report run too, and must not change what is trained.
+    whole = pretrain.run(spec_for(cifar_small, tmp_path / "whole", method, monitored=True))
+    assert whole["steps"] == STEPS_PER_EPOCH * EPOCHS and whole["knn_top1"] is not None
 
     with monkeypatch.context() as m:
         stop_after(m, stop_step)
         with pytest.raises(Interrupted, match="--resume auto"):
-            pretrain.run(spec_for(cifar_small, tmp_path / "split", method))
+            pretrain.run(spec_for(cifar_small, tmp_path / "split", method, monitored=True))
     assert checkpoint.complete_states(tmp_path / "split" / "checkpoints")[-1].name == f"state-{stop_step:09d}.safetensors"
-    resumed = pretrain.run(spec_for(cifar_small, tmp_path / "split", method), resume="auto")
+    resumed = pretrain.run(spec_for(cifar_small, tmp_path / "split", method, monitored=True), resume="auto")
     assert resumed["resumed_from_step"] == stop_step and resumed["steps"] == whole["steps"]
 
     a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "split")
