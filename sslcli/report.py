@@ -235,7 +235,7 @@ def regenerate(run_dir: Path, device_name: str = "auto") -> dict[str, Any]:
 
 
 def images_are_valid_png(path: Path) -> bool:
-    """A non-empty PNG that decodes (used by tests and by `sslcli report` to say what it wrote)."""
+    """A non-empty PNG that decodes (the tests check the report with it)."""
     from PIL import Image
 
     try:
