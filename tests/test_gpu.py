@@ -1,17 +1,34 @@
-"""CUDA paths: run with `make test-gpu` on a machine with a GPU (deselected by `make test`)."""
+"""CUDA paths: run with `make test-gpu` on a machine with a GPU (deselected by `make test`).
+
+Sized to finish in under 3 minutes on one H200 with `make test-gpu` (4 at a time, 120 s per test): small
+data (cifar_small, at most 512 images), a handful of steps, the online kNN off where it is not the subject.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
 from sslcli.augment import Augmenter, ViewConfig
-from tests.test_cli import sslcli_run
 
 pytestmark = pytest.mark.gpu
+
+CHEAP = ["--set", "train.device=cuda", "--set", "monitor.knn_every=0", "--set", "data.max_images=256"]
+
+
+def gpu_run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m sslcli ARGS` in a fresh process; pytest-timeout stops it first, with the test's name."""
+    env = {k: v for k, v in os.environ.items() if k != "SSLCLI_DEBUG"}
+    env.setdefault("OMP_NUM_THREADS", "4")  # several tests share the machine's cores under pytest-xdist
+    return subprocess.run([sys.executable, "-m", "sslcli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
 
 
 def test_augment_on_cuda_stays_on_device_and_matches_cpu_statistics():
@@ -25,23 +42,33 @@ def test_augment_on_cuda_stays_on_device_and_matches_cpu_statistics():
         assert abs(a.mean().item() - b.mean().item()) < 0.2  # same recipe, different random streams
 
 
-def test_pretrain_bf16_channels_last_on_cuda(cifar_small: Path, tmp_path: Path):
+def test_pretrain_bf16_channels_last_on_cuda_with_online_knn_then_probe(cifar_small: Path, tmp_path: Path):
+    """The one end-to-end GPU run with the online kNN on (cifar_small: a 400-image bank, 200 to classify)."""
     run = tmp_path / "run"
-    proc = sslcli_run("pretrain", str(cifar_small), "--preset", "quickstart", "--epochs", "1", "--batch-size", "64",
-                      "--out", str(run), "--set", "train.device=cuda", "--json")
+    proc = gpu_run("pretrain", str(cifar_small), "--preset", "quickstart", "--epochs", "1", "--batch-size", "64",
+                   "--out", str(run), "--set", "train.device=cuda", "--set", "data.max_images=256", "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["device"].startswith("cuda") and summary["final_loss"] > 0
+    assert summary["device"].startswith("cuda") and summary["final_loss"] > 0 and summary["steps"] == 4
+    assert summary["knn_top1"] is not None
     assert "(bf16)" in proc.stderr
-    probe = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_small), "--json")
+    probe = gpu_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_small), "--json")
     assert probe.returncode == 0, probe.stderr
     assert json.loads(probe.stdout)["linear"]["top1"] > 0.1
 
 
-def test_fp16_with_grad_scaler_and_compile_on_cuda(cifar_small: Path, tmp_path: Path):
-    proc = sslcli_run("pretrain", str(cifar_small), "--preset", "quickstart", "--epochs", "1", "--batch-size", "64",
-                      "--out", str(tmp_path / "run"), "--set", "train.device=cuda", "--set", "train.precision=fp16",
-                      "--set", "train.compile=true", "--json")
+def test_fp16_with_grad_scaler_on_cuda(cifar_small: Path, tmp_path: Path):
+    proc = gpu_run("pretrain", str(cifar_small), "--preset", "quickstart", "--epochs", "1", "--batch-size", "64",
+                   "--out", str(tmp_path / "run"), *CHEAP, "--set", "train.precision=fp16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["final_loss"] > 0 and summary["skipped_steps"] == 0
+
+
+@pytest.mark.timeout(170)  # torch.compile's first compilation (Inductor, Triton kernels) dominates
+def test_compile_on_cuda(cifar_small: Path, tmp_path: Path):
+    proc = gpu_run("pretrain", str(cifar_small), "--preset", "quickstart", "--epochs", "1", "--batch-size", "64",
+                   "--out", str(tmp_path / "run"), *CHEAP, "--set", "train.compile=true", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["final_loss"] > 0
 
@@ -49,9 +76,36 @@ def test_fp16_with_grad_scaler_and_compile_on_cuda(cifar_small: Path, tmp_path: 
 @pytest.mark.parametrize("method", ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "barlow", "vicreg",
                                     "dino", "mae"])
 def test_every_cpu_preset_trains_on_cuda_in_bf16(method: str, cifar_small: Path, tmp_path: Path):
-    proc = sslcli_run("pretrain", str(cifar_small), "--preset", f"{method}-cpu", "--epochs", "2", "--batch-size",
-                      "64", "--out", str(tmp_path / "run"), "--set", "train.device=cuda", "--set",
-                      "data.max_images=256", "--json")
+    proc = gpu_run("pretrain", str(cifar_small), "--preset", f"{method}-cpu", "--epochs", "2", "--batch-size",
+                   "64", "--out", str(tmp_path / "run"), *CHEAP, "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["device"].startswith("cuda") and summary["steps"] == 8
+
+
+SYNC_FREE_SCRIPT = textwrap.dedent("""
+    import sys
+    from sslcli.cli import main
+    data, out, preset = sys.argv[1:4]
+    main(["pretrain", data, "--preset", preset, "--epochs", "1", "--batch-size", "64", "--out", out,
+          "--set", "train.device=cuda", "--set", "data.max_images=512", "--set", "monitor.knn_every=0",
+          "--set", "train.log_every=1000", "--set", "train.debug_sync=true", "--json"])
+""")
+
+
+# The quickstart (SimCLR, LARS) and the methods that carry state across steps: a queue (MoCo v2, SwAV), an
+# EMA target (BYOL), a center and a frozen last layer (DINO), random masks (MAE).
+@pytest.mark.parametrize("preset", ["quickstart", "mocov2-cpu", "byol-cpu", "swav-cpu", "dino-cpu", "mae-cpu"])
+def test_pretraining_steps_make_no_host_synchronisation(preset: str, cifar_small: Path, tmp_path: Path):
+    """train.debug_sync=true runs the steps between two log reads under torch.cuda.set_sync_debug_mode("error"):
+    any hidden device-to-host synchronisation in them raises, so the run fails. One epoch of cifar_small's
+    400 images (max_images=512 keeps them all) at batch 64: 6 steps, logged only at the last."""
+    out = tmp_path / "run"
+    steps = min(512, sum(1 for f in (cifar_small / "train").rglob("*") if f.is_file())) // 64
+    env = {**os.environ, "SSLCLI_DEBUG": "1"}  # a sync raises with its traceback, which names the culprit
+    env.setdefault("OMP_NUM_THREADS", "4")
+    proc = subprocess.run([sys.executable, "-c", SYNC_FREE_SCRIPT, str(cifar_small), str(out), preset],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["device"].startswith("cuda") and summary["steps"] == steps and summary["skipped_steps"] == 0
