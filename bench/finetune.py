@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.common import random_init_encoder
-from sslcli import finetune, pretrain
+from sslcli.commands import finetune, pretrain
 from sslcli.spec import FinetuneSpec, PretrainSpec, resolve
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"

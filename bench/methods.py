@@ -34,9 +34,10 @@ def _spec(method: str, out: Path, sets: list[str]):
 
 
 def _knn(encoder: Path) -> dict:
-    from sslcli import checkpoint, data
+    from sslcli import cache, checkpoint, data
     from sslcli.evaluate import knn_evaluate
-    from sslcli.probe import extract_features, labeled_images, match_classes
+    from sslcli.features import extract_features
+    from sslcli.splits import labeled_images, match_classes
     from sslcli.train import resolve_device
 
     device = resolve_device("auto")
@@ -45,7 +46,7 @@ def _knn(encoder: Path) -> dict:
     # The kNN bank is a seeded class-balanced 20 % of train (10,000 images): the whole split would take a
     # ViT-Tiny ~7 minutes per encoder on 2 cores. The test split is used whole.
     train_set = data.subset(train_set, data.label_fraction_subset(train_set.labels, KNN_BANK_FRACTION, 0))
-    common = dict(batch_size=512, num_workers=1, device=device, policy=data.BadImagePolicy("skip"), use_cache=True)
+    common = dict(batch_size=512, num_workers=1, device=device, policy=data.BadImagePolicy("skip"), caching=cache.CachePolicy("auto"))
     train_f, train_kept = extract_features(model, info, train_set.paths, **common)
     test_f, test_kept = extract_features(model, info, test_set.paths, **common)
     train_y = torch.tensor(train_set.labels)[train_kept]
@@ -56,7 +57,7 @@ def _knn(encoder: Path) -> dict:
 
 def phase_method(args: argparse.Namespace) -> dict:
     """Calibrate, pretrain for the budget, probe; all in this process (its peak RSS is the method's)."""
-    from sslcli import pretrain
+    from sslcli.commands import pretrain
 
     work = Path(args.workdir) / args.method
     calib = _spec(args.method, work / "calibration", args.sets)

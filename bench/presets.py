@@ -29,7 +29,7 @@ def _spec(preset: str, out: Path):
 
 
 def phase_preset(args: argparse.Namespace) -> dict:
-    from sslcli import pretrain
+    from sslcli.commands import pretrain
 
     summary = pretrain.run(_spec(args.preset, Path(args.workdir) / args.preset))
     row = {"preset": args.preset, "epochs": summary["epochs"], "images_per_s": summary["images_per_s"],

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from bench.common import random_init_encoder
-from sslcli import pretrain, probe
+from sslcli.commands import pretrain, probe
 from sslcli.spec import PretrainSpec, ProbeSpec, resolve
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"

@@ -44,9 +44,10 @@ def sslcli_api() -> SimpleNamespace:
     """Every sslcli name this benchmark uses, imported here only (module paths may move: re-point them here).
 
     `run(spec)` is the one pretraining call; it returns the summary (run_dir, steps, images_per_s, ...)."""
-    from sslcli import console, pretrain
+    from sslcli import console
+    from sslcli.commands import pretrain
     from sslcli.encoders import build_encoder
-    from sslcli.methods import Budget
+    from sslcli.methods.base import Budget
     from sslcli.methods.simclr import SimCLR
     from sslcli.spec import PretrainSpec, resolve
     from sslcli.train import (

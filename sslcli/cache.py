@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from sslcli import console, data
 from sslcli.checkpoint import atomic_write_json
 
 CACHE_VERSION = 1
+_announced: set[Path] = set()  # arrays whose reuse was already reported
 
 
 def default_cache_dir() -> Path:
@@ -80,7 +82,9 @@ def open_or_build(paths: list[Path], size: int, cache_dir: Path, policy: data.Ba
     if meta is None or not array_path.is_file() or array_path.stat().st_size != array_bytes(len(paths), size):
         meta = _build(paths, size, array_path, meta_path, policy, num_workers)
     else:
-        console.info(f"decode cache: reusing {array_path}")
+        if array_path not in _announced:  # once per process: the online kNN reopens its splits every epoch
+            _announced.add(array_path)
+            console.info(f"decode cache: reusing {array_path}")
         for index, reason in meta["bad"]:
             policy.record(paths[index], reason)
     good = np.ones(len(paths), dtype=bool)
@@ -165,16 +169,29 @@ def in_order(images: DecodedImages, batch_size: int,
         yield torch.from_numpy(np.ascontiguousarray(images.array[chosen])), torch.from_numpy(chosen)
 
 
-def usable_folder(paths: list[Path], size: int, folder: Path | None = None,
-                  max_bytes: float = 16 * 2**30) -> Path | None:
-    """The cache folder when these images fit it and it is writable, else None (decode on the fly)."""
-    folder = folder or default_cache_dir()
-    try:
-        return folder if fits(paths, size, folder, max_bytes) else None
-    except OSError as exc:
-        console.warn(f"decode cache disabled: cannot use {folder} ({exc})")
-        return None
+@dataclass(frozen=True)
+class CachePolicy:
+    """When images are decoded once into the cache: 'auto' when the array fits max_gb and the disk, 'on'
+    always, 'off' never (decode on the fly). The one rule for pretrain, probe, embed and the online kNN."""
 
+    mode: Literal["auto", "on", "off"] = "auto"
+    folder: Path | None = None  # default: $SSLCLI_CACHE_DIR or ~/.cache/sslcli
+    max_gb: float = 16.0
+
+    def folder_for(self, paths: list[Path], size: int) -> Path | None:
+        """The cache folder to use for these images at this storage size, or None to decode on the fly."""
+        if self.mode == "off":
+            return None
+        folder = Path(self.folder) if self.folder else default_cache_dir()
+        try:
+            if self.mode == "on" or fits(paths, size, folder, self.max_gb * 2**30):
+                return folder
+        except OSError as exc:
+            console.warn(f"decode cache disabled: cannot use {folder} ({exc}); set data.cache_dir to a writable folder")
+            return None
+        console.info(f"decode cache off: {array_bytes(len(paths), size) / 2**30:.1f} GB is over the "
+                     f"{self.max_gb:g} GB limit (data.cache_max_gb)")
+        return None
 
 def steps_per_epoch(images: DecodedImages, batch_size: int) -> int:
     return int(images.good.sum()) // batch_size

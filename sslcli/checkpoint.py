@@ -10,20 +10,24 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
 from sslcli import __version__, console
 from sslcli.encoders import EncoderInfo, rebuild_encoder
-from sslcli.errors import UsageError
+from sslcli.errors import RunError, UsageError
+from sslcli.headers import read_metadata
 
 ENCODER_FORMAT = "sslcli.encoder.v1"
 STATE_FORMAT = "sslcli.train-state.v1"
@@ -103,17 +107,6 @@ def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, s
 def save_encoder(path: Path, encoder: nn.Module, metadata: dict[str, str]) -> None:
     """The plain timm state dict of the encoder, loadable strictly into the rebuilt model."""
     atomic_write_bytes(path, save_bytes(_plain_tensors(encoder.state_dict()), metadata=metadata))
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist or is not a file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UsageError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
 def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
@@ -281,3 +274,82 @@ def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UsageError(f"{path} does not fit this run's model and optimizer ({first})") from None
     return record, {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/") and k != "rng/torch"}
+
+
+# ---------------------------------------------------------------- the run folder and its checkpointer
+
+
+def make_run_dir(out: Path | None, method: str, resuming: bool = False) -> Path:
+    """The run folder, created and checked writable: --out, or runs/<method>-<timestamp>. A folder that holds a
+    run is never reused by a new one (nothing the user made is overwritten)."""
+    if out is not None:
+        run_dir = Path(out)
+        if (run_dir / "encoder.safetensors").exists() and not resuming:
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume auto, or choose another "
+                             "--out so nothing is overwritten")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{method}-{stamp}"
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = Path("runs") / f"{method}-{stamp}-{suffix}"
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "checkpoints" / ".write-test", b"ok")
+        (run_dir / "checkpoints" / ".write-test").unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); choose a writable --out") \
+            from None
+    return run_dir
+
+
+def check_free_space(run_dir: Path, model: nn.Module, keep: int) -> None:
+    """Refuse to start when the disk cannot hold the checkpoints: a run that dies at its first save wastes hours.
+
+    A state is the model plus up to two optimizer buffers per parameter (momentum; Adam's two moments);
+    keep + 1 of them exist while a new one is written, plus the exported encoder.
+    """
+    model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    needed = model_bytes * 3 * (keep + 1) + model_bytes
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise UsageError(f"{run_dir} has {free / 2**20:.0f} MiB free but the checkpoints need about "
+                         f"{needed / 2**20:.0f} MiB; free some space or choose another --out")
+
+
+@dataclass
+class Checkpointer:
+    """Saves a pretraining run: encoder.safetensors (the export) and checkpoints/state-<step> (to resume).
+
+    The generators' states are read when a checkpoint is written (`rng()`), so a resume draws the same
+    augmentations. A failed write (disk full, folder removed) is a RunError; the previous state is intact.
+    """
+
+    run_dir: Path
+    method: nn.Module  # exposes export_encoder()
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    info: EncoderInfo
+    method_name: str
+    spec: dict[str, Any]  # the resolved spec, as JSON data
+    fingerprint: dict[str, Any]  # {"hash", "parts"} (resume.fingerprint)
+    keep: int
+    rng: Callable[[], dict[str, torch.Tensor]]
+
+    def save(self, epoch: int, step: int) -> None:
+        try:
+            self._write(epoch, step)
+        except OSError as exc:
+            raise RunError(f"could not write the checkpoint of step {step} to {self.run_dir} "
+                           f"({exc.strerror or exc}); the previous checkpoint is intact: free space, then run "
+                           "again with --resume auto") from None
+
+    def _write(self, epoch: int, step: int) -> None:
+        meta = encoder_metadata(self.info, method=self.method_name, epoch=epoch, step=step, spec=self.spec)
+        save_encoder(self.run_dir / "encoder.safetensors", self.method.export_encoder(), meta)
+        extra = {"spec": self.spec, "fingerprint": self.fingerprint["hash"],
+                 "fingerprint_parts": self.fingerprint["parts"]}
+        save_train_state(self.run_dir / "checkpoints", step=step, epoch=epoch, model=self.method,
+                         optimizer=self.optimizer, extra=extra, keep=self.keep, rng=self.rng(),
+                         scaler=self.scaler.state_dict() or None)

@@ -1,12 +1,14 @@
-"""The command line: thin Typer commands that build a spec and hand it to a runner.
+"""The command line: thin Typer commands that build a spec and hand it to a command module.
 
-Heavy modules (torch, timm) are imported inside the commands so that `sslcli --help` stays instant.
-Every failure ends here as one line on stderr and an exit code: 2 for bad input, 1 for runtime
+Each command parses its options into a spec (spec.py, no torch), imports `sslcli.commands.<name>` only when
+it runs, and prints what `run(spec)` returns through one emitter: text for people, one JSON line with
+--json. Every failure ends here as one line on stderr and an exit code: 2 for bad input, 1 for runtime
 failures, 130 for Ctrl-C. SSLCLI_DEBUG=1 shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -26,12 +28,30 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-SetOption = typer.Option(None, "--set", help="override any spec key, repeatable: --set train.epochs=10")
+# Options several commands share, declared once.
 JsonOption = typer.Option(False, "--json", help="print the result as one JSON object on stdout")
 QuietOption = typer.Option(False, "--quiet", "-q", help="no progress or info lines on stderr")
 BadImageOption = typer.Option(None, "--on-bad-image", help="skip (default) or fail on unreadable images")
 LabelFractionOption = typer.Option(None, "--label-fraction", help="train on a seeded class-balanced fraction of "
                                    "the labeled train split, e.g. 0.01 or 0.1")
+DryRunOption = typer.Option(False, "--dry-run", help="print the resolved spec and exit")
+EpochsOption = typer.Option(None, "--epochs", help="training epochs")
+EncoderArgument = typer.Argument(..., help="an encoder.safetensors written by sslcli")
+LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ "
+                                 "or test/)")
+DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
+
+
+def set_option(example: str) -> Any:
+    return typer.Option(None, "--set", metavar="KEY=VALUE", help=f"override any spec key, repeatable: --set {example}")
+
+
+def out_option(required: bool, help: str) -> Any:
+    return typer.Option(... if required else None, "--out", "-o", help=help)
+
+
+def batch_size_option(default: int | None, help: str) -> Any:
+    return typer.Option(default, "--batch-size", "-b", help=help)
 
 
 def _reporting_rank() -> bool:
@@ -40,25 +60,23 @@ def _reporting_rank() -> bool:
     return module is None or module.is_main()
 
 
-def closing_summary(s: dict[str, Any]) -> str:
-    """pretrain's result for people: what ran, how fast, how good, and where the files are."""
-    def pct(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.2f} %"
+def _run(command: str, spec: Any, json_out: bool, **options: Any) -> None:
+    """Run sslcli.commands.<command> and print its result: one JSON line, or its text."""
+    module = importlib.import_module(f"sslcli.commands.{command}")
+    result = module.run(spec, **options) if spec is not None else module.run()
+    if not _reporting_rank():
+        return
+    console.result_json(result) if json_out else console.result(module.format_text(result))
 
-    lines = [f"{s['method']} · {s['encoder_name']} · {s['epochs']} epochs ({s['steps']} steps) · "
-             f"{s['images_per_s']:.0f} images/s · {s['wall_s']:.0f} s · final loss {s['final_loss']:.4f}"]
-    if s.get("knn_top1") is not None:
-        lines.append(f"kNN top-1 {pct(s['knn_top1'])} · linear top-1 {pct(s.get('linear_top1'))}  "
-                     "(online evaluation on the labeled eval split)")
-    else:
-        lines.append("kNN/linear: no labeled eval split (DATA with train/ and val/ or test/, or --val DIR); "
-                     "`sslcli probe` scores the encoder later")
-    if s.get("collapse_warnings"):
-        lines.append(f"collapse warnings: {s['collapse_warnings']} (see metrics.jsonl)")
-    lines.append(f"encoder {s['encoder']}")
-    if s.get("report"):
-        lines.append(f"report  {s['report']}/ (curves.png, neighbors.png, summary.json)")
-    return "\n".join(lines)
+
+def _dry_run(spec: Any, json_out: bool) -> None:
+    from sslcli.spec import dump
+
+    console.result_json(dump(spec)) if json_out else console.result(spec.model_dump_json(indent=2))
+
+
+def _path(value: Path | None) -> str | None:
+    return str(value) if value is not None else None
 
 
 def _version(value: bool) -> None:
@@ -75,15 +93,17 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @app.command()
 def pretrain(
-    data: Path = typer.Argument(..., help="folder of images (ImageFolder or any nested folder); train/ is used if present"),
-    method: str = typer.Option(None, "--method", "-m", help="simclr (default), mocov2, mocov3, byol, simsiam, swav, barlow, vicreg, dino or mae (sslcli methods)"),
+    data: Path = typer.Argument(..., metavar="DATA", help="folder of images (ImageFolder or any nested folder); "
+                                "train/ is used if present"),
+    method: str = typer.Option(None, "--method", "-m", help="simclr (default), mocov2, mocov3, byol, simsiam, swav, "
+                               "barlow, vicreg, dino or mae (sslcli methods)"),
     preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
     encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),
-    epochs: int = typer.Option(None, "--epochs", help="training epochs"),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="global batch size"),
-    out: Path = typer.Option(None, "--out", "-o", help="run folder (default runs/<method>-<timestamp>)"),
+    epochs: int = EpochsOption,
+    batch_size: int = batch_size_option(None, "global batch size"),
+    out: Path = out_option(False, "run folder (default runs/<method>-<timestamp>)"),
     on_bad_image: str = BadImageOption,
-    sets: list[str] = SetOption,
+    sets: list[str] = set_option("train.epochs=10"),
     resume: str = typer.Option(None, "--resume", help="auto (continue --out from its newest intact checkpoint, "
                                "or start it), a run folder, or a checkpoints/state-*.safetensors file"),
     force: bool = typer.Option(False, "--force", help="resume even if the spec fingerprint differs"),
@@ -92,45 +112,33 @@ def pretrain(
     val: Path = typer.Option(None, "--val", help="labeled eval split for the online kNN (default: DATA's val/ or test/)"),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="under torchrun: batch norm over the global "
                                  "batch (default: as the method's paper)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and exit"),
+    dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Pretrain an encoder with a self-supervised method; writes RUN/encoder.safetensors."""
     console.configure(quiet=quiet)
-    from sslcli.spec import PretrainSpec, dump, resolve
+    from sslcli.spec import PretrainSpec, resolve
 
     options: dict[str, Any] = {
         "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
-        "train.batch_size": batch_size, "out": str(out) if out else None, "data.on_bad_image": on_bad_image,
-        "init_from": str(init_from) if init_from else None, "train.on_nan": on_nan, "train.sync_bn": sync_bn,
-        "data.val": str(val) if val else None,
+        "train.batch_size": batch_size, "out": _path(out), "data.on_bad_image": on_bad_image,
+        "init_from": _path(init_from), "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
     }
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
     if dry_run:
-        console.result_json(dump(spec)) if json_out else console.result(spec.model_dump_json(indent=2))
-        return
-    from sslcli import pretrain as runner
-
-    summary = runner.run(spec, resume=resume, force=force)
-    if not _reporting_rank():
-        return
-    if json_out:
-        console.result_json(summary)
-    elif summary.get("already_complete"):
-        console.result(f"encoder {summary['encoder']}  (already complete: {summary['steps']} steps)")
-    else:
-        console.result(closing_summary(summary))
+        return _dry_run(spec, json_out)
+    _run("pretrain", spec, json_out, resume=resume, force=force)
 
 
 @app.command()
 def probe(
-    encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
-    data: Path = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ or test/)"),
+    encoder: Path = EncoderArgument,
+    data: Path = LabeledDataOption,
     val: Path = typer.Option(None, "--val", help="labeled eval split"),
     label_fraction: float = LabelFractionOption,
     on_bad_image: str = BadImageOption,
-    sets: list[str] = SetOption,
+    sets: list[str] = set_option("knn_k=[10,20]"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -138,106 +146,75 @@ def probe(
     console.configure(quiet=quiet)
     from sslcli.spec import ProbeSpec, resolve
 
-    options = {"encoder": str(encoder), "data": str(data), "val": str(val) if val else None,
-               "on_bad_image": on_bad_image, "label_fraction": label_fraction}
-    spec = resolve(ProbeSpec, options=options, sets=sets)
-    from sslcli import probe as runner
-
-    result = runner.run(spec)
-    if not _reporting_rank():
-        return
-    if json_out:
-        console.result_json(result)
-    else:
-        console.result(runner.format_table(result))
+    options = {"encoder": str(encoder), "data": str(data), "val": _path(val), "on_bad_image": on_bad_image,
+               "label_fraction": label_fraction}
+    _run("probe", resolve(ProbeSpec, options=options, sets=sets), json_out)
 
 
 @app.command()
 def finetune(
-    encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
-    data: Path = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ or test/)"),
+    encoder: Path = EncoderArgument,
+    data: Path = LabeledDataOption,
     val: Path = typer.Option(None, "--val", help="labeled eval split, scored after every epoch"),
-    epochs: int = typer.Option(None, "--epochs", help="training epochs"),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="batch size"),
+    epochs: int = EpochsOption,
+    batch_size: int = batch_size_option(None, "batch size"),
     label_fraction: float = LabelFractionOption,
     preset: str = typer.Option(None, "--preset", "-p", help="path to a .toml of finetune spec sections"),
-    out: Path = typer.Option(None, "--out", "-o", help="output folder (default: finetune-<timestamp> beside ENCODER)"),
+    out: Path = out_option(False, "output folder (default: finetune-<timestamp> beside ENCODER)"),
     on_bad_image: str = BadImageOption,
-    sets: list[str] = SetOption,
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec and exit"),
+    sets: list[str] = set_option("train.epochs=10"),
+    dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Fine-tune a classifier (the encoder plus a fresh head) on labeled images; writes classifier.safetensors."""
     console.configure(quiet=quiet)
-    from sslcli.spec import FinetuneSpec, dump, resolve
+    from sslcli.spec import FinetuneSpec, resolve
 
     options: dict[str, Any] = {
-        "encoder": str(encoder), "data.train": str(data), "data.val": str(val) if val else None,
+        "encoder": str(encoder), "data.train": str(data), "data.val": _path(val),
         "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
-        "train.batch_size": batch_size, "out": str(out) if out else None,
+        "train.batch_size": batch_size, "out": _path(out),
     }
     spec = resolve(FinetuneSpec, preset=preset, options=options, sets=sets)
     if dry_run:
-        console.result_json(dump(spec)) if json_out else console.result(spec.model_dump_json(indent=2))
-        return
-    from sslcli import finetune as runner
-
-    result = runner.run(spec)
-    if not _reporting_rank():
-        return
-    if json_out:
-        console.result_json(result)
-    else:
-        console.result(f"classifier {result['classifier']}  val top-1 {100 * result['top1']:.2f}%  top-5 "
-                       f"{100 * result['top5']:.2f}%  ({result['n_train']} train images, {result['steps']} steps, "
-                       f"{result['wall_s']:.0f} s)")
+        return _dry_run(spec, json_out)
+    _run("finetune", spec, json_out)
 
 
 @app.command()
 def export(
-    encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
+    encoder: Path = EncoderArgument,
     to: str = typer.Option(..., "--to", help="timm (a local-dir model folder) or torchvision (ResNets)"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder for model.safetensors and config.json"),
+    out: Path = out_option(True, "folder for model.safetensors and config.json"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Export an encoder for timm (create_model("local-dir:DIR")) or torchvision (resnet18/34/50/...)."""
     console.configure(quiet=quiet)
-    from sslcli import export as runner
+    from sslcli.spec import ExportSpec, resolve
 
-    result = runner.export(encoder, to, out)
-    if json_out:
-        console.result_json(result)
-    else:
-        console.result(f"{result['weights']}  ({result['architecture']}, {result['tensors']} tensors; "
-                       f"config {result['config']})")
+    _run("export", resolve(ExportSpec, options={"encoder": str(encoder), "to": to, "out": str(out)}), json_out)
 
 
 @app.command()
 def embed(
-    encoder: Path = typer.Argument(..., help="an encoder.safetensors written by sslcli"),
+    encoder: Path = EncoderArgument,
     data: Path = typer.Option(..., "--data", "-d", help="folder of images (labeled or not)"),
-    out: Path = typer.Option(..., "--out", "-o", help="embeddings file (.safetensors); the CSV index goes beside it"),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", help="images per forward pass"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N"),
-    on_bad_image: str = typer.Option("skip", "--on-bad-image", help="skip (default) or fail on unreadable images"),
+    out: Path = out_option(True, "embeddings file (.safetensors); the CSV index goes beside it"),
+    batch_size: int = batch_size_option(256, "images per forward pass"),
+    device: str = DeviceOption,
+    on_bad_image: str = BadImageOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Write the encoder's features of every image: an [N, D] matrix in safetensors plus a CSV index."""
     console.configure(quiet=quiet)
-    from sslcli import embed as runner
-    from sslcli.errors import UsageError
+    from sslcli.spec import EmbedSpec, resolve
 
-    if on_bad_image not in ("skip", "fail"):
-        raise UsageError(f"--on-bad-image must be skip or fail, not '{on_bad_image}'")
-    result = runner.run(encoder, data, out, batch_size=batch_size, device=device, on_bad_image=on_bad_image)
-    if json_out:
-        console.result_json(result)
-    else:
-        console.result(f"{result['embeddings']}  ({result['count']} x {result['feature_dim']}; "
-                       f"index {result['index']})")
+    options = {"encoder": str(encoder), "data": str(data), "out": str(out), "batch_size": batch_size,
+               "device": device, "on_bad_image": on_bad_image}
+    _run("embed", resolve(EmbedSpec, options=options), json_out)
 
 
 @app.command()
@@ -248,32 +225,16 @@ def inspect(
 ) -> None:
     """Show what an sslcli artifact holds: its kind, metadata and tensor sizes."""
     console.configure(quiet=quiet)
-    from sslcli import artifacts
+    from sslcli.spec import InspectSpec, resolve
 
-    described = artifacts.describe(file)
-    if json_out:
-        console.result_json(described)
-    else:
-        console.result(artifacts.format_text(described))
+    _run("inspect", resolve(InspectSpec, options={"file": str(file)}), json_out)
 
 
 @app.command()
 def presets(json_out: bool = JsonOption, quiet: bool = QuietOption) -> None:
     """List the presets, one line each (with the kNN top-1 each is expected to reach, where measured)."""
     console.configure(quiet=quiet)
-    from sslcli.spec import list_presets, preset_expectations
-
-    rows = list_presets()
-    expected = preset_expectations()
-    if json_out:
-        console.result_json({name: {"description": description, "expected": expected.get(name)}
-                             for name, description in rows})
-        return
-    width = max((len(name) for name, _ in rows), default=0)
-    for name, description in rows:
-        e = expected.get(name)
-        note = f"  [expect kNN {e['knn_top1']:.1f} % ± {e['tolerance']:.1f}]" if e else ""
-        console.result(f"{name:<{width}}  {description}{note}")
+    _run("presets", None, json_out)
 
 
 @app.command()
@@ -285,28 +246,16 @@ def report(
 ) -> None:
     """Regenerate RUN/report/: curves.png, neighbors.png and summary.json."""
     console.configure(quiet=quiet)
-    from sslcli import report as runner
+    from sslcli.spec import ReportSpec, resolve
 
-    summary = runner.regenerate(run_dir, device)
-    if json_out:
-        console.result_json(summary)
-    else:
-        console.result("\n".join(f"{name:<12} {path}" for name, path in summary["files"].items()))
+    _run("report", resolve(ReportSpec, options={"run_dir": str(run_dir), "device": device}), json_out)
 
 
 @app.command()
 def methods(json_out: bool = JsonOption, quiet: bool = QuietOption) -> None:
     """List the methods, one line each with its paper."""
     console.configure(quiet=quiet)
-    from sslcli.methods import METHODS
-
-    rows = {name: {"summary": cls.summary, "paper": cls.paper} for name, cls in METHODS.items()}
-    if json_out:
-        console.result_json(rows)
-        return
-    width = max(len(name) for name in rows)
-    for name, row in rows.items():
-        console.result(f"{name:<{width}}  {row['summary']}  {row['paper']}")
+    _run("methods", None, json_out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -344,3 +344,11 @@ def subset(images: ImageSet, indices: list[int]) -> ImageSet:
         labels=[images.labels[i] for i in indices] if images.labels is not None else None,
         classes=images.classes,
     )
+
+
+def default_workers(setting: int | str) -> int:
+    """Decoding processes: 'auto' leaves one core to the main process (decoding shares the cores with the
+    model on small machines), at most 8."""
+    if setting != "auto":
+        return int(setting)
+    return max(0, min(8, (os.cpu_count() or 1) - 1))

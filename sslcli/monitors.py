@@ -40,7 +40,7 @@ from sslcli.console import MetricsLog
 COLLAPSE = {"std": 0.1, "effective_rank": 2.0, "uniformity": -0.1}
 
 
-def normalised_std(z: Tensor) -> float | Tensor:
+def normalised_std(z: Tensor) -> Tensor:
     """Mean per-dimension std of the L2-normalised rows of z [N, D], times sqrt(D) (about 1 when spread)."""
     z = F.normalize(z.float(), dim=1)
     return z.std(dim=0).mean() * math.sqrt(z.shape[1])

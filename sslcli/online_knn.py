@@ -6,7 +6,7 @@ classifies the eval images. The bank is the labeled train split of DATA (a seede
 of at most monitor.knn_bank_max images), the eval split is --val DIR or DATA's val/ or test/ (at most
 monitor.knn_val_max images). When the training images are unlabeled, the labeled eval split is cut into
 two class-stratified halves: one is the bank, the other is classified. The features of the last
-evaluation also give report/neighbors.png.
+evaluation also give the neighbour grid of report/neighbors.png, built here (report.py only draws it).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslcli import console, data, distributed
+from sslcli import cache, console, data, distributed
 from sslcli.encoders import EncoderInfo
-from sslcli.evaluate import knn_evaluate
+from sslcli.evaluate import knn_evaluate, linear_probe, stratified_split
+from sslcli.features import extract_features
 
 if TYPE_CHECKING:
-    from sslcli.report import NeighbourGrid
     from sslcli.spec import PretrainSpec
 
 
@@ -36,6 +36,27 @@ class KnnSplits:
     val: data.ImageSet
     val_labels: Tensor  # in the bank's class indices
     classes: list[str]
+    bank_from_val: bool = False  # unlabeled training images: the bank is the other half of the eval folder
+
+
+@dataclass
+class NeighbourGrid:
+    """8 eval images, each with its nearest bank images (cosine on the encoder's features), and how often the
+    8 nearest share the query's class over all eval images (precision@8; a picture of 8 rows is too few)."""
+
+    query_paths: list[Path]
+    query_labels: list[int]
+    neighbour_paths: list[list[Path]]
+    neighbour_labels: list[list[int]]
+    classes: list[str]
+    image_size: int
+    same_class: float  # over every eval image, not only the 8 drawn
+    queries: int  # eval images it is measured over
+    bank_name: str = "train images"
+
+    @property
+    def chance(self) -> float:
+        return 1 / max(1, len(self.classes))
 
 
 @dataclass
@@ -85,24 +106,21 @@ def find_splits(data_path: Path | None, val: Path | None, bank_max: int, val_max
 
 def _halves(labeled: data.ImageSet, bank_max: int, val_max: int, seed: int) -> KnnSplits:
     """Bank and eval set from one labeled folder: a seeded class-stratified half each."""
-    from sslcli.evaluate import stratified_split
-
     bank_idx, eval_idx = stratified_split(torch.tensor(labeled.labels), 0.5, seed)
     bank = _capped(data.subset(labeled, bank_idx.tolist()), bank_max, seed)
     evaluation = _capped(data.subset(labeled, eval_idx.tolist()), val_max, seed)
     console.info(f"online kNN: DATA is unlabeled, so {labeled.root} gives the bank and the eval images (half each)")
     return KnnSplits(bank, torch.tensor(bank.labels), evaluation, torch.tensor(evaluation.labels),
-                     list(labeled.classes or []))
+                     list(labeled.classes or []), bank_from_val=True)
 
 
 def evaluate(encoder: nn.Module, info: EncoderInfo, splits: KnnSplits, *, k: int, batch_size: int,
-             num_workers: int, device: torch.device) -> KnnResult:
+             num_workers: int, device: torch.device, caching: cache.CachePolicy = cache.CachePolicy()) -> KnnResult:
     """Weighted kNN top-1 (t = 0.07, as probe) of the encoder on the splits; leaves the encoder in eval mode."""
-    from sslcli.probe import extract_features  # probe imports pretrain, which imports this module
-
     policy = data.BadImagePolicy("skip")
     # No progress lines of its own: one line per evaluation is enough inside a training log.
-    common = dict(batch_size=batch_size, num_workers=num_workers, device=device, policy=policy, show_progress=False)
+    common = dict(batch_size=batch_size, num_workers=num_workers, device=device, policy=policy, caching=caching,
+                  show_progress=False)
     bank_f, bank_kept = extract_features(encoder, info, splits.bank.paths, **common)
     val_f, val_kept = extract_features(encoder, info, splits.val.paths, **common)
     bank_y, val_y = splits.bank_labels[bank_kept], splits.val_labels[val_kept]
@@ -132,15 +150,41 @@ def nearest_neighbours(result: KnnResult, queries: int = 8, k: int = 8, seed: in
     return picked, (q @ bank.T).topk(min(k, bank.shape[0]), dim=1).indices
 
 
+def same_class_fraction(result: KnnResult, k: int = 8, chunk: int = 1024) -> float:
+    """Precision@k over every eval image: the fraction of its k nearest bank images (cosine) of its class."""
+    bank = F.normalize(result.bank_features.float(), dim=1)
+    k = min(k, bank.shape[0])
+    hits = 0
+    for start in range(0, len(result.val_labels), chunk):
+        q = F.normalize(result.val_features[start:start + chunk].float(), dim=1)
+        nearest = (q @ bank.T).topk(k, dim=1).indices
+        hits += int((result.bank_labels[nearest] == result.val_labels[start:start + chunk, None]).sum())
+    return hits / max(1, k * len(result.val_labels))
+
+
+def grid_from(result: KnnResult, classes: list[str], image_size: int, bank_from_val: bool = False) -> NeighbourGrid:
+    """The neighbour grid of an online-kNN result (features already extracted)."""
+    queries, neighbours = nearest_neighbours(result)
+    return NeighbourGrid(
+        query_paths=[result.val_paths[i] for i in queries],
+        query_labels=[int(result.val_labels[i]) for i in queries],
+        neighbour_paths=[[result.bank_paths[j] for j in row.tolist()] for row in neighbours],
+        neighbour_labels=[[int(result.bank_labels[j]) for j in row.tolist()] for row in neighbours],
+        classes=classes, image_size=image_size, same_class=same_class_fraction(result),
+        queries=len(result.val_labels),
+        bank_name="images of the other half of --val" if bank_from_val else "train images")
+
+
 class OnlineKnn:
     """on_epoch_end: the online kNN every monitor.knn_every epochs and after the last one."""
 
-    def __init__(self, spec: PretrainSpec, info: EncoderInfo, device: torch.device, method: nn.Module):
+    def __init__(self, spec: PretrainSpec, info: EncoderInfo, device: torch.device, method: nn.Module,
+                 metrics: console.MetricsLog | None, caching: cache.CachePolicy):
         self.spec, self.info, self.device, self.method = spec, info, device, method
+        self.metrics, self.caching = metrics, caching
         monitor = spec.monitor
         self.splits = (find_splits(spec.data.path, spec.data.val, monitor.knn_bank_max, monitor.knn_val_max,
                                    spec.train.seed) if monitor.knn_every else None)
-        self.metrics: console.MetricsLog | None = None
         self.last_top1: float | None = None
         self.last_result: KnnResult | None = None
         self.grid: NeighbourGrid | None = None
@@ -152,21 +196,19 @@ class OnlineKnn:
         return grid
 
     def at_epoch_end(self, epochs_done: int, step: int) -> None:
-        from sslcli.pretrain import default_workers
-        from sslcli.report import grid_from
-
         every, last = self.spec.monitor.knn_every, self.spec.train.epochs
         if self.splits is None or not (epochs_done % every == 0 or epochs_done == last):
             return
         start = time.perf_counter()
         result = evaluate(self.method.export_encoder(), self.info, self.splits, k=self.spec.monitor.knn_k,
-                          batch_size=256, num_workers=default_workers(self.spec.data.num_workers), device=self.device)
+                          batch_size=256, num_workers=data.default_workers(self.spec.data.num_workers), device=self.device,
+                          caching=self.caching)
         self.method.train()  # extraction left the encoder in eval mode
         self.last_top1, self.last_result = result.top1, result
         if self.metrics is not None:
             self.metrics.write({"step": step, "epoch": epochs_done, "knn_top1": result.top1})
         if distributed.is_main():
-            self.grid = grid_from(result, self.splits.classes, self.info.image_size)
+            self.grid = grid_from(result, self.splits.classes, self.info.image_size, self.splits.bank_from_val)
             self.grid_is_new = True
         console.info(f"epoch {epochs_done}: online kNN top-1 {100 * result.top1:.2f} % (k={self.spec.monitor.knn_k}, "
                      f"{len(result.bank_labels)} train / {len(result.val_labels)} eval images, "
@@ -176,8 +218,6 @@ class OnlineKnn:
         """A linear probe on the last online-kNN features, for the closing summary (rank 0 only)."""
         if self.last_result is None or not distributed.is_main():
             return None
-        from sslcli.evaluate import linear_probe
-
         r = self.last_result
         return linear_probe(r.bank_features, r.bank_labels, r.val_features, r.val_labels,
                             len(self.splits.classes), seed=self.spec.train.seed)["top1"]

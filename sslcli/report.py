@@ -1,36 +1,21 @@
-"""report/ in the run folder: curves.png, neighbors.png and summary.json, from metrics.jsonl and the kNN features.
+"""report/ in the run folder: curves.png, neighbors.png and summary.json, drawn from metrics.jsonl and a
+neighbour grid that online_knn.py built. This module only draws and summarises: it computes no features.
 
-Written by pretrain at every checkpoint and at the end, and by `sslcli report RUN_DIR` on demand
-(which re-extracts features for the neighbour grid). matplotlib runs with the Agg backend: no display.
+Written by pretrain after each online kNN and at the end, and by `sslcli report RUN_DIR` on demand.
+matplotlib runs with the Agg backend: no display.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslcli import checkpoint, console, data
-from sslcli.errors import UsageError
 
-
-@dataclass
-class NeighbourGrid:
-    """8 eval images, each with its nearest bank images (cosine on the encoder's features)."""
-
-    query_paths: list[Path]
-    query_labels: list[int]
-    neighbour_paths: list[list[Path]]
-    neighbour_labels: list[list[int]]
-    classes: list[str]
-    image_size: int
-
-    @property
-    def same_class_fraction(self) -> float:
-        pairs = [(q, n) for q, row in zip(self.query_labels, self.neighbour_labels, strict=True) for n in row]
-        return sum(q == n for q, n in pairs) / max(1, len(pairs))
+if TYPE_CHECKING:
+    from sslcli.online_knn import NeighbourGrid
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -120,8 +105,9 @@ def neighbours_png(grid: NeighbourGrid, path: Path, title: str) -> None:
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(3 if same is not None else 1.5)
             ax.set_title(console.literal(grid.classes[label])[:12] if c == 0 else "", fontsize=7)
-    fig.suptitle(f"{title}\nquery | 8 nearest train images (green: same class, {100 * grid.same_class_fraction:.0f} %)",
-                 fontsize=9)
+    fig.suptitle(f"{title}\nquery | its 8 nearest {grid.bank_name} (green: same class). Over all "
+                 f"{grid.queries} eval images {100 * grid.same_class:.1f} % of the 8 nearest share the query's class "
+                 f"(chance {100 * grid.chance:.0f} %)", fontsize=8, wrap=True)
     fig.tight_layout()
     _save(fig, path)
 
@@ -174,7 +160,7 @@ def write(run_dir: Path, grid: NeighbourGrid | None = None) -> dict[str, Any]:
     neighbours = None
     if grid is not None:
         neighbours_png(grid, report / "neighbors.png", title)
-        neighbours = {"neighbours_same_class": round(grid.same_class_fraction, 4), "chance": round(1 / len(grid.classes), 4)}
+        neighbours = {"neighbours_same_class": round(grid.same_class, 4), "chance": round(grid.chance, 4)}
     elif (report / "neighbors.png").exists():  # a curves-only refresh keeps the grid's numbers
         neighbours = _previous_neighbours(report)
     summary = summarize(run_dir, records, spec, neighbours)
@@ -190,58 +176,3 @@ def _previous_neighbours(report: Path) -> dict[str, float] | None:
     if previous.get("neighbours_same_class") is None:
         return None
     return {"neighbours_same_class": previous["neighbours_same_class"], "chance": previous.get("chance")}
-
-
-def grid_from(result, classes: list[str], image_size: int) -> NeighbourGrid:
-    """The neighbour grid of an online-kNN result (features already extracted)."""
-    from sslcli.online_knn import nearest_neighbours
-
-    queries, neighbours = nearest_neighbours(result)
-    return NeighbourGrid(
-        query_paths=[result.val_paths[i] for i in queries],
-        query_labels=[int(result.val_labels[i]) for i in queries],
-        neighbour_paths=[[result.bank_paths[j] for j in row.tolist()] for row in neighbours],
-        neighbour_labels=[[int(result.bank_labels[j]) for j in row.tolist()] for row in neighbours],
-        classes=classes, image_size=image_size)
-
-
-def regenerate(run_dir: Path, device_name: str = "auto") -> dict[str, Any]:
-    """`sslcli report RUN_DIR`: curves and summary from metrics.jsonl; neighbours from the encoder and the data."""
-    from sslcli import online_knn
-    from sslcli.pretrain import default_workers
-    from sslcli.spec import PretrainSpec
-    from sslcli.train import resolve_device
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "spec.json").is_file():
-        raise UsageError(f"{run_dir} is not a run folder (no metrics.jsonl and spec.json); give the folder "
-                         "`sslcli pretrain` wrote")
-    try:
-        spec = PretrainSpec.model_validate(json.loads((run_dir / "spec.json").read_text()))
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"{run_dir / 'spec.json'} cannot be read as a pretraining spec ({exc})") from None
-    grid = None
-    encoder_path = run_dir / "encoder.safetensors"
-    splits = online_knn.find_splits(spec.data.path, spec.data.val, spec.monitor.knn_bank_max,
-                                    spec.monitor.knn_val_max, spec.train.seed) if encoder_path.is_file() else None
-    if splits is not None:
-        encoder, info, _ = checkpoint.load_encoder(encoder_path)
-        result = online_knn.evaluate(encoder, info, splits, k=spec.monitor.knn_k, batch_size=256,
-                                     num_workers=default_workers("auto"), device=resolve_device(device_name))
-        grid = grid_from(result, splits.classes, info.image_size)
-    elif not encoder_path.is_file():
-        console.info(f"no encoder in {run_dir} yet: curves and summary only")
-    return write(run_dir, grid)
-
-
-def images_are_valid_png(path: Path) -> bool:
-    """A non-empty PNG that decodes (the tests check the report with it)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return path.stat().st_size > 0
-    except (OSError, SyntaxError):
-        return False
-

@@ -1,6 +1,7 @@
 """Continuing a run and starting from one: --resume targets, the spec fingerprint, --init-from, rank seeds.
 
-pretrain.run calls these; they decide what a resumed run may load, never how the run trains.
+The pretrain command calls these; they decide what a resumed run may load and restore it, never how
+the run trains.
 """
 
 from __future__ import annotations
@@ -88,3 +89,27 @@ def reseed_rank(seed: int, step: int, generator: torch.Generator, augment: Augme
     torch.manual_seed(fresh)
     generator.manual_seed(fresh)
     augment.order_generator.manual_seed(fresh)
+
+
+def restore(state: Path, spec: PretrainSpec, identity: dict[str, Any], force: bool, method: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, generator: torch.Generator,
+            augment: Augmenter, device: torch.device) -> int:
+    """Load a training state into the run's objects; returns the step it continues from.
+
+    Weights, optimizer, scaler and every generator come back as they were, so rank 0 (and a one-process
+    run) continues bit for bit; other ranks reseed from (seed, rank, step)."""
+    record, rng = checkpoint.load_train_state(state, method, optimizer)
+    check_fingerprint(record, identity, state, force)
+    if not {"augment", "augment_order"} <= rng.keys() or not isinstance(record.get("step"), int):
+        raise UsageError(f"{state} lacks the step or augmentation RNG state an exact resume needs (an older or "
+                         "altered checkpoint); start a new run, with --init-from RUN/encoder.safetensors")
+    generator.set_state(rng["augment"])
+    augment.order_generator.set_state(rng["augment_order"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    if record.get("scaler"):
+        scaler.load_state_dict(record["scaler"])
+    step = int(record["step"])
+    if distributed.rank():  # the state holds rank 0's generators: the others draw fresh ones
+        reseed_rank(spec.train.seed, step, generator, augment)
+    return step

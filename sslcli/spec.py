@@ -10,19 +10,21 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sslcli.augment import ViewConfig
 from sslcli.errors import UsageError
-from sslcli.methods import DEFAULT_METHOD, METHODS, MethodConfig, spec_defaults_of
+from sslcli.methods import CONFIGS, DEFAULT_METHOD, MethodConfig
+from sslcli.views import ViewConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
 
 LABEL_FRACTION_HELP = "train on a seeded class-balanced subset of the labeled split (0.01, 0.1 protocols)"
 
@@ -96,7 +98,7 @@ class MonitorConfig(Strict):
 class PretrainSpec(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    method: MethodConfig = Field(default_factory=lambda: METHODS[DEFAULT_METHOD].Config())
+    method: MethodConfig = Field(default_factory=lambda: CONFIGS[DEFAULT_METHOD]())
     augment: ViewConfig = Field(default_factory=ViewConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -116,6 +118,14 @@ class PretrainSpec(Strict):
         return self.optim.base_lr * self.train.batch_size / 256
 
 
+CacheMode = Literal["auto", "on", "off"]
+
+
+def _cache_mode(value: Any) -> Any:
+    """true/false (older specs and --set cache=false) read as auto/off."""
+    return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class ProbeSpec(Strict):
     encoder: Path
     data: Path = Field(description="labeled train split (or a folder holding train/ and val/ or test/)")
@@ -128,8 +138,11 @@ class ProbeSpec(Strict):
     device: str = "auto"
     seed: int = 0
     on_bad_image: Literal["skip", "fail"] = "skip"
-    cache: bool = Field(True, description="decode the images once into the decode cache (when they fit 16 GB)")
+    cache: CacheMode = Field("auto", description="decode the images once into the decode cache ('auto': when "
+                             "they fit 16 GB; false or 'off' decodes on the fly)")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
+
+    _cache_from_bool = field_validator("cache", mode="before")(_cache_mode)
 
 
 class FinetuneData(Strict):
@@ -184,6 +197,31 @@ class FinetuneSpec(Strict):
 
     def scaled_lr(self) -> float:
         return self.optim.base_lr * self.train.batch_size / 256
+
+
+class EmbedSpec(Strict):
+    encoder: Path = Field(description="an encoder.safetensors written by sslcli")
+    data: Path = Field(description="folder of images (labeled or not)")
+    out: Path = Field(description="embeddings file (.safetensors); the CSV index goes beside it")
+    batch_size: int = Field(256, gt=0)
+    num_workers: int | Literal["auto"] = "auto"
+    device: str = "auto"
+    on_bad_image: Literal["skip", "fail"] = "skip"
+
+
+class ExportSpec(Strict):
+    encoder: Path = Field(description="an encoder.safetensors written by sslcli")
+    to: Literal["timm", "torchvision"] = Field(description="timm (a local-dir model folder) or torchvision (ResNets)")
+    out: Path = Field(description="folder for model.safetensors and config.json")
+
+
+class ReportSpec(Strict):
+    run_dir: Path = Field(description="a run folder written by sslcli pretrain")
+    device: str = Field("auto", description="for the neighbour features")
+
+
+class InspectSpec(Strict):
+    file: Path = Field(description="any sslcli artifact: encoder, classifier, training state, embeddings")
 
 
 # ---------------------------------------------------------------- presets
@@ -283,8 +321,8 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resolve(model: type[BaseModel], preset: str | None = None, options: dict[str, Any] | None = None,
-            sets: list[str] | None = None) -> BaseModel:
+def resolve(model: type[SpecT], preset: str | None = None, options: dict[str, Any] | None = None,
+            sets: list[str] | None = None) -> SpecT:
     """Build a spec from the layers, lowest first. `options` maps dotted keys to typed-option values."""
     tree: dict[str, Any] = load_preset(preset) if preset else {}
     typed: dict[str, Any] = {}
@@ -312,11 +350,11 @@ def method_defaults(tree: dict[str, Any]) -> dict[str, Any]:
     """
     method = tree.get("method") if isinstance(tree.get("method"), dict) else {}
     name = method.get("name", DEFAULT_METHOD)
-    if not isinstance(name, str) or name not in METHODS:
+    if not isinstance(name, str) or name not in CONFIGS:
         return {}  # validation reports the bad name
     data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
     image_size = data.get("image_size", DataConfig.model_fields["image_size"].default)
-    defaults = spec_defaults_of(METHODS[name], image_size if isinstance(image_size, int) else 32)
+    defaults = CONFIGS[name].spec_defaults(image_size if isinstance(image_size, int) else 32)
     encoder = tree.get("encoder") if isinstance(tree.get("encoder"), dict) else {}
     if "name" in encoder:
         defaults.pop("encoder", None)
@@ -332,22 +370,22 @@ def _check_method_switch(tree: dict[str, Any], typed: dict[str, Any], preset: st
         if have != wanted:
             raise UsageError(f"preset '{preset}' is for method '{have}', not '{wanted}': "
                              f"pick a {wanted} preset (sslcli presets) or drop --preset")
-    if wanted and wanted not in METHODS:
-        raise UsageError(f"unknown method '{wanted}'; available: {', '.join(METHODS)}")
+    if wanted and wanted not in CONFIGS:
+        raise UsageError(f"unknown method '{wanted}'; available: {', '.join(CONFIGS)}")
 
 
 def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     """One readable line per problem: the dotted key, what is wrong, what was given."""
     lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in METHODS and err["loc"][0] == "method")]
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in CONFIGS and err["loc"][0] == "method")]
         key = ".".join(loc) or "spec"
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(model, loc[:-1])
             hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
             lines.append(f"spec error: unknown key '{key}'{hint}")
         elif err["type"] == "union_tag_invalid":
-            lines.append(f"spec error: {key}.name: unknown method {err['ctx']['tag']!r}; available: {', '.join(METHODS)}")
+            lines.append(f"spec error: {key}.name: unknown method {err['ctx']['tag']!r}; available: {', '.join(CONFIGS)}")
         elif err["type"] == "model_type" and err["input"] is not None:
             lines.append(f"spec error: '{key}' is a section; set its keys, e.g. {key}.<name>=value")
         else:

@@ -1,8 +1,9 @@
 """The one training loop, shared by pretraining and fine-tuning.
 
 fit() owns what every run needs: mixed precision, channels_last, per-step lr schedule, gradient
-clipping, the non-finite check, logging and checkpoint cadence. What a step computes is passed in as
-`compute_loss`, so methods and fine-tuning differ only in that function.
+clipping, the non-finite check, logging, stop signals and checkpoint cadence. What a step computes is a
+`Step` (the model and its loss), what the caller does around the loop is `Events`, so methods and
+fine-tuning differ only in those.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,9 +22,46 @@ from torch import nn
 
 from sslcli import console, distributed
 from sslcli.errors import Interrupted, RunError, UsageError
-from sslcli.methods.base import StepOut
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# batches(epoch, skip): that epoch's batches from the skip-th on (a resumed run skips those already trained on)
+Batches = Callable[[int, int], Iterable[Any]]
+
+
+def _no_op(*args: Any) -> None:
+    return None
+
+
+@dataclass
+class StepOut:
+    """What one forward pass gives the loop: the loss to minimise and tensors worth logging."""
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Embeddings the label-free monitors read on logged steps: {"features": (h1, h2), "projections": (z1, z2)}
+    # (one tensor per view; one view is enough for std and rank, two also give alignment). No copies are made.
+    embeddings: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    """What one training step computes: the model whose parameters train, and the loss of a batch at a step."""
+
+    model: nn.Module
+    loss: Callable[[Any, int], StepOut]
+    cancel_gradients: Callable[[int], None] = _no_op  # after backward: drop gradients of parameters frozen now
+
+
+@dataclass
+class Events:
+    """What the caller does around the loop. Steps are counted from 0 in on_step_end, epochs from 1."""
+
+    metrics: console.MetricsLog | None = None  # every logged record is written here
+    on_step_end: Callable[[int], None] = _no_op  # after each applied update: EMA targets, queues, centers
+    on_log: Callable[[dict[str, Any]], None] = _no_op  # each logged record, after it is written
+    on_epoch_end: Callable[[int, int], None] = _no_op  # (epochs done, step): evaluation (online kNN, val score)
+    on_checkpoint: Callable[[int, int], None] = _no_op  # (epoch, step): save; also at the end and on a stop
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,29 +187,12 @@ def _non_finite(step: int, epoch: int, loss: float, last_good: tuple[int, float]
     )
 
 
-def fit(
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    compute_loss: Callable[[Any, int], StepOut],
-    batches: Callable[[int], Iterable[Any]],
-    lr_schedule: torch.Tensor,
-    cfg: LoopConfig,
-    device: torch.device,
-    metrics: console.MetricsLog | None = None,
-    on_step_end: Callable[[int], None] = lambda step: None,
-    on_checkpoint: Callable[[int, int], None] = lambda epoch, step: None,
-    start_step: int = 0,
-    scaler: torch.amp.GradScaler | None = None,
-    after_backward: Callable[[int], None] = lambda step: None,
-    on_log: Callable[[dict[str, Any]], None] = lambda record: None,
-    on_epoch_end: Callable[[int, int], None] = lambda epoch, step: None,
-) -> FitResult:
+def fit(step_fn: Step, batches: Batches, optimizer: torch.optim.Optimizer, lr_schedule: torch.Tensor,
+        cfg: LoopConfig, device: torch.device, events: Events | None = None, *, start_step: int = 0,
+        scaler: torch.amp.GradScaler | None = None) -> FitResult:
     """Train for cfg.epochs; `batches(epoch, skip)` yields an epoch's batches from the skip-th on,
-    `compute_loss(batch, step)` does the rest. A resumed run passes the step it continues from.
-    `after_backward(step)` may drop gradients of parameters frozen at that step (SwAV, DINO); `on_log(record)`
-    sees each logged record after it is written; `on_epoch_end(epochs_done, step)` runs before that epoch's
-    checkpoint (the online kNN).
+    `step_fn.loss(batch, step)` does the rest. A resumed run passes the step it continues from.
+    Each full epoch calls events.on_epoch_end before that epoch's checkpoint.
 
     Under torchrun every rank runs this loop on its share of each global batch; the per-step host read
     is all-reduced, so the logged loss is the global mean and every rank takes the same decision about a
@@ -182,6 +203,8 @@ def fit(
     """
     if len(lr_schedule) < cfg.total_steps:
         raise ValueError("the lr schedule is shorter than the run")
+    events = events or Events()
+    model, metrics = step_fn.model, events.metrics
     dtype = PRECISIONS[cfg.precision]
     if scaler is None:
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -201,9 +224,9 @@ def fit(
                         break  # a loader that yields more batches than planned never runs past the schedule
                     _set_lr(optimizer, float(lr_schedule[step]), peak_lr)
                     loss_value, out, stop_now = _train_step(
-                        batch, step, epoch, compute_loss, optimizer, scaler, dtype, device, params, cfg.clip_grad,
+                        batch, step, epoch, step_fn, optimizer, scaler, dtype, device, params, cfg.clip_grad,
                         last_good, may_skip=cfg.on_nan == "skip" and skipped < cfg.max_nan_skips,
-                        after_backward=after_backward, stop_requested=stop.signum is not None)
+                        stop_requested=stop.signum is not None)
                     step += 1
                     images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
                     if out is None:  # a non-finite loss skipped under on_nan=skip: no update, no EMA
@@ -211,34 +234,33 @@ def fit(
                         console.warn(f"step {step}: non-finite loss or gradients ({loss_value}), update skipped "
                                      f"({skipped}/{cfg.max_nan_skips} skips allowed)")
                         continue
-                    on_step_end(step - 1)
+                    events.on_step_end(step - 1)
                     last_good = (step, loss_value)
                     record = _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
                     if record is not None:
-                        on_log(record)
+                        events.on_log(record)
                     # Under torchrun only the all-reduced flag counts: a signal that lands after this step's
                     # read is seen by every rank at the next step, so all of them stop at the same one.
                     if stop_now or (stop.signum is not None and not distributed.is_distributed()):
-                        on_checkpoint(epoch, step)
+                        events.on_checkpoint(epoch, step)
                         raise _interrupted(stop.signum or signal.SIGTERM, step, cfg.total_steps)
                     if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step < cfg.total_steps:
-                        on_checkpoint(epoch, step)
+                        events.on_checkpoint(epoch, step)
                 if step == (epoch + 1) * cfg.steps_per_epoch:  # a whole epoch (not a loader that ran short)
-                    on_epoch_end(epoch + 1, step)
+                    events.on_epoch_end(epoch + 1, step)
                 if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
-                    on_checkpoint(epoch + 1, step)
+                    events.on_checkpoint(epoch + 1, step)
         finally:
             progress.close()
-    on_checkpoint(cfg.epochs, step)
+    events.on_checkpoint(cfg.epochs, step)
     return FitResult(step, cfg.epochs, images, time.perf_counter() - start, last_good[1] if last_good else None,
                      skipped)
 
 
-def _train_step(batch: Any, step: int, epoch: int, compute_loss: Callable[[Any, int], StepOut],
+def _train_step(batch: Any, step: int, epoch: int, step_fn: Step,
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, dtype: torch.dtype | None,
                 device: torch.device, params: list[torch.Tensor], clip_grad: float | None,
                 last_good: tuple[int, float] | None, may_skip: bool = False,
-                after_backward: Callable[[int], None] = lambda step: None,
                 stop_requested: bool = False) -> tuple[float, StepOut | None, bool]:
     """Forward, backward, the non-finite check, clipping and the optimizer step; returns the loss value,
     the step's output and whether any rank was asked to stop.
@@ -246,10 +268,10 @@ def _train_step(batch: Any, step: int, epoch: int, compute_loss: Callable[[Any, 
     A non-finite loss raises before the update, or with may_skip returns (loss, None, stop) with no update."""
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     with autocast:
-        out = compute_loss(batch, step)
+        out = step_fn.loss(batch, step)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(out.loss).backward()
-    after_backward(step)
+    step_fn.cancel_gradients(step)
     # The one host read per step, placed after backward is queued so the device is not left idle waiting
     # for it, and before the optimizer step so a bad loss never reaches the weights. A finite loss can still
     # give non-finite gradients (measured: bf16 autocast on CPU overflowing in a backward kernel), which
@@ -310,8 +332,8 @@ def _stop_signals():
 
 def _interrupted(signum: int, step: int, total: int) -> Interrupted:
     name = signal.Signals(signum).name
-    return Interrupted(f"stopped by {name} at step {step}/{total}; the weights and training state at this step "
-                       "were saved to the run folder (encoder.safetensors, checkpoints/)", signum)
+    # What was kept is the caller's to say (pretrain saves a resumable state, finetune its classifier).
+    return Interrupted(f"stopped by {name} at step {step}/{total}", signum)
 
 
 def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: torch.memory_format):

@@ -66,3 +66,18 @@ def resnet10t_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def resnet18_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """timm resnet18 at 32 px, so with the small-image stem."""
     return save_random_encoder(tmp_path_factory.mktemp("r18") / "encoder.safetensors", "resnet18", 32)
+
+
+@pytest.fixture(scope="session")
+def encoder_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init resnet10t encoder.safetensors (32 px), written by sslcli's own saver."""
+    import torch
+
+    from sslcli import checkpoint
+    from sslcli.encoders import build_encoder
+
+    torch.manual_seed(0)
+    model, info = build_encoder("resnet10t", 32, small_stem=False)
+    path = tmp_path_factory.mktemp("enc") / "encoder.safetensors"
+    checkpoint.save_encoder(path, model, checkpoint.encoder_metadata(info, method="simclr", epoch=1, step=1, spec={}))
+    return path

@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from sslcli import distributed
 from sslcli.encoders import build_encoder
-from sslcli.methods import METHODS, Budget
+from sslcli.methods import CONFIGS, method_class
+from sslcli.methods.base import Budget
 from tests.test_methods import tiny_spec
 
 GLOBAL_BATCH = 8  # images per step, over all ranks
@@ -42,7 +43,7 @@ def one_step(name: str) -> dict[str, torch.Tensor]:
     # SwAV's queue needs several steps to fill and stays per rank (as in the paper's code): off here.
     spec = tiny_spec(name, **({"queue_length": 0} if name == "swav" else {}))
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
-    model = METHODS[name](spec.method, encoder, info.feature_dim, Budget(8, 2)).train()
+    model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2)).train()
     if name == "mae":
         fixed_mask_noise(model, rank, world)
     if distributed.is_distributed():
@@ -79,7 +80,7 @@ def main() -> None:
     distributed._local_statistics = args.control == "statistics"
     torch.set_num_threads(1)
     tensors: dict[str, torch.Tensor] = {}
-    for name in METHODS:
+    for name in CONFIGS:
         tensors.update(one_step(name))
     if distributed.is_main():
         save_file({k: v.contiguous() for k, v in tensors.items()}, args.out)

@@ -87,14 +87,14 @@ def test_epoch_batches_are_a_function_of_seed_and_epoch(tmp_path: Path):
 
 def test_probe_features_are_the_same_from_the_cache_and_from_the_files(cifar_small: Path):
     from sslcli.encoders import build_encoder
-    from sslcli.probe import extract_features
+    from sslcli.features import extract_features
 
     torch.manual_seed(0)
     model, info = build_encoder("resnet10t", 32, small_stem=False)
     paths = data.find_images(cifar_small / "test").paths[:64]
     common = dict(batch_size=16, num_workers=0, device=torch.device("cpu"), policy=data.BadImagePolicy())
-    cached, kept_cached = extract_features(model, info, paths, use_cache=True, **common)
-    decoded, kept_decoded = extract_features(model, info, paths, use_cache=False, **common)
+    cached, kept_cached = extract_features(model, info, paths, caching=cache.CachePolicy("auto"), **common)
+    decoded, kept_decoded = extract_features(model, info, paths, caching=cache.CachePolicy("off"), **common)
     assert cache.cache_key(paths, 32) in {p.stem for p in cache.default_cache_dir().glob("*.u8")}
     assert torch.equal(kept_cached, kept_decoded)
     assert torch.equal(cached, decoded)

@@ -88,9 +88,9 @@ def test_presets_lists_one_line_each():
     lines = proc.stdout.strip().splitlines()
     assert any(line.startswith("quickstart ") for line in lines)
     assert any(line.startswith("simclr-cifar10 ") for line in lines)
-    from sslcli.methods import METHODS
+    from sslcli.methods import CONFIGS
 
-    for method in METHODS:  # every method's three presets are listed
+    for method in CONFIGS:  # every method's three presets are listed
         for kind in ("cpu", "cifar10", "imagenette"):
             assert any(line.startswith(f"{method}-{kind} ") for line in lines), f"{method}-{kind} not listed"
 
@@ -98,15 +98,15 @@ def test_presets_lists_one_line_each():
 def test_methods_lists_every_method_with_its_paper():
     import json
 
-    from sslcli.methods import METHODS
+    from sslcli.methods import CONFIGS
 
     proc = sslcli_run("methods")
     assert proc.returncode == 0
     lines = proc.stdout.strip().splitlines()
-    assert [line.split()[0] for line in lines] == list(METHODS)
+    assert [line.split()[0] for line in lines] == list(CONFIGS)
     assert all("arxiv.org/abs/" in line for line in lines)
     rows = json.loads(sslcli_run("methods", "--json").stdout)
-    assert set(rows) == set(METHODS) and all(r["paper"].startswith("https://arxiv.org/abs/") for r in rows.values())
+    assert set(rows) == set(CONFIGS) and all(r["paper"].startswith("https://arxiv.org/abs/") for r in rows.values())
 
 
 def test_unknown_method_lists_the_valid_ones_and_exits_2(tmp_path: Path):
@@ -149,11 +149,11 @@ def test_bad_images_are_skipped_and_reported_or_fatal_on_request(tmp_path: Path)
 def test_every_cpu_preset_carries_its_expected_knn_and_presets_json_shows_it():
     import json
 
-    from sslcli.methods import METHODS
+    from sslcli.methods import CONFIGS
     from sslcli.spec import PretrainSpec, preset_expectations, resolve
 
     expected = preset_expectations()
-    assert set(expected) == {f"{m}-cpu" for m in METHODS} | {"quickstart"}
+    assert set(expected) == {f"{m}-cpu" for m in CONFIGS} | {"quickstart"}
     for name, e in expected.items():
         assert 10 < e["knn_top1"] < 100 and 0 < e["tolerance"] <= 5, name
         assert "CPU" in e["measured_on"] and e["command"].startswith("make bench-"), name

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sslcli import checkpoint, data
-from sslcli.probe import extract_features
+from sslcli.features import extract_features
 from tests.test_cli import assert_one_clean_error, sslcli_run
 
 

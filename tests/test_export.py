@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sslcli import checkpoint, data
+from sslcli.commands.export import run as run_export
 from sslcli.encoders import apply_small_stem
-from sslcli.export import export
-from sslcli.probe import eval_view
+from sslcli.features import eval_view
+from sslcli.spec import ExportSpec
 from tests.test_cli import assert_one_clean_error, sslcli_run
 
 
@@ -51,7 +52,7 @@ def test_timm_export_loads_with_one_line_and_matches(tmp_path: Path, resnet10t_e
 
 @torch.no_grad()
 def test_timm_export_of_a_small_stem_encoder(tmp_path: Path, resnet18_encoder: Path, cifar_small: Path):
-    export(resnet18_encoder, "timm", tmp_path)
+    run_export(ExportSpec(encoder=resnet18_encoder, to="timm", out=tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["sslcli"]["small_stem"] is True
     model = apply_small_stem(timm.create_model(f"local-dir:{tmp_path}", pretrained=False))
     model.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)

@@ -12,9 +12,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sslcli import checkpoint, data
+from sslcli.commands.finetune import build_classifier, head_keys, labeled_splits, make_optimizer
 from sslcli.errors import RunError, UsageError
-from sslcli.finetune import build_classifier, head_keys, labeled_splits, make_optimizer
-from sslcli.probe import eval_view
+from sslcli.features import eval_view
 from sslcli.spec import FinetuneSpec
 from tests.test_cli import sslcli_run
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sslcli import data, probe
+from sslcli import data
+from sslcli.commands import probe
 from sslcli.errors import UsageError
 from sslcli.spec import ProbeSpec
 

@@ -14,8 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslcli import checkpoint, pretrain, train
+from sslcli import checkpoint, train
+from sslcli.commands import pretrain
 from sslcli.errors import Interrupted, RunError, UsageError
+from sslcli.methods import method_class
 from sslcli.spec import PretrainSpec, resolve
 
 STEPS_PER_EPOCH, EPOCHS = 4, 2
@@ -122,17 +124,17 @@ def test_init_from_starts_a_new_run_from_an_encoder(cifar_small: Path, tmp_path:
     donor = pretrain.run(spec_for(cifar_small, tmp_path / "donor"))
     spec = spec_for(cifar_small, tmp_path / "new", **{"init_from": donor["encoder"], "train.epochs": "1"})
     seen = {}
-    real = pretrain.METHODS["simclr"].__init__
+    real = method_class("simclr").__init__
 
     def capture(self, cfg, encoder, *args, **kwargs):
         seen.update({k: v.clone() for k, v in encoder.state_dict().items()})
         real(self, cfg, encoder, *args, **kwargs)
 
-    pretrain.METHODS["simclr"].__init__ = capture
+    method_class("simclr").__init__ = capture
     try:
         pretrain.run(spec)
     finally:
-        pretrain.METHODS["simclr"].__init__ = real
+        method_class("simclr").__init__ = real
     donor_weights = load_file(donor["encoder"])
     assert all(torch.equal(seen[k], donor_weights[k]) for k in donor_weights)
     resnet18 = spec_for(cifar_small, tmp_path / "bad", **{"init_from": donor["encoder"], "encoder.name": "resnet18"})
@@ -142,7 +144,7 @@ def test_init_from_starts_a_new_run_from_an_encoder(cifar_small: Path, tmp_path:
 
 def test_on_nan_skip_skips_bounded_number_of_steps(cifar_small: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch):
-    real = pretrain.METHODS["simclr"].forward
+    real = method_class("simclr").forward
 
     def poisoned(self, views, step):
         out = real(self, views, step)
@@ -150,7 +152,7 @@ def test_on_nan_skip_skips_bounded_number_of_steps(cifar_small: Path, tmp_path: 
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(pretrain.METHODS["simclr"], "forward", poisoned)
+    monkeypatch.setattr(method_class("simclr"), "forward", poisoned)
     summary = pretrain.run(spec_for(cifar_small, tmp_path / "skip", **{"train.on_nan": "skip"}))
     assert summary["skipped_steps"] == 2 and summary["steps"] == STEPS_PER_EPOCH * EPOCHS
     with pytest.raises(RunError, match="step 4"):  # one skip allowed: the second bad step stops the run
@@ -202,7 +204,7 @@ def test_unwritable_run_folder_and_a_full_disk_are_refused_before_training(cifar
     with pytest.raises(UsageError, match="cannot write the run folder"):
         pretrain.run(spec_for(cifar_small, blocker / "run"))
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(pretrain.shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**20, 2**20))
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(2**40, 2**40 - 2**20, 2**20))
     with pytest.raises(UsageError, match="1 MiB free"):
         pretrain.run(spec_for(cifar_small, tmp_path / "full"))
     assert not (tmp_path / "full" / "metrics.jsonl").exists()  # refused before the first step

@@ -69,3 +69,23 @@ def test_sigterm_mid_epoch_gives_143_and_an_exact_resume(cifar_small: Path, tmp_
     a = load_file(str(tmp_path / "whole" / "encoder.safetensors"))
     b = load_file(str(tmp_path / "split" / "encoder.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_during_finetune_saves_the_classifier_and_says_so(encoder_file: Path, cifar_small: Path,
+                                                                   tmp_path: Path):
+    out = tmp_path / "ft"
+    args = [sys.executable, "-m", "sslcli", "finetune", str(encoder_file), "--data", str(cifar_small), "--epochs", "50",
+            "--batch-size", "32", "--out", str(out), "--set", "train.log_every=1", "--set", "data.num_workers=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "SSLCLI_DEBUG"})
+    for line in proc.stderr:  # wait until training is under way
+        if line.startswith("step 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("warning: stopped by SIGTERM") and str(out / "classifier.safetensors") in last
+    with safe_open(str(out / "classifier.safetensors"), "pt") as f:  # what the message says was kept, is there
+        stopped_at = int(f.metadata()["step"])
+    assert 2 <= stopped_at < 50 * (400 // 32) and f"at step {stopped_at}/" in last

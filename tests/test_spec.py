@@ -72,11 +72,20 @@ def test_augment_size_cannot_disagree_with_image_size():
         resolve(PretrainSpec, sets=["augment.size=64"])
 
 
-def test_unknown_method_and_method_switch_against_preset():
+def test_unknown_method_and_unknown_preset():
     with pytest.raises(UsageError, match="unknown method 'nosuch'"):
         resolve(PretrainSpec, options={"method.name": "nosuch"})
     with pytest.raises(UsageError, match="unknown preset"):
         resolve(PretrainSpec, preset="no-such-preset")
+
+
+def test_method_switch_against_a_preset_of_another_method_is_refused():
+    # byol-cpu's method section only fits BYOL: --method simclr must not drop it silently.
+    with pytest.raises(UsageError, match="preset 'byol-cpu' is for method 'byol', not 'simclr'"):
+        resolve(PretrainSpec, preset="byol-cpu", options={"method.name": "simclr"})
+    # The same method as the preset's is fine, and so is a preset without a method section.
+    assert resolve(PretrainSpec, preset="byol-cpu", options={"method.name": "byol"}).method.name == "byol"
+    assert resolve(PretrainSpec, preset="quickstart", options={"method.name": "simclr"}).method.name == "simclr"
 
 
 def test_every_shipped_preset_is_a_valid_spec():

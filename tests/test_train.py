@@ -3,8 +3,7 @@ import torch
 from torch import nn
 
 from sslcli.errors import RunError
-from sslcli.methods.base import StepOut
-from sslcli.train import LoopConfig, fit
+from sslcli.train import Events, LoopConfig, Step, StepOut, fit
 
 
 def _toy(losses: list[float]):
@@ -28,9 +27,9 @@ def test_lr_schedule_is_applied_every_step():
     model, opt, compute_loss, batches = _toy([1.0] * 4)
     seen = []
     schedule = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
-    result = fit(model=model, optimizer=opt, compute_loss=compute_loss, batches=batches, lr_schedule=schedule,
-                 cfg=LoopConfig(epochs=2, steps_per_epoch=2, log_every=1), device=torch.device("cpu"),
-                 on_step_end=lambda step: seen.append(opt.param_groups[0]["lr"]))
+    result = fit(Step(model, compute_loss), batches, opt, schedule,
+                 LoopConfig(epochs=2, steps_per_epoch=2, log_every=1), torch.device("cpu"),
+                 Events(on_step_end=lambda step: seen.append(opt.param_groups[0]["lr"])))
     assert seen == pytest.approx([0.4, 0.3, 0.2, 0.1])
     assert result.steps == 4 and result.images == 12
 
@@ -44,10 +43,9 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint():
         weights[step] = model.weight.detach().clone()
 
     with pytest.raises(RunError) as err:
-        fit(model=model, optimizer=opt, compute_loss=compute_loss, batches=batches,
-            lr_schedule=torch.full((4,), 0.1, dtype=torch.float64),
-            cfg=LoopConfig(epochs=2, steps_per_epoch=2, checkpoint_every=1), device=torch.device("cpu"),
-            on_step_end=remember, on_checkpoint=lambda epoch, step: checkpoints.append((epoch, step)))
+        fit(Step(model, compute_loss), batches, opt, torch.full((4,), 0.1, dtype=torch.float64),
+            LoopConfig(epochs=2, steps_per_epoch=2, checkpoint_every=1), torch.device("cpu"),
+            Events(on_step_end=remember, on_checkpoint=lambda epoch, step: checkpoints.append((epoch, step))))
     message = str(err.value)
     assert "loss became nan at step 3" in message and "last finite loss" in message and "step 2" in message
     assert checkpoints == [(1, 2)]  # epoch 1's checkpoint was written; no checkpoint of the bad state
@@ -66,10 +64,9 @@ def test_non_finite_gradients_with_a_finite_loss_stop_before_the_update():
 
     before = {}
     with pytest.raises(RunError, match="gradients became inf .* at step 2"):
-        fit(model=model, optimizer=opt, compute_loss=compute_loss, batches=batches,
-            lr_schedule=torch.full((4,), 0.1, dtype=torch.float64),
-            cfg=LoopConfig(epochs=2, steps_per_epoch=2), device=torch.device("cpu"),
-            on_step_end=lambda step: before.update(w=model.weight.detach().clone()))
+        fit(Step(model, compute_loss), batches, opt, torch.full((4,), 0.1, dtype=torch.float64),
+            LoopConfig(epochs=2, steps_per_epoch=2), torch.device("cpu"),
+            Events(on_step_end=lambda step: before.update(w=model.weight.detach().clone())))
     assert torch.isfinite(model.weight).all()
     torch.testing.assert_close(model.weight, before["w"])  # the bad gradients never reached the weights
 
@@ -79,9 +76,8 @@ def test_gradient_clipping_bounds_the_update():
     with torch.no_grad():
         model.weight.fill_(100.0)
     before = model.weight.detach().clone()
-    fit(model=model, optimizer=opt, compute_loss=compute_loss, batches=batches,
-        lr_schedule=torch.full((2,), 1.0, dtype=torch.float64),
-        cfg=LoopConfig(epochs=1, steps_per_epoch=1, clip_grad=0.5), device=torch.device("cpu"))
+    fit(Step(model, compute_loss), batches, opt, torch.full((2,), 1.0, dtype=torch.float64),
+        LoopConfig(epochs=1, steps_per_epoch=1, clip_grad=0.5), torch.device("cpu"))
     # One SGD step with lr 1 moves the parameters by at most the clipped gradient norm.
     moved = torch.cat([(model.weight - before).flatten()]).norm()
     assert moved <= 0.5 + 1e-5

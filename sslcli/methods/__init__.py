@@ -1,37 +1,69 @@
-"""The registry of methods. Adding a method is one file in this folder and one line below."""
+"""The registry of methods. Adding a method is one file in this folder, its config in configs.py and one
+line in each table below.
+
+This module and configs.py import no torch: listing methods, validating a spec and `--dry-run` stay fast.
+`method_class(name)` imports the chosen method's module (and torch with it) only when a run builds it.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+import importlib
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from sslcli.methods.barlow import Barlow
-from sslcli.methods.base import Budget, Method, StepOut, spec_defaults_of
-from sslcli.methods.byol import BYOL
-from sslcli.methods.dino import DINO
-from sslcli.methods.mae import MAE
-from sslcli.methods.mocov2 import MoCoV2
-from sslcli.methods.mocov3 import MoCoV3
-from sslcli.methods.simclr import SimCLR
-from sslcli.methods.simsiam import SimSiam
-from sslcli.methods.swav import SwAV
-from sslcli.methods.vicreg import VICReg
+from sslcli.methods.configs import (
+    BarlowConfig,
+    BYOLConfig,
+    DINOConfig,
+    MAEConfig,
+    MethodConfigBase,
+    MoCoV2Config,
+    MoCoV3Config,
+    SimCLRConfig,
+    SimSiamConfig,
+    SwAVConfig,
+    VICRegConfig,
+)
 
-METHODS: dict[str, type] = {
-    "simclr": SimCLR,
-    "mocov2": MoCoV2,
-    "mocov3": MoCoV3,
-    "byol": BYOL,
-    "simsiam": SimSiam,
-    "swav": SwAV,
-    "barlow": Barlow,
-    "vicreg": VICReg,
-    "dino": DINO,
-    "mae": MAE,
+if TYPE_CHECKING:
+    from sslcli.methods.base import Method
+
+# name -> the method's config (its settings, paper, summary and spec defaults)
+CONFIGS: dict[str, type[MethodConfigBase]] = {
+    "simclr": SimCLRConfig,
+    "mocov2": MoCoV2Config,
+    "mocov3": MoCoV3Config,
+    "byol": BYOLConfig,
+    "simsiam": SimSiamConfig,
+    "swav": SwAVConfig,
+    "barlow": BarlowConfig,
+    "vicreg": VICRegConfig,
+    "dino": DINOConfig,
+    "mae": MAEConfig,
+}
+
+# name -> "module:class" of its nn.Module, imported on first use
+_CLASSES: dict[str, str] = {
+    "simclr": "simclr:SimCLR",
+    "mocov2": "mocov2:MoCoV2",
+    "mocov3": "mocov3:MoCoV3",
+    "byol": "byol:BYOL",
+    "simsiam": "simsiam:SimSiam",
+    "swav": "swav:SwAV",
+    "barlow": "barlow:Barlow",
+    "vicreg": "vicreg:VICReg",
+    "dino": "dino:DINO",
+    "mae": "mae:MAE",
 }
 
 DEFAULT_METHOD = "simclr"
+
+
+def method_class(name: str) -> type[Method]:
+    """The method's nn.Module class (imports its module, and torch)."""
+    module, cls = _CLASSES[name].split(":")
+    return getattr(importlib.import_module(f"sslcli.methods.{module}"), cls)
 
 
 def _method_name(value: Any) -> str:
@@ -42,8 +74,8 @@ def _method_name(value: Any) -> str:
 
 # The spec's `method` section: the union of every method's config, told apart by `name`.
 MethodConfig = Annotated[
-    Union[tuple(Annotated[cls.Config, Tag(name)] for name, cls in METHODS.items())],  # noqa: UP007
+    Union[tuple(Annotated[cls, Tag(name)] for name, cls in CONFIGS.items())],  # noqa: UP007
     Discriminator(_method_name),
 ]
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Budget", "Method", "MethodConfig", "StepOut", "spec_defaults_of"]
+__all__ = ["CONFIGS", "DEFAULT_METHOD", "MethodConfig", "MethodConfigBase", "method_class"]

@@ -1,26 +1,27 @@
-"""The method contract that the training loop relies on, and what the methods share."""
+"""The method contract that the training loop relies on, its defaults, and what the methods share.
+
+A method is an nn.Module holding the encoder and its own heads. `Method` declares every hook the loop and
+the commands call; `MethodDefaults` gives the hooks most methods leave alone their no-op defaults, so a
+method file holds only what it does (a small mixin rather than a base class with behaviour: the method
+still reads as a plain nn.Module, and the Protocol is what a type checker holds it to). The method's
+settings, paper and spec defaults are its config, in configs.py (torch-free).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+import torch
 from torch import Tensor, nn
 
+from sslcli.train import StepOut
+
 if TYPE_CHECKING:
-    from sslcli.augment import ViewConfig
+    from sslcli.methods.configs import MethodConfigBase
+    from sslcli.views import ViewConfig
 
-
-@dataclass
-class StepOut:
-    """What one forward pass gives the loop: the loss to minimise and tensors worth logging."""
-
-    loss: Tensor
-    logs: dict[str, Tensor] = field(default_factory=dict)
-    # Embeddings the label-free monitors read on logged steps: {"features": (h1, h2), "projections": (z1, z2)}
-    # (one tensor per view; one view is enough for std and rank, two also give alignment). No copies are made.
-    embeddings: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
+__all__ = ["Budget", "Method", "MethodDefaults", "StepOut", "enqueue", "views_by_size"]
 
 
 @dataclass(frozen=True)
@@ -34,25 +35,13 @@ class Budget:
         return min(self.total_steps, round(epochs * self.steps_per_epoch))
 
 
-class MethodConfigBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class Method(Protocol):
-    """A method is an nn.Module holding the encoder and its own heads.
+    """What pretraining calls on a method, in order: views -> forward -> (backward) -> cancel_gradients ->
+    (optimizer step) -> on_step_end; export_encoder at every checkpoint and online kNN."""
 
-    Optional class attributes: `summary` (one line for `sslcli methods`), `fixed_lr_modules` (names of
-    submodules whose lr stays at the peak value, SimSiam's predictor), `spec_defaults(image_size)`
-    (spec values that suit the method better than the global defaults; a preset or option overrides them),
-    `sync_bn` (whether the paper's BN layers see the global batch under torchrun; default True) and
-    `cancel_gradients(step)` (drop the gradients of parameters frozen at this step, after backward).
-    """
+    fixed_lr_modules: tuple[str, ...]  # submodules whose lr stays at the peak value (SimSiam's predictor)
 
-    Config: ClassVar[type[BaseModel]]
-    paper: ClassVar[str]
-    summary: ClassVar[str]
-
-    def __init__(self, cfg: BaseModel, encoder: nn.Module, feature_dim: int, budget: Budget) -> None: ...
+    def __init__(self, cfg: MethodConfigBase, encoder: nn.Module, feature_dim: int, budget: Budget) -> None: ...
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         """The augmentation recipe: one ViewConfig per view, built from the spec's augment section."""
@@ -60,22 +49,39 @@ class Method(Protocol):
 
     def forward(self, views: list[Tensor], step: int) -> StepOut: ...
 
+    def cancel_gradients(self, step: int) -> None:
+        """After backward: drop the gradients of parameters frozen at this step (SwAV, DINO)."""
+        ...
+
     def on_step_end(self, step: int) -> None:
-        """After the optimiser step: EMA updates, queues, centers."""
+        """After the optimizer step: EMA updates, queues, centers (never on a skipped step)."""
         ...
 
     def export_encoder(self) -> nn.Module:
         """The backbone to save (DINO exports its teacher)."""
         ...
 
+    # nn.Module's, used by the loop
+    def parameters(self, recurse: bool = True): ...
 
-def sync_bn_default(method_cls: type) -> bool:
-    return bool(getattr(method_cls, "sync_bn", True))
+    def train(self, mode: bool = True) -> nn.Module: ...
 
 
-def spec_defaults_of(method_cls: type, image_size: int) -> dict[str, Any]:
-    fn = getattr(method_cls, "spec_defaults", None)
-    return fn(image_size) if fn is not None else {}
+class MethodDefaults:
+    """The hooks a method need not write: no frozen parameters, nothing to update after a step, the
+    student encoder exported, no fixed-lr submodules."""
+
+    fixed_lr_modules: ClassVar[tuple[str, ...]] = ()
+    encoder: nn.Module
+
+    def cancel_gradients(self, step: int) -> None:
+        pass
+
+    def on_step_end(self, step: int) -> None:
+        pass
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder
 
 
 def views_by_size(views: list[Tensor]) -> list[list[Tensor]]:
@@ -87,3 +93,12 @@ def views_by_size(views: list[Tensor]) -> list[list[Tensor]]:
         else:
             groups.append([v])
     return groups
+
+
+def enqueue(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
+    """Write keys into the ring buffer queue [K, D] at ptr and advance ptr, without a host sync (MoCo v2, SwAV)."""
+    size = queue.shape[0]
+    keys = keys[-size:]
+    index = (ptr + torch.arange(keys.shape[0], device=queue.device)) % size
+    queue.index_copy_(0, index, keys.to(queue.dtype))
+    ptr.add_(keys.shape[0]).remainder_(size)

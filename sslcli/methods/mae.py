@@ -5,43 +5,23 @@ He et al. 2021, https://arxiv.org/abs/2111.06377
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import BaseModel, Field
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from sslcli.augment import ViewConfig
 from sslcli.errors import UsageError
 from sslcli.losses import masked_mse
-from sslcli.methods.base import Budget, MethodConfigBase, StepOut
+from sslcli.methods.base import Budget, MethodDefaults, StepOut
+from sslcli.methods.configs import MAEConfig
+from sslcli.views import ViewConfig
 
 
-class MAEConfig(MethodConfigBase):
-    name: Literal["mae"] = "mae"
-    mask_ratio: float = Field(0.75, gt=0, lt=1, description="fraction of patches removed per image (paper: 0.75)")
-    decoder_dim: int = Field(512, gt=0, description="decoder width (paper: 512)")
-    decoder_depth: int = Field(8, gt=0, description="decoder blocks (paper: 8)")
-    decoder_heads: int = Field(16, gt=0, description="decoder attention heads (paper: 16)")
-    norm_pix_loss: bool = Field(True, description="normalise each target patch by its mean and std (paper)")
-
-
-def default_patch_size(image_size: int) -> int:
-    """A ViT patch giving 8x8 patches at CIFAR and Imagenette sizes, 14x14 at 224 px (ViT-*/16)."""
-    return 4 if image_size <= 64 else 12 if image_size <= 128 else 16
-
-
-class MAE(nn.Module):
+class MAE(MethodDefaults, nn.Module):
     """A timm ViT encodes the 25 % of patches kept (per-sample random masking, section 3); a light
     transformer decoder with mask tokens and fixed 2D sin-cos positions reconstructs every patch; the
     loss is the MSE over masked patches only. The encoder is exported untouched, a standard timm ViT.
     """
-
-    Config: ClassVar[type[BaseModel]] = MAEConfig
-    paper: ClassVar[str] = "https://arxiv.org/abs/2111.06377"
-    summary: ClassVar[str] = "masked image modelling: ViT encodes 25 % of patches, decoder rebuilds pixels (He et al. 2021)"
 
     def __init__(self, cfg: MAEConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
@@ -62,17 +42,6 @@ class MAE(nn.Module):
                                        for _ in range(cfg.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
         self.decoder_pred = nn.Linear(cfg.decoder_dim, self.patch * self.patch * 3)
-
-    @staticmethod
-    def spec_defaults(image_size: int) -> dict:
-        # Paper: AdamW (betas 0.9, 0.95), lr 1.5e-4 x batch / 256, weight decay 0.05, 40 warm-up epochs;
-        # augmentation is only a random resized crop (0.2, 1) and a flip.
-        return {
-            "encoder": {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": default_patch_size(image_size)}},
-            "optim": {"name": "adamw", "base_lr": 1.5e-4, "weight_decay": 0.05, "betas": [0.9, 0.95],
-                      "warmup_epochs": 40},
-            "augment": {"scale": [0.2, 1.0], "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0},
-        }
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         return [augment]
@@ -120,9 +89,3 @@ class MAE(nn.Module):
         # Features of the visible patches (class token, or their mean without one), one view.
         feature = h[:, 0] if enc.num_prefix_tokens else h.mean(dim=1)
         return StepOut(loss=loss, logs={"loss": loss.detach()}, embeddings={"features": (feature,)})
-
-    def on_step_end(self, step: int) -> None:
-        pass
-
-    def export_encoder(self) -> nn.Module:
-        return self.encoder

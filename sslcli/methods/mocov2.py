@@ -5,34 +5,20 @@ Chen, Fan, Girshick, He 2020, https://arxiv.org/abs/2003.04297 (MoCo v1: https:/
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from sslcli import distributed
-from sslcli.augment import ViewConfig
 from sslcli.ema import frozen_copy, update_ema
 from sslcli.heads import mlp
 from sslcli.losses import info_nce
-from sslcli.methods.base import Budget, MethodConfigBase, StepOut
+from sslcli.methods.base import Budget, MethodDefaults, StepOut, enqueue
+from sslcli.methods.configs import MoCoV2Config
 from sslcli.schedules import cosine_increase
+from sslcli.views import ViewConfig
 
 
-class MoCoV2Config(MethodConfigBase):
-    name: Literal["mocov2"] = "mocov2"
-    temperature: float = Field(0.2, gt=0, description="InfoNCE temperature (paper: 0.2)")
-    queue_size: int = Field(65536, gt=0, description="K negatives kept from past batches (paper: 65536)")
-    proj_hidden_dim: int = Field(2048, gt=0, description="MLP projector hidden width (paper: 2048)")
-    proj_out_dim: int = Field(128, gt=0, description="key/query size (paper: 128)")
-    momentum: float = Field(0.999, ge=0, le=1, description="key encoder EMA momentum at the start (paper: 0.999)")
-    final_momentum: float = Field(0.999, ge=0, le=1, description="momentum at the end, cosine schedule "
-                                  "(paper: constant 0.999; solo-learn MoCo V2+: 0.99 -> 0.999)")
-    symmetric: bool = Field(False, description="also contrast q2 with k1 (MoCo V2+ in solo-learn); costs 2x")
-
-
-class MoCoV2(nn.Module):
+class MoCoV2(MethodDefaults, nn.Module):
     """A query encoder + MLP projector trained with InfoNCE against a momentum key encoder and a queue.
 
     Deviation: no shuffled BN on one process (the paper shuffles the key batch across GPUs so BN cannot
@@ -41,11 +27,7 @@ class MoCoV2(nn.Module):
     torchrun BN stays per rank (sync_bn off by default) and keys are not shuffled across ranks either.
     """
 
-    Config: ClassVar[type[BaseModel]] = MoCoV2Config
-    paper: ClassVar[str] = "https://arxiv.org/abs/2003.04297"
-    summary: ClassVar[str] = "contrastive: momentum key encoder and a queue of negatives (Chen et al. 2020)"
     # The paper shuffles BN across GPUs instead of synchronising it; sslcli keeps BN per rank (see above).
-    sync_bn: ClassVar[bool] = False
 
     def __init__(self, cfg: MoCoV2Config, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
@@ -58,11 +40,6 @@ class MoCoV2(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.momentum = cosine_increase(cfg.momentum, cfg.final_momentum, budget.total_steps).tolist()
         self._pending_keys: Tensor | None = None
-
-    @staticmethod
-    def spec_defaults(image_size: int) -> dict:
-        # MoCo v2: SGD lr 0.03 per 256 images, weight decay 1e-4, cosine, no warm-up.
-        return {"optim": {"name": "sgd", "base_lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0}}
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         return [augment, augment]
@@ -96,15 +73,3 @@ class MoCoV2(nn.Module):
             self._pending_keys = None
         update_ema(self.key_encoder, self.encoder, self.momentum[min(step, len(self.momentum) - 1)])
         update_ema(self.key_projector, self.projector, self.momentum[min(step, len(self.momentum) - 1)])
-
-    def export_encoder(self) -> nn.Module:
-        return self.encoder
-
-
-def enqueue(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
-    """Write keys into the ring buffer queue [K, D] at ptr and advance ptr, without a host sync."""
-    size = queue.shape[0]
-    keys = keys[-size:]
-    index = (ptr + torch.arange(keys.shape[0], device=queue.device)) % size
-    queue.index_copy_(0, index, keys.to(queue.dtype))
-    ptr.add_(keys.shape[0]).remainder_(size)

@@ -5,49 +5,24 @@ Caron et al. 2020, https://arxiv.org/abs/2006.09882
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from sslcli.augment import ViewConfig, multi_crop
 from sslcli.heads import NormalizedLinear, mlp
 from sslcli.losses import sinkhorn, swapped_prediction
-from sslcli.methods.base import Budget, MethodConfigBase, StepOut, views_by_size
-from sslcli.methods.mocov2 import enqueue
+from sslcli.methods.base import Budget, MethodDefaults, StepOut, enqueue, views_by_size
+from sslcli.methods.configs import SwAVConfig
+from sslcli.views import ViewConfig, multi_crop
 
 
-class SwAVConfig(MethodConfigBase):
-    name: Literal["swav"] = "swav"
-    temperature: float = Field(0.1, gt=0, description="softmax temperature of the predictions (paper: 0.1)")
-    proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width (paper: 2048)")
-    proj_out_dim: int = Field(128, gt=0, description="feature size compared with the prototypes (paper: 128)")
-    num_prototypes: int = Field(3000, gt=0, description="K prototypes (paper: 3000 on ImageNet)")
-    sinkhorn_iterations: int = Field(3, gt=0, description="Sinkhorn-Knopp iterations (paper: 3)")
-    epsilon: float = Field(0.05, gt=0, description="entropy regularisation of the codes (paper: 0.05)")
-    freeze_prototypes_epochs: float = Field(1, ge=0, description="prototypes get no update this long (paper: 1)")
-    num_local_crops: int = Field(6, ge=0, description="small crops besides the 2 global ones (paper: 6)")
-    local_crop_size: int | None = Field(None, gt=0, description="side of a local crop (default: 3/7 of the image, "
-                                        "as 96/224 in the paper)")
-    local_crop_scale: tuple[float, float] = Field((0.05, 0.14), description="local crop area range (paper)")
-    queue_length: int = Field(0, ge=0, description="past features added to Sinkhorn for small batches "
-                              "(paper: 3840 below batch 256; 0 = off)")
-    queue_start_epoch: float = Field(15, ge=0, description="epoch from which the queue is filled (paper: 15)")
-
-
-class SwAV(nn.Module):
+class SwAV(MethodDefaults, nn.Module):
     """Encoder -> projector -> L2-normalised z -> scores against normalised prototypes. The codes of each
     global crop (Sinkhorn-Knopp, no gradient) are predicted from every other crop (swapped prediction).
 
     Multi-crop: 2 global crops at the image size plus num_local_crops small ones; only the global crops
     get codes (section 3.2). The prototypes are frozen for the first epoch, as in the paper.
     """
-
-    Config: ClassVar[type[BaseModel]] = SwAVConfig
-    paper: ClassVar[str] = "https://arxiv.org/abs/2006.09882"
-    summary: ClassVar[str] = "clustering: Sinkhorn codes, swapped prediction, multi-crop (Caron et al. 2020)"
 
     def __init__(self, cfg: SwAVConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
@@ -62,12 +37,6 @@ class SwAV(nn.Module):
             self.register_buffer("queue", torch.zeros(2, cfg.queue_length, cfg.proj_out_dim))
             self.register_buffer("queue_ptr", torch.zeros(2, dtype=torch.long))
         self._pending: Tensor | None = None
-
-    @staticmethod
-    def spec_defaults(image_size: int) -> dict:
-        # Paper: LARS, lr 4.8 at batch 4096 (0.3 per 256 images), weight decay 1e-6; global crops (0.14, 1).
-        return {"optim": {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6},
-                "augment": {"scale": [0.14, 1.0]}}
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         size = self.cfg.local_crop_size or max(8, round(augment.size * 3 / 7))
@@ -114,7 +83,3 @@ class SwAV(nn.Module):
             for i in range(2):
                 enqueue(self.queue[i], self.queue_ptr[i], self._pending[i])
             self._pending = None
-
-    def export_encoder(self) -> nn.Module:
-        return self.encoder
-

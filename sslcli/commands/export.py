@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from sslcli import checkpoint, console
+from sslcli import checkpoint, console, data
 from sslcli.encoders import EncoderInfo, apply_small_stem
 from sslcli.errors import UsageError
+from sslcli.spec import ExportSpec
 
 # timm's plain ResNets use torchvision's layer names one for one; the d/t variants (deep stem, average-pool
 # shortcut) and other widths have modules torchvision does not, so they are refused rather than guessed.
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-def export(encoder_path: Path, to: Literal["timm", "torchvision"], out: Path) -> dict[str, Any]:
-    if to not in ("timm", "torchvision"):
-        raise UsageError(f"--to must be timm or torchvision, not '{to}'")
+def run(spec: ExportSpec) -> dict[str, Any]:
+    encoder_path, to, out = spec.encoder, spec.to, Path(spec.out)
     encoder, info, meta = checkpoint.load_encoder(encoder_path)
-    out = Path(out)
     if (out / "model.safetensors").exists():
         raise UsageError(f"{out} already holds an exported model; choose another --out so nothing is overwritten")
     if to == "torchvision":
@@ -69,7 +68,7 @@ def timm_config(info: EncoderInfo, meta: dict[str, str], encoder_path: Path,
             "std": list(info.std),
             "interpolation": "bilinear",
             # Images were stored with the shorter side at storage_size_for(size) and centre-cropped.
-            "crop_pct": size / (size if size <= 64 else round(1.15 * size)),
+            "crop_pct": size / data.storage_size_for(size),
             "crop_mode": "center",
             "num_classes": 0,
             "classifier": classifier,
@@ -129,3 +128,8 @@ def load_torchvision(folder: Path) -> nn.Module:
         model.maxpool = nn.Identity()
     model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
     return model
+
+
+def format_text(result: dict[str, Any]) -> str:
+    return (f"{result['weights']}  ({result['architecture']}, {result['tensors']} tensors; "
+            f"config {result['config']})")

@@ -1,4 +1,4 @@
-"""`sslcli inspect`: what an sslcli artifact holds, from its safetensors header alone (weights are not read).
+"""`sslcli inspect`: what an sslcli artifact holds, from its safetensors header alone (weights and torch are not loaded).
 
 Works on encoders, classifiers, training states, embeddings and exported models, and on any other
 safetensors file (it then says the file carries no sslcli tag).
@@ -11,11 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from sslcli.headers import read_metadata, tensor_shapes
+from sslcli.spec import InspectSpec
 
-from sslcli import checkpoint
-
-KINDS = {
+KINDS = {  # the sslcli_format tags of checkpoint.py, commands/finetune.py and commands/embed.py
     "sslcli.encoder.v1": "encoder",
     "sslcli.classifier.v1": "classifier",
     "sslcli.train-state.v1": "training state",
@@ -23,12 +22,11 @@ KINDS = {
 }
 
 
-def describe(path: Path) -> dict[str, Any]:
+def run(spec: InspectSpec) -> dict[str, Any]:
     """Kind, metadata (verbatim strings), tensor count and sizes; a training state adds its JSON's step/epoch."""
-    path = Path(path)
-    meta = checkpoint.read_metadata(path)  # one clear error for missing or non-safetensors files
-    with safe_open(str(path), framework="pt") as f:
-        shapes = {key: list(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+    path = Path(spec.file)
+    meta = read_metadata(path)  # one clear error for missing or non-safetensors files
+    shapes = tensor_shapes(path)
     numel = sum(math.prod(shape) for shape in shapes.values())
     kind = KINDS.get(meta.get("sslcli_format", ""), "safetensors file without an sslcli tag")
     described: dict[str, Any] = {"path": str(path), "kind": kind, "metadata": meta, "tensors": len(shapes),

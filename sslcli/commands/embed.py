@@ -1,6 +1,6 @@
 """`sslcli embed`: the encoder's features for every image in a folder, as safetensors plus a CSV index.
 
-Features come from probe.extract_features, so they are exactly what `sslcli probe` classifies: the same
+Features come from features.extract_features, so they are exactly what `sslcli probe` classifies: the same
 decode, centre crop and normalisation, in file order (sorted), with unreadable files skipped.
 """
 
@@ -10,15 +10,15 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import save as save_bytes
 
 from sslcli import checkpoint, console, data
 from sslcli.errors import UsageError
-from sslcli.pretrain import default_workers
-from sslcli.probe import extract_features
+from sslcli.features import extract_features
+from sslcli.spec import EmbedSpec
 from sslcli.train import resolve_device
 
 EMBEDDINGS_FORMAT = "sslcli.embeddings.v1"
@@ -41,18 +41,17 @@ def index_csv(images: data.ImageSet, kept: list[int]) -> str:
     return buffer.getvalue()
 
 
-def run(encoder: Path, data_dir: Path, out: Path, *, batch_size: int = 256, num_workers: int | str = "auto",
-        device: str = "auto", on_bad_image: Literal["skip", "fail"] = "skip") -> dict[str, Any]:
-    out = Path(out)
+def run(spec: EmbedSpec) -> dict[str, Any]:
+    encoder, data_dir, out = spec.encoder, spec.data, Path(spec.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must end in .safetensors (got {out}); the CSV index is written beside it")
     model, info, meta = checkpoint.load_encoder(encoder)
     images = data.find_images(data_dir)
-    policy = data.BadImagePolicy(on_bad_image)
+    policy = data.BadImagePolicy(spec.on_bad_image)
     console.info(f"embedding {len(images)} images from {data_dir} with {info.name} at {info.image_size} px")
-    features, kept_t = extract_features(model, info, images.paths, batch_size=batch_size,
-                                        num_workers=default_workers(num_workers), device=resolve_device(device),
-                                        policy=policy)
+    features, kept_t = extract_features(model, info, images.paths, batch_size=spec.batch_size,
+                                        num_workers=data.default_workers(spec.num_workers),
+                                        device=resolve_device(spec.device), policy=policy)
     kept = kept_t.tolist()
     tensors = {"embeddings": features.contiguous()}
     if images.labels is not None:
@@ -78,3 +77,7 @@ def run(encoder: Path, data_dir: Path, out: Path, *, batch_size: int = 256, num_
     return {"embeddings": str(out), "index": str(index_path(out)), "count": len(kept),
             "feature_dim": int(features.shape[1]), "labeled": images.labels is not None,
             "skipped_images": policy.count}
+
+
+def format_text(result: dict[str, Any]) -> str:
+    return f"{result['embeddings']}  ({result['count']} x {result['feature_dim']}; index {result['index']})"

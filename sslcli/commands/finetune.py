@@ -1,9 +1,10 @@
 """`sslcli finetune`: a timm classifier on a pretrained encoder, trained by the same loop as pretraining.
 
 The classifier is `timm.create_model(encoder, num_classes=C)` with the encoder's weights and a fresh
-head; its loss (label smoothing or Mixup/CutMix soft targets) is the `compute_loss` that train.fit
-calls, and the val split is scored every `train.eval_every` epochs (default 1) from fit's checkpoint
-callback.
+head; its loss (label smoothing or Mixup/CutMix soft targets) is the `Step` that train.fit calls, the val
+split is scored every `train.eval_every` epochs (default 1, and always after the last) from fit's epoch-end
+event, and the classifier is written by its checkpoint event: at the end, or at the step a SIGTERM/SIGINT
+stopped the run.
 
 Under torchrun the classifier is wrapped in DDP, each rank trains on a DistributedSampler's share of
 the global batch (train.batch_size), the val split is scored in shards and gathered, and rank 0 writes.
@@ -21,16 +22,27 @@ import torch
 from torch import nn
 
 from sslcli import checkpoint, console, data, distributed
-from sslcli.augment import Augmenter, ViewConfig
+from sslcli.augment import Augmenter
 from sslcli.encoders import EncoderInfo, apply_small_stem
-from sslcli.errors import RunError, UsageError
+from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.evaluate import topk_accuracy
-from sslcli.methods.base import StepOut
-from sslcli.pretrain import default_workers
-from sslcli.probe import eval_splits, eval_view, labeled_images, match_classes
+from sslcli.features import eval_view
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import FinetuneSpec, dump
-from sslcli.train import PRECISIONS, LoopConfig, fit, resolve_channels_last, resolve_device, resolve_precision
+from sslcli.splits import eval_splits, labeled_images, match_classes
+from sslcli.train import (
+    PRECISIONS,
+    Events,
+    FitResult,
+    LoopConfig,
+    Step,
+    StepOut,
+    fit,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+)
+from sslcli.views import ViewConfig
 
 CLASSIFIER_FORMAT = "sslcli.classifier.v1"
 
@@ -109,7 +121,7 @@ def evaluate(model: nn.Module, loader: Any, labels: torch.Tensor, paths: list[Pa
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits.append(model(eval_view(x.to(device, non_blocking=True), info)).float())
         kept.append(idx + offset)
-    model.train()  # fit leaves modes to us: training resumes right after this callback
+    model.train()  # fit leaves modes to us: training resumes right after this event
     all_logits = distributed.gather_uneven(torch.cat(logits) if logits else torch.zeros(0, model.num_classes,
                                                                                         device=device))
     all_kept = distributed.gather_uneven(torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long))
@@ -149,7 +161,7 @@ def _loop_config(spec: FinetuneSpec, steps_per_epoch: int, device: torch.device,
         precision=resolve_precision(spec.train.precision, device),
         channels_last=resolve_channels_last(spec.train.channels_last, device),
         clip_grad=spec.optim.clip_grad, log_every=spec.train.log_every,
-        checkpoint_every=spec.train.eval_every,  # on_checkpoint scores the val split
+        checkpoint_every=0,  # the classifier is written at the end (or when a signal stops the run)
         description=f"finetune {name}",
     )
 
@@ -171,7 +183,7 @@ def _train_loader(spec: FinetuneSpec, train_set: data.ImageSet, info: EncoderInf
         sampler = torch.utils.data.DistributedSampler(train_set.paths, shuffle=True, seed=spec.train.seed,
                                                       drop_last=True)
     loader = data.make_loader(train_set.paths, data.storage_size_for(info.image_size), batch // world, shuffle=True,
-                              drop_last=True, num_workers=default_workers(spec.data.num_workers),
+                              drop_last=True, num_workers=data.default_workers(spec.data.num_workers),
                               seed=spec.train.seed, pin_memory=device.type == "cuda", sampler=sampler)
     return loader, batch
 
@@ -228,13 +240,14 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     job = Job(spec, info, source, model, classes, train_set, val_set, val_labels, loader, val_loader, loop,
               make_optimizer(model, spec), lr_schedule, criterion, mixup, out, device)
     result, history = _train(job)
-    summary = _save(job, result, history) if distributed.is_main() else {}
+    summary = _summary(job, result, history) if distributed.is_main() else {}
     distributed.barrier()  # the classifier is written before any rank returns
     return summary
 
 
-def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
-    """train.fit with a supervised compute_loss; the val split is scored every train.eval_every epochs."""
+def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
+    """train.fit with a supervised loss; the val split is scored every train.eval_every epochs and after the
+    last, and the classifier is saved at the end or at the step a signal stopped the run."""
     spec, model, info, device = job.spec, job.model, job.info, job.device
     labels, paths = torch.tensor(job.train_set.labels), job.train_set.paths
     view = ViewConfig(size=info.image_size, scale=spec.augment.scale, ratio=spec.augment.ratio,
@@ -257,7 +270,7 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
         for x, idx in data.iter_batches(job.loader, policy, paths):
             yield x, labels[idx]
 
-    def compute_loss(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepOut:
+    def loss(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepOut:
         x, y = augment(batch[0])[0], batch[1]
         if mixup is not None:
             even = x.shape[0] - x.shape[0] % 2  # timm's Mixup pairs samples; a skipped bad file can leave one over
@@ -265,6 +278,8 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
         return StepOut(loss=criterion(parallel(x), y))
 
     def on_epoch_end(epoch: int, step: int) -> None:
+        if epoch % spec.train.eval_every and epoch != spec.train.epochs:
+            return
         scores = evaluate(model, job.val_loader, job.val_labels, job.val_set.paths[val_part.start:val_part.stop],
                           info, device, dtype, policy, offset=val_part.start)
         history.append({"epoch": epoch, "step": step, **scores})
@@ -273,10 +288,17 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
         console.info(f"epoch {epoch}/{spec.train.epochs}: val top-1 {100 * scores['top1']:.2f}%  "
                      f"top-5 {100 * scores['top5']:.2f}%")
 
+    def save(epoch: int, step: int) -> None:
+        if distributed.is_main():
+            _save_classifier(job, epoch, step)
+
+    events = Events(metrics=metrics, on_epoch_end=on_epoch_end, on_checkpoint=save)
     try:
-        result = fit(model=model, optimizer=job.optimizer, compute_loss=compute_loss, batches=batches,
-                     lr_schedule=job.lr_schedule, cfg=job.loop, device=device, metrics=metrics,
-                     on_checkpoint=on_epoch_end)
+        result = fit(Step(model=model, loss=loss), batches, job.optimizer, job.lr_schedule, job.loop, device, events)
+    except Interrupted as exc:
+        raise Interrupted(f"{exc}; the classifier at this step was saved to {job.out / 'classifier.safetensors'} "
+                          "(a partial fine-tune: fine-tuning does not resume; run it again for a full one)",
+                          exc.signum) from None
     finally:
         if metrics is not None:
             metrics.close()
@@ -285,11 +307,14 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]]:
     return result, history
 
 
-def _save(job: Job, result: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+def _save_classifier(job: Job, epoch: int, step: int) -> None:
+    meta = classifier_metadata(job.info, job.source, encoder_path=Path(job.spec.encoder), classes=job.classes,
+                               epoch=epoch, step=step, spec=dump(job.spec))
+    checkpoint.save_encoder(job.out / "classifier.safetensors", job.model, meta)
+
+
+def _summary(job: Job, result: FitResult, history: list[dict[str, Any]]) -> dict[str, Any]:
     spec, out = job.spec, job.out
-    meta = classifier_metadata(job.info, job.source, encoder_path=Path(spec.encoder), classes=job.classes,
-                               epoch=result.epochs, step=result.steps, spec=dump(spec))
-    checkpoint.save_encoder(out / "classifier.safetensors", job.model, meta)
     summary = {
         "classifier": str(out / "classifier.safetensors"),
         "encoder": str(spec.encoder),
@@ -312,3 +337,9 @@ def _save(job: Job, result: Any, history: list[dict[str, Any]]) -> dict[str, Any
     }
     checkpoint.atomic_write_json(out / "finetune.json", summary)
     return summary
+
+
+def format_text(result: dict[str, Any]) -> str:
+    return (f"classifier {result['classifier']}  val top-1 {100 * result['top1']:.2f}%  top-5 "
+            f"{100 * result['top5']:.2f}%  ({result['n_train']} train images, {result['steps']} steps, "
+            f"{result['wall_s']:.0f} s)")

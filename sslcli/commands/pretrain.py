@@ -1,0 +1,279 @@
+"""`sslcli pretrain`: data -> method -> optimizer -> restore -> checkpointer -> fit -> summary.
+
+run() reads as those stages; each helper below builds one of them. Under torchrun every rank runs them,
+rank 0 alone writes the run folder and reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslcli import checkpoint, console, data, distributed, monitors, online_knn, report
+from sslcli import resume as resumption
+from sslcli.augment import Augmenter
+from sslcli.encoders import EncoderInfo, build_encoder
+from sslcli.errors import Interrupted
+from sslcli.methods import CONFIGS, method_class
+from sslcli.methods.base import Budget, Method
+from sslcli.schedules import warmup_cosine
+from sslcli.spec import PretrainSpec, dump
+from sslcli.train import (
+    Batches,
+    Events,
+    LoopConfig,
+    Step,
+    StepOut,
+    build_optimizer,
+    fit,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+)
+from sslcli.training_data import cache_policy, training_batches, training_images
+
+
+@dataclass
+class TrainingData:
+    images: data.ImageSet
+    batches: Batches
+    steps_per_epoch: int
+    policy: data.BadImagePolicy
+
+
+@dataclass
+class Model:
+    method: Method
+    info: EncoderInfo
+    augment: Augmenter
+    generator: torch.Generator
+    sync_bn: bool
+
+
+def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Pretrain an encoder as the spec says; returns the summary printed by the CLI.
+
+    resume: None (a new run), "auto" (continue --out from its newest intact checkpoint, or start it),
+    a run folder or a state file. force: resume even when the spec fingerprint differs.
+    """
+    resume_dir, state = resumption.resume_point(spec, resume)
+    device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
+    torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
+    train_data = load_data(spec, device)
+    loop = loop_config(spec, train_data.steps_per_epoch, device)
+    model = build_model(spec, loop, train_data.steps_per_epoch, device)
+    optimizer, lr_schedule = build_optimizer_and_schedule(spec, model.method, loop)
+    scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
+    identity = resumption.fingerprint(spec, train_data.images, loop.total_steps)
+    start_step = 0
+    if state is not None:
+        start_step = resumption.restore(state, spec, identity, force, model.method, optimizer, scaler,
+                                        model.generator, model.augment, device)
+        if start_step >= loop.total_steps:
+            console.info(f"{resume_dir} is already complete ({start_step} steps); nothing to do")
+            return {"run_dir": str(resume_dir), "encoder": str(resume_dir / "encoder.safetensors"),
+                    "method": spec.method.name, "steps": start_step, "already_complete": True}
+        console.info(f"resuming from {state} at step {start_step}/{loop.total_steps}")
+    run_dir = open_run_dir(spec, resume_dir, model.method)
+    announce(spec, run_dir, train_data, loop, model, device)
+    saver = checkpoint.Checkpointer(run_dir, model.method, optimizer, scaler, model.info, spec.method.name,
+                                    dump(spec), identity, spec.train.keep_checkpoints, lambda: rng_states(model, device))
+    result, knn, health = train(spec, run_dir, train_data, loop, model, optimizer, lr_schedule, scaler, saver,
+                                start_step, device)
+    if not distributed.is_main():
+        return {}  # rank 0 reports
+    return summary(spec, run_dir, train_data, result, knn, health, start_step, device)
+
+
+def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
+    images = training_images(spec)
+    policy = data.BadImagePolicy(spec.data.on_bad_image)
+    batches, steps_per_epoch = training_batches(spec, images, policy, device)
+    return TrainingData(images, batches, steps_per_epoch, policy)
+
+
+def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) -> LoopConfig:
+    return LoopConfig(
+        epochs=spec.train.epochs,
+        steps_per_epoch=steps_per_epoch,
+        precision=resolve_precision(spec.train.precision, device),
+        channels_last=resolve_channels_last(spec.train.channels_last, device),
+        clip_grad=spec.optim.clip_grad,
+        log_every=spec.train.log_every,
+        checkpoint_every=spec.train.checkpoint_every,
+        checkpoint_every_steps=spec.train.checkpoint_every_steps,
+        description=f"{spec.method.name} {spec.encoder.name}",
+        on_nan=spec.train.on_nan,
+        max_nan_skips=spec.train.max_nan_skips,
+    )
+
+
+def build_model(spec: PretrainSpec, loop: LoopConfig, steps_per_epoch: int, device: torch.device) -> Model:
+    """The encoder (optionally --init-from), the method around it, and the augmentation drawing its views."""
+    encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
+                                  spec.encoder.kwargs)
+    if spec.init_from is not None:
+        resumption.init_from(encoder, info, spec.init_from)
+    method = method_class(spec.method.name)(spec.method, encoder, info.feature_dim,
+                                            Budget(loop.total_steps, steps_per_epoch))
+    sync_bn = spec.train.sync_bn if spec.train.sync_bn is not None else CONFIGS[spec.method.name].sync_bn
+    if distributed.is_distributed() and sync_bn:
+        method = distributed.sync_batchnorm(method, device)
+    # On the device before the optimizer exists, so a restored optimizer state lands there too.
+    method.to(device=device, memory_format=torch.channels_last if loop.channels_last else torch.contiguous_format)
+    if distributed.rank():  # other ranks draw their own augmentations and masks
+        torch.manual_seed(distributed.seed_for_rank(spec.train.seed))
+    generator = torch.Generator(device=device).manual_seed(distributed.seed_for_rank(spec.train.seed))
+    augment = Augmenter(method.views(spec.augment), info.mean, info.std, generator)
+    return Model(method, info, augment, generator, sync_bn)
+
+
+def build_optimizer_and_schedule(spec: PretrainSpec, method: Method,
+                                 loop: LoopConfig) -> tuple[torch.optim.Optimizer, torch.Tensor]:
+    """The optimizer at lr = base_lr x batch / 256 and its per-step warm-up + cosine schedule."""
+    lr = spec.scaled_lr()
+    optimizer = build_optimizer(method, spec.optim.name, lr, spec.optim.weight_decay, spec.optim.momentum,
+                                spec.optim.trust_coeff, spec.optim.betas, method.fixed_lr_modules)
+    warmup_steps = round(spec.optim.warmup_epochs * loop.steps_per_epoch)
+    return optimizer, warmup_cosine(lr, loop.total_steps, warmup_steps, final=lr * spec.optim.min_lr_ratio)
+
+
+def open_run_dir(spec: PretrainSpec, resume_dir: Path | None, method: Method) -> Path:
+    """Rank 0 creates the run folder and writes spec.json; the other ranks train and stay quiet."""
+    run_dir = resume_dir or (Path(spec.out) if spec.out else None)
+    if distributed.is_main():
+        run_dir = checkpoint.make_run_dir(resume_dir or spec.out, spec.method.name, resuming=resume_dir is not None)
+        checkpoint.check_free_space(run_dir, method, spec.train.keep_checkpoints)
+        checkpoint.atomic_write_json(run_dir / "spec.json", dump(spec))
+    return run_dir
+
+
+def announce(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: LoopConfig, model: Model,
+             device: torch.device) -> None:
+    world = distributed.world_size()
+    on = f"{world} processes ({device.type}, sync BN {'on' if model.sync_bn else 'off'})" if world > 1 else str(device)
+    console.info(f"run folder {run_dir}: {len(train_data.images)} images, {train_data.steps_per_epoch} steps/epoch x "
+                 f"{spec.train.epochs} epochs on {on} ({loop.precision})")
+    console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {spec.scaled_lr():.4g}")
+
+
+def rng_states(model: Model, device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators a checkpoint must hold for an exact resume."""
+    rng = {"augment": model.generator.get_state(), "augment_order": model.augment.order_generator.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: torch.device) -> Step:
+    """views -> method forward, plus the label-free monitors on the steps that are logged."""
+    method = model.method
+    memory_format = torch.channels_last if loop.channels_last else torch.contiguous_format
+    parallel = distributed.wrap(method, device)  # DDP under torchrun, the method itself otherwise
+    forward = torch.compile(parallel) if spec.train.compile else parallel
+
+    def loss(x: torch.Tensor, step: int) -> StepOut:
+        out = forward([v.contiguous(memory_format=memory_format) for v in model.augment(x)], step)
+        logged = (step + 1) % loop.log_every == 0 or step + 1 == loop.total_steps
+        if spec.monitor.embeddings and logged:
+            with torch.autocast(device.type, enabled=False):
+                for kind, views in out.embeddings.items():
+                    out.logs.update(monitors.measure(views, kind))
+        return out
+
+    return Step(model=method, loss=loss, cancel_gradients=method.cancel_gradients)
+
+
+def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: LoopConfig, model: Model,
+          optimizer: torch.optim.Optimizer, lr_schedule: torch.Tensor, scaler: torch.amp.GradScaler,
+          saver: checkpoint.Checkpointer, start_step: int, device: torch.device):
+    """fit() with the run's events: checkpoints (and the report) from rank 0, the online kNN, the monitors."""
+    main = distributed.is_main()
+    step = step_function(spec, loop, model, device)
+    metrics = console.MetricsLog(run_dir / "metrics.jsonl") if main else None
+    knn = online_knn.OnlineKnn(spec, model.info, device, model.method, metrics, cache_policy(spec))
+    health = monitors.CollapseWatch(metrics)
+
+    def save(epoch: int, at_step: int) -> None:
+        if not main:
+            return
+        saver.save(epoch, at_step)
+        if spec.monitor.report:
+            write_report(run_dir, knn.new_grid())
+
+    events = Events(metrics=metrics, on_step_end=model.method.on_step_end, on_log=health.check,
+                    on_epoch_end=knn.at_epoch_end, on_checkpoint=save)
+    try:
+        result = fit(step, train_data.batches, optimizer, lr_schedule, loop, device, events,
+                     start_step=start_step, scaler=scaler)
+    except Interrupted as exc:
+        raise Interrupted(f"{exc}; the weights and training state at this step were saved to {run_dir} "
+                          f"(encoder.safetensors, checkpoints/); to continue, run the same command with "
+                          f"--out {run_dir} --resume auto", exc.signum) from None
+    finally:
+        if metrics is not None:
+            metrics.close()
+    distributed.barrier()  # the run folder is complete before any rank returns
+    return result, knn, health
+
+
+def write_report(run_dir: Path, grid: online_knn.NeighbourGrid | None) -> None:
+    """The report is a view of the run, not the run: a failure to draw it is a warning, never a lost run."""
+    try:
+        report.write(run_dir, grid)
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        console.warn(f"report/ not refreshed ({exc}); `sslcli report {run_dir}` retries")
+
+
+def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result, knn: online_knn.OnlineKnn,
+            health: monitors.CollapseWatch, start_step: int, device: torch.device) -> dict[str, Any]:
+    if train_data.policy.summary():
+        console.warn(train_data.policy.summary())
+    return {
+        "run_dir": str(run_dir),
+        "encoder": str(run_dir / "encoder.safetensors"),
+        "method": spec.method.name,
+        "encoder_name": spec.encoder.name,
+        "images": len(train_data.images),
+        "skipped_images": train_data.policy.count,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "resumed_from_step": start_step,
+        "skipped_steps": result.skipped_steps,
+        "final_loss": result.last_loss,
+        "images_per_s": round(result.images_per_s, 2),
+        "wall_s": round(result.wall_s, 2),
+        "device": str(device),
+        "processes": distributed.world_size(),
+        "knn_top1": knn.last_top1,
+        "linear_top1": knn.linear_top1(),
+        "collapse_warnings": health.warnings,
+        "report": str(run_dir / "report") if spec.monitor.report else None,
+    }
+
+
+def format_text(s: dict[str, Any]) -> str:
+    """The result for people: what ran, how fast, how good, and where the files are."""
+    if s.get("already_complete"):
+        return f"encoder {s['encoder']}  (already complete: {s['steps']} steps)"
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f} %"
+
+    lines = [f"{s['method']} · {s['encoder_name']} · {s['epochs']} epochs ({s['steps']} steps) · "
+             f"{s['images_per_s']:.0f} images/s · {s['wall_s']:.0f} s · final loss {s['final_loss']:.4f}"]
+    if s.get("knn_top1") is not None:
+        lines.append(f"kNN top-1 {pct(s['knn_top1'])} · linear top-1 {pct(s.get('linear_top1'))}  "
+                     "(online evaluation on the labeled eval split)")
+    else:
+        lines.append("kNN/linear: no labeled eval split (DATA with train/ and val/ or test/, or --val DIR); "
+                     "`sslcli probe` scores the encoder later")
+    if s.get("collapse_warnings"):
+        lines.append(f"collapse warnings: {s['collapse_warnings']} (see metrics.jsonl)")
+    lines.append(f"encoder {s['encoder']}")
+    if s.get("report"):
+        lines.append(f"report  {s['report']}/ (curves.png, neighbors.png, summary.json)")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""`sslcli report RUN_DIR`: redraw RUN/report/ (curves.png, neighbors.png, summary.json).
+
+Curves and summary come from metrics.jsonl; the neighbour grid is rebuilt from the run's encoder and its
+labeled data (online_knn.py extracts the features, report.py draws).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sslcli import checkpoint, console, data, online_knn, report
+from sslcli.errors import UsageError
+from sslcli.spec import PretrainSpec, ReportSpec
+from sslcli.train import resolve_device
+
+
+def run(spec: ReportSpec) -> dict[str, Any]:
+    run_dir = Path(spec.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "spec.json").is_file():
+        raise UsageError(f"{run_dir} is not a run folder (no metrics.jsonl and spec.json); give the folder "
+                         "`sslcli pretrain` wrote")
+    try:
+        run_spec = PretrainSpec.model_validate(json.loads((run_dir / "spec.json").read_text()))
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{run_dir / 'spec.json'} cannot be read as a pretraining spec ({exc})") from None
+    grid = None
+    encoder_path = run_dir / "encoder.safetensors"
+    monitor = run_spec.monitor
+    splits = online_knn.find_splits(run_spec.data.path, run_spec.data.val, monitor.knn_bank_max, monitor.knn_val_max,
+                                    run_spec.train.seed) if encoder_path.is_file() else None
+    if splits is not None:
+        encoder, info, _ = checkpoint.load_encoder(encoder_path)
+        result = online_knn.evaluate(encoder, info, splits, k=monitor.knn_k, batch_size=256,
+                                     num_workers=data.default_workers("auto"), device=resolve_device(spec.device))
+        grid = online_knn.grid_from(result, splits.classes, info.image_size, splits.bank_from_val)
+    elif not encoder_path.is_file():
+        console.info(f"no encoder in {run_dir} yet: curves and summary only")
+    return report.write(run_dir, grid)
+
+
+def format_text(summary: dict[str, Any]) -> str:
+    return "\n".join(f"{name:<12} {path}" for name, path in summary["files"].items())

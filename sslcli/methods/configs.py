@@ -1,0 +1,237 @@
+"""Every method's settings and what the rest of sslcli needs to know about it, without torch.
+
+Each config names its method (`name`), cites its paper, gives a one-line summary for `sslcli methods`,
+says whether the paper's batch norm sees the global batch under torchrun (`sync_bn`) and which spec values
+suit the method better than the global defaults (`spec_defaults`, a layer under presets and options).
+They live here, apart from the method modules, so that `sslcli presets`, `methods`, `--help` and
+`--dry-run` validate a spec without importing torch: the method modules import it at once.
+Every field's description gives the paper's value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MethodConfigBase(BaseModel):
+    """A method's settings (the spec's `method` section) and its description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paper: ClassVar[str]
+    summary: ClassVar[str]
+    sync_bn: ClassVar[bool] = True  # under torchrun, BN over the global batch (the paper's choice)
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        """Spec values the paper uses where they differ from the global defaults (optimizer, encoder, crops)."""
+        return {}
+
+
+class SimCLRConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2002.05709"
+    summary: ClassVar[str] = "contrastive: two views, in-batch negatives, NT-Xent (Chen et al. 2020)"
+    name: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.2, gt=0, description="NT-Xent temperature (paper: 0.1-0.5; solo-learn CIFAR: 0.2)")
+    proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width")
+    proj_out_dim: int = Field(128, gt=0, description="projection size z (paper: 128)")
+    proj_layers: int = Field(2, ge=1, description="projector depth (paper: 2; SimCLR v2: 3)")
+
+
+class MoCoV2Config(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2003.04297"
+    summary: ClassVar[str] = "contrastive: momentum key encoder and a queue of negatives (Chen et al. 2020)"
+    sync_bn: ClassVar[bool] = False
+    name: Literal["mocov2"] = "mocov2"
+    temperature: float = Field(0.2, gt=0, description="InfoNCE temperature (paper: 0.2)")
+    queue_size: int = Field(65536, gt=0, description="K negatives kept from past batches (paper: 65536)")
+    proj_hidden_dim: int = Field(2048, gt=0, description="MLP projector hidden width (paper: 2048)")
+    proj_out_dim: int = Field(128, gt=0, description="key/query size (paper: 128)")
+    momentum: float = Field(0.999, ge=0, le=1, description="key encoder EMA momentum at the start (paper: 0.999)")
+    final_momentum: float = Field(0.999, ge=0, le=1, description="momentum at the end, cosine schedule "
+                                  "(paper: constant 0.999; solo-learn MoCo V2+: 0.99 -> 0.999)")
+    symmetric: bool = Field(False, description="also contrast q2 with k1 (MoCo V2+ in solo-learn); costs 2x")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # MoCo v2: SGD lr 0.03 per 256 images, weight decay 1e-4, cosine, no warm-up.
+        return {"optim": {"name": "sgd", "base_lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0}}
+
+
+class MoCoV3Config(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2104.02057"
+    summary: ClassVar[str] = "contrastive: momentum encoder, predictor, symmetric in-batch InfoNCE (Chen et al. 2021)"
+    name: Literal["mocov3"] = "mocov3"
+    temperature: float = Field(0.2, gt=0, description="InfoNCE temperature (paper: 0.2 for ResNet, 0.2 ViT)")
+    proj_hidden_dim: int = Field(4096, gt=0, description="projector hidden width (paper: 4096)")
+    proj_out_dim: int = Field(256, gt=0, description="output size (paper: 256)")
+    proj_layers: int = Field(3, ge=2, description="projector depth (paper: 3; solo-learn CIFAR: 2)")
+    pred_hidden_dim: int = Field(4096, gt=0, description="predictor hidden width (paper: 4096)")
+    momentum: float = Field(0.99, ge=0, le=1, description="momentum encoder EMA at the start (paper: 0.99)")
+    final_momentum: float = Field(1.0, ge=0, le=1, description="EMA at the end, cosine schedule (paper: 1.0)")
+    view_blur_p: tuple[float, float] = Field((1.0, 0.1), description="blur odds of view 1 / view 2 (BYOL recipe)")
+    view_solarize_p: tuple[float, float] = Field((0.0, 0.2), description="solarize odds of view 1 / view 2")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # The ResNet-50 recipe of the official code (CONFIG.md): LARS, lr 0.6 x batch / 256, weight decay 1e-6.
+        return {"optim": {"name": "lars", "base_lr": 0.6, "weight_decay": 1e-6}}
+
+
+class BYOLConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2006.07733"
+    summary: ClassVar[str] = "non-contrastive: online predictor regresses an EMA target network (Grill et al. 2020)"
+    name: Literal["byol"] = "byol"
+    proj_hidden_dim: int = Field(4096, gt=0, description="projector hidden width (paper: 4096)")
+    proj_out_dim: int = Field(256, gt=0, description="projection size (paper: 256)")
+    pred_hidden_dim: int = Field(4096, gt=0, description="predictor hidden width (paper: 4096)")
+    momentum: float = Field(0.99, ge=0, le=1, description="target EMA at the start (paper: 0.996 at batch 4096; "
+                            "0.99 suits smaller batches, solo-learn)")
+    final_momentum: float = Field(1.0, ge=0, le=1, description="target EMA at the end, cosine schedule (paper: 1)")
+    view_blur_p: tuple[float, float] = Field((1.0, 0.1), description="blur odds of view 1 / view 2 (paper table 6)")
+    view_solarize_p: tuple[float, float] = Field((0.0, 0.2), description="solarize odds of view 1 / view 2")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: LARS, lr 0.2 x batch / 256, weight decay 1.5e-6, 10 warm-up epochs.
+        return {"optim": {"name": "lars", "base_lr": 0.2, "weight_decay": 1.5e-6}}
+
+
+class SimSiamConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2011.10566"
+    summary: ClassVar[str] = "non-contrastive: stop-gradient and a predictor, no EMA (Chen & He 2021)"
+    name: Literal["simsiam"] = "simsiam"
+    proj_dim: int = Field(2048, gt=0, description="projector hidden and output width (paper: 2048)")
+    proj_layers: int = Field(3, ge=2, description="projector depth (paper: 3; CIFAR variant: 2)")
+    pred_hidden_dim: int = Field(512, gt=0, description="predictor bottleneck width (paper: 512)")
+    fixed_predictor_lr: bool = Field(True, description="keep the predictor's lr at the peak instead of decaying "
+                                     "it (paper section 4.4: 'fix lr for predictor')")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: SGD lr 0.05 x batch / 256, momentum 0.9, weight decay 1e-4, cosine, no warm-up.
+        return {"optim": {"name": "sgd", "base_lr": 0.05, "weight_decay": 1e-4, "warmup_epochs": 0}}
+
+
+class SwAVConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2006.09882"
+    summary: ClassVar[str] = "clustering: Sinkhorn codes, swapped prediction, multi-crop (Caron et al. 2020)"
+    name: Literal["swav"] = "swav"
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the predictions (paper: 0.1)")
+    proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width (paper: 2048)")
+    proj_out_dim: int = Field(128, gt=0, description="feature size compared with the prototypes (paper: 128)")
+    num_prototypes: int = Field(3000, gt=0, description="K prototypes (paper: 3000 on ImageNet)")
+    sinkhorn_iterations: int = Field(3, gt=0, description="Sinkhorn-Knopp iterations (paper: 3)")
+    epsilon: float = Field(0.05, gt=0, description="entropy regularisation of the codes (paper: 0.05)")
+    freeze_prototypes_epochs: float = Field(1, ge=0, description="prototypes get no update this long (paper: 1)")
+    num_local_crops: int = Field(6, ge=0, description="small crops besides the 2 global ones (paper: 6)")
+    local_crop_size: int | None = Field(None, gt=0, description="side of a local crop (default: 3/7 of the image, "
+                                        "as 96/224 in the paper)")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.14), description="local crop area range (paper)")
+    queue_length: int = Field(0, ge=0, description="past features added to Sinkhorn for small batches "
+                              "(paper: 3840 below batch 256; 0 = off)")
+    queue_start_epoch: float = Field(15, ge=0, description="epoch from which the queue is filled (paper: 15)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: LARS, lr 4.8 at batch 4096 (0.3 per 256 images), weight decay 1e-6; global crops (0.14, 1).
+        return {"optim": {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6},
+                "augment": {"scale": [0.14, 1.0]}}
+
+
+class BarlowConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2103.03230"
+    summary: ClassVar[str] = "redundancy reduction: cross-correlation towards identity (Zbontar et al. 2021)"
+    name: Literal["barlow"] = "barlow"
+    proj_dim: int = Field(8192, gt=0, description="projector hidden and output width (paper: 8192; solo-learn "
+                          "CIFAR: 2048)")
+    proj_layers: int = Field(3, ge=1, description="projector depth (paper: 3)")
+    lambd: float = Field(0.0051, ge=0, description="weight of the off-diagonal terms (paper: 0.0051)")
+    scale_loss: float = Field(1.0, gt=0, description="multiplies the loss (solo-learn CIFAR: 0.1)")
+    view_blur_p: tuple[float, float] = Field((1.0, 0.1), description="blur odds of view 1 / view 2 (BYOL recipe)")
+    view_solarize_p: tuple[float, float] = Field((0.0, 0.2), description="solarize odds of view 1 / view 2")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: LARS, lr 0.2 x batch / 256 for the weights, weight decay 1.5e-6, 10 warm-up epochs.
+        return {"optim": {"name": "lars", "base_lr": 0.2, "weight_decay": 1.5e-6}}
+
+
+class VICRegConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2105.04906"
+    summary: ClassVar[str] = "regularised: variance, invariance, covariance terms (Bardes et al. 2022)"
+    name: Literal["vicreg"] = "vicreg"
+    proj_dim: int = Field(8192, gt=0, description="expander hidden and output width (paper: 8192; solo-learn "
+                          "CIFAR: 2048)")
+    proj_layers: int = Field(3, ge=1, description="expander depth (paper: 3)")
+    sim_weight: float = Field(25.0, ge=0, description="lambda, invariance weight (paper: 25)")
+    var_weight: float = Field(25.0, ge=0, description="mu, variance weight (paper: 25)")
+    cov_weight: float = Field(1.0, ge=0, description="nu, covariance weight (paper: 1)")
+    view_blur_p: tuple[float, float] = Field((1.0, 0.1), description="blur odds of view 1 / view 2 (paper: BYOL's)")
+    view_solarize_p: tuple[float, float] = Field((0.0, 0.2), description="solarize odds of view 1 / view 2")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: LARS, lr 0.2 x batch / 256 (base 0.2), weight decay 1e-6, 10 warm-up epochs.
+        return {"optim": {"name": "lars", "base_lr": 0.2, "weight_decay": 1e-6}}
+
+
+class DINOConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2104.14294"
+    summary: ClassVar[str] = "self-distillation: EMA teacher, centering, sharpening, multi-crop (Caron et al. 2021)"
+    name: Literal["dino"] = "dino"
+    out_dim: int = Field(65536, gt=0, description="K, the head's output size (paper: 65536)")
+    hidden_dim: int = Field(2048, gt=0, description="head MLP hidden width (paper: 2048)")
+    bottleneck_dim: int = Field(256, gt=0, description="head bottleneck before the last layer (paper: 256)")
+    head_batch_norm: bool = Field(False, description="BN in the head MLP (the paper's ResNet-50 setting)")
+    norm_last_layer: bool = Field(True, description="weight-normalised last layer with its norm fixed at 1")
+    freeze_last_layer_epochs: float = Field(1, ge=0, description="last layer gets no update this long (paper: 1)")
+    student_temperature: float = Field(0.1, gt=0, description="tau_s (paper: 0.1)")
+    teacher_temperature: float = Field(0.07, gt=0, description="tau_t after the warm-up (paper ViT-S/16: 0.07)")
+    warmup_teacher_temperature: float = Field(0.04, gt=0, description="tau_t at the start (paper: 0.04)")
+    warmup_teacher_temperature_epochs: float = Field(30, ge=0, description="tau_t warm-up length (paper: 30)")
+    center_momentum: float = Field(0.9, ge=0, lt=1, description="m of the center's EMA (paper: 0.9)")
+    momentum: float = Field(0.996, ge=0, le=1, description="teacher EMA at the start (paper: 0.996)")
+    final_momentum: float = Field(1.0, ge=0, le=1, description="teacher EMA at the end, cosine (paper: 1)")
+    num_local_crops: int = Field(8, ge=0, description="small crops for the student only (official default: 8)")
+    local_crop_size: int | None = Field(None, gt=0, description="side of a local crop (default: 3/7 of the "
+                                        "image, as 96/224 in the paper)")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.4), description="local crop area range (paper)")
+    view_blur_p: tuple[float, float] = Field((1.0, 0.1), description="blur odds of global view 1 / 2 (paper)")
+    view_solarize_p: tuple[float, float] = Field((0.0, 0.2), description="solarize odds of global view 1 / 2")
+    local_blur_p: float = Field(0.5, ge=0, le=1, description="blur odds of the local views (paper: 0.5)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper (ViT-S/16): AdamW, lr 5e-4 x batch / 256, weight decay 0.04, 10 warm-up epochs; global crops (0.4, 1).
+        return {"optim": {"name": "adamw", "base_lr": 5e-4, "weight_decay": 0.04},
+                "augment": {"scale": [0.4, 1.0]}}
+
+
+def default_patch_size(image_size: int) -> int:
+    """A ViT patch giving 8x8 patches at CIFAR and Imagenette sizes, 14x14 at 224 px (ViT-*/16)."""
+    return 4 if image_size <= 64 else 12 if image_size <= 128 else 16
+
+
+class MAEConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2111.06377"
+    summary: ClassVar[str] = "masked image modelling: ViT encodes 25 % of patches, decoder rebuilds pixels (He et al. 2021)"
+    name: Literal["mae"] = "mae"
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="fraction of patches removed per image (paper: 0.75)")
+    decoder_dim: int = Field(512, gt=0, description="decoder width (paper: 512)")
+    decoder_depth: int = Field(8, gt=0, description="decoder blocks (paper: 8)")
+    decoder_heads: int = Field(16, gt=0, description="decoder attention heads (paper: 16)")
+    norm_pix_loss: bool = Field(True, description="normalise each target patch by its mean and std (paper)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: AdamW (betas 0.9, 0.95), lr 1.5e-4 x batch / 256, weight decay 0.05, 40 warm-up epochs;
+        # augmentation is only a random resized crop (0.2, 1) and a flip.
+        return {
+            "encoder": {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": default_patch_size(image_size)}},
+            "optim": {"name": "adamw", "base_lr": 1.5e-4, "weight_decay": 0.05, "betas": [0.9, 0.95],
+                      "warmup_epochs": 40},
+            "augment": {"scale": [0.2, 1.0], "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0},
+        }
