@@ -100,6 +100,8 @@ def pretrain(
     preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
     encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),
     epochs: int = EpochsOption,
+    budget: str = typer.Option(None, "--budget", metavar="DURATION", help="train for this wall-clock time "
+                               "(90s, 5m, 2h, 1h30m) instead of --epochs: a short calibration fits the schedule"),
     batch_size: int = batch_size_option(None, "global batch size"),
     out: Path = out_option(False, "run folder (default runs/<method>-<timestamp>)"),
     on_bad_image: str = BadImageOption,
@@ -122,6 +124,7 @@ def pretrain(
 
     options: dict[str, Any] = {
         "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
+        "train.budget": budget,
         "train.batch_size": batch_size, "out": _path(out), "data.on_bad_image": on_bad_image,
         "init_from": _path(init_from), "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
     }

@@ -7,6 +7,7 @@ files is always printed literally: Rich markup is off and control characters are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 _quiet = False
+_hushed = False  # inside hushed(): a calibration repeats what the run says, so it says nothing
 _rank = 0  # under torchrun only rank 0 reports; the others print their errors and nothing else
 
 
@@ -22,6 +24,17 @@ def configure(quiet: bool = False) -> None:
     """Set once by the CLI: --quiet silences info and progress (warnings and errors still show)."""
     global _quiet
     _quiet = quiet
+
+
+@contextlib.contextmanager
+def hushed():
+    """No progress, info or warnings inside (errors still show): a calibration's steps are not the run's."""
+    global _hushed
+    before, _hushed = _hushed, True
+    try:
+        yield
+    finally:
+        _hushed = before
 
 
 def set_rank(rank: int) -> None:
@@ -52,12 +65,13 @@ def _err(line: str, always: bool = False) -> None:
 
 
 def info(message: str) -> None:
-    if not _quiet:
+    if not (_quiet or _hushed):
         _err(message)
 
 
 def warn(message: str) -> None:
-    _err(f"warning: {message}")
+    if not _hushed:
+        _err(f"warning: {message}")
 
 
 def error(message: str) -> None:
@@ -98,7 +112,8 @@ class Progress:
         self.start_time = time.perf_counter()
         self.start_step = start_step
         self._bar = None
-        self.visible = visible
+        self.visible = visible and not _hushed
+        visible = self.visible
         if visible and stderr_is_tty() and not _quiet and not _rank:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -115,13 +130,6 @@ class Progress:
             )
             self._task = self._bar.add_task(literal(description), total=total_steps, completed=start_step, status="")
             self._bar.start()
-
-    def rate_and_eta(self, step: int, images_per_step: int) -> tuple[float, float]:
-        elapsed = max(time.perf_counter() - self.start_time, 1e-9)
-        done = max(step - self.start_step, 1)
-        images_per_s = done * images_per_step / elapsed
-        eta = elapsed / done * (self.total - step)
-        return images_per_s, eta
 
     def update(self, step: int, fields: dict[str, Any] | None = None) -> None:
         """Called every step with the 1-based step just finished; `fields` only on logged steps."""

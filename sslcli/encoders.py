@@ -10,7 +10,6 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from sslcli.errors import UsageError
@@ -109,13 +108,3 @@ def rebuild_encoder(info: EncoderInfo) -> nn.Module:
     if info.small_stem:
         apply_small_stem(model)
     return model
-
-
-@torch.no_grad()
-def output_dim(model: nn.Module, image_size: int) -> int:
-    """Feature width measured with one forward pass (for models whose num_features is not the output)."""
-    was_training = model.training
-    model.eval()
-    out = model(torch.zeros(1, 3, image_size, image_size))
-    model.train(was_training)
-    return int(out.shape[-1])

@@ -214,6 +214,20 @@ class OnlineKnn:
                      f"{len(result.bank_labels)} train / {len(result.val_labels)} eval images, "
                      f"{time.perf_counter() - start:.0f} s)")
 
+    def measure(self) -> None:
+        """One evaluation that records nothing (to time it for --budget)."""
+        evaluate(self.method.export_encoder(), self.info, self.splits, k=self.spec.monitor.knn_k, batch_size=256,
+                 num_workers=data.default_workers(self.spec.data.num_workers), device=self.device,
+                 caching=self.caching)
+        self.method.train()
+
+    def evaluations(self, epochs: int) -> int:
+        """How many evaluations a run of `epochs` epochs makes (every knn_every epochs and after the last)."""
+        every = self.spec.monitor.knn_every
+        if self.splits is None or not every:
+            return 0
+        return epochs // every + (1 if epochs % every else 0)
+
     def linear_top1(self) -> float | None:
         """A linear probe on the last online-kNN features, for the closing summary (rank 0 only)."""
         if self.last_result is None or not distributed.is_main():

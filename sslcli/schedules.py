@@ -25,10 +25,6 @@ def warmup_cosine(base: float, total_steps: int, warmup_steps: int = 0, final: f
     return torch.cat([warm, decay])
 
 
-def constant(value: float, total_steps: int) -> torch.Tensor:
-    return torch.full((total_steps,), float(value), dtype=torch.float64)
-
-
 def cosine_increase(base: float, final: float, total_steps: int) -> torch.Tensor:
     """BYOL's momentum schedule: tau_k = final - (final - base) * (cos(pi k / K) + 1) / 2, from base to final.
 

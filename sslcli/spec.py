@@ -66,6 +66,10 @@ class OptimConfig(Strict):
 
 class TrainConfig(Strict):
     epochs: int = Field(100, gt=0)
+    budget: float | None = Field(None, gt=0, description="wall-clock budget in seconds ('5m', '90s', '2h' are "
+                                 "read too): a calibration sets the steps that fit it, replacing epochs")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many steps, inside the last epoch "
+                                  "(--budget sets it and epochs)")
     batch_size: int = Field(256, ge=2)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32")
@@ -82,6 +86,18 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     sync_bn: bool | None = Field(None, description="under torchrun, batch norm over the global batch (default: "
                                  "as the method's paper: on, except MoCo v2)")
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        from sslcli.durations import parse_duration
+
+        return None if value is None else parse_duration(value)
+
+    sync_free: bool | Literal["auto"] = Field("auto", description="check each step for a non-finite loss on the "
+                                              "device and read it every log_every steps instead of every step "
+                                              "('auto': on for CUDA except fp16)")
+    debug_sync: bool = Field(False, description="with sync_free on CUDA: fail on any host sync between two reads "
+                             "(proves the loop is sync-free; for tests)")
 
 
 class MonitorConfig(Strict):
@@ -185,6 +201,7 @@ class FinetuneTrain(Strict):
     seed: int = 0
     log_every: int = Field(50, gt=0)
     eval_every: int = Field(1, gt=0, description="epochs between val evaluations (the last epoch is always scored)")
+    sync_free: bool | Literal["auto"] = Field("auto", description="as train.sync_free of pretrain")
 
 
 class FinetuneSpec(Strict):

@@ -22,6 +22,7 @@ from torch import nn
 
 from sslcli import console, distributed
 from sslcli.errors import Interrupted, RunError, UsageError
+from sslcli.guard import DeviceGuard, GuardReading
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -95,6 +96,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def resolve_sync_free(setting: bool | str, device: torch.device, precision: str) -> bool:
+    """'auto': on for CUDA, where a per-step host read leaves the GPU idle; off for fp16, whose GradScaler
+    reads its own overflow flag every step anyway, and on CPU, where the read costs nothing."""
+    if setting != "auto":
+        return bool(setting)
+    return device.type == "cuda" and precision != "fp16"
+
+
+def prepare_device(device: torch.device) -> None:
+    """On CUDA: cuDNN picks the fastest convolution for the (fixed) input shapes, and fp32 matmuls and
+    convolutions use TF32 tensor cores (bf16 autocast covers most of the step; the rest is fp32)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
     """'auto': on for CUDA and for CPUs with oneDNN, whose convolutions are faster in NHWC (+10 % measured)."""
     if setting != "auto":
@@ -152,10 +170,15 @@ class LoopConfig:
     description: str = "train"
     on_nan: str = "stop"  # "stop" before the bad update, or "skip" the step (at most max_nan_skips times)
     max_nan_skips: int = 10
+    sync_free: bool = False  # resolved: check steps on the device, read every log_every steps (guard.py)
+    debug_sync: bool = False  # with sync_free on CUDA: any other host sync raises (a test of the loop)
+
+    max_steps: int | None = None  # a run planned by --budget ends inside its last epoch
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        whole = self.epochs * self.steps_per_epoch
+        return whole if self.max_steps is None else min(whole, self.max_steps)
 
 
 @dataclass
@@ -194,9 +217,14 @@ def fit(step_fn: Step, batches: Batches, optimizer: torch.optim.Optimizer, lr_sc
     `step_fn.loss(batch, step)` does the rest. A resumed run passes the step it continues from.
     Each full epoch calls events.on_epoch_end before that epoch's checkpoint.
 
-    Under torchrun every rank runs this loop on its share of each global batch; the per-step host read
-    is all-reduced, so the logged loss is the global mean and every rank takes the same decision about a
-    non-finite step or a stop signal (a rank that stopped alone would leave the others waiting forever).
+    Synchronous (cfg.sync_free off, the CPU default): the loss and gradient norm are read to the host every
+    step and a non-finite step is never applied. Sync-free (CUDA's default): the same check runs on the
+    device (guard.py) and the host reads it with the logged values and before every epoch end, checkpoint
+    and stop, so a bad step is undone on the device and reported at that read, naming the same step.
+
+    Under torchrun every rank runs this loop on its share of each global batch; the loss, gradient norm and
+    stop flag are all-reduced, so the logged loss is the global mean and every rank takes the same decision
+    about a non-finite step or a stop signal (a rank that stopped alone would leave the others waiting).
 
     A batch is a tensor (uint8 images) or a tuple of tensors whose first is the images (e.g. images,
     labels for fine-tuning); fit moves it to the device and counts images by its first dimension.
@@ -204,57 +232,177 @@ def fit(step_fn: Step, batches: Batches, optimizer: torch.optim.Optimizer, lr_sc
     if len(lr_schedule) < cfg.total_steps:
         raise ValueError("the lr schedule is shorter than the run")
     events = events or Events()
-    model, metrics = step_fn.model, events.metrics
-    dtype = PRECISIONS[cfg.precision]
     if scaler is None:
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    peak_lr = float(lr_schedule.max())
-    progress = console.Progress(cfg.total_steps, cfg.description, every=cfg.log_every, start_step=start_step)
-    step, images, last_good, skipped = start_step, 0, None, 0
-    start = time.perf_counter()
+    step_fn.model.to(device=device, memory_format=memory_format).train()
+    loop = _Loop(step_fn, optimizer, scaler, lr_schedule, cfg, device, events, start_step)
     first_epoch, skip = divmod(start_step, cfg.steps_per_epoch)
-    with _stop_signals() as stop:
+    with _stop_signals() as loop.stop:
         try:
             for epoch in range(first_epoch, cfg.epochs):
                 for batch in _prefetched(batches(epoch, skip if epoch == first_epoch else 0), device, memory_format):
-                    if step >= cfg.total_steps or step >= (epoch + 1) * cfg.steps_per_epoch:
+                    if loop.step >= cfg.total_steps or loop.step >= (epoch + 1) * cfg.steps_per_epoch:
                         break  # a loader that yields more batches than planned never runs past the schedule
-                    _set_lr(optimizer, float(lr_schedule[step]), peak_lr)
-                    loss_value, out, stop_now = _train_step(
-                        batch, step, epoch, step_fn, optimizer, scaler, dtype, device, params, cfg.clip_grad,
-                        last_good, may_skip=cfg.on_nan == "skip" and skipped < cfg.max_nan_skips,
-                        stop_requested=stop.signum is not None)
-                    step += 1
-                    images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
-                    if out is None:  # a non-finite loss skipped under on_nan=skip: no update, no EMA
-                        skipped += 1
-                        console.warn(f"step {step}: non-finite loss or gradients ({loss_value}), update skipped "
-                                     f"({skipped}/{cfg.max_nan_skips} skips allowed)")
-                        continue
-                    events.on_step_end(step - 1)
-                    last_good = (step, loss_value)
-                    record = _log(step, epoch, loss_value, out, optimizer, progress, metrics, cfg, images, start)
-                    if record is not None:
-                        events.on_log(record)
-                    # Under torchrun only the all-reduced flag counts: a signal that lands after this step's
-                    # read is seen by every rank at the next step, so all of them stop at the same one.
-                    if stop_now or (stop.signum is not None and not distributed.is_distributed()):
-                        events.on_checkpoint(epoch, step)
-                        raise _interrupted(stop.signum or signal.SIGTERM, step, cfg.total_steps)
-                    if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and step < cfg.total_steps:
-                        events.on_checkpoint(epoch, step)
-                if step == (epoch + 1) * cfg.steps_per_epoch:  # a whole epoch (not a loader that ran short)
-                    events.on_epoch_end(epoch + 1, step)
+                    loop.train_step(batch, epoch)
+                # A whole epoch (not a loader that ran short), or the planned end inside the last one.
+                if loop.step == min((epoch + 1) * cfg.steps_per_epoch, cfg.total_steps):
+                    loop.settle(epoch)
+                    events.on_epoch_end(epoch + 1, loop.step)
                 if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
-                    events.on_checkpoint(epoch + 1, step)
+                    loop.settle(epoch)
+                    events.on_checkpoint(epoch + 1, loop.step)
+            loop.settle(cfg.epochs - 1)
         finally:
-            progress.close()
-    events.on_checkpoint(cfg.epochs, step)
-    return FitResult(step, cfg.epochs, images, time.perf_counter() - start, last_good[1] if last_good else None,
-                     skipped)
+            loop.progress.close()
+    events.on_checkpoint(cfg.epochs, loop.step)
+    return loop.result(cfg.epochs)
+
+
+class _Loop:
+    """One fit(): the step counter, the last finite loss and the skips, and the two ways of checking a step
+    (on the host every step, or on the device with deferred reads)."""
+
+    def __init__(self, step_fn: Step, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 lr_schedule: torch.Tensor, cfg: LoopConfig, device: torch.device, events: Events, start_step: int):
+        self.step_fn, self.optimizer, self.scaler, self.cfg, self.device = step_fn, optimizer, scaler, cfg, device
+        self.events, self.lr_schedule = events, lr_schedule
+        self.params = [p for p in step_fn.model.parameters() if p.requires_grad]
+        self.peak_lr = float(lr_schedule.max())
+        self.dtype = PRECISIONS[cfg.precision]
+        self.progress = console.Progress(cfg.total_steps, cfg.description, every=cfg.log_every,
+                                         start_step=start_step)
+        self.step, self.images, self.skipped = start_step, 0, 0
+        self.last_good: tuple[int, float] | None = None
+        self.start = time.perf_counter()
+        self.guard = (DeviceGuard(step_fn.model, optimizer, device, skip=cfg.on_nan == "skip",
+                                  max_skips=cfg.max_nan_skips) if cfg.sync_free else None)
+        self.unread = False  # deferred steps the host has not checked yet
+        self.stop = _StopRequest()
+        self.watch = _SyncWatch(cfg.debug_sync and self.guard is not None)
+
+    def result(self, epochs: int) -> FitResult:
+        return FitResult(self.step, epochs, self.images, time.perf_counter() - self.start,
+                         self.last_good[1] if self.last_good else None, self.skipped)
+
+    def train_step(self, batch: Any, epoch: int) -> None:
+        cfg, step = self.cfg, self.step
+        _set_lr(self.optimizer, float(self.lr_schedule[step]), self.peak_lr)
+        self.images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+        if self.guard is not None and self.guard.ready:
+            self._deferred_step(batch, epoch)
+            return
+        loss_value, out, stop_now = _train_step(
+            batch, step, epoch, self.step_fn, self.optimizer, self.scaler, self.dtype, self.device, self.params,
+            cfg.clip_grad, self.last_good, may_skip=cfg.on_nan == "skip" and self.skipped < cfg.max_nan_skips,
+            stop_requested=self.stop.signum is not None)
+        self.step += 1
+        if out is None:  # a non-finite loss skipped under on_nan=skip: no update, no EMA
+            self.skipped += 1
+            console.warn(f"step {self.step}: non-finite loss or gradients ({loss_value}), update skipped "
+                         f"({self.skipped}/{cfg.max_nan_skips} skips allowed)")
+            return
+        self.events.on_step_end(step)
+        self.last_good = (self.step, loss_value)
+        self._after_step(epoch, loss_value, out, stop_now)
+
+    def _after_step(self, epoch: int, loss_value: float, out: StepOut, stop_now: bool) -> None:
+        """Logging, stop signals and step checkpoints of a step whose loss the host knows."""
+        cfg = self.cfg
+        record = _log(self.step, epoch, loss_value, out, self.optimizer, self.progress, self.events.metrics, cfg,
+                      self.images, self.start)
+        if record is not None:
+            self.events.on_log(record)
+        # Under torchrun only the all-reduced flag counts: a signal that lands after this step's read is seen
+        # by every rank at the next read, so all of them stop at the same step.
+        if stop_now or (self.stop.signum is not None and not distributed.is_distributed()):
+            self.events.on_checkpoint(epoch, self.step)
+            raise _interrupted(self.stop.signum or signal.SIGTERM, self.step, cfg.total_steps)
+        if cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0 and self.step < cfg.total_steps:
+            self.events.on_checkpoint(epoch, self.step)
+
+    def _deferred_step(self, batch: Any, epoch: int) -> None:
+        """A step whose finite check stays on the device; the host reads it when a read is due."""
+        cfg, step, guard = self.cfg, self.step, self.guard
+        with self.watch.checking():
+            guard.begin()
+            out, read = _forward_backward(batch, step, self.step_fn, self.optimizer, self.scaler, self.dtype,
+                                          self.device, self.params, stop_requested=self.stop.signum is not None)
+            _update(self.optimizer, self.scaler, self.params, cfg.clip_grad)
+            self.events.on_step_end(step)  # undone on the device with the update if the step was not finite
+            world = distributed.world_size()
+            guard.settle(step, read[0] / world, read[1] / world, read[2])
+        self.step += 1
+        self.unread = True
+        local_stop = self.stop.signum is not None and not distributed.is_distributed()
+        due = (self.step % cfg.log_every == 0 or self.step == cfg.total_steps or local_stop
+               or (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0))
+        if not due:
+            self.progress.update(self.step)
+            return
+        reading = self._read(epoch)
+        if reading.latest_applied:
+            self._after_step(epoch, reading.latest_loss, out, reading.stop)
+        elif reading.stop or local_stop:
+            self.events.on_checkpoint(epoch, self.step)
+            raise _interrupted(self.stop.signum or signal.SIGTERM, self.step, cfg.total_steps)
+
+    def settle(self, epoch: int) -> None:
+        """Before an epoch end, a checkpoint or the end: the deferred steps are checked on the host."""
+        if self.guard is not None and self.unread:
+            self._read(epoch)
+
+    def _read(self, epoch: int) -> GuardReading:
+        """The host read of the device guard: raise as the synchronous loop would, warn about skipped steps."""
+        cfg = self.cfg
+        reading = self.guard.read()
+        self.unread = False
+        if reading.last_good_step > 0:
+            self.last_good = (reading.last_good_step, reading.last_good_loss)
+        if reading.skips > self.skipped:
+            console.warn(f"{reading.skips - self.skipped} step(s) up to step {self.step}: non-finite loss or "
+                         f"gradients, update skipped ({min(reading.skips, cfg.max_nan_skips)}/{cfg.max_nan_skips} "
+                         "skips allowed)")
+            self.skipped = min(reading.skips, cfg.max_nan_skips)
+        if reading.halted:
+            bad_step = reading.first_bad_step
+            before = self.last_good if self.last_good and self.last_good[0] < bad_step else None
+            raise _non_finite(bad_step, (bad_step - 1) // cfg.steps_per_epoch, reading.first_bad_loss, before,
+                              reading.first_bad_grad)
+        return reading
+
+
+def _forward_backward(batch: Any, step: int, step_fn: Step, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, dtype: torch.dtype | None, device: torch.device,
+                      params: list[torch.Tensor], stop_requested: bool) -> tuple[StepOut, torch.Tensor]:
+    """Forward and backward with no host read; returns the step's output and the device tensor
+    [loss, gradient norm, stop] (summed over the ranks under torchrun) that decides whether it is applied."""
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with autocast:
+        out = step_fn.loss(batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out.loss).backward()
+    step_fn.cancel_gradients(step)
+    # A finite loss can still give non-finite gradients (measured: bf16 autocast on CPU overflowing in a
+    # backward kernel), which would turn the weights into NaN silently: the gradient norm is checked too.
+    # Under fp16 the GradScaler already skips steps with non-finite (scaled) gradients.
+    loss = out.loss.detach().float()
+    grads = [p.grad for p in params if p.grad is not None] if not scaler.is_enabled() else []
+    grad_norm = (torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) if grads
+                 else loss.new_zeros(()))
+    # DDP has already averaged the gradients, so the norm is the same everywhere; a NaN on any rank makes
+    # the sum NaN on all of them.
+    read = distributed.all_reduce_(torch.stack([loss, grad_norm, loss.new_full((), float(stop_requested))]))
+    return out, read
+
+
+def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
+            clip_grad: float | None) -> None:
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _train_step(batch: Any, step: int, epoch: int, step_fn: Step,
@@ -262,28 +410,12 @@ def _train_step(batch: Any, step: int, epoch: int, step_fn: Step,
                 device: torch.device, params: list[torch.Tensor], clip_grad: float | None,
                 last_good: tuple[int, float] | None, may_skip: bool = False,
                 stop_requested: bool = False) -> tuple[float, StepOut | None, bool]:
-    """Forward, backward, the non-finite check, clipping and the optimizer step; returns the loss value,
-    the step's output and whether any rank was asked to stop.
-
-    A non-finite loss raises before the update, or with may_skip returns (loss, None, stop) with no update."""
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with autocast:
-        out = step_fn.loss(batch, step)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(out.loss).backward()
-    step_fn.cancel_gradients(step)
+    """The synchronous step: forward, backward, one host read of the loss and gradient norm, and the update
+    only when both are finite; returns the loss value, the step's output and whether any rank was asked to
+    stop. A non-finite step raises before the update, or with may_skip returns (loss, None, stop)."""
+    out, read = _forward_backward(batch, step, step_fn, optimizer, scaler, dtype, device, params, stop_requested)
     # The one host read per step, placed after backward is queued so the device is not left idle waiting
-    # for it, and before the optimizer step so a bad loss never reaches the weights. A finite loss can still
-    # give non-finite gradients (measured: bf16 autocast on CPU overflowing in a backward kernel), which
-    # would turn the weights into NaN silently; the gradient norm rides along in the same read. Under fp16
-    # the GradScaler already skips steps with non-finite (scaled) gradients.
-    loss = out.loss.detach().float()
-    grads = [p.grad for p in params if p.grad is not None] if not scaler.is_enabled() else []
-    grad_norm = (torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()) if grads
-                 else loss.new_zeros(()))
-    # [loss, grad norm, stop]: summed over the ranks under torchrun (DDP has already averaged the gradients,
-    # so the norm is the same everywhere; a NaN on any rank makes the sum NaN on all of them).
-    read = distributed.all_reduce_(torch.stack([loss, grad_norm, loss.new_tensor(float(stop_requested))]))
+    # for it, and before the optimizer step so a bad loss never reaches the weights.
     world = distributed.world_size()
     loss_value, grad_value, stops = (v / world if i < 2 else v for i, v in enumerate(read.tolist()))
     if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
@@ -291,12 +423,27 @@ def _train_step(batch: Any, step: int, epoch: int, step_fn: Step,
         if may_skip:
             return (loss_value if not math.isfinite(loss_value) else grad_value), None, stops > 0
         raise _non_finite(step + 1, epoch, loss_value, last_good, grad_value)
-    if clip_grad is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, clip_grad)
-    scaler.step(optimizer)
-    scaler.update()
+    _update(optimizer, scaler, params, clip_grad)
     return loss_value, out, stops > 0
+
+
+class _SyncWatch:
+    """train.debug_sync: inside checking(), every host synchronisation raises (torch's sync debug mode),
+    which proves that the deferred steps between two reads are free of them."""
+
+    def __init__(self, active: bool):
+        self.active = active and torch.cuda.is_available()
+
+    @contextlib.contextmanager
+    def checking(self):
+        if not self.active:
+            yield
+            return
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
 
 
 class _StopRequest:

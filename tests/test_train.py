@@ -81,3 +81,97 @@ def test_gradient_clipping_bounds_the_update():
     # One SGD step with lr 1 moves the parameters by at most the clipped gradient norm.
     moved = torch.cat([(model.weight - before).flatten()]).norm()
     assert moved <= 0.5 + 1e-5
+
+
+# ---------------------------------------------------------------- the sync-free step (guard.py)
+
+OPTIMIZERS = ["sgd", "lars", "adamw", "lamb"]
+
+
+def _mlp_run(optimizer: str, sync_free: bool, losses_at: dict[int, float] | None = None, on_nan: str = "stop",
+             steps: int = 6, max_nan_skips: int = 10, batch_norm: bool = False):
+    """A small seeded model trained by fit; losses_at forces the loss of some steps (e.g. to NaN)."""
+    from sslcli.train import build_optimizer
+
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 16)] + ([nn.BatchNorm1d(16)] if batch_norm else []) + [nn.ReLU(), nn.Linear(16, 4)]
+    model = nn.Sequential(*layers)
+    opt = build_optimizer(model, optimizer, 0.05, 1e-4, 0.9, 0.02)
+    data = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(1))[:steps]
+    # A buffer standing for an EMA target, queue or center: changed in on_step_end, as methods do.
+    model.register_buffer("ema", torch.zeros(()))
+    ema = model.ema
+
+    def loss(batch, step: int) -> StepOut:
+        out = model(batch[0]).pow(2).mean()
+        if losses_at and step in losses_at:
+            out = out * losses_at[step]
+        return StepOut(loss=out)
+
+    def on_step_end(step: int) -> None:
+        ema.add_(model[0].weight.sum().detach())
+
+    def batches(epoch: int, skip: int = 0):
+        for i in range(skip, 3):
+            yield (data[epoch * 3 + i], torch.zeros(5))
+
+    cfg = LoopConfig(epochs=steps // 3, steps_per_epoch=3, log_every=4, on_nan=on_nan,
+                     max_nan_skips=max_nan_skips, sync_free=sync_free)
+    schedule = torch.linspace(0.05, 0.01, 6, dtype=torch.float64)[:steps]
+    try:
+        result = fit(Step(model, loss), batches, opt, schedule, cfg, torch.device("cpu"),
+                     Events(on_step_end=on_step_end))
+        error = None
+    except RunError as exc:
+        result, error = None, str(exc)
+    return model, ema, result, error
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_sync_free_training_equals_the_synchronous_loop_bit_for_bit(optimizer: str):
+    sync_model, sync_ema, sync_result, _ = _mlp_run(optimizer, sync_free=False, batch_norm=True)
+    free_model, free_ema, free_result, _ = _mlp_run(optimizer, sync_free=True, batch_norm=True)
+    for (name, a), b in zip(sync_model.state_dict().items(), free_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(sync_ema, free_ema)
+    assert sync_result.last_loss == free_result.last_loss and sync_result.steps == free_result.steps == 6
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_sync_free_stop_never_applies_a_non_finite_step_and_names_it(optimizer: str, bad: float):
+    # Step index 4 (the 5th) is bad; steps 2-3 ran deferred, so the error comes at a later read.
+    reference, ref_ema, _, _ = _mlp_run(optimizer, sync_free=False, steps=6, losses_at={4: bad})
+    model, ema, result, error = _mlp_run(optimizer, sync_free=True, steps=6, losses_at={4: bad})
+    _, _, _, sync_error = _mlp_run(optimizer, sync_free=False, steps=6, losses_at={4: bad})
+    assert result is None and error == sync_error and "at step 5 " in error
+    for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the weights of step 4, untouched by the bad step
+    assert torch.isfinite(ema) and torch.equal(ema, ref_ema)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_sync_free_skip_undoes_bad_steps_and_stops_past_the_limit(optimizer: str):
+    skipped = {3: float("nan"), 4: float("inf")}
+    sync_model, sync_ema, sync_result, _ = _mlp_run(optimizer, sync_free=False, on_nan="skip", losses_at=skipped)
+    model, ema, result, error = _mlp_run(optimizer, sync_free=True, on_nan="skip", losses_at=skipped)
+    assert error is None and result.skipped_steps == sync_result.skipped_steps == 2
+    for (name, a), b in zip(sync_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.isfinite(b).all(), name
+        if optimizer == "lamb":  # its step count lives on the host, in the param group: it still advances on a
+            torch.testing.assert_close(a, b, rtol=0.1, atol=1e-3)  # skipped step (bias correction only)
+        else:
+            assert torch.equal(a, b), name
+    # One bad step more than max_nan_skips stops the run, as the synchronous loop does, naming that step.
+    _, _, _, error = _mlp_run(optimizer, sync_free=True, on_nan="skip", losses_at=skipped, max_nan_skips=1)
+    _, _, _, sync_error = _mlp_run(optimizer, sync_free=False, on_nan="skip", losses_at=skipped, max_nan_skips=1)
+    assert error == sync_error and "at step 5 " in error
+
+
+def test_sync_free_undoes_batch_norm_statistics_of_a_bad_step():
+    # The forward of a bad step already moved BN's running statistics: the device guard sets them back too.
+    clean, _, _, _ = _mlp_run("sgd", sync_free=True, steps=3, batch_norm=True)
+    model, _, _, error = _mlp_run("sgd", sync_free=True, steps=6, batch_norm=True, losses_at={3: float("nan")})
+    assert error is not None and "at step 4 " in error
+    assert torch.equal(model[1].running_mean, clean[1].running_mean)
+    assert torch.equal(model[1].running_var, clean[1].running_var)

@@ -38,9 +38,11 @@ from sslcli.train import (
     Step,
     StepOut,
     fit,
+    prepare_device,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
+    resolve_sync_free,
 )
 from sslcli.views import ViewConfig
 
@@ -156,9 +158,10 @@ def classifier_metadata(info: EncoderInfo, source: dict[str, str], *, encoder_pa
 
 
 def _loop_config(spec: FinetuneSpec, steps_per_epoch: int, device: torch.device, name: str) -> LoopConfig:
+    precision = resolve_precision(spec.train.precision, device)
     return LoopConfig(
-        epochs=spec.train.epochs, steps_per_epoch=steps_per_epoch,
-        precision=resolve_precision(spec.train.precision, device),
+        epochs=spec.train.epochs, steps_per_epoch=steps_per_epoch, precision=precision,
+        sync_free=resolve_sync_free(spec.train.sync_free, device, precision),
         channels_last=resolve_channels_last(spec.train.channels_last, device),
         clip_grad=spec.optim.clip_grad, log_every=spec.train.log_every,
         checkpoint_every=0,  # the classifier is written at the end (or when a signal stops the run)
@@ -216,6 +219,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     if spec.encoder is None:
         raise UsageError("no encoder given: sslcli finetune ENCODER --data DIR")
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
+    prepare_device(device)
     torch.manual_seed(spec.train.seed)  # the same fresh head on every rank
     encoder, info, source = checkpoint.load_encoder(spec.encoder)
     train_set, val_set, val_labels = labeled_splits(spec)

@@ -6,13 +6,15 @@ rank 0 alone writes the run folder and reports.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sslcli import checkpoint, console, data, distributed, monitors, online_knn, report
+from sslcli import budget, checkpoint, console, data, distributed, monitors, online_knn, report
 from sslcli import resume as resumption
 from sslcli.augment import Augmenter
 from sslcli.encoders import EncoderInfo, build_encoder
@@ -29,9 +31,11 @@ from sslcli.train import (
     StepOut,
     build_optimizer,
     fit,
+    prepare_device,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
+    resolve_sync_free,
 )
 from sslcli.training_data import cache_policy, training_batches, training_images
 
@@ -59,10 +63,13 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     resume: None (a new run), "auto" (continue --out from its newest intact checkpoint, or start it),
     a run folder or a state file. force: resume even when the spec fingerprint differs.
     """
+    started = time.perf_counter()  # --budget counts from here
     resume_dir, state = resumption.resume_point(spec, resume)
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
+    prepare_device(device)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
     train_data = load_data(spec, device)
+    spec = plan_budget(spec, state, train_data, device, started)
     loop = loop_config(spec, train_data.steps_per_epoch, device)
     model = build_model(spec, loop, train_data.steps_per_epoch, device)
     optimizer, lr_schedule = build_optimizer_and_schedule(spec, model.method, loop)
@@ -96,10 +103,11 @@ def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
 
 
 def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) -> LoopConfig:
+    precision = resolve_precision(spec.train.precision, device)
     return LoopConfig(
         epochs=spec.train.epochs,
         steps_per_epoch=steps_per_epoch,
-        precision=resolve_precision(spec.train.precision, device),
+        precision=precision,
         channels_last=resolve_channels_last(spec.train.channels_last, device),
         clip_grad=spec.optim.clip_grad,
         log_every=spec.train.log_every,
@@ -108,7 +116,58 @@ def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) 
         description=f"{spec.method.name} {spec.encoder.name}",
         on_nan=spec.train.on_nan,
         max_nan_skips=spec.train.max_nan_skips,
+        sync_free=resolve_sync_free(spec.train.sync_free, device, precision),
+        debug_sync=spec.train.debug_sync,
+        max_steps=spec.train.max_steps,
     )
+
+
+def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData, device: torch.device,
+                started: float) -> PretrainSpec:
+    """--budget: the spec with the epochs and max_steps a calibration says fit the budget (budget.py).
+
+    A resumed run keeps the plan its first start made (recorded in its state), so it finishes the same
+    schedule instead of planning a new one."""
+    if spec.train.budget is None:
+        return spec
+    if state is not None:
+        planned = checkpoint.read_state_record(state).get("spec", {}).get("train", {})
+        return _with_steps(spec, planned.get("epochs", spec.train.epochs), planned.get("max_steps"))
+    per_epoch = train_data.steps_per_epoch
+    probe_loop = loop_config(spec, per_epoch, device)
+    calibration_model: list[Model] = []
+
+    def make_step() -> tuple[Step, torch.optim.Optimizer]:
+        model = build_model(spec, probe_loop, per_epoch, device)
+        calibration_model.append(model)
+        optimizer, _ = build_optimizer_and_schedule(spec, model.method, probe_loop)
+        return step_function(spec, probe_loop, model, device), optimizer
+
+    def evaluate() -> None:
+        model = calibration_model[0]
+        knn = online_knn.OnlineKnn(spec, model.info, device, model.method, None, cache_policy(spec))
+        if knn.splits is not None and spec.monitor.knn_every:
+            knn.measure()
+            evaluations.append(knn.evaluations)
+
+    evaluations: list = []
+    warmup, timed = (15, 30) if device.type == "cuda" else (2, 4)
+    calibration = budget.calibrate(make_step, train_data.batches, probe_loop, device, evaluate, warmup, timed)
+    count = evaluations[0] if evaluations else (lambda epochs: 0)
+    steps = budget.plan_steps(spec.train.budget, time.perf_counter() - started, calibration, per_epoch,
+                              lambda steps: count(math.ceil(steps / per_epoch)),
+                              fixed_s=calibration.eval_s + budget.CLOSING_S)
+    epochs = math.ceil(steps / per_epoch)
+    console.info(f"--budget {console.format_seconds(spec.train.budget)}: a step takes {calibration.step_s:.3g} s "
+                 f"({probe_loop.precision}), an online kNN {calibration.eval_s:.1f} s: {steps} steps "
+                 f"({steps / per_epoch:.2f} epochs of {per_epoch}), training for about "
+                 f"{console.format_seconds(steps * calibration.step_s)}")
+    return _with_steps(spec, epochs, steps)
+
+
+def _with_steps(spec: PretrainSpec, epochs: int, max_steps: int | None) -> PretrainSpec:
+    train = spec.train.model_copy(update={"epochs": epochs, "max_steps": max_steps})
+    return spec.model_copy(update={"train": train})
 
 
 def build_model(spec: PretrainSpec, loop: LoopConfig, steps_per_epoch: int, device: torch.device) -> Model:
@@ -251,6 +310,8 @@ def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result,
         "knn_top1": knn.last_top1,
         "linear_top1": knn.linear_top1(),
         "collapse_warnings": health.warnings,
+        "budget_s": spec.train.budget,
+        "planned_steps": spec.train.max_steps,
         "report": str(run_dir / "report") if spec.monitor.report else None,
     }
 

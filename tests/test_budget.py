@@ -1,0 +1,65 @@
+"""--budget: durations, the step plan, and a calibrated quickstart run that keeps its plan on resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sslcli.budget import Calibration, plan_steps
+from sslcli.durations import parse_duration
+from sslcli.errors import UsageError
+from tests.test_cli import assert_one_clean_error, sslcli_run
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5m", 300), ("2h", 7200), ("1h30m", 5400),
+                                               ("1.5h", 5400), ("45", 45), (12.5, 12.5)])
+def test_durations_people_write(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5x", "m5", "-5m", "0", "0s", "inf", "5m junk"])
+def test_bad_durations_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_plan_fills_what_is_left_after_set_up_evaluations_and_the_closing():
+    # 300 s budget, 20 s gone, 5 s closing; 0.5 s a step, 2 s an evaluation, one evaluation per 100 steps.
+    steps = plan_steps(300, 20, Calibration(step_s=0.5, eval_s=2.0), 100, lambda s: -(-s // 100), fixed_s=5)
+    assert steps * 0.5 + -(-steps // 100) * 2.0 <= 275 < (steps + 2) * 0.5 + -(-(steps + 2) // 100) * 2.0
+    with pytest.raises(UsageError, match="used up before training starts"):
+        plan_steps(30, 29, Calibration(step_s=0.5, eval_s=0.0), 100, lambda s: 0, fixed_s=5)
+
+
+def test_budget_in_the_spec_reads_durations_and_refuses_nonsense(tmp_path: Path):
+    proc = sslcli_run("pretrain", str(tmp_path), "--budget", "2m", "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["train"]["budget"] == 120
+    bad = sslcli_run("pretrain", str(tmp_path), "--budget", "soon")
+    assert_one_clean_error(bad, 2, "train.budget", "'soon' is not a duration")
+
+
+def test_a_budget_run_plans_its_steps_trains_them_and_keeps_the_plan_on_resume(cifar_small: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["pretrain", str(cifar_small), "--preset", "quickstart", "--batch-size", "32", "--out", str(run),
+            "--set", "data.max_images=256", "--set", "method.proj_hidden_dim=64", "--set", "monitor.report=false",
+            "--set", "data.num_workers=0", "--json"]
+    proc = sslcli_run(*args, "--budget", "40s")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    planned = summary["planned_steps"]
+    plan_line = next(line for line in proc.stderr.splitlines() if line.startswith("--budget"))
+    assert f"{planned} steps" in plan_line and "a step takes" in plan_line and "online kNN" in plan_line
+    assert summary["steps"] == planned and summary["budget_s"] == 40
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["train"]["max_steps"] == planned and spec["train"]["epochs"] == -(-planned // 8)  # 8 steps/epoch
+    # The online kNN ran after the last (possibly partial) epoch too.
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in records if "knn_top1" in r][-1]["step"] == planned
+    # Resuming the finished run with the same command keeps its plan instead of calibrating a new one.
+    again = sslcli_run(*args, "--budget", "40s", "--resume", "auto")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["steps"] == planned and "already complete" in again.stderr
+    assert not any(line.startswith("--budget") for line in again.stderr.splitlines())
