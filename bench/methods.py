@@ -1,7 +1,7 @@
 """make bench-methods: every method's CPU preset, pretrained for the same wall-clock budget on CIFAR-10.
 
-For each method: a short calibration run measures its images/s, the epochs that fill the budget (8 min by
-default) follow, the preset is pretrained on ../shared/data/cifar10/train (20k-image seeded subset), and a
+For each method: the preset is pretrained with `--budget` (8 min by default; pretrain's calibration sets
+the steps that fill it) on ../shared/data/cifar10/train (20k-image seeded subset), and a
 weighted kNN (k=20, t=0.07) on the frozen features of a class-balanced 10k-image bank from
 the train split classifies the whole test split. The
 same architecture at random init (the seed the run starts from) is the baseline. Each method runs in its own
@@ -60,14 +60,11 @@ def phase_method(args: argparse.Namespace) -> dict:
     from sslcli.commands import pretrain
 
     work = Path(args.workdir) / args.method
-    calib = _spec(args.method, work / "calibration", args.sets)
-    calib.data.max_images = calib.train.batch_size * args.calibration_steps
-    calib.train.epochs = 1
-    rate = pretrain.run(calib)["images_per_s"]
-    spec = _spec(args.method, work / "run", args.sets)
-    spec.train.epochs = max(1, round(args.minutes * 60 * rate / spec.data.max_images))
+    # --budget: pretrain's own calibration sets the steps that fill the minutes (set-up and evaluation included).
+    spec = _spec(args.method, work / "run", [*args.sets, f"train.budget={args.minutes * 60}"])
     summary = pretrain.run(spec)
-    result = {"method": args.method, "epochs": spec.train.epochs, "images_per_s": summary["images_per_s"],
+    result = {"method": args.method, "epochs": summary["epochs"], "steps": summary["steps"],
+              "budget_s": summary["budget_s"], "images_per_s": summary["images_per_s"],
               "pretrain_s": summary["wall_s"], "final_loss": summary["final_loss"],
               "encoder": spec.encoder.name, "encoder_kwargs": spec.encoder.kwargs}
     result.update(_knn(Path(summary["encoder"])))
@@ -86,7 +83,6 @@ def main() -> None:
     parser.add_argument("--method", default=None)
     parser.add_argument("--methods", default=",".join(ORDER), help="comma-separated subset to run")
     parser.add_argument("--minutes", type=float, default=8.0, help="pretraining budget per method")
-    parser.add_argument("--calibration-steps", type=int, default=8)
     parser.add_argument("--workdir", default=f"runs/bench-methods-{time.strftime('%Y%m%d-%H%M%S')}")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra spec overrides")
     args = parser.parse_args()
@@ -97,8 +93,7 @@ def main() -> None:
         print(json.dumps(phase_random(args)))
         return
 
-    extra = ["--minutes", str(args.minutes), "--calibration-steps", str(args.calibration_steps),
-             "--workdir", args.workdir] + [f"--set={s}" for s in args.sets]
+    extra = ["--minutes", str(args.minutes), "--workdir", args.workdir] + [f"--set={s}" for s in args.sets]
     rows, baselines = [], {}
     for method in args.methods.split(","):
         row = run_phase("bench.methods", "method", ["--method", method, *extra])
@@ -119,11 +114,12 @@ def main() -> None:
 
 def _print_row(row: dict, header: bool) -> None:
     if header:
-        print(f"{'method':<9} {'kNN top-1':>10} {'random init':>12} {'ratio':>6} {'images/s':>9} {'epochs':>7} "
-              f"{'peak RSS MiB':>13}")
+        print(f"{'method':<9} {'kNN top-1':>10} {'random init':>12} {'ratio':>6} {'images/s':>9} {'steps':>7} "
+              f"{'pretrain s':>10} {'budget s':>9} {'peak RSS MiB':>13}")
     ratio = row["knn_top1"] / max(row["knn_top1_random_init"], 1e-9)
     print(f"{row['method']:<9} {100 * row['knn_top1']:>9.2f}% {100 * row['knn_top1_random_init']:>11.2f}% "
-          f"{ratio:>6.2f} {row['images_per_s']:>9.1f} {row['epochs']:>7} {row['peak_rss_mb']:>13.0f}", flush=True)
+          f"{ratio:>6.2f} {row['images_per_s']:>9.1f} {row['steps']:>7} {row['pretrain_s']:>10.0f} "
+          f"{row['budget_s']:>9.0f} {row['peak_rss_mb']:>13.0f}", flush=True)
 
 
 if __name__ == "__main__":
