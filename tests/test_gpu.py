@@ -109,3 +109,29 @@ def test_pretraining_steps_make_no_host_synchronisation(preset: str, cifar_small
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["device"].startswith("cuda") and summary["steps"] == steps and summary["skipped_steps"] == 0
+
+
+def test_debug_sync_catches_a_hidden_host_read():
+    """The negative control of the test above: a loss that reads a value to the host inside a deferred step
+    makes the run fail under train.debug_sync, so a passing run there means no step synchronised."""
+    from torch import nn
+
+    from sslcli.train import Events, LoopConfig, Step, StepOut, fit
+
+    device = torch.device("cuda")
+    model = nn.Linear(8, 1).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def loss(batch, step: int) -> StepOut:
+        out = model(batch.float()).pow(2).mean()
+        if step >= 2:
+            float(out)  # a host read: what the sync-free loop must never do between reads
+        return StepOut(loss=out)
+
+    def batches(epoch: int, skip: int = 0):
+        for _ in range(4 - skip):
+            yield torch.ones(4, 8, dtype=torch.uint8)
+
+    cfg = LoopConfig(epochs=1, steps_per_epoch=4, log_every=100, sync_free=True, debug_sync=True)
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        fit(Step(model, loss), batches, optimizer, torch.full((4,), 0.01, dtype=torch.float64), cfg, device, Events())
