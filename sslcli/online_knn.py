@@ -115,9 +115,12 @@ def _halves(labeled: data.ImageSet, bank_max: int, val_max: int, seed: int) -> K
 
 
 def evaluate(encoder: nn.Module, info: EncoderInfo, splits: KnnSplits, *, k: int, batch_size: int,
-             num_workers: int, device: torch.device, caching: cache.CachePolicy = cache.CachePolicy()) -> KnnResult:
-    """Weighted kNN top-1 (t = 0.07, as probe) of the encoder on the splits; leaves the encoder in eval mode."""
-    policy = data.BadImagePolicy("skip")
+             num_workers: int, device: torch.device, caching: cache.CachePolicy = cache.CachePolicy(),
+             policy: data.BadImagePolicy | None = None) -> KnnResult:
+    """Weighted kNN top-1 (t = 0.07, as probe) of the encoder on the splits; leaves the encoder in eval mode.
+
+    Unreadable images are skipped; pass the same policy to every evaluation so each is reported once."""
+    policy = policy or data.BadImagePolicy("skip")
     # No progress lines of its own: one line per evaluation is enough inside a training log.
     common = dict(batch_size=batch_size, num_workers=num_workers, device=device, policy=policy, caching=caching,
                   show_progress=False)
@@ -189,6 +192,7 @@ class OnlineKnn:
         self.last_result: KnnResult | None = None
         self.grid: NeighbourGrid | None = None
         self.grid_is_new = False
+        self.bad_images = data.BadImagePolicy("skip")  # one for every evaluation: each bad file is reported once
 
     def new_grid(self) -> NeighbourGrid | None:
         """The neighbour grid once after each evaluation (None otherwise: neighbors.png is already drawn)."""
@@ -202,7 +206,7 @@ class OnlineKnn:
         start = time.perf_counter()
         result = evaluate(self.method.export_encoder(), self.info, self.splits, k=self.spec.monitor.knn_k,
                           batch_size=256, num_workers=data.default_workers(self.spec.data.num_workers), device=self.device,
-                          caching=self.caching)
+                          caching=self.caching, policy=self.bad_images)
         self.method.train()  # extraction left the encoder in eval mode
         self.last_top1, self.last_result = result.top1, result
         if self.metrics is not None:

@@ -17,6 +17,8 @@ from sslcli import checkpoint, console, data
 if TYPE_CHECKING:
     from sslcli.online_knn import NeighbourGrid
 
+FILES = ("curves.png", "neighbors.png", "summary.json")
+
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
@@ -141,7 +143,7 @@ def summarize(run_dir: Path, records: list[dict[str, Any]], spec: dict[str, Any]
         "collapse_warnings": len(warnings),
         "neighbours_same_class": (neighbours or {}).get("neighbours_same_class"),
         "chance": (neighbours or {}).get("chance"),
-        "files": {name: str(run_dir / "report" / name) for name in ("curves.png", "neighbors.png", "summary.json")
+        "files": {name: str(run_dir / "report" / name) for name in FILES
                   if name != "neighbors.png" or neighbours is not None},
     }
     if (run_dir / "encoder.safetensors").is_file():

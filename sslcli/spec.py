@@ -217,6 +217,8 @@ class ExportSpec(Strict):
 
 class ReportSpec(Strict):
     run_dir: Path = Field(description="a run folder written by sslcli pretrain")
+    val: Path | None = Field(None, description="labeled eval split for neighbors.png (default: the run's --val or "
+                             "DATA's val/ or test/)")
     device: str = Field("auto", description="for the neighbour features")
 
 

@@ -21,7 +21,8 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     device = distributed.init(resolve_device(spec.device))  # under torchrun the ranks share the extraction
     model, info, meta = checkpoint.load_encoder(spec.encoder)
     train_dir, val_dir = eval_splits(spec.data, spec.val)
-    train_set, val_set = labeled_images(train_dir, "train"), labeled_images(val_dir, "eval")
+    train_set = labeled_images(train_dir, "train")
+    val_set = labeled_images(val_dir, "eval", "--val" if spec.val is not None else "--data")
     if spec.label_fraction is not None:
         train_set = data.subset(train_set, data.label_fraction_subset(train_set.labels, spec.label_fraction,
                                                                       spec.seed))
