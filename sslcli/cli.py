@@ -156,16 +156,19 @@ def probe(
     val: Path = typer.Option(None, "--val", help="labeled eval split"),
     label_fraction: float = LabelFractionOption,
     on_bad_image: str = BadImageOption,
+    baseline: bool = typer.Option(None, "--baseline/--no-baseline", help="also score the same architecture at a "
+                                  "seeded random init (default: on; about doubles the time)"),
     sets: list[str] = set_option("knn_k=[10,20]"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Judge an encoder: weighted kNN (k=20, 200) and a linear probe on frozen features."""
+    """Judge an encoder: weighted kNN (k=20, 200) and a linear probe on frozen features, beside chance and a
+    random-init encoder of the same architecture."""
     console.configure(quiet=quiet)
     from sslcli.spec import ProbeSpec, resolve
 
     options = {"encoder": _encoder(encoder), "data": str(data), "val": _path(val), "on_bad_image": on_bad_image,
-               "label_fraction": label_fraction}
+               "label_fraction": label_fraction, "baseline": baseline}
     _run("probe", resolve(ProbeSpec, options=options, sets=sets), json_out)
 
 

@@ -141,6 +141,8 @@ class ProbeSpec(Strict):
     cache: CacheMode = Field("auto", description="decode the images once into the decode cache ('auto': when "
                              "they fit 16 GB; false or 'off' decodes on the fly)")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
+    baseline: bool = Field(True, description="also score the same architecture at a seeded random init (the "
+                           "reference the training is measured against; about as long as the probe itself)")
 
     _cache_from_bool = field_validator("cache", mode="before")(_cache_mode)
 

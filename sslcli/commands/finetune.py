@@ -323,6 +323,7 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]]) -> dict
         "encoder_name": job.info.name,
         "source_method": job.source.get("method"),
         "num_classes": len(job.classes),
+        "chance": 1 / max(1, len(job.classes)),
         "label_fraction": spec.data.label_fraction,
         "n_train": len(job.train_set),
         "n_eval": len(job.val_set),
@@ -343,5 +344,6 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]]) -> dict
 
 def format_text(result: dict[str, Any]) -> str:
     return (f"classifier {result['classifier']}  val top-1 {100 * result['top1']:.2f}%  top-5 "
-            f"{100 * result['top5']:.2f}%  ({console.plural(result['n_train'], 'train image')}, {console.plural(result['steps'], 'step')}, "
-            f"{result['wall_s']:.0f} s)")
+            f"{100 * result['top5']:.2f}%  (chance {100 * result['chance']:.2f} %: 1 / {result['num_classes']} "
+            f"classes)  ({console.plural(result['n_train'], 'train image')}, "
+            f"{console.plural(result['steps'], 'step')}, {result['wall_s']:.0f} s)")
