@@ -67,6 +67,11 @@ def curves_png(records: list[dict[str, Any]], path: Path, title: str) -> None:
             if steps:
                 ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=key.split("_")[0])
                 drawn = True
+        if "knn_top1" in keys and drawn:
+            chance = next((r["knn_chance"] for r in records if _finite(r.get("knn_chance"))), None)
+            if chance is not None:  # the reference, which also keeps noise from filling the whole panel
+                ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
+                ax.legend()
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
@@ -138,6 +143,8 @@ def summarize(run_dir: Path, records: list[dict[str, Any]], spec: dict[str, Any]
         "images_per_s": steps[-1].get("images_per_s") if steps else None,
         "knn_top1": knn[-1]["knn_top1"] if knn else None,
         "best_knn_top1": max(r["knn_top1"] for r in knn) if knn else None,
+        "random_init_knn_top1": next((r["knn_top1"] for r in knn if r.get("step") == 0), None),
+        "knn_chance": knn[-1].get("knn_chance") if knn else None,
         "features_effective_rank": next((r["features_effective_rank"] for r in reversed(steps)
                                          if "features_effective_rank" in r), None),
         "collapse_warnings": len(warnings),

@@ -174,3 +174,25 @@ def test_probe_prints_chance_and_a_seeded_random_init_baseline(encoder_file: Pat
     off = sslcli_run("probe", str(run), "--data", str(cifar_small), "--set", "knn_k=[20]", "--no-baseline", "--json")
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["baseline"] is None and json.loads(off.stdout)["knn"] == result["knn"]
+
+
+# ---------------------------------------------------------------- 3. the online kNN from epoch 0, beside chance
+
+
+def test_curves_draw_a_chance_line_in_the_knn_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from sslcli import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path: drawn.setdefault("fig", fig))
+    records = [{"step": 0, "epoch": 0, "knn_top1": 0.33, "knn_chance": 0.1},
+               {"step": 5, "epoch": 1, "loss": 3.0, "lr": 0.1},
+               {"step": 5, "epoch": 1, "knn_top1": 0.35, "knn_chance": 0.1}]
+    report.curves_png(records, tmp_path / "curves.png", "t")
+    knn_panel = drawn["fig"].axes[2]
+    assert knn_panel.get_title() == "online kNN top-1 (%)"
+    chance = [line for line in knn_panel.lines if line.get_label() == "chance"]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == [10.0, 10.0]
+    assert knn_panel.get_ylim()[0] <= 10 < 33 < knn_panel.get_ylim()[1]  # noise around 33 % is not the whole scale
+    drawn.clear()
+    report.curves_png(records[1:2], tmp_path / "curves.png", "t")  # no kNN: no chance line either
+    assert not [line for line in drawn["fig"].axes[2].lines if line.get_label() == "chance"]

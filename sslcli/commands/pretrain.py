@@ -214,6 +214,8 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
         if spec.monitor.report:
             write_report(run_dir, knn.new_grid())
 
+    if start_step == 0:
+        knn.at_start()  # epoch 0: the random-init start of the curves (a resumed run has it already)
     events = Events(metrics=metrics, on_step_end=model.method.on_step_end, on_log=health.check,
                     on_epoch_end=knn.at_epoch_end, on_checkpoint=save)
     try:
@@ -260,6 +262,8 @@ def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result,
         "processes": distributed.world_size(),
         "knn_top1": knn.last_top1,
         "linear_top1": knn.linear_top1(),
+        "random_init_knn_top1": knn.start_top1,
+        "knn_chance": 1 / len(knn.splits.classes) if knn.splits is not None and knn.splits.classes else None,
         "collapse_warnings": health.warnings,
         "report": str(run_dir / "report") if spec.monitor.report else None,
         # Only the files that exist: neighbors.png needs a labeled eval split.
@@ -280,8 +284,9 @@ def format_text(s: dict[str, Any]) -> str:
              f"({console.plural(s['steps'], 'step')}) · "
              f"{s['images_per_s']:.0f} images/s · {s['wall_s']:.0f} s · final loss {s['final_loss']:.4f}"]
     if s.get("knn_top1") is not None:
-        lines.append(f"kNN top-1 {pct(s['knn_top1'])} · linear top-1 {pct(s.get('linear_top1'))}  "
-                     "(online evaluation on the labeled eval split)")
+        start = f"random init {pct(s['random_init_knn_top1'])}, " if s.get("random_init_knn_top1") is not None else ""
+        lines.append(f"kNN top-1 {pct(s['knn_top1'])} ({start}chance {pct(s.get('knn_chance'))}) · linear top-1 "
+                     f"{pct(s.get('linear_top1'))}  (online evaluation on the labeled eval split)")
     else:
         lines.append("kNN/linear: no labeled eval split (DATA with train/ and val/ or test/, or --val DIR); "
                      "`sslcli probe` scores the encoder later")
