@@ -27,10 +27,13 @@ from torch import nn
 from sslcli import __version__, console
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import RunError, UsageError
-from sslcli.headers import read_metadata
+from sslcli.headers import ENCODER_EXPECTED, encoder_file, read_metadata
 
 ENCODER_FORMAT = "sslcli.encoder.v1"
 STATE_FORMAT = "sslcli.train-state.v1"
+# Artifacts that are not encoders, named when one is given where an encoder is expected.
+OTHER_KINDS = {"sslcli.classifier.v1": "classifier (sslcli finetune)", STATE_FORMAT: "training state",
+               "sslcli.embeddings.v1": "embeddings file (sslcli embed)"}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -111,8 +114,9 @@ def save_encoder(path: Path, encoder: nn.Module, metadata: dict[str, str]) -> No
 
 def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
     if meta.get("sslcli_format") != ENCODER_FORMAT:
-        raise UsageError(f"{path} is not an sslcli encoder (its metadata has no '{ENCODER_FORMAT}' tag); "
-                         "give the encoder.safetensors of an sslcli run")
+        other = OTHER_KINDS.get(meta.get("sslcli_format", ""))
+        what = f"it is an sslcli {other}" if other else f"its metadata has no '{ENCODER_FORMAT}' tag"
+        raise UsageError(f"{path} is not an sslcli encoder ({what}); expected {ENCODER_EXPECTED}")
     try:
         info = EncoderInfo(
             name=meta["encoder"],
@@ -131,8 +135,9 @@ def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
 
 
 def load_encoder(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
-    """Rebuild the encoder from the file's metadata and load its weights strictly."""
-    meta = read_metadata(path)
+    """Rebuild the encoder from the file's metadata and load its weights strictly (a run folder: its encoder)."""
+    path = encoder_file(path)
+    meta = read_metadata(path, ENCODER_EXPECTED)
     info = info_from_metadata(meta, path)
     model = rebuild_encoder(info)
     try:

@@ -15,9 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
 from sslcli import __version__, console
 from sslcli.errors import Interrupted, SslcliError
+
+
+class Command(TyperCommand):
+    """A command whose usage line reads `sslcli probe [OPTIONS] ENCODER`: typer writes required arguments
+    as {ENCODER}, which reads like a placeholder to fill with braces."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
 
 app = typer.Typer(
     name="sslcli",
@@ -36,7 +46,8 @@ LabelFractionOption = typer.Option(None, "--label-fraction", help="train on a se
                                    "the labeled train split, e.g. 0.01 or 0.1")
 DryRunOption = typer.Option(False, "--dry-run", help="print the resolved spec and exit")
 EpochsOption = typer.Option(None, "--epochs", help="training epochs")
-EncoderArgument = typer.Argument(..., help="an encoder.safetensors written by sslcli")
+EncoderArgument = typer.Argument(..., metavar="ENCODER", help="an encoder.safetensors written by sslcli pretrain, "
+                                "or its run folder")
 LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ "
                                  "or test/)")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
@@ -79,6 +90,13 @@ def _path(value: Path | None) -> str | None:
     return str(value) if value is not None else None
 
 
+def _encoder(value: Path) -> str:
+    """An encoder file, or a run folder's encoder.safetensors (said on stderr); no torch needed."""
+    from sslcli.headers import encoder_file
+
+    return str(encoder_file(value))
+
+
 def _version(value: bool) -> None:
     if value:
         console.result(f"sslcli {__version__}")
@@ -91,7 +109,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """sslcli: pretrain, probe, use."""
 
 
-@app.command()
+@app.command(cls=Command)
 def pretrain(
     data: Path = typer.Argument(..., metavar="DATA", help="folder of images (ImageFolder or any nested folder); "
                                 "train/ is used if present"),
@@ -134,27 +152,30 @@ def pretrain(
     _run("pretrain", spec, json_out, resume=resume, force=force)
 
 
-@app.command()
+@app.command(cls=Command)
 def probe(
     encoder: Path = EncoderArgument,
     data: Path = LabeledDataOption,
     val: Path = typer.Option(None, "--val", help="labeled eval split"),
     label_fraction: float = LabelFractionOption,
     on_bad_image: str = BadImageOption,
+    baseline: bool = typer.Option(None, "--baseline/--no-baseline", help="also score the same architecture at a "
+                                  "seeded random init (default: on; about doubles the time)"),
     sets: list[str] = set_option("knn_k=[10,20]"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Judge an encoder: weighted kNN (k=20, 200) and a linear probe on frozen features."""
+    """Judge an encoder: weighted kNN (k=20, 200) and a linear probe on frozen features, beside chance and a
+    random-init encoder of the same architecture."""
     console.configure(quiet=quiet)
     from sslcli.spec import ProbeSpec, resolve
 
-    options = {"encoder": str(encoder), "data": str(data), "val": _path(val), "on_bad_image": on_bad_image,
-               "label_fraction": label_fraction}
+    options = {"encoder": _encoder(encoder), "data": str(data), "val": _path(val), "on_bad_image": on_bad_image,
+               "label_fraction": label_fraction, "baseline": baseline}
     _run("probe", resolve(ProbeSpec, options=options, sets=sets), json_out)
 
 
-@app.command()
+@app.command(cls=Command)
 def finetune(
     encoder: Path = EncoderArgument,
     data: Path = LabeledDataOption,
@@ -175,7 +196,7 @@ def finetune(
     from sslcli.spec import FinetuneSpec, resolve
 
     options: dict[str, Any] = {
-        "encoder": str(encoder), "data.train": str(data), "data.val": _path(val),
+        "encoder": _encoder(encoder), "data.train": str(data), "data.val": _path(val),
         "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": _path(out),
     }
@@ -185,7 +206,7 @@ def finetune(
     _run("finetune", spec, json_out)
 
 
-@app.command()
+@app.command(cls=Command)
 def export(
     encoder: Path = EncoderArgument,
     to: str = typer.Option(..., "--to", help="timm (a local-dir model folder) or torchvision (ResNets)"),
@@ -197,10 +218,10 @@ def export(
     console.configure(quiet=quiet)
     from sslcli.spec import ExportSpec, resolve
 
-    _run("export", resolve(ExportSpec, options={"encoder": str(encoder), "to": to, "out": str(out)}), json_out)
+    _run("export", resolve(ExportSpec, options={"encoder": _encoder(encoder), "to": to, "out": str(out)}), json_out)
 
 
-@app.command()
+@app.command(cls=Command)
 def embed(
     encoder: Path = EncoderArgument,
     data: Path = typer.Option(..., "--data", "-d", help="folder of images (labeled or not)"),
@@ -215,14 +236,14 @@ def embed(
     console.configure(quiet=quiet)
     from sslcli.spec import EmbedSpec, resolve
 
-    options = {"encoder": str(encoder), "data": str(data), "out": str(out), "batch_size": batch_size,
+    options = {"encoder": _encoder(encoder), "data": str(data), "out": str(out), "batch_size": batch_size,
                "device": device, "on_bad_image": on_bad_image}
     _run("embed", resolve(EmbedSpec, options=options), json_out)
 
 
-@app.command()
+@app.command(cls=Command)
 def inspect(
-    file: Path = typer.Argument(..., help="any sslcli artifact: encoder, classifier, training state, embeddings"),
+    file: Path = typer.Argument(..., metavar="FILE", help="any sslcli artifact: encoder, classifier, training state, embeddings"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -230,19 +251,21 @@ def inspect(
     console.configure(quiet=quiet)
     from sslcli.spec import InspectSpec, resolve
 
-    _run("inspect", resolve(InspectSpec, options={"file": str(file)}), json_out)
+    _run("inspect", resolve(InspectSpec, options={"file": _encoder(file)}), json_out)
 
 
-@app.command()
+@app.command(cls=Command)
 def presets(json_out: bool = JsonOption, quiet: bool = QuietOption) -> None:
     """List the presets, one line each (with the kNN top-1 each is expected to reach, where measured)."""
     console.configure(quiet=quiet)
     _run("presets", None, json_out)
 
 
-@app.command()
+@app.command(cls=Command)
 def report(
-    run_dir: Path = typer.Argument(..., help="a run folder written by sslcli pretrain"),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a run folder written by sslcli pretrain"),
+    val: Path = typer.Option(None, "--val", help="labeled eval split for neighbors.png (default: the run's --val, "
+                             "or DATA's val/ or test/)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (for the neighbour features)"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
@@ -251,10 +274,11 @@ def report(
     console.configure(quiet=quiet)
     from sslcli.spec import ReportSpec, resolve
 
-    _run("report", resolve(ReportSpec, options={"run_dir": str(run_dir), "device": device}), json_out)
+    options = {"run_dir": str(run_dir), "device": device, "val": _path(val)}
+    _run("report", resolve(ReportSpec, options=options), json_out)
 
 
-@app.command()
+@app.command(cls=Command)
 def methods(json_out: bool = JsonOption, quiet: bool = QuietOption) -> None:
     """List the methods, one line each with its paper."""
     console.configure(quiet=quiet)

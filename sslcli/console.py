@@ -94,6 +94,16 @@ def result_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """'1 epoch', '2 epochs', '1 step/epoch': the count with its noun, singular for exactly one."""
+    if count == 1:
+        return f"{count} {noun}"
+    if many is None:
+        head, sep, tail = noun.partition("/")
+        many = f"{head}s{sep}{tail}"
+    return f"{count} {many}"
+
+
 def format_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
     h, rest = divmod(seconds, 3600)

@@ -64,21 +64,22 @@ def _walk_images(root: Path) -> list[Path]:
     return found
 
 
-def find_images(root: Path | str) -> ImageSet:
+def find_images(root: Path | str, name: str = "DATA") -> ImageSet:
     """Images under root: an ImageFolder tree (class = top-level sub-folder) or unlabeled images.
 
     If any image sits directly in root the whole folder is unlabeled. Otherwise each top-level
     sub-folder that holds images (at any depth) is a class, sorted by name as torchvision does.
+    `name` is how the user gave the folder (DATA, --data, --val): errors name it.
     """
     root = Path(root)
     if not root.exists():
-        raise UsageError(f"data folder {root} does not exist: check the path given as DATA")
+        raise UsageError(f"data folder {root} does not exist: check the path given as {name}")
     if not root.is_dir():
-        raise UsageError(f"{root} is a file, not a folder: point DATA at a folder of images")
+        raise UsageError(f"{root} is a file, not a folder: point {name} at a folder of images")
     found = _walk_images(root)
     if not found:
         looked = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise UsageError(f"no images found in {root} (looked for {looked}): point DATA at a folder of images")
+        raise UsageError(f"no images found in {root} (looked for {looked}): point {name} at a folder of images")
     # Sorting by relative path parts keeps the order independent of the file system's listing order.
     rel = sorted((p.relative_to(root).parts, p) for p in found)
     paths = [p for _, p in rel]
@@ -206,6 +207,17 @@ class BadImagePolicy:
         self.count = 0
         self.first_paths: list[Path] = []
         self._seen: set[Path] = set()
+        self._held: list[str] | None = None
+
+    def hold(self) -> None:
+        """Keep the warnings until release(): a command that may still refuse its input prints none of them."""
+        self._held = []
+
+    def release(self) -> None:
+        """Print the warnings held since hold(), once the command goes on with the images."""
+        held, self._held = self._held or [], None
+        for line in held:
+            console.warn(line)
 
     def record(self, path: Path, reason: str) -> None:
         if self.mode == "fail":
@@ -217,7 +229,8 @@ class BadImagePolicy:
         self.count += 1
         if self.count <= self.show:
             self.first_paths.append(path)
-            console.warn(f"skipping unreadable image {path}: {reason}")
+            line = f"skipping unreadable image {path}: {reason}"
+            self._held.append(line) if self._held is not None else console.warn(line)
 
     def summary(self) -> str | None:
         if self.count == 0:

@@ -7,21 +7,71 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from sslcli import console
 from sslcli.errors import UsageError
 
+ENCODER_EXPECTED = "an encoder.safetensors written by `sslcli pretrain` (or a run folder holding one)"
+ARTIFACT_EXPECTED = "an sslcli artifact: an encoder, classifier, training state or embeddings .safetensors"
 
-def _open(path: Path):
+
+def encoder_file(path: Path | str) -> Path:
+    """The encoder a command was given: a file as it is, or a run folder's encoder.safetensors (said on stderr)."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / "encoder.safetensors"
+        if not inside.is_file():
+            raise UsageError(f"{path} is a folder without encoder.safetensors; give {ENCODER_EXPECTED}")
+        console.info(f"{path} is a run folder: using {inside}")
+        return inside
+    return path
+
+
+def what_it_is(path: Path) -> str | None:
+    """What a file that is not safetensors looks like (from its first bytes), or None when it may be a damaged one.
+
+    A safetensors file starts with an 8-byte little-endian header length, then the JSON header ('{')."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return None  # safetensors in form: a damaged one, and the library's reason is the useful one
+    signatures = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                  (b"BM", "a BMP image"), (b"PK\x03\x04", "a zip archive (a torch.save .pt/.pth file?)"),
+                  (b"\x80", "a pickle (a torch.save .pt/.pth file?)"))
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    for magic, name in signatures:
+        if head.startswith(magic):
+            return name
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data of another format"
+    return "JSON text" if text.lstrip()[:1] in ("{", "[") else "a text file"
+
+
+def _open(path: Path, expected: str = ARTIFACT_EXPECTED):
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise UsageError(f"{path} is a folder, not a file; give {expected}")
         raise UsageError(f"{path} does not exist or is not a file")
     try:
         return safe_open(str(path), framework="numpy")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UsageError(f"{path} is not a readable safetensors file ({exc})") from None
+        kind = what_it_is(path)
+        if kind is not None:
+            raise UsageError(f"{path} is not a safetensors file (it is {kind}); expected {expected}") from None
+        raise UsageError(f"{path} is not a readable safetensors file ({exc}); expected {expected}") from None
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    with _open(path) as f:
+def read_metadata(path: Path, expected: str = ARTIFACT_EXPECTED) -> dict[str, str]:
+    with _open(path, expected) as f:
         return dict(f.metadata() or {})
 
 

@@ -115,9 +115,12 @@ def _halves(labeled: data.ImageSet, bank_max: int, val_max: int, seed: int) -> K
 
 
 def evaluate(encoder: nn.Module, info: EncoderInfo, splits: KnnSplits, *, k: int, batch_size: int,
-             num_workers: int, device: torch.device, caching: cache.CachePolicy = cache.CachePolicy()) -> KnnResult:
-    """Weighted kNN top-1 (t = 0.07, as probe) of the encoder on the splits; leaves the encoder in eval mode."""
-    policy = data.BadImagePolicy("skip")
+             num_workers: int, device: torch.device, caching: cache.CachePolicy = cache.CachePolicy(),
+             policy: data.BadImagePolicy | None = None) -> KnnResult:
+    """Weighted kNN top-1 (t = 0.07, as probe) of the encoder on the splits; leaves the encoder in eval mode.
+
+    Unreadable images are skipped; pass the same policy to every evaluation so each is reported once."""
+    policy = policy or data.BadImagePolicy("skip")
     # No progress lines of its own: one line per evaluation is enough inside a training log.
     common = dict(batch_size=batch_size, num_workers=num_workers, device=device, policy=policy, caching=caching,
                   show_progress=False)
@@ -176,7 +179,7 @@ def grid_from(result: KnnResult, classes: list[str], image_size: int, bank_from_
 
 
 class OnlineKnn:
-    """on_epoch_end: the online kNN every monitor.knn_every epochs and after the last one."""
+    """The online kNN before the first step (at_start), every monitor.knn_every epochs and after the last one."""
 
     def __init__(self, spec: PretrainSpec, info: EncoderInfo, device: torch.device, method: nn.Module,
                  metrics: console.MetricsLog | None, caching: cache.CachePolicy):
@@ -186,33 +189,47 @@ class OnlineKnn:
         self.splits = (find_splits(spec.data.path, spec.data.val, monitor.knn_bank_max, monitor.knn_val_max,
                                    spec.train.seed) if monitor.knn_every else None)
         self.last_top1: float | None = None
+        self.start_top1: float | None = None  # at random init (at_start)
         self.last_result: KnnResult | None = None
         self.grid: NeighbourGrid | None = None
         self.grid_is_new = False
+        self.bad_images = data.BadImagePolicy("skip")  # one for every evaluation: each bad file is reported once
 
     def new_grid(self) -> NeighbourGrid | None:
         """The neighbour grid once after each evaluation (None otherwise: neighbors.png is already drawn)."""
         grid, self.grid_is_new = (self.grid if self.grid_is_new else None), False
         return grid
 
+    def at_start(self) -> None:
+        """Before the first step: the random-init encoder's top-1, so curves start where training started
+        (a resumed run has it already)."""
+        if self.splits is not None:
+            self._evaluate(0, 0)
+            self.start_top1 = self.last_top1
+
     def at_epoch_end(self, epochs_done: int, step: int) -> None:
         every, last = self.spec.monitor.knn_every, self.spec.train.epochs
         if self.splits is None or not (epochs_done % every == 0 or epochs_done == last):
             return
+        self._evaluate(epochs_done, step)
+
+    def _evaluate(self, epochs_done: int, step: int) -> None:
         start = time.perf_counter()
         result = evaluate(self.method.export_encoder(), self.info, self.splits, k=self.spec.monitor.knn_k,
                           batch_size=256, num_workers=data.default_workers(self.spec.data.num_workers), device=self.device,
-                          caching=self.caching)
+                          caching=self.caching, policy=self.bad_images)
         self.method.train()  # extraction left the encoder in eval mode
         self.last_top1, self.last_result = result.top1, result
+        chance = 1 / max(1, len(self.splits.classes))
         if self.metrics is not None:
-            self.metrics.write({"step": step, "epoch": epochs_done, "knn_top1": result.top1})
+            self.metrics.write({"step": step, "epoch": epochs_done, "knn_top1": result.top1, "knn_chance": chance})
         if distributed.is_main():
             self.grid = grid_from(result, self.splits.classes, self.info.image_size, self.splits.bank_from_val)
             self.grid_is_new = True
-        console.info(f"epoch {epochs_done}: online kNN top-1 {100 * result.top1:.2f} % (k={self.spec.monitor.knn_k}, "
-                     f"{len(result.bank_labels)} train / {len(result.val_labels)} eval images, "
-                     f"{time.perf_counter() - start:.0f} s)")
+        when = "epoch 0 (random init)" if epochs_done == 0 else f"epoch {epochs_done}"
+        console.info(f"{when}: online kNN top-1 {100 * result.top1:.2f} % (chance {100 * chance:.0f} %, "
+                     f"k={self.spec.monitor.knn_k}, {len(result.bank_labels)} train / {len(result.val_labels)} eval "
+                     f"images, {time.perf_counter() - start:.0f} s)")
 
     def measure(self) -> None:
         """One evaluation that records nothing (to time it for --budget)."""

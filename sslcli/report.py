@@ -17,6 +17,8 @@ from sslcli import checkpoint, console, data
 if TYPE_CHECKING:
     from sslcli.online_knn import NeighbourGrid
 
+FILES = ("curves.png", "neighbors.png", "summary.json")
+
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
@@ -65,6 +67,11 @@ def curves_png(records: list[dict[str, Any]], path: Path, title: str) -> None:
             if steps:
                 ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=key.split("_")[0])
                 drawn = True
+        if "knn_top1" in keys and drawn:
+            chance = next((r["knn_chance"] for r in records if _finite(r.get("knn_chance"))), None)
+            if chance is not None:  # the reference, which also keeps noise from filling the whole panel
+                ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
+                ax.legend()
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
@@ -136,12 +143,14 @@ def summarize(run_dir: Path, records: list[dict[str, Any]], spec: dict[str, Any]
         "images_per_s": steps[-1].get("images_per_s") if steps else None,
         "knn_top1": knn[-1]["knn_top1"] if knn else None,
         "best_knn_top1": max(r["knn_top1"] for r in knn) if knn else None,
+        "random_init_knn_top1": next((r["knn_top1"] for r in knn if r.get("step") == 0), None),
+        "knn_chance": knn[-1].get("knn_chance") if knn else None,
         "features_effective_rank": next((r["features_effective_rank"] for r in reversed(steps)
                                          if "features_effective_rank" in r), None),
         "collapse_warnings": len(warnings),
         "neighbours_same_class": (neighbours or {}).get("neighbours_same_class"),
         "chance": (neighbours or {}).get("chance"),
-        "files": {name: str(run_dir / "report" / name) for name in ("curves.png", "neighbors.png", "summary.json")
+        "files": {name: str(run_dir / "report" / name) for name in FILES
                   if name != "neighbors.png" or neighbours is not None},
     }
     if (run_dir / "encoder.safetensors").is_file():

@@ -157,6 +157,8 @@ class ProbeSpec(Strict):
     cache: CacheMode = Field("auto", description="decode the images once into the decode cache ('auto': when "
                              "they fit 16 GB; false or 'off' decodes on the fly)")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
+    baseline: bool = Field(True, description="also score the same architecture at a seeded random init (the "
+                           "reference the training is measured against; about as long as the probe itself)")
 
     _cache_from_bool = field_validator("cache", mode="before")(_cache_mode)
 
@@ -234,6 +236,8 @@ class ExportSpec(Strict):
 
 class ReportSpec(Strict):
     run_dir: Path = Field(description="a run folder written by sslcli pretrain")
+    val: Path | None = Field(None, description="labeled eval split for neighbors.png (default: the run's --val or "
+                             "DATA's val/ or test/)")
     device: str = Field("auto", description="for the neighbour features")
 
 

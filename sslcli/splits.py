@@ -15,12 +15,14 @@ def eval_splits(train: Path, val: Path | None) -> tuple[Path, Path]:
         return train, val
     train_dir, eval_dir = data.split_folders(train)
     if eval_dir is None:
+        data.find_images(train, name="--data")  # a folder with no images at all says so, not "no eval split"
         raise UsageError(f"no eval split: {train} holds no train/ with val/ or test/; pass --val DIR")
     return train_dir, eval_dir
 
 
-def labeled_images(folder: Path, role: str) -> data.ImageSet:
-    images = data.find_images(folder)
+def labeled_images(folder: Path, role: str, option: str = "--data") -> data.ImageSet:
+    """The labeled images of a split; errors name the option that gave the folder (--data or --val)."""
+    images = data.find_images(folder, name=option)
     if images.labels is None:
         raise UsageError(f"the {role} folder {folder} is not labeled: probing needs one sub-folder per class")
     return images

@@ -51,7 +51,7 @@ def test_encoder_loads_into_timm_from_metadata_alone(tmp_path: Path):
 def test_not_an_encoder_is_refused_clearly(tmp_path: Path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(UsageError, match="not a readable safetensors"):
+    with pytest.raises(UsageError, match=r"not a safetensors file \(it is a text file\); expected an encoder"):
         checkpoint.load_encoder(garbage)
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, plain)

@@ -49,10 +49,10 @@ def test_inspect_prints_metadata_readably_and_literally(tmp_path: Path, resnet10
     save_file({"w": torch.zeros(3, 4)}, hostile, metadata={"name": "\x1b[31mred\x1b[0m"})
     shown = sslcli_run("inspect", str(hostile))
     assert "\x1b" not in shown.stdout and "\\x1b[31mred" in shown.stdout
-    assert "without an sslcli tag, 1 tensors, 12 values" in shown.stdout
+    assert "without an sslcli tag, 1 tensor, 12 values" in shown.stdout
 
 
 def test_inspect_refuses_a_file_that_is_not_safetensors(tmp_path: Path):
     bogus = tmp_path / "notes.txt"
     bogus.write_text("hello")
-    assert_one_clean_error(sslcli_run("inspect", str(bogus)), 2, "not a readable safetensors file")
+    assert_one_clean_error(sslcli_run("inspect", str(bogus)), 2, "not a safetensors file (it is a text file)")

@@ -42,9 +42,12 @@ def test_pretrain_writes_the_run_folder(pretrained, cifar_small: Path):
                 "projections_std", "projections_effective_rank", "projections_alignment"):
         assert all(key in r for r in steps), key
     assert all(1 <= r["features_effective_rank"] <= 64 for r in steps)  # at most min(batch, dim)
-    # cifar_small holds train/ and test/: the online kNN ran after each epoch.
+    # cifar_small holds train/ and test/: the online kNN ran before the first step and after each epoch.
     knn = [r for r in records if "knn_top1" in r]
-    assert [(r["epoch"], r["step"]) for r in knn] == [(1, 6), (2, 12)]
+    assert [(r["epoch"], r["step"]) for r in knn] == [(0, 0), (1, 6), (2, 12)]
+    assert all(r["knn_chance"] == 0.1 for r in knn)
+    report = json.loads((run / "report" / "summary.json").read_text())
+    assert report["random_init_knn_top1"] == knn[0]["knn_top1"] and report["knn_chance"] == 0.1
     assert summary["knn_top1"] == knn[-1]["knn_top1"] and 0.1 < summary["knn_top1"] <= 1
     assert 0.1 < summary["linear_top1"] <= 1
     # Not a TTY: plain progress lines on stderr.
@@ -216,5 +219,6 @@ def test_online_knn_with_unlabeled_training_images_uses_halves_of_val(cifar_smal
     assert "half each" in proc.stderr
     knn = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
            if "knn_top1" in line]
-    assert len(knn) == 1 and 0.1 < knn[0]["knn_top1"] <= 1  # 100 bank / 100 queried images, 10 classes
-    assert json.loads(proc.stdout)["knn_top1"] == knn[0]["knn_top1"]
+    assert [r["epoch"] for r in knn] == [0, 1]  # before the first step, after the epoch
+    assert 0.1 < knn[1]["knn_top1"] <= 1  # 100 bank / 100 queried images, 10 classes
+    assert json.loads(proc.stdout)["knn_top1"] == knn[1]["knn_top1"]

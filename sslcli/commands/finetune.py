@@ -80,7 +80,8 @@ def labeled_splits(spec: FinetuneSpec) -> tuple[data.ImageSet, data.ImageSet, to
     if spec.data.train is None:
         raise UsageError("no labeled data given: sslcli finetune ENCODER --data DIR")
     train_dir, val_dir = eval_splits(spec.data.train, spec.data.val)
-    train_set, val_set = labeled_images(train_dir, "train"), labeled_images(val_dir, "eval")
+    train_set = labeled_images(train_dir, "train")
+    val_set = labeled_images(val_dir, "eval", "--val" if spec.data.val is not None else "--data")
     if spec.data.label_fraction is not None:
         keep = data.label_fraction_subset(train_set.labels, spec.data.label_fraction, spec.train.seed)
         train_set = data.subset(train_set, keep)
@@ -239,7 +240,8 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     if distributed.is_main():
         checkpoint.atomic_write_json(out / "spec.json", dump(spec))
     console.info(f"fine-tuning {info.name} on {len(train_set)} images, {len(classes)} classes "
-                 f"({len(val_set)} eval), {len(loader)} steps/epoch x {spec.train.epochs} epochs on {device}; "
+                 f"({len(val_set)} eval), {console.plural(len(loader), 'step/epoch')} x "
+                 f"{console.plural(spec.train.epochs, 'epoch')} on {device}; "
                  f"lr = {spec.optim.base_lr} x {batch_size} / 256 = {lr:.4g}")
     job = Job(spec, info, source, model, classes, train_set, val_set, val_labels, loader, val_loader, loop,
               make_optimizer(model, spec), lr_schedule, criterion, mixup, out, device)
@@ -325,6 +327,7 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]]) -> dict
         "encoder_name": job.info.name,
         "source_method": job.source.get("method"),
         "num_classes": len(job.classes),
+        "chance": 1 / max(1, len(job.classes)),
         "label_fraction": spec.data.label_fraction,
         "n_train": len(job.train_set),
         "n_eval": len(job.val_set),
@@ -345,5 +348,6 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]]) -> dict
 
 def format_text(result: dict[str, Any]) -> str:
     return (f"classifier {result['classifier']}  val top-1 {100 * result['top1']:.2f}%  top-5 "
-            f"{100 * result['top5']:.2f}%  ({result['n_train']} train images, {result['steps']} steps, "
-            f"{result['wall_s']:.0f} s)")
+            f"{100 * result['top5']:.2f}%  (chance {100 * result['chance']:.2f} %: 1 / {result['num_classes']} "
+            f"classes)  ({console.plural(result['n_train'], 'train image')}, "
+            f"{console.plural(result['steps'], 'step')}, {result['wall_s']:.0f} s)")

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sslcli.console import plural
 from sslcli.headers import read_metadata, tensor_shapes
 from sslcli.spec import InspectSpec
 
@@ -42,8 +43,8 @@ def run(spec: InspectSpec) -> dict[str, Any]:
 
 def format_text(described: dict[str, Any]) -> str:
     """Readable lines; metadata values holding JSON objects (specs) are indented, all else printed as stored."""
-    lines = [f"{described['path']}: {described['kind']}, {described['tensors']} tensors, "
-             f"{described['elements']:,} values"]
+    lines = [f"{described['path']}: {described['kind']}, {plural(described['tensors'], 'tensor')}, "
+             f"{described['elements']:,} {'value' if described['elements'] == 1 else 'values'}"]
     if "embeddings_shape" in described:
         lines.append(f"embeddings: {' x '.join(str(n) for n in described['embeddings_shape'])}")
     for key, value in described.get("state", {}).items():

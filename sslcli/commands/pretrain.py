@@ -98,6 +98,7 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
 def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
     images = training_images(spec)
     policy = data.BadImagePolicy(spec.data.on_bad_image)
+    policy.hold()  # bad-image warnings wait until the run goes ahead (announce): a refused run prints none
     batches, steps_per_epoch = training_batches(spec, images, policy, device)
     return TrainingData(images, batches, steps_per_epoch, policy)
 
@@ -214,9 +215,18 @@ def announce(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: 
              device: torch.device) -> None:
     world = distributed.world_size()
     on = f"{world} processes ({device.type}, sync BN {'on' if model.sync_bn else 'off'})" if world > 1 else str(device)
-    console.info(f"run folder {run_dir}: {len(train_data.images)} images, {train_data.steps_per_epoch} steps/epoch x "
-                 f"{spec.train.epochs} epochs on {on} ({loop.precision})")
+    train_data.policy.release()
+    skipped = train_data.policy.count
+    images = f"{console.plural(trained_images(train_data), 'image')}" + (f" ({skipped} unreadable skipped)"
+                                                                         if skipped else "")
+    console.info(f"run folder {run_dir}: {images}, {console.plural(train_data.steps_per_epoch, 'step/epoch')} x "
+                 f"{console.plural(spec.train.epochs, 'epoch')} on {on} ({loop.precision})")
     console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {spec.scaled_lr():.4g}")
+
+
+def trained_images(train_data: TrainingData) -> int:
+    """The images that train: those found less the unreadable ones skipped so far (all of them once decoded)."""
+    return len(train_data.images) - train_data.policy.count
 
 
 def rng_states(model: Model, device: torch.device) -> dict[str, torch.Tensor]:
@@ -263,6 +273,8 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
         if spec.monitor.report:
             write_report(run_dir, knn.new_grid())
 
+    if start_step == 0:
+        knn.at_start()  # epoch 0: the random-init start of the curves (a resumed run has it already)
     events = Events(metrics=metrics, on_step_end=model.method.on_step_end, on_log=health.check,
                     on_epoch_end=knn.at_epoch_end, on_checkpoint=save)
     try:
@@ -296,7 +308,7 @@ def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result,
         "encoder": str(run_dir / "encoder.safetensors"),
         "method": spec.method.name,
         "encoder_name": spec.encoder.name,
-        "images": len(train_data.images),
+        "images": trained_images(train_data),
         "skipped_images": train_data.policy.count,
         "epochs": result.epochs,
         "steps": result.steps,
@@ -309,10 +321,15 @@ def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result,
         "processes": distributed.world_size(),
         "knn_top1": knn.last_top1,
         "linear_top1": knn.linear_top1(),
+        "random_init_knn_top1": knn.start_top1,
+        "knn_chance": 1 / len(knn.splits.classes) if knn.splits is not None and knn.splits.classes else None,
         "collapse_warnings": health.warnings,
         "budget_s": spec.train.budget,
         "planned_steps": spec.train.max_steps,
         "report": str(run_dir / "report") if spec.monitor.report else None,
+        # Only the files that exist: neighbors.png needs a labeled eval split.
+        "report_files": [name for name in report.FILES if (run_dir / "report" / name).is_file()]
+        if spec.monitor.report else [],
     }
 
 
@@ -324,11 +341,13 @@ def format_text(s: dict[str, Any]) -> str:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.2f} %"
 
-    lines = [f"{s['method']} · {s['encoder_name']} · {s['epochs']} epochs ({s['steps']} steps) · "
+    lines = [f"{s['method']} · {s['encoder_name']} · {console.plural(s['epochs'], 'epoch')} "
+             f"({console.plural(s['steps'], 'step')}) · "
              f"{s['images_per_s']:.0f} images/s · {s['wall_s']:.0f} s · final loss {s['final_loss']:.4f}"]
     if s.get("knn_top1") is not None:
-        lines.append(f"kNN top-1 {pct(s['knn_top1'])} · linear top-1 {pct(s.get('linear_top1'))}  "
-                     "(online evaluation on the labeled eval split)")
+        start = f"random init {pct(s['random_init_knn_top1'])}, " if s.get("random_init_knn_top1") is not None else ""
+        lines.append(f"kNN top-1 {pct(s['knn_top1'])} ({start}chance {pct(s.get('knn_chance'))}) · linear top-1 "
+                     f"{pct(s.get('linear_top1'))}  (online evaluation on the labeled eval split)")
     else:
         lines.append("kNN/linear: no labeled eval split (DATA with train/ and val/ or test/, or --val DIR); "
                      "`sslcli probe` scores the encoder later")
@@ -336,5 +355,5 @@ def format_text(s: dict[str, Any]) -> str:
         lines.append(f"collapse warnings: {s['collapse_warnings']} (see metrics.jsonl)")
     lines.append(f"encoder {s['encoder']}")
     if s.get("report"):
-        lines.append(f"report  {s['report']}/ (curves.png, neighbors.png, summary.json)")
+        lines.append(f"report  {s['report']}/ ({', '.join(s.get('report_files') or [])})")
     return "\n".join(lines)

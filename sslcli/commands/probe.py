@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from sslcli import cache, checkpoint, console, data, distributed
+from sslcli.encoders import rebuild_encoder
 from sslcli.evaluate import knn_evaluate, linear_probe
 from sslcli.features import extract_features
 from sslcli.spec import ProbeSpec
@@ -21,7 +22,8 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     device = distributed.init(resolve_device(spec.device))  # under torchrun the ranks share the extraction
     model, info, meta = checkpoint.load_encoder(spec.encoder)
     train_dir, val_dir = eval_splits(spec.data, spec.val)
-    train_set, val_set = labeled_images(train_dir, "train"), labeled_images(val_dir, "eval")
+    train_set = labeled_images(train_dir, "train")
+    val_set = labeled_images(val_dir, "eval", "--val" if spec.val is not None else "--data")
     if spec.label_fraction is not None:
         train_set = data.subset(train_set, data.label_fraction_subset(train_set.labels, spec.label_fraction,
                                                                       spec.seed))
@@ -35,15 +37,26 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
                   caching=cache.CachePolicy(spec.cache))
     train_f, train_kept = extract_features(model, info, train_set.paths, **common)
     val_f, val_kept = extract_features(model, info, val_set.paths, **common)
+    baseline_f = None
+    if spec.baseline:
+        # The same architecture (kwargs, small stem) at a seeded random init: what the training added is the
+        # difference. Its images come from the decode cache the first extraction filled.
+        console.info(f"random-init baseline: the same {info.name} at seed {spec.seed}, features again")
+        torch.manual_seed(spec.seed)
+        random_init = rebuild_encoder(info)
+        baseline_f = (extract_features(random_init, info, train_set.paths, **common)[0],
+                      extract_features(random_init, info, val_set.paths, **common)[0])
     train_y = torch.tensor(train_set.labels)[train_kept]
     val_y = val_labels_all[val_kept]
     if not distributed.is_main():
         return {}  # rank 0 fits the kNN and linear probe on the gathered features and reports them
 
     console.info("kNN and linear probe on the cached features")
-    knn = knn_evaluate(train_f, train_y, val_f, val_y, num_classes, ks=spec.knn_k, temperature=spec.knn_temperature)
-    linear = linear_probe(train_f, train_y, val_f, val_y, num_classes, weight_decays=spec.linear_weight_decays,
-                          seed=spec.seed)
+    knn, linear = _scores(spec, train_f, train_y, val_f, val_y, num_classes)
+    baseline = None
+    if baseline_f is not None:
+        base_knn, base_linear = _scores(spec, baseline_f[0], train_y, baseline_f[1], val_y, num_classes)
+        baseline = {"knn": base_knn, "linear": base_linear, "seed": spec.seed}
     if policy.summary():
         console.warn(policy.summary())
     result = {
@@ -53,7 +66,9 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         "knn": knn,
         "knn_k": list(spec.knn_k),
         "knn_temperature": spec.knn_temperature,
-        "linear": {"top1": linear["top1"], "top5": linear["top5"], "weight_decay": linear["weight_decay"]},
+        "linear": linear,
+        "chance": 1 / max(1, num_classes),
+        "baseline": baseline,
         "label_fraction": spec.label_fraction,
         "n_train": int(train_y.numel()),
         "n_eval": int(val_y.numel()),
@@ -65,11 +80,28 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     return result
 
 
+def _scores(spec: ProbeSpec, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor,
+            val_y: torch.Tensor, num_classes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Weighted kNN at every k and the linear probe on one set of features."""
+    knn = knn_evaluate(train_f, train_y, val_f, val_y, num_classes, ks=spec.knn_k, temperature=spec.knn_temperature)
+    linear = linear_probe(train_f, train_y, val_f, val_y, num_classes, weight_decays=spec.linear_weight_decays,
+                          seed=spec.seed)
+    return knn, {"top1": linear["top1"], "top5": linear["top5"], "weight_decay": linear["weight_decay"]}
+
+
 def format_text(result: dict[str, Any]) -> str:
-    rows = [("kNN k=" + key[1:], v["top1"], v["top5"]) for key, v in result["knn"].items()]
-    rows.append(("linear", result["linear"]["top1"], result["linear"]["top5"]))
-    lines = [f"{'probe':<12} {'top-1':>7} {'top-5':>7}"]
-    lines += [f"{name:<12} {100 * t1:>6.2f}% {100 * t5:>6.2f}%" for name, t1, t5 in rows]
+    """The scores beside their references: the random-init encoder of the same architecture, and chance."""
+    base = result.get("baseline")
+    rows = [("kNN k=" + key[1:], v, (base or {}).get("knn", {}).get(key)) for key, v in result["knn"].items()]
+    rows.append(("linear", result["linear"], (base or {}).get("linear")))
+    lines = [f"{'probe':<12} {'top-1':>7} {'top-5':>7}" + (f"   {'random init top-1':>17}" if base else "")]
+    for name, scores, reference in rows:
+        line = f"{name:<12} {100 * scores['top1']:>6.2f}% {100 * scores['top5']:>6.2f}%"
+        if reference is not None:
+            line += f"   {100 * reference['top1']:>16.2f}%"
+        lines.append(line)
+    lines.append(f"chance {100 * result['chance']:.2f} % (1 / {result['num_classes']} classes)"
+                 + ("" if base else "; --baseline adds a random-init encoder's scores"))
     lines.append(f"{result['n_train']} train / {result['n_eval']} eval images, {result['num_classes']} classes, "
                  f"features {result['feature_dim']}-d, {result['seconds']:.1f} s")
     return "\n".join(lines)

@@ -28,7 +28,10 @@ def run(spec: ReportSpec) -> dict[str, Any]:
     grid = None
     encoder_path = run_dir / "encoder.safetensors"
     monitor = run_spec.monitor
-    splits = online_knn.find_splits(run_spec.data.path, run_spec.data.val, monitor.knn_bank_max, monitor.knn_val_max,
+    val = spec.val if spec.val is not None else run_spec.data.val
+    if spec.val is not None:
+        data.find_images(spec.val, name="--val")  # a wrong --val is an error here, not a report without neighbours
+    splits = online_knn.find_splits(run_spec.data.path, val, monitor.knn_bank_max, monitor.knn_val_max,
                                     run_spec.train.seed) if encoder_path.is_file() else None
     if splits is not None:
         encoder, info, _ = checkpoint.load_encoder(encoder_path)

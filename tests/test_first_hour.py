@@ -1,0 +1,198 @@
+"""The first hour of a new user (issue 17): messages that are true, every score with its baseline, runs that
+explain themselves. One test per message: the exact situation, the one line, the exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sslcli import console
+from tests.test_cli import assert_one_clean_error, sslcli_run
+
+COMMANDS = ["pretrain", "probe", "finetune", "export", "embed", "inspect", "presets", "report", "methods"]
+
+
+def flat_copy(labeled: Path, dst: Path) -> Path:
+    """The images of an ImageFolder tree as one unlabeled folder of symlinks."""
+    dst.mkdir()
+    for file in sorted(p for p in labeled.rglob("*") if p.is_file() or p.is_symlink()):
+        (dst / f"{file.parent.name}-{file.name}").symlink_to(file)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def unlabeled_run(cifar_small: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
+    """One epoch on 400 unlabeled images plus one unreadable file, no --val: no online kNN, no neighbours."""
+    tmp = tmp_path_factory.mktemp("unlabeled")
+    data = flat_copy(cifar_small / "train", tmp / "flat")
+    (data / "broken.jpg").write_bytes(b"not a jpeg")
+    run = tmp / "run"
+    proc = sslcli_run("pretrain", str(data), "--preset", "quickstart", "--epochs", "1", "--batch-size", "128",
+                      "--set", "method.proj_hidden_dim=64", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    return data, run, proc
+
+
+# ---------------------------------------------------------------- 1. messages that are true
+
+
+def test_summary_lists_only_the_report_files_drawn(unlabeled_run):
+    _, run, proc = unlabeled_run
+    report_line = next(line for line in proc.stdout.splitlines() if line.startswith("report"))
+    assert report_line == f"report  {run / 'report'}/ (curves.png, summary.json)"
+    assert not (run / "report" / "neighbors.png").exists()
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert set(summary["files"]) == {"curves.png", "summary.json", "encoder"}
+
+
+def test_image_count_is_what_trains_and_plurals_are_right(unlabeled_run):
+    _, _, proc = unlabeled_run
+    header = next(line for line in proc.stderr.splitlines() if line.startswith("run folder"))
+    assert "400 images (1 unreadable skipped), 3 steps/epoch x 1 epoch on" in header
+    assert " · 1 epoch (3 steps) · " in proc.stdout.splitlines()[0]
+
+
+def test_report_val_draws_neighbours_for_an_unlabeled_run(unlabeled_run, cifar_small: Path, tmp_path: Path):
+    _, run, _ = unlabeled_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    proc = sslcli_run("report", str(copy), "--val", str(cifar_small / "test"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert "neighbors.png" in summary["files"] and (copy / "report" / "neighbors.png").is_file()
+    assert summary["chance"] == 0.1
+    missing = sslcli_run("report", str(copy), "--val", str(tmp_path / "nope"))
+    assert_one_clean_error(missing, 2, "does not exist", "--val")
+
+
+def test_bad_image_warnings_are_not_printed_by_a_refused_run(unlabeled_run):
+    data, run, _ = unlabeled_run
+    proc = sslcli_run("pretrain", str(data), "--preset", "quickstart", "--epochs", "1", "--batch-size", "128",
+                      "--out", str(run), "--quiet")
+    assert "broken.jpg" not in proc.stderr
+    assert_one_clean_error(proc, 2, "already")
+
+
+def test_probe_on_a_folder_without_images_says_so(encoder_file: Path, tmp_path: Path, cifar_small: Path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    proc = sslcli_run("probe", str(encoder_file), "--data", str(tmp_path / "empty"))
+    assert_one_clean_error(proc, 2, f"no images found in {tmp_path / 'empty'}", "point --data at a folder")
+    proc = sslcli_run("probe", str(encoder_file), "--data", str(cifar_small / "train"), "--val",
+                      str(tmp_path / "empty"))
+    assert_one_clean_error(proc, 2, f"no images found in {tmp_path / 'empty'}", "point --val at a folder")
+
+
+@pytest.mark.parametrize(("command", "content", "kind"), [
+    ("probe", b'{"weights": [1, 2]}', "JSON text"), ("probe", b"hello\n", "a text file"),
+    ("probe", None, "a PNG image"), ("finetune", b"{}", "JSON text"), ("embed", None, "a PNG image"),
+    ("export", b"hello\n", "a text file"), ("inspect", b"[1]", "JSON text")])
+def test_a_file_that_is_not_an_encoder_says_what_it_is(tmp_path: Path, content: bytes | None, kind: str,
+                                                       command: str):
+    path = tmp_path / "encoder.safetensors"
+    if content is None:
+        Image.new("RGB", (8, 8)).save(path, format="PNG")
+    else:
+        path.write_bytes(content)
+    extra = {"probe": ["--data", str(tmp_path)], "finetune": ["--data", str(tmp_path)],
+             "embed": ["--data", str(tmp_path), "--out", str(tmp_path / "e.safetensors")],
+             "export": ["--to", "timm", "--out", str(tmp_path / "x")], "inspect": []}[command]
+    proc = sslcli_run(command, str(path), *extra)
+    expected = "an sslcli artifact" if command == "inspect" else "an encoder.safetensors written by `sslcli pretrain`"
+    assert_one_clean_error(proc, 2, f"{path} is not a safetensors file (it is {kind}); expected {expected}")
+
+
+def test_a_run_folder_given_as_encoder_uses_its_encoder(encoder_file: Path, tmp_path: Path):
+    run = tmp_path / "my1"
+    run.mkdir()
+    shutil.copy(encoder_file, run / "encoder.safetensors")
+    proc = sslcli_run("inspect", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"{run} is a run folder: using {run / 'encoder.safetensors'}"]
+    assert proc.stdout.startswith(f"{run / 'encoder.safetensors'}: encoder, ")
+    exported = sslcli_run("export", str(run), "--to", "timm", "--out", str(tmp_path / "x"), "--json")
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["encoder"] == str(run / "encoder.safetensors")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    assert_one_clean_error(sslcli_run("probe", str(empty), "--data", str(tmp_path)), 2,
+                           f"{empty} is a folder without encoder.safetensors")
+
+
+def test_a_classifier_given_as_encoder_is_named(encoder_file: Path, tmp_path: Path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(encoder_file), "pt") as f:
+        meta = {**f.metadata(), "sslcli_format": "sslcli.classifier.v1"}
+    save_file(load_file(encoder_file), tmp_path / "classifier.safetensors", metadata=meta)
+    proc = sslcli_run("export", str(tmp_path / "classifier.safetensors"), "--to", "timm", "--out", str(tmp_path / "x"))
+    assert_one_clean_error(proc, 2, "is not an sslcli encoder (it is an sslcli classifier (sslcli finetune))")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_no_braces_or_type_placeholders_in_usage(command: str):
+    proc = sslcli_run(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "{" not in proc.stdout and "}" not in proc.stdout and "list[" not in proc.stdout
+    usage = proc.stdout.splitlines()[0]
+    argument = {"pretrain": "DATA", "inspect": "FILE", "report": "RUN_DIR", "presets": "[OPTIONS]",
+                "methods": "[OPTIONS]"}.get(command, "ENCODER")
+    assert usage == f"Usage: sslcli {command} [OPTIONS]" + ("" if argument == "[OPTIONS]" else f" {argument}")
+
+
+def test_plural():
+    assert console.plural(1, "epoch") == "1 epoch" and console.plural(2, "epoch") == "2 epochs"
+    assert console.plural(1, "step/epoch") == "1 step/epoch" and console.plural(0, "step/epoch") == "0 steps/epoch"
+
+
+# ---------------------------------------------------------------- 2. every score with its baseline
+
+
+def test_probe_prints_chance_and_a_seeded_random_init_baseline(encoder_file: Path, cifar_small: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(encoder_file, run / "encoder.safetensors")  # a resnet10t at random init, seed 0
+    proc = sslcli_run("probe", str(run), "--data", str(cifar_small), "--set", "knn_k=[20]", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["chance"] == 0.1
+    # The baseline is the same architecture at seed 0: here that is the very encoder probed, score for score.
+    assert result["baseline"]["knn"] == result["knn"] and result["baseline"]["linear"] == result["linear"]
+    assert result["baseline"]["seed"] == 0
+    text = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_small), "--set", "knn_k=[20]")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].split()[-3:] == ["random", "init", "top-1"]
+    knn = result["knn"]["k20"]["top1"]
+    assert lines[1].split() == ["kNN", "k=20", f"{100 * knn:.2f}%", f"{100 * result['knn']['k20']['top5']:.2f}%",
+                                f"{100 * knn:.2f}%"]
+    assert lines[3] == "chance 10.00 % (1 / 10 classes)"
+    off = sslcli_run("probe", str(run), "--data", str(cifar_small), "--set", "knn_k=[20]", "--no-baseline", "--json")
+    assert off.returncode == 0, off.stderr
+    assert json.loads(off.stdout)["baseline"] is None and json.loads(off.stdout)["knn"] == result["knn"]
+
+
+# ---------------------------------------------------------------- 3. the online kNN from epoch 0, beside chance
+
+
+def test_curves_draw_a_chance_line_in_the_knn_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from sslcli import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path: drawn.setdefault("fig", fig))
+    records = [{"step": 0, "epoch": 0, "knn_top1": 0.33, "knn_chance": 0.1},
+               {"step": 5, "epoch": 1, "loss": 3.0, "lr": 0.1},
+               {"step": 5, "epoch": 1, "knn_top1": 0.35, "knn_chance": 0.1}]
+    report.curves_png(records, tmp_path / "curves.png", "t")
+    knn_panel = drawn["fig"].axes[2]
+    assert knn_panel.get_title() == "online kNN top-1 (%)"
+    chance = [line for line in knn_panel.lines if line.get_label() == "chance"]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == [10.0, 10.0]
+    assert knn_panel.get_ylim()[0] <= 10 < 33 < knn_panel.get_ylim()[1]  # noise around 33 % is not the whole scale
+    drawn.clear()
+    report.curves_png(records[1:2], tmp_path / "curves.png", "t")  # no kNN: no chance line either
+    assert not [line for line in drawn["fig"].axes[2].lines if line.get_label() == "chance"]
