@@ -239,11 +239,12 @@ class OnlineKnn:
         self.method.train()
 
     def evaluations(self, epochs: int) -> int:
-        """How many evaluations a run of `epochs` epochs makes (every knn_every epochs and after the last)."""
+        """How many evaluations a new run of `epochs` epochs makes (at the start, every knn_every epochs and
+        after the last)."""
         every = self.spec.monitor.knn_every
         if self.splits is None or not every:
             return 0
-        return epochs // every + (1 if epochs % every else 0)
+        return 1 + epochs // every + (1 if epochs % every else 0)
 
     def linear_top1(self) -> float | None:
         """A linear probe on the last online-kNN features, for the closing summary (rank 0 only)."""
