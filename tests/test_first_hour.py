@@ -196,3 +196,111 @@ def test_curves_draw_a_chance_line_in_the_knn_panel(tmp_path: Path, monkeypatch:
     drawn.clear()
     report.curves_png(records[1:2], tmp_path / "curves.png", "t")  # no kNN: no chance line either
     assert not [line for line in drawn["fig"].axes[2].lines if line.get_label() == "chance"]
+
+
+# ---------------------------------------------------------------- 4. interrupts and finished runs
+
+
+def test_a_second_ctrl_c_says_what_was_kept(cifar_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from sslcli import train
+    from sslcli.commands import pretrain
+    from sslcli.errors import Interrupted
+    from tests.test_resume import spec_for
+
+    real, calls = train._train_step, {"n": 0}
+
+    def second_ctrl_c(*args, **kwargs):  # what train.py's handler does on a second SIGINT
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_step", second_ctrl_c)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted) as stopped:
+        pretrain.run(spec_for(cifar_small, run))  # a checkpoint after epoch 1 (step 4), stopped in step 6
+    assert str(stopped.value) == (f"interrupted again: stopped at once without a checkpoint; the last checkpoint "
+                                  f"(step 4) is intact; --out {run} --resume auto continues from it")
+    assert stopped.value.exit_code == 130
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path):
+    from sslcli import cli
+    from sslcli.commands import methods
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(methods, "run", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["methods"])
+    assert exited.value.code == 130
+    err = capsys.readouterr().err
+    assert err == "error: interrupted: stopped at once (Ctrl-C); nothing was saved at this point\n"
+
+
+def test_metrics_after_the_resumed_step_are_dropped(tmp_path: Path):
+    from sslcli.resume import drop_metrics_after
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 0, "knn_top1": 0.3}, {"step": 1, "loss": 3}, {"step": 2, "loss": 2.9}, {"step": 3, "loss": 2.8}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 4, "lo')  # cut short by a kill
+    assert drop_metrics_after(path, 2) == 2
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2]
+    assert drop_metrics_after(path, 0) == 3 and path.read_text() == ""  # a fresh start keeps nothing
+    assert drop_metrics_after(tmp_path / "none.jsonl", 0) == 0
+
+
+def test_restart_without_checkpoint_and_resume_keep_one_history(cifar_small: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    from sslcli import train
+    from sslcli.commands import pretrain
+    from sslcli.errors import Interrupted
+    from tests.test_resume import STEPS_PER_EPOCH, spec_for
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')  # an attempt killed early
+    real, calls = train._train_step, {"n": 0}
+
+    def stop_at_6(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "_train_step", stop_at_6)
+        with pytest.raises(Interrupted):
+            pretrain.run(spec_for(cifar_small, run), resume="auto")  # no checkpoint: starts afresh
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5], "the killed attempt's records are gone; step 6 never finished"
+    done = pretrain.run(spec_for(cifar_small, run), resume="auto")
+    assert done["resumed_from_step"] == STEPS_PER_EPOCH
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 2 * STEPS_PER_EPOCH + 1)), "one history: step 5 of the stopped attempt dropped"
+
+
+def test_a_finished_run_says_how_to_train_further(cifar_small: Path, tmp_path: Path, caplog, capsys):
+    from sslcli.commands import pretrain
+    from sslcli.errors import UsageError
+    from tests.test_resume import spec_for
+
+    run = tmp_path / "run"
+    pretrain.run(spec_for(cifar_small, run))
+    capsys.readouterr()
+    again = pretrain.run(spec_for(cifar_small, run), resume="auto")
+    assert again["already_complete"]
+    err = capsys.readouterr().err
+    further = f"To train further, start a new run from its weights with the schedule you want: --init-from " \
+              f"{run / 'encoder.safetensors'} --out NEW_RUN_DIR"
+    assert f"{run} holds a finished run (8/8 steps), so there is nothing to resume: it is complete. {further}" in err
+    longer = spec_for(cifar_small, run, **{"train.epochs": "3"})
+    with pytest.raises(UsageError) as refused:
+        pretrain.run(longer, resume="auto")
+    assert str(refused.value) == (f"{run} holds a finished run (8 steps) and a finished schedule is not extended "
+                                  f"(its learning rate has decayed): it is complete. {further}")
+    with pytest.raises(UsageError) as refused:
+        pretrain.run(spec_for(cifar_small, run))
+    assert str(refused.value) == f"{run} already holds a finished run (8/8 steps): it is complete. {further}"
+

@@ -6,6 +6,7 @@ rank 0 alone writes the run folder and reports.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
         start_step = resumption.restore(state, spec, identity, force, model.method, optimizer, scaler,
                                         model.generator, model.augment, device)
         if start_step >= loop.total_steps:
-            console.info(f"{resume_dir} is already complete ({start_step} steps); nothing to do")
+            console.info(f"{resume_dir} holds a finished run ({start_step}/{loop.total_steps} steps), so there is "
+                         f"nothing to resume: {checkpoint.further_training(resume_dir)}")
             return {"run_dir": str(resume_dir), "encoder": str(resume_dir / "encoder.safetensors"),
                     "method": spec.method.name, "steps": start_step, "already_complete": True}
         console.info(f"resuming from {state} at step {start_step}/{loop.total_steps}")
@@ -203,6 +205,8 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
     """fit() with the run's events: checkpoints (and the report) from rank 0, the online kNN, the monitors."""
     main = distributed.is_main()
     step = step_function(spec, loop, model, device)
+    if main:  # records after the step this run continues from belong to a history that is being replaced
+        resumption.drop_metrics_after(run_dir / "metrics.jsonl", start_step)
     metrics = console.MetricsLog(run_dir / "metrics.jsonl") if main else None
     knn = online_knn.OnlineKnn(spec, model.info, device, model.method, metrics, cache_policy(spec))
     health = monitors.CollapseWatch(metrics)
@@ -225,6 +229,11 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
         raise Interrupted(f"{exc}; the weights and training state at this step were saved to {run_dir} "
                           f"(encoder.safetensors, checkpoints/); to continue, run the same command with "
                           f"--out {run_dir} --resume auto", exc.signum) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: train.fit stops at once, without a checkpoint of this step
+        progress = checkpoint.run_progress(run_dir)
+        kept = (f"the last checkpoint (step {progress[0]}) is intact; --out {run_dir} --resume auto continues from it"
+                if progress else f"no checkpoint was written yet; --out {run_dir} --resume auto starts the run again")
+        raise Interrupted(f"interrupted again: stopped at once without a checkpoint; {kept}", signal.SIGINT) from None
     finally:
         if metrics is not None:
             metrics.close()
