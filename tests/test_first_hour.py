@@ -304,3 +304,26 @@ def test_a_finished_run_says_how_to_train_further(cifar_small: Path, tmp_path: P
         pretrain.run(spec_for(cifar_small, run))
     assert str(refused.value) == f"{run} already holds a finished run (8/8 steps): it is complete. {further}"
 
+
+# ---------------------------------------------------------------- 5. runs too short to mean much
+
+
+def test_a_run_shorter_than_its_warm_up_and_log_every_warns_once(unlabeled_run):
+    _, _, proc = unlabeled_run  # quickstart for 1 epoch: 3 steps, a 1-epoch warm-up, log_every 20
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: this run")]
+    assert warnings == [
+        "warning: this run (3 steps) is no longer than its warm-up (3 steps: optim.warmup_epochs 1 x 3 steps/epoch), "
+        "so the learning rate never reaches its peak; train longer or lower optim.warmup_epochs",
+        "warning: this run (3 steps) is no longer than train.log_every (20): only its last step is logged and the "
+        "curves will be single dots; --set train.log_every=1 logs more"]
+
+
+def test_a_short_fine_tune_warns_and_prints_chance(encoder_file: Path, cifar_small: Path, tmp_path: Path):
+    proc = sslcli_run("finetune", str(encoder_file), "--data", str(cifar_small), "--epochs", "1", "--batch-size", "64",
+                      "--out", str(tmp_path / "ft"))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: this fine-tune is only 6 steps: its score says little about the encoder; give it "
+                        "at least 100 steps (--epochs 17 here)"]
+    assert "(chance 10.00 %: 1 / 10 classes)" in proc.stdout and "6 steps" in proc.stdout
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["chance"] == 0.1

@@ -165,6 +165,23 @@ def announce(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: 
     console.info(f"run folder {run_dir}: {images}, {console.plural(train_data.steps_per_epoch, 'step/epoch')} x "
                  f"{console.plural(spec.train.epochs, 'epoch')} on {on} ({loop.precision})")
     console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {spec.scaled_lr():.4g}")
+    for line in short_run_warnings(spec, loop):
+        console.warn(line)
+
+
+def short_run_warnings(spec: PretrainSpec, loop: LoopConfig) -> list[str]:
+    """What a run too short for its own settings should know before it starts."""
+    total, warmup = loop.total_steps, round(spec.optim.warmup_epochs * loop.steps_per_epoch)
+    lines = []
+    if warmup >= total:
+        lines.append(f"this run ({console.plural(total, 'step')}) is no longer than its warm-up ({warmup} steps: "
+                     f"optim.warmup_epochs {spec.optim.warmup_epochs:g} x {loop.steps_per_epoch} steps/epoch), so "
+                     "the learning rate never reaches its peak; train longer or lower optim.warmup_epochs")
+    if total <= loop.log_every:
+        lines.append(f"this run ({console.plural(total, 'step')}) is no longer than train.log_every "
+                     f"({loop.log_every}): only its last step is logged and the curves will be single dots; "
+                     f"--set train.log_every={max(1, total // 20)} logs more")
+    return lines
 
 
 def trained_images(train_data: TrainingData) -> int:
