@@ -52,7 +52,7 @@ def test_summary_lists_only_the_report_files_drawn(unlabeled_run):
 def test_image_count_is_what_trains_and_plurals_are_right(unlabeled_run):
     _, _, proc = unlabeled_run
     header = next(line for line in proc.stderr.splitlines() if line.startswith("run folder"))
-    assert "400 images (1 unreadable skipped), 3 steps/epoch x 1 epoch on" in header
+    assert "400 images (1 unreadable skipped) at 32 px, 3 steps/epoch x 1 epoch on" in header
     assert " · 1 epoch (3 steps) · " in proc.stdout.splitlines()[0]
 
 
@@ -327,3 +327,55 @@ def test_a_short_fine_tune_warns_and_prints_chance(encoder_file: Path, cifar_sma
                         "at least 100 steps (--epochs 17 here)"]
     assert "(chance 10.00 %: 1 / 10 classes)" in proc.stdout and "6 steps" in proc.stdout
     assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["chance"] == 0.1
+
+
+# ---------------------------------------------------------------- 6. data.image_size=auto
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few 500x375 JPEG photos (and one unreadable file, which says nothing about the size)."""
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(6):
+        Image.new("RGB", (500, 375), (40 * i, 100, 200)).save(root / f"photo{i}.jpg", quality=80)
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.mark.parametrize(("side", "size"), [(32, 32), (40, 32), (64, 64), (96, 96), (112, 96), (150, 160),
+                                             (200, 224), (375, 224), (3000, 224)])
+def test_size_rule(side: float, size: int):
+    from sslcli.sizing import size_for
+
+    assert size_for(side) == size
+
+
+def test_auto_image_size_follows_the_data(cifar10: Path, photos: Path):
+    from sslcli.spec import PretrainSpec, resolve
+
+    imagenette = cifar10.parent / "imagenette"
+    for data, size in ((cifar10, 32), (imagenette, 96), (photos, 224)):
+        spec = resolve(PretrainSpec, options={"data.path": str(data)})
+        assert spec.data.image_size == size and spec.augment.size == size, data
+    explicit = resolve(PretrainSpec, options={"data.path": str(photos)}, sets=["data.image_size=64"])
+    assert explicit.data.image_size == 64  # an explicit value wins
+    preset = resolve(PretrainSpec, preset="simclr-cifar10", options={"data.path": str(photos)})
+    assert preset.data.image_size == 32  # presets set their size explicitly: unchanged
+    # MAE's patch size is a default that depends on the size: it sees the resolved one.
+    mae = {data: resolve(PretrainSpec, options={"data.path": str(data), "method.name": "mae"})
+           for data in (cifar10, imagenette)}
+    assert mae[cifar10].encoder.kwargs["patch_size"] == 4 and mae[imagenette].encoder.kwargs["patch_size"] == 12
+
+
+def test_dry_run_shows_the_auto_size_and_why(photos: Path):
+    proc = sslcli_run("pretrain", str(photos), "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["data"]["image_size"] == 224
+    assert proc.stderr.splitlines() == ["data.image_size auto: 224 px (median shorter side 375 px over 6 sampled "
+                                        "images; --set data.image_size=N to choose)"]
+
+
+def test_auto_size_without_images_is_the_data_error(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    proc = sslcli_run("pretrain", str(tmp_path / "empty"), "--out", str(tmp_path / "run"))
+    assert_one_clean_error(proc, 2, "no images found")

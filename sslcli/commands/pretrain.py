@@ -17,7 +17,7 @@ from sslcli import checkpoint, console, data, distributed, monitors, online_knn,
 from sslcli import resume as resumption
 from sslcli.augment import Augmenter
 from sslcli.encoders import EncoderInfo, build_encoder
-from sslcli.errors import Interrupted
+from sslcli.errors import Interrupted, UsageError
 from sslcli.methods import CONFIGS, method_class
 from sslcli.methods.base import Budget, Method
 from sslcli.schedules import warmup_cosine
@@ -60,6 +60,9 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     resume: None (a new run), "auto" (continue --out from its newest intact checkpoint, or start it),
     a run folder or a state file. force: resume even when the spec fingerprint differs.
     """
+    if spec.data.image_size == "auto":  # spec.resolve chooses it from DATA's images; none could be read there
+        training_images(spec)  # says what is wrong with DATA
+        raise UsageError("data.image_size=auto: no image of DATA could be measured; set --set data.image_size=N")
     resume_dir, state = resumption.resume_point(spec, resume)
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
@@ -162,7 +165,7 @@ def announce(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: 
     skipped = train_data.policy.count
     images = f"{console.plural(trained_images(train_data), 'image')}" + (f" ({skipped} unreadable skipped)"
                                                                          if skipped else "")
-    console.info(f"run folder {run_dir}: {images}, {console.plural(train_data.steps_per_epoch, 'step/epoch')} x "
+    console.info(f"run folder {run_dir}: {images} at {spec.data.image_size} px, {console.plural(train_data.steps_per_epoch, 'step/epoch')} x "
                  f"{console.plural(spec.train.epochs, 'epoch')} on {on} ({loop.precision})")
     console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {spec.scaled_lr():.4g}")
     for line in short_run_warnings(spec, loop):
