@@ -290,8 +290,13 @@ def make_run_dir(out: Path | None, method: str, resuming: bool = False) -> Path:
     if out is not None:
         run_dir = Path(out)
         if (run_dir / "encoder.safetensors").exists() and not resuming:
-            raise UsageError(f"{run_dir} already holds a run; continue it with --resume auto, or choose another "
-                             "--out so nothing is overwritten")
+            progress = run_progress(run_dir)
+            if progress is not None and progress[0] >= progress[1]:
+                raise UsageError(f"{run_dir} already holds a finished run ({progress[0]}/{progress[1]} steps): "
+                                 f"{further_training(run_dir)}")
+            where = f" (stopped at step {progress[0]}/{progress[1]})" if progress else ""
+            raise UsageError(f"{run_dir} already holds a run{where}; continue it with --resume auto, or choose "
+                             "another --out so nothing is overwritten")
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{method}-{stamp}"
@@ -307,6 +312,24 @@ def make_run_dir(out: Path | None, method: str, resuming: bool = False) -> Path:
         raise UsageError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); choose a writable --out") \
             from None
     return run_dir
+
+
+def run_progress(run_dir: Path) -> tuple[int, int] | None:
+    """(step, total steps) of a run folder's newest training state, or None when it has none readable."""
+    states = complete_states(Path(run_dir) / "checkpoints")
+    if not states:
+        return None
+    try:
+        record = read_state_record(states[-1])
+        return int(record["step"]), int(record["fingerprint_parts"]["total steps"])
+    except (UsageError, KeyError, TypeError, ValueError):
+        return None
+
+
+def further_training(run_dir: Path) -> str:
+    """How to train a finished run further: a new schedule that starts from its weights."""
+    return (f"it is complete. To train further, start a new run from its weights with the schedule you want: "
+            f"--init-from {Path(run_dir) / 'encoder.safetensors'} --out NEW_RUN_DIR")
 
 
 def check_free_space(run_dir: Path, model: nn.Module, keep: int) -> None:

@@ -53,6 +53,9 @@ LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split 
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
 
 
+INTERRUPTED = "interrupted: stopped at once (Ctrl-C); nothing was saved at this point"
+
+
 def set_option(example: str) -> Any:
     return typer.Option(None, "--set", metavar="KEY=VALUE", help=f"override any spec key, repeatable: --set {example}")
 
@@ -74,7 +77,10 @@ def _reporting_rank() -> bool:
 def _run(command: str, spec: Any, json_out: bool, **options: Any) -> None:
     """Run sslcli.commands.<command> and print its result: one JSON line, or its text."""
     module = importlib.import_module(f"sslcli.commands.{command}")
-    result = module.run(spec, **options) if spec is not None else module.run()
+    try:
+        result = module.run(spec, **options) if spec is not None else module.run()
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop, or a second one inside it (typer would exit silently)
+        raise SslcliError(INTERRUPTED, exit_code=130) from None
     if not _reporting_rank():
         return
     console.result_json(result) if json_out else console.result(module.format_text(result))
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = command.main(args=argv, prog_name="sslcli", standalone_mode=False)
     except KeyboardInterrupt:
-        console.error("interrupted")
+        console.error(INTERRUPTED)
         sys.exit(130)
     except Interrupted as exc:  # a clean stop after a checkpoint, not a failure
         console.warn(str(exc))

@@ -59,11 +59,38 @@ def resume_point(spec: PretrainSpec, resume: str | None) -> tuple[Path | None, P
     return (Path(spec.out) if spec.out else target.parent.parent), target
 
 
+def drop_metrics_after(path: Path, step: int) -> int:
+    """Keep only the metrics.jsonl records up to `step`, the step a run continues from (none for a fresh start),
+    so the curves never mix the history being replaced with the new one. Returns how many were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            at = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            at = None  # a line cut short by a kill
+        if step > 0 and isinstance(at, int) and at <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        checkpoint.atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+        console.info(f"metrics.jsonl: dropped {dropped} records after step {step} (they belong to the history "
+                     "this run replaces)")
+    return dropped
+
+
 def check_fingerprint(record: dict[str, Any], current: dict[str, Any], state: Path, force: bool) -> None:
     if record.get("fingerprint") == current["hash"]:
         return
     saved = record.get("fingerprint_parts") or {}
     changed = [k for k, v in current["parts"].items() if saved.get(k) != v]
+    if changed == ["total steps"] and not force and record.get("step") == saved.get("total steps"):
+        run_dir = Path(state).parent.parent
+        raise UsageError(f"{run_dir} holds a finished run ({record['step']} steps) and a finished schedule is not "
+                         f"extended (its learning rate has decayed): {checkpoint.further_training(run_dir)}")
     what = ", ".join(changed) if changed else "the run's settings"
     if force:
         console.warn(f"resuming {state} although {what} changed (--force)")

@@ -36,7 +36,9 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     path: Path | None = Field(None, description="folder of images (DATA); train/ is used when it holds splits")
     val: Path | None = Field(None, description="labeled eval split for the online kNN (default: DATA's val/ or test/)")
-    image_size: int = Field(32, gt=0, description="training crop side in px; also the encoder's input size")
+    image_size: int | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
+                                              "input size ('auto': from the median shorter side of a sample of "
+                                              "DATA's images: 32 for CIFAR-sized, 96 for 96 px, up to 224)")
     max_images: int | None = Field(None, gt=0, description="train on a seeded random subset of this many images")
     num_workers: int | Literal["auto"] = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = Field("skip", description="unreadable images: skip and report, or stop")
@@ -127,7 +129,8 @@ class PretrainSpec(Strict):
         # One source of truth for the input size: the views are cropped to data.image_size.
         if "size" in self.augment.model_fields_set and self.augment.size != self.data.image_size:
             raise ValueError("augment.size follows data.image_size; set data.image_size instead")
-        self.augment = self.augment.model_copy(update={"size": self.data.image_size})
+        if self.data.image_size != "auto":  # 'auto' is left only when DATA could not be looked at (resolve)
+            self.augment = self.augment.model_copy(update={"size": self.data.image_size})
         return self
 
     def scaled_lr(self) -> float:
@@ -356,11 +359,33 @@ def resolve(model: type[SpecT], preset: str | None = None, options: dict[str, An
         key, value = parse_set(item)
         set_dotted(tree, key, value)
     if model is PretrainSpec:
+        resolve_image_size(tree)
         tree = merge(method_defaults(tree), tree)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
         raise UsageError("\n".join(format_errors(exc, model))) from None
+
+
+def resolve_image_size(tree: dict[str, Any]) -> None:
+    """data.image_size=auto (the default) becomes a size chosen from DATA's images, before the method's defaults
+    that depend on it (MAE's patch size) are read; an explicit size is kept. Left 'auto' when DATA cannot be
+    looked at: pretraining then says what is wrong with it."""
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else None
+    if data is None or data.get("image_size", "auto") != "auto" or not isinstance(data.get("path"), str):
+        return
+    from sslcli import console
+    from sslcli.sizing import auto_image_size
+
+    root = Path(data["path"])
+    has_splits = (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir())
+    chosen = auto_image_size(root / "train" if has_splits else root)  # the images that train (data.split_folders)
+    if chosen is None:
+        return
+    size, median, count = chosen
+    data["image_size"] = size
+    console.info(f"data.image_size auto: {size} px (median shorter side {median:g} px over {count} sampled "
+                 "images; --set data.image_size=N to choose)")
 
 
 def method_defaults(tree: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def test_summary_lists_only_the_report_files_drawn(unlabeled_run):
 def test_image_count_is_what_trains_and_plurals_are_right(unlabeled_run):
     _, _, proc = unlabeled_run
     header = next(line for line in proc.stderr.splitlines() if line.startswith("run folder"))
-    assert "400 images (1 unreadable skipped), 3 steps/epoch x 1 epoch on" in header
+    assert "400 images (1 unreadable skipped) at 32 px, 3 steps/epoch x 1 epoch on" in header
     assert " · 1 epoch (3 steps) · " in proc.stdout.splitlines()[0]
 
 
@@ -196,3 +196,186 @@ def test_curves_draw_a_chance_line_in_the_knn_panel(tmp_path: Path, monkeypatch:
     drawn.clear()
     report.curves_png(records[1:2], tmp_path / "curves.png", "t")  # no kNN: no chance line either
     assert not [line for line in drawn["fig"].axes[2].lines if line.get_label() == "chance"]
+
+
+# ---------------------------------------------------------------- 4. interrupts and finished runs
+
+
+def test_a_second_ctrl_c_says_what_was_kept(cifar_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from sslcli import train
+    from sslcli.commands import pretrain
+    from sslcli.errors import Interrupted
+    from tests.test_resume import spec_for
+
+    real, calls = train._train_step, {"n": 0}
+
+    def second_ctrl_c(*args, **kwargs):  # what train.py's handler does on a second SIGINT
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_step", second_ctrl_c)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted) as stopped:
+        pretrain.run(spec_for(cifar_small, run))  # a checkpoint after epoch 1 (step 4), stopped in step 6
+    assert str(stopped.value) == (f"interrupted again: stopped at once without a checkpoint; the last checkpoint "
+                                  f"(step 4) is intact; --out {run} --resume auto continues from it")
+    assert stopped.value.exit_code == 130
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path):
+    from sslcli import cli
+    from sslcli.commands import methods
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(methods, "run", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["methods"])
+    assert exited.value.code == 130
+    err = capsys.readouterr().err
+    assert err == "error: interrupted: stopped at once (Ctrl-C); nothing was saved at this point\n"
+
+
+def test_metrics_after_the_resumed_step_are_dropped(tmp_path: Path):
+    from sslcli.resume import drop_metrics_after
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 0, "knn_top1": 0.3}, {"step": 1, "loss": 3}, {"step": 2, "loss": 2.9}, {"step": 3, "loss": 2.8}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 4, "lo')  # cut short by a kill
+    assert drop_metrics_after(path, 2) == 2
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2]
+    assert drop_metrics_after(path, 0) == 3 and path.read_text() == ""  # a fresh start keeps nothing
+    assert drop_metrics_after(tmp_path / "none.jsonl", 0) == 0
+
+
+def test_restart_without_checkpoint_and_resume_keep_one_history(cifar_small: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    from sslcli import train
+    from sslcli.commands import pretrain
+    from sslcli.errors import Interrupted
+    from tests.test_resume import STEPS_PER_EPOCH, spec_for
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')  # an attempt killed early
+    real, calls = train._train_step, {"n": 0}
+
+    def stop_at_6(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "_train_step", stop_at_6)
+        with pytest.raises(Interrupted):
+            pretrain.run(spec_for(cifar_small, run), resume="auto")  # no checkpoint: starts afresh
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5], "the killed attempt's records are gone; step 6 never finished"
+    done = pretrain.run(spec_for(cifar_small, run), resume="auto")
+    assert done["resumed_from_step"] == STEPS_PER_EPOCH
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 2 * STEPS_PER_EPOCH + 1)), "one history: step 5 of the stopped attempt dropped"
+
+
+def test_a_finished_run_says_how_to_train_further(cifar_small: Path, tmp_path: Path, caplog, capsys):
+    from sslcli.commands import pretrain
+    from sslcli.errors import UsageError
+    from tests.test_resume import spec_for
+
+    run = tmp_path / "run"
+    pretrain.run(spec_for(cifar_small, run))
+    capsys.readouterr()
+    again = pretrain.run(spec_for(cifar_small, run), resume="auto")
+    assert again["already_complete"]
+    err = capsys.readouterr().err
+    further = f"To train further, start a new run from its weights with the schedule you want: --init-from " \
+              f"{run / 'encoder.safetensors'} --out NEW_RUN_DIR"
+    assert f"{run} holds a finished run (8/8 steps), so there is nothing to resume: it is complete. {further}" in err
+    longer = spec_for(cifar_small, run, **{"train.epochs": "3"})
+    with pytest.raises(UsageError) as refused:
+        pretrain.run(longer, resume="auto")
+    assert str(refused.value) == (f"{run} holds a finished run (8 steps) and a finished schedule is not extended "
+                                  f"(its learning rate has decayed): it is complete. {further}")
+    with pytest.raises(UsageError) as refused:
+        pretrain.run(spec_for(cifar_small, run))
+    assert str(refused.value) == f"{run} already holds a finished run (8/8 steps): it is complete. {further}"
+
+
+# ---------------------------------------------------------------- 5. runs too short to mean much
+
+
+def test_a_run_shorter_than_its_warm_up_and_log_every_warns_once(unlabeled_run):
+    _, _, proc = unlabeled_run  # quickstart for 1 epoch: 3 steps, a 1-epoch warm-up, log_every 20
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: this run")]
+    assert warnings == [
+        "warning: this run (3 steps) is no longer than its warm-up (3 steps: optim.warmup_epochs 1 x 3 steps/epoch), "
+        "so the learning rate never reaches its peak; train longer or lower optim.warmup_epochs",
+        "warning: this run (3 steps) is no longer than train.log_every (20): only its last step is logged and the "
+        "curves will be single dots; --set train.log_every=1 logs more"]
+
+
+def test_a_short_fine_tune_warns_and_prints_chance(encoder_file: Path, cifar_small: Path, tmp_path: Path):
+    proc = sslcli_run("finetune", str(encoder_file), "--data", str(cifar_small), "--epochs", "1", "--batch-size", "64",
+                      "--out", str(tmp_path / "ft"))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: this fine-tune is only 6 steps: its score says little about the encoder; give it "
+                        "at least 100 steps (--epochs 17 here)"]
+    assert "(chance 10.00 %: 1 / 10 classes)" in proc.stdout and "6 steps" in proc.stdout
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["chance"] == 0.1
+
+
+# ---------------------------------------------------------------- 6. data.image_size=auto
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few 500x375 JPEG photos (and one unreadable file, which says nothing about the size)."""
+    root = tmp_path_factory.mktemp("photos")
+    for i in range(6):
+        Image.new("RGB", (500, 375), (40 * i, 100, 200)).save(root / f"photo{i}.jpg", quality=80)
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.mark.parametrize(("side", "size"), [(32, 32), (40, 32), (64, 64), (96, 96), (112, 96), (150, 160),
+                                             (200, 224), (375, 224), (3000, 224)])
+def test_size_rule(side: float, size: int):
+    from sslcli.sizing import size_for
+
+    assert size_for(side) == size
+
+
+def test_auto_image_size_follows_the_data(cifar10: Path, photos: Path):
+    from sslcli.spec import PretrainSpec, resolve
+
+    imagenette = cifar10.parent / "imagenette"
+    for data, size in ((cifar10, 32), (imagenette, 96), (photos, 224)):
+        spec = resolve(PretrainSpec, options={"data.path": str(data)})
+        assert spec.data.image_size == size and spec.augment.size == size, data
+    explicit = resolve(PretrainSpec, options={"data.path": str(photos)}, sets=["data.image_size=64"])
+    assert explicit.data.image_size == 64  # an explicit value wins
+    preset = resolve(PretrainSpec, preset="simclr-cifar10", options={"data.path": str(photos)})
+    assert preset.data.image_size == 32  # presets set their size explicitly: unchanged
+    # MAE's patch size is a default that depends on the size: it sees the resolved one.
+    mae = {data: resolve(PretrainSpec, options={"data.path": str(data), "method.name": "mae"})
+           for data in (cifar10, imagenette)}
+    assert mae[cifar10].encoder.kwargs["patch_size"] == 4 and mae[imagenette].encoder.kwargs["patch_size"] == 12
+
+
+def test_dry_run_shows_the_auto_size_and_why(photos: Path):
+    proc = sslcli_run("pretrain", str(photos), "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["data"]["image_size"] == 224
+    assert proc.stderr.splitlines() == ["data.image_size auto: 224 px (median shorter side 375 px over 6 sampled "
+                                        "images; --set data.image_size=N to choose)"]
+
+
+def test_auto_size_without_images_is_the_data_error(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    proc = sslcli_run("pretrain", str(tmp_path / "empty"), "--out", str(tmp_path / "run"))
+    assert_one_clean_error(proc, 2, "no images found")

@@ -114,7 +114,8 @@ def test_resume_auto_is_idempotent_and_refuses_another_runs_checkpoint(cifar_sma
     other.train.epochs = 3  # more steps and another seed: a different run
     with pytest.raises(UsageError, match="total steps, seed"):
         pretrain.run(other, resume="auto")
-    with pytest.raises(UsageError, match="already holds a run"):
+    with pytest.raises(UsageError, match="already holds a finished run .* it is complete. To train further, .*"
+                       "--init-from .*encoder.safetensors --out NEW_RUN_DIR"):
         pretrain.run(spec_for(cifar_small, run))  # a new run never overwrites an existing one
     with pytest.raises(UsageError, match="needs the run folder"):
         pretrain.run(spec_for(cifar_small, run).model_copy(update={"out": None}), resume="auto")

@@ -10,7 +10,9 @@ def test_defaults_are_valid_simclr():
     spec = resolve(PretrainSpec)
     assert spec.method.name == "simclr"
     assert spec.train.batch_size == 256
-    assert spec.augment.size == spec.data.image_size
+    assert spec.data.image_size == "auto"  # no DATA to choose it from: pretrain chooses it (or says why not)
+    sized = resolve(PretrainSpec, sets=["data.image_size=48"])
+    assert sized.augment.size == sized.data.image_size == 48
 
 
 def test_precedence_defaults_preset_typed_set(tmp_path: Path):

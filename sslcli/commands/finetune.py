@@ -47,6 +47,7 @@ from sslcli.train import (
 from sslcli.views import ViewConfig
 
 CLASSIFIER_FORMAT = "sslcli.classifier.v1"
+MEANINGFUL_STEPS = 100  # fewer steps than this and a fine-tune's score is mostly its fresh head's luck
 
 
 def head_keys(model: nn.Module) -> set[str]:
@@ -243,6 +244,10 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
                  f"({len(val_set)} eval), {console.plural(len(loader), 'step/epoch')} x "
                  f"{console.plural(spec.train.epochs, 'epoch')} on {device}; "
                  f"lr = {spec.optim.base_lr} x {batch_size} / 256 = {lr:.4g}")
+    if loop.total_steps < MEANINGFUL_STEPS:
+        console.warn(f"this fine-tune is only {console.plural(loop.total_steps, 'step')}: its score says little "
+                     f"about the encoder; give it at least {MEANINGFUL_STEPS} steps "
+                     f"(--epochs {-(-MEANINGFUL_STEPS // len(loader))} here)")
     job = Job(spec, info, source, model, classes, train_set, val_set, val_labels, loader, val_loader, loop,
               make_optimizer(model, spec), lr_schedule, criterion, mixup, out, device)
     result, history = _train(job)

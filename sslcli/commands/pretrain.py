@@ -7,6 +7,7 @@ rank 0 alone writes the run folder and reports.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from sslcli import budget, checkpoint, console, data, distributed, monitors, onl
 from sslcli import resume as resumption
 from sslcli.augment import Augmenter
 from sslcli.encoders import EncoderInfo, build_encoder
-from sslcli.errors import Interrupted
+from sslcli.errors import Interrupted, UsageError
 from sslcli.methods import CONFIGS, method_class
 from sslcli.methods.base import Budget, Method
 from sslcli.schedules import warmup_cosine
@@ -64,6 +65,9 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     a run folder or a state file. force: resume even when the spec fingerprint differs.
     """
     started = time.perf_counter()  # --budget counts from here
+    if spec.data.image_size == "auto":  # spec.resolve chooses it from DATA's images; none could be read there
+        training_images(spec)  # says what is wrong with DATA
+        raise UsageError("data.image_size=auto: no image of DATA could be measured; set --set data.image_size=N")
     resume_dir, state = resumption.resume_point(spec, resume)
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     prepare_device(device)
@@ -80,7 +84,8 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
         start_step = resumption.restore(state, spec, identity, force, model.method, optimizer, scaler,
                                         model.generator, model.augment, device)
         if start_step >= loop.total_steps:
-            console.info(f"{resume_dir} is already complete ({start_step} steps); nothing to do")
+            console.info(f"{resume_dir} holds a finished run ({start_step}/{loop.total_steps} steps), so there is "
+                         f"nothing to resume: {checkpoint.further_training(resume_dir)}")
             return {"run_dir": str(resume_dir), "encoder": str(resume_dir / "encoder.safetensors"),
                     "method": spec.method.name, "steps": start_step, "already_complete": True}
         console.info(f"resuming from {state} at step {start_step}/{loop.total_steps}")
@@ -219,9 +224,26 @@ def announce(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: 
     skipped = train_data.policy.count
     images = f"{console.plural(trained_images(train_data), 'image')}" + (f" ({skipped} unreadable skipped)"
                                                                          if skipped else "")
-    console.info(f"run folder {run_dir}: {images}, {console.plural(train_data.steps_per_epoch, 'step/epoch')} x "
+    console.info(f"run folder {run_dir}: {images} at {spec.data.image_size} px, {console.plural(train_data.steps_per_epoch, 'step/epoch')} x "
                  f"{console.plural(spec.train.epochs, 'epoch')} on {on} ({loop.precision})")
     console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {spec.scaled_lr():.4g}")
+    for line in short_run_warnings(spec, loop):
+        console.warn(line)
+
+
+def short_run_warnings(spec: PretrainSpec, loop: LoopConfig) -> list[str]:
+    """What a run too short for its own settings should know before it starts."""
+    total, warmup = loop.total_steps, round(spec.optim.warmup_epochs * loop.steps_per_epoch)
+    lines = []
+    if warmup >= total:
+        lines.append(f"this run ({console.plural(total, 'step')}) is no longer than its warm-up ({warmup} steps: "
+                     f"optim.warmup_epochs {spec.optim.warmup_epochs:g} x {loop.steps_per_epoch} steps/epoch), so "
+                     "the learning rate never reaches its peak; train longer or lower optim.warmup_epochs")
+    if total <= loop.log_every:
+        lines.append(f"this run ({console.plural(total, 'step')}) is no longer than train.log_every "
+                     f"({loop.log_every}): only its last step is logged and the curves will be single dots; "
+                     f"--set train.log_every={max(1, total // 20)} logs more")
+    return lines
 
 
 def trained_images(train_data: TrainingData) -> int:
@@ -262,6 +284,8 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
     """fit() with the run's events: checkpoints (and the report) from rank 0, the online kNN, the monitors."""
     main = distributed.is_main()
     step = step_function(spec, loop, model, device)
+    if main:  # records after the step this run continues from belong to a history that is being replaced
+        resumption.drop_metrics_after(run_dir / "metrics.jsonl", start_step)
     metrics = console.MetricsLog(run_dir / "metrics.jsonl") if main else None
     knn = online_knn.OnlineKnn(spec, model.info, device, model.method, metrics, cache_policy(spec))
     health = monitors.CollapseWatch(metrics)
@@ -284,6 +308,11 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
         raise Interrupted(f"{exc}; the weights and training state at this step were saved to {run_dir} "
                           f"(encoder.safetensors, checkpoints/); to continue, run the same command with "
                           f"--out {run_dir} --resume auto", exc.signum) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: train.fit stops at once, without a checkpoint of this step
+        progress = checkpoint.run_progress(run_dir)
+        kept = (f"the last checkpoint (step {progress[0]}) is intact; --out {run_dir} --resume auto continues from it"
+                if progress else f"no checkpoint was written yet; --out {run_dir} --resume auto starts the run again")
+        raise Interrupted(f"interrupted again: stopped at once without a checkpoint; {kept}", signal.SIGINT) from None
     finally:
         if metrics is not None:
             metrics.close()

@@ -1,0 +1,56 @@
+"""data.image_size=auto: the training size chosen from the images themselves, without torch and without
+decoding them (Pillow reads the size from the file header), so --dry-run shows it at once."""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+from pathlib import Path
+
+from PIL import Image
+
+SIZES = (32, 64, 96, 128, 160, 224)  # the sizes auto picks from; 224 is the cap
+SAMPLE = 64  # images whose header is read
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})  # as data.IMAGE_EXTENSIONS
+
+
+def size_for(shorter_side: float) -> int:
+    """The size for images whose median shorter side is this: 32 for CIFAR-sized images (<= 40 px), else the
+    nearest of SIZES (a tie goes to the smaller: 112 px gives 96), at most 224 for large photos."""
+    if shorter_side <= 40:
+        return 32
+    return min(SIZES, key=lambda size: (abs(size - shorter_side), size))
+
+
+def image_files(folder: Path, limit: int = 100_000) -> list[Path]:
+    """Image files under folder in a fixed order (hidden names skipped), at most `limit` of them."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath, f) for f in sorted(filenames)
+                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in EXTENSIONS)
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+def auto_image_size(folder: Path | str, seed: int = 0) -> tuple[int, float, int] | None:
+    """(chosen size, median shorter side, images measured) from a seeded sample of up to SAMPLE images, or
+    None when the folder holds no image whose header can be read (the data loader then says why)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    files = image_files(folder)
+    sample = random.Random(seed).sample(files, min(SAMPLE, len(files)))
+    sides = []
+    for path in sample:
+        try:
+            with Image.open(path) as img:  # the header only: no pixel is decoded
+                sides.append(min(img.size))
+        except Exception:  # noqa: BLE001 - an unreadable file says nothing about the size; data.py reports it
+            continue
+    if not sides:
+        return None
+    median = statistics.median(sides)
+    return size_for(median), median, len(sides)
