@@ -141,10 +141,11 @@ def command_lines(run: Path, data: Path, tmp: Path) -> dict[str, list[str]]:
     encoder = str(run / "encoder.safetensors")
     return {
         "pretrain": ["pretrain", str(data), "--preset", "quickstart", "--epochs", "1", "--batch-size", "128",
-                     "--set", "method.proj_hidden_dim=64", "--out", str(tmp / "pretrain")],
+                     "--set", "method.proj_hidden_dim=64", "--out", str(tmp / "pretrain"),
+                     "--set", "optim.warmup_epochs=0", "--set", "train.log_every=1"],  # long enough not to warn
         "probe": ["probe", encoder, "--data", str(data), "--set", "knn_k=[20]"],
-        "finetune": ["finetune", encoder, "--data", str(data), "--epochs", "1", "--batch-size", "64",
-                     "--out", str(tmp / "ft")],
+        "finetune": ["finetune", encoder, "--data", str(data), "--epochs", "1", "--batch-size", "4",
+                     "--out", str(tmp / "ft")],  # 100 steps: long enough not to warn
         "export": ["export", encoder, "--to", "timm", "--out", str(tmp / "export")],
         "embed": ["embed", encoder, "--data", str(data / "test"), "--out", str(tmp / "emb.safetensors")],
         "inspect": ["inspect", encoder],
