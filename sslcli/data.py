@@ -21,8 +21,9 @@ from PIL import Image, UnidentifiedImageError
 
 from sslcli import console
 from sslcli.errors import UsageError
+from sslcli.sizing import EXTENSIONS
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = EXTENSIONS  # one list, kept in the torch-free sizing.py
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from PIL import Image
 
 SIZES = (32, 64, 96, 128, 160, 224)  # the sizes auto picks from; 224 is the cap
 SAMPLE = 64  # images whose header is read
-EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})  # as data.IMAGE_EXTENSIONS
+# The image files sslcli reads (data.IMAGE_EXTENSIONS is this set; it lives here, where no torch is imported).
+EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
 def size_for(shorter_side: float) -> int:
