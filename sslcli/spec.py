@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,7 +37,7 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     path: Path | None = Field(None, description="folder of images (DATA); train/ is used when it holds splits")
     val: Path | None = Field(None, description="labeled eval split for the online kNN (default: DATA's val/ or test/)")
-    image_size: int | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
+    image_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
                                               "input size ('auto': from the median shorter side of a sample of "
                                               "DATA's images: 32 for CIFAR-sized, 96 for 96 px, up to 224)")
     max_images: int | None = Field(None, gt=0, description="train on a seeded random subset of this many images")
@@ -127,10 +128,11 @@ class PretrainSpec(Strict):
     @model_validator(mode="after")
     def _crop_size_is_image_size(self) -> PretrainSpec:
         # One source of truth for the input size: the views are cropped to data.image_size.
+        if self.data.image_size == "auto":  # left only when DATA could not be looked at (resolve): no size yet
+            return self
         if "size" in self.augment.model_fields_set and self.augment.size != self.data.image_size:
             raise ValueError("augment.size follows data.image_size; set data.image_size instead")
-        if self.data.image_size != "auto":  # 'auto' is left only when DATA could not be looked at (resolve)
-            self.augment = self.augment.model_copy(update={"size": self.data.image_size})
+        self.augment = self.augment.model_copy(update={"size": self.data.image_size})
         return self
 
     def scaled_lr(self) -> float:
@@ -420,12 +422,20 @@ def _check_method_switch(tree: dict[str, Any], typed: dict[str, Any], preset: st
         raise UsageError(f"unknown method '{wanted}'; available: {', '.join(CONFIGS)}")
 
 
+# The names pydantic gives the branches of a union in an error's location (int | "auto", ...): not keys.
+_UNION_BRANCH = re.compile(r"^(constrained-\w+|literal\[.*\]|int|float|str|bool|none|(list|tuple|dict)\[.*\])$")
+
+
 def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     """One readable line per problem: the dotted key, what is wrong, what was given."""
-    lines = []
+    lines, seen = [], set()
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in CONFIGS and err["loc"][0] == "method")]
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in CONFIGS and err["loc"][0] == "method")
+               and not _UNION_BRANCH.match(str(p))]
         key = ".".join(loc) or "spec"
+        if key in seen:  # a value no branch of a union accepts: the first branch's reason is enough
+            continue
+        seen.add(key)
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(model, loc[:-1])
             hint = f"; valid keys here: {', '.join(valid)}" if valid else ""

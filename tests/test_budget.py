@@ -61,5 +61,5 @@ def test_a_budget_run_plans_its_steps_trains_them_and_keeps_the_plan_on_resume(c
     # Resuming the finished run with the same command keeps its plan instead of calibrating a new one.
     again = sslcli_run(*args, "--budget", "40s", "--resume", "auto")
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["steps"] == planned and "already complete" in again.stderr
+    assert json.loads(again.stdout)["steps"] == planned and "finished run" in again.stderr
     assert not any(line.startswith("--budget") for line in again.stderr.splitlines())

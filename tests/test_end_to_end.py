@@ -143,7 +143,7 @@ def command_lines(run: Path, data: Path, tmp: Path) -> dict[str, list[str]]:
         "pretrain": ["pretrain", str(data), "--preset", "quickstart", "--epochs", "1", "--batch-size", "128",
                      "--set", "method.proj_hidden_dim=64", "--out", str(tmp / "pretrain"),
                      "--set", "optim.warmup_epochs=0", "--set", "train.log_every=1"],  # long enough not to warn
-        "probe": ["probe", encoder, "--data", str(data), "--set", "knn_k=[20]"],
+        "probe": ["probe", encoder, "--data", str(data), "--set", "knn_k=[20]", "--no-baseline"],
         "finetune": ["finetune", encoder, "--data", str(data), "--epochs", "1", "--batch-size", "4",
                      "--out", str(tmp / "ft")],  # 100 steps: long enough not to warn
         "export": ["export", encoder, "--to", "timm", "--out", str(tmp / "export")],

@@ -237,7 +237,7 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_small: Path, tmp_pat
                                           "out": str(tmp_path / "run")}, sets=sets)
     summary = pretrain.run(spec)
     assert summary["steps"] == 2 and summary["method"] == name
-    result = probe.run(ProbeSpec(encoder=Path(summary["encoder"]), data=cifar_small, knn_k=[5],
+    result = probe.run(ProbeSpec(encoder=Path(summary["encoder"]), data=cifar_small, knn_k=[5], baseline=False,
                                  linear_weight_decays=[1e-4], num_workers=0))
     # The probe loaded this run's encoder and scored every one of the 200 eval images.
     assert result["method"] == name and result["n_eval"] == 200
