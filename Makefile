@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/pytest -q -m "not gpu" -n 2 --dist loadfile
+	$(BIN)/pytest -q -m "not gpu"
 
 # On a machine with a CUDA GPU: every GPU test, GPU_WORKERS at a time (pytest-xdist), each stopped with its
 # name and a traceback after 120 s (pytest-timeout); -v lists what ran. Under 3 minutes on one H200.

@@ -71,7 +71,7 @@ def test_set_into_a_value_is_an_error():
 
 def test_augment_size_cannot_disagree_with_image_size():
     with pytest.raises(UsageError, match="data.image_size"):
-        resolve(PretrainSpec, sets=["augment.size=64"])
+        resolve(PretrainSpec, sets=["data.image_size=32", "augment.size=64"])
 
 
 def test_unknown_method_and_unknown_preset():
