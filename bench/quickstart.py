@@ -17,7 +17,7 @@ import torch
 
 from bench.common import random_init_encoder
 from sslcli.commands import pretrain, probe
-from sslcli.spec import PretrainSpec, ProbeSpec, resolve
+from sslcli.spec import PretrainSpec, ProbeSpec, preset_expectations, resolve
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
@@ -29,8 +29,11 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra spec overrides")
     args = parser.parse_args()
 
-    spec = resolve(PretrainSpec, preset="quickstart", options={"data.path": str(args.data), "out": str(args.out)},
-                   sets=args.sets)
+    # The epochs the preset's expected figure was measured with, in place of its time budget, so the figures
+    # do not depend on the machine (a --set train.budget=... still chooses a budget).
+    epochs = preset_expectations()["quickstart"]["epochs"]
+    spec = resolve(PretrainSpec, preset="quickstart", sets=args.sets,
+                   options={"data.path": str(args.data), "out": str(args.out), "train.epochs": epochs})
     summary = pretrain.run(spec)
     baseline = random_init_encoder(spec, args.out / "random-init")
 

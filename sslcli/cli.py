@@ -192,6 +192,8 @@ def finetune(
     preset: str = typer.Option(None, "--preset", "-p", help="path to a .toml of finetune spec sections"),
     out: Path = out_option(False, "output folder (default: finetune-<timestamp> beside ENCODER)"),
     on_bad_image: str = BadImageOption,
+    baseline: bool = typer.Option(None, "--baseline/--no-baseline", help="then fine-tune the same architecture "
+                                  "from a seeded random init with the same recipe, the reference (doubles the time)"),
     sets: list[str] = set_option("train.epochs=10"),
     dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
@@ -204,7 +206,7 @@ def finetune(
     options: dict[str, Any] = {
         "encoder": _encoder(encoder), "data.train": str(data), "data.val": _path(val),
         "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
-        "train.batch_size": batch_size, "out": _path(out),
+        "train.batch_size": batch_size, "out": _path(out), "baseline": baseline,
     }
     spec = resolve(FinetuneSpec, preset=preset, options=options, sets=sets)
     if dry_run:

@@ -218,6 +218,8 @@ class FinetuneSpec(Strict):
     optim: FinetuneOptim = Field(default_factory=FinetuneOptim)
     train: FinetuneTrain = Field(default_factory=FinetuneTrain)
     out: Path | None = Field(None, description="output folder (default: finetune-<timestamp> beside the encoder)")
+    baseline: bool = Field(False, description="then fine-tune the same architecture from a seeded random init with "
+                           "the same recipe: the reference the pretraining is measured against (doubles the time)")
 
     def scaled_lr(self) -> float:
         return self.optim.base_lr * self.train.batch_size / 256
@@ -356,10 +358,13 @@ def resolve(model: type[SpecT], preset: str | None = None, options: dict[str, An
         if value is not None:
             set_dotted(typed, key, value)
     _check_method_switch(tree, typed, preset)
+    run_length = _run_length(tree, typed, sets or [])
     tree = merge(tree, typed)
     for item in sets or []:
         key, value = parse_set(item)
         set_dotted(tree, key, value)
+    if run_length == "epochs":
+        tree["train"].pop("budget", None)
     if model is PretrainSpec:
         resolve_image_size(tree)
         tree = merge(method_defaults(tree), tree)
@@ -367,6 +372,29 @@ def resolve(model: type[SpecT], preset: str | None = None, options: dict[str, An
         return model.model_validate(tree)
     except ValidationError as exc:
         raise UsageError("\n".join(format_errors(exc, model))) from None
+
+
+def _run_length(preset: dict[str, Any], typed: dict[str, Any], sets: list[str]) -> str | None:
+    """Which of epochs and a budget sets the run's length when both are given: the one from the higher layer
+    (preset < options < --set), so `--epochs 2` on the quickstart preset, which carries a budget, trains 2
+    epochs. Both in the same layer of the user's is a usage error (which was meant?). "epochs" when the
+    budget is to be dropped."""
+    layers: list[dict[str, Any]] = [preset, typed, {}]
+    for item in sets:
+        key, value = parse_set(item)
+        set_dotted(layers[2], key, value)
+
+    def given(layer: dict[str, Any], key: str) -> bool:
+        train = layer.get("train")
+        return isinstance(train, dict) and train.get(key) is not None
+
+    budget_at = max((i for i, layer in enumerate(layers) if given(layer, "budget")), default=None)
+    epochs_at = max((i for i, layer in enumerate(layers) if given(layer, "epochs")), default=None)
+    if budget_at is None or epochs_at is None:
+        return None
+    if budget_at == epochs_at and budget_at > 0:
+        raise UsageError("both epochs and a budget given: a budget sets the epochs itself; give --epochs or --budget")
+    return "epochs" if epochs_at > budget_at else "budget"
 
 
 def resolve_image_size(tree: dict[str, Any]) -> None:

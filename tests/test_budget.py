@@ -41,6 +41,25 @@ def test_budget_in_the_spec_reads_durations_and_refuses_nonsense(tmp_path: Path)
     assert_one_clean_error(bad, 2, "train.budget", "'soon' is not a duration")
 
 
+def test_the_quickstart_preset_has_a_budget_and_explicit_epochs_replace_it(tmp_path: Path):
+    from sslcli.spec import PretrainSpec, resolve
+
+    quickstart = resolve(PretrainSpec, preset="quickstart")
+    assert quickstart.train.budget == 210  # 3m30s: the preset fits its promise on any CPU
+    for options, sets in (({"train.epochs": 2}, []), ({}, ["train.epochs=2"])):
+        spec = resolve(PretrainSpec, preset="quickstart", options=options, sets=sets)
+        assert spec.train.budget is None and spec.train.epochs == 2
+    # A budget above a preset's epochs wins, and a --set budget above an --epochs option too.
+    assert resolve(PretrainSpec, preset="simclr-cpu", options={"train.budget": "1m"}).train.budget == 60
+    assert resolve(PretrainSpec, options={"train.epochs": 3}, sets=["train.budget=90s"]).train.budget == 90
+    # Both from the user in one layer: which was meant? One usage error line, exit 2.
+    both = sslcli_run("pretrain", str(tmp_path), "--epochs", "2", "--budget", "1m", "--dry-run")
+    assert_one_clean_error(both, 2, "both epochs and a budget given")
+    dry = sslcli_run("pretrain", str(tmp_path), "--preset", "quickstart", "--epochs", "1", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["train"]["budget"] is None
+
+
 def test_a_budget_run_plans_its_steps_trains_them_and_keeps_the_plan_on_resume(cifar_small: Path, tmp_path: Path):
     run = tmp_path / "run"
     args = ["pretrain", str(cifar_small), "--preset", "quickstart", "--batch-size", "32", "--out", str(run),

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from sslcli import console
+from sslcli.spec import resolve
 from tests.test_cli import assert_one_clean_error, sslcli_run
 
 COMMANDS = ["pretrain", "probe", "finetune", "export", "embed", "inspect", "presets", "report", "methods"]
@@ -327,6 +328,50 @@ def test_a_short_fine_tune_warns_and_prints_chance(encoder_file: Path, cifar_sma
                         "at least 100 steps (--epochs 17 here)"]
     assert "(chance 10.00 %: 1 / 10 classes)" in proc.stdout and "6 steps" in proc.stdout
     assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["chance"] == 0.1
+
+
+def test_finetune_baseline_is_the_same_recipe_from_a_seeded_random_init(encoder_file: Path, cifar_small: Path,
+                                                                      tmp_path: Path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sslcli.commands import finetune
+    from sslcli.spec import FinetuneSpec
+
+    # A "pretrained" encoder: the seed-0 random init (encoder_file) with every weight halved.
+    with safe_open(str(encoder_file), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    pretrained = tmp_path / "pretrained.safetensors"
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in tensors.items()}, str(pretrained), meta)
+
+    def tune(encoder: Path, out: str, baseline: bool) -> dict:
+        spec = resolve(FinetuneSpec, options={"encoder": str(encoder), "data.train": str(cifar_small),
+                                              "train.epochs": 1, "train.batch_size": 64, "out": str(tmp_path / out),
+                                              "baseline": baseline}, sets=["data.num_workers=0"])
+        return finetune.run(spec)
+
+    with_baseline = tune(pretrained, "ft", baseline=True)
+    random_init = tune(encoder_file, "ft-random", baseline=False)
+    # The baseline is exactly the fine-tune of the seed-0 random init, step for step...
+    assert with_baseline["baseline"]["final_loss"] == random_init["final_loss"]
+    assert with_baseline["baseline"]["history"] == random_init["history"] and with_baseline["baseline"]["seed"] == 0
+    # ...and not the encoder given (negative control), whose classifier it did not overwrite.
+    assert with_baseline["final_loss"] != random_init["final_loss"]
+    saved = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert saved["baseline"]["top1"] == with_baseline["baseline"]["top1"] and saved["final_loss"] == with_baseline["final_loss"]
+    assert (tmp_path / "ft" / "baseline-metrics.jsonl").is_file() and (tmp_path / "ft" / "metrics.jsonl").is_file()
+    assert random_init["baseline"] is None and not (tmp_path / "ft-random" / "baseline-metrics.jsonl").exists()
+    text = finetune.format_text(with_baseline)
+    assert f"random init: val top-1 {100 * random_init['top1']:.2f}%" in text and "chance 10.00 %" in text
+    assert "random init" not in finetune.format_text(random_init)
+
+
+def test_finetune_baseline_flag_sets_the_spec(encoder_file: Path, cifar_small: Path):
+    for flag, value in (("--baseline", True), ("--no-baseline", False), (None, False)):
+        proc = sslcli_run("finetune", str(encoder_file), "--data", str(cifar_small), *([flag] if flag else []),
+                          "--dry-run", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["baseline"] is value
 
 
 # ---------------------------------------------------------------- 6. data.image_size=auto

@@ -6,6 +6,9 @@ split is scored every `train.eval_every` epochs (default 1, and always after the
 event, and the classifier is written by its checkpoint event: at the end, or at the step a SIGTERM/SIGINT
 stopped the run.
 
+With `baseline` (--baseline), the same recipe then fine-tunes the same architecture from a seeded random
+init (same head init, data order and augmentation): the figure the pretrained encoder is measured against.
+
 Under torchrun the classifier is wrapped in DDP, each rank trains on a DistributedSampler's share of
 the global batch (train.batch_size), the val split is scored in shards and gathered, and rank 0 writes.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from torch import nn
 
 from sslcli import checkpoint, console, data, distributed
 from sslcli.augment import Augmenter
-from sslcli.encoders import EncoderInfo, apply_small_stem
+from sslcli.encoders import EncoderInfo, apply_small_stem, rebuild_encoder
 from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.evaluate import topk_accuracy
 from sslcli.features import eval_view
@@ -214,10 +217,12 @@ class Job:
     mixup: Any
     out: Path
     device: torch.device
+    baseline: bool = False  # the random-init reference run: its own metrics file, no classifier written
 
 
 def run(spec: FinetuneSpec) -> dict[str, Any]:
-    """Fine-tune as the spec says; writes classifier.safetensors, finetune.json and metrics.jsonl."""
+    """Fine-tune as the spec says; writes classifier.safetensors, finetune.json and metrics.jsonl (and, with
+    spec.baseline, fine-tunes a random init of the same architecture after it: baseline-metrics.jsonl)."""
     if spec.encoder is None:
         raise UsageError("no encoder given: sslcli finetune ENCODER --data DIR")
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
@@ -252,8 +257,32 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
               make_optimizer(model, spec), lr_schedule, criterion, mixup, out, device)
     result, history = _train(job)
     summary = _summary(job, result, history) if distributed.is_main() else {}
-    distributed.barrier()  # the classifier is written before any rank returns
+    distributed.barrier()  # the classifier is written before any rank returns (and before a baseline starts)
+    if spec.baseline:
+        baseline = _train_baseline(job)
+        summary["baseline"] = baseline
+    if distributed.is_main():
+        checkpoint.atomic_write_json(out / "finetune.json", summary)
     return summary
+
+
+def _train_baseline(job: Job) -> dict[str, Any]:
+    """The same recipe from a random init of the same architecture: the seed, head init, data order and
+    augmentation of the run it is compared with (the encoder is drawn the way load_encoder builds one)."""
+    spec, info = job.spec, job.info
+    console.info(f"random-init baseline: fine-tuning the same {info.name} from seed {spec.train.seed} with the "
+                 "same recipe")
+    torch.manual_seed(spec.train.seed)
+    model = build_classifier(info, rebuild_encoder(info), len(job.classes))
+    criterion, mixup = make_criterion(spec, len(job.classes))
+    loader, _ = _train_loader(spec, job.train_set, info, job.device, mixing=mixup is not None)
+    loop = replace(job.loop, description=f"baseline {info.name} (random init)")
+    base = replace(job, model=model, loader=loader, loop=loop, optimizer=make_optimizer(model, spec),
+                   criterion=criterion, mixup=mixup, baseline=True)
+    result, history = _train(base)
+    return {"top1": history[-1]["top1"], "top5": history[-1]["top5"],
+            "best_top1": max(h["top1"] for h in history), "final_loss": result.last_loss,
+            "history": history, "seed": spec.train.seed, "wall_s": round(result.wall_s, 2)}
 
 
 def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
@@ -270,7 +299,9 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
     # exactly the reported top-1; CUDA evaluates under the training autocast, where fp32 would only cost time.
     dtype = PRECISIONS[job.loop.precision] if device.type == "cuda" else None
     history = []
-    metrics = console.MetricsLog(job.out / "metrics.jsonl") if distributed.is_main() else None
+    log_name = "baseline-metrics.jsonl" if job.baseline else "metrics.jsonl"
+    metrics = console.MetricsLog(job.out / log_name) if distributed.is_main() else None
+    who = "baseline " if job.baseline else ""
     model.to(device=device, memory_format=torch.channels_last if job.loop.channels_last else torch.contiguous_format)
     parallel = distributed.wrap(model, device)  # DDP under torchrun, the model itself otherwise
     val_part = distributed.shard(len(job.val_set))  # this rank's share of the val split (see run)
@@ -296,17 +327,20 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
         history.append({"epoch": epoch, "step": step, **scores})
         if metrics is not None:
             metrics.write({"epoch": epoch, "step": step, "val_top1": scores["top1"], "val_top5": scores["top5"]})
-        console.info(f"epoch {epoch}/{spec.train.epochs}: val top-1 {100 * scores['top1']:.2f}%  "
+        console.info(f"{who}epoch {epoch}/{spec.train.epochs}: val top-1 {100 * scores['top1']:.2f}%  "
                      f"top-5 {100 * scores['top5']:.2f}%")
 
     def save(epoch: int, step: int) -> None:
-        if distributed.is_main():
+        if distributed.is_main() and not job.baseline:
             _save_classifier(job, epoch, step)
 
     events = Events(metrics=metrics, on_epoch_end=on_epoch_end, on_checkpoint=save)
     try:
         result = fit(Step(model=model, loss=loss), batches, job.optimizer, job.lr_schedule, job.loop, device, events)
     except Interrupted as exc:
+        if job.baseline:
+            raise Interrupted(f"{exc} during the random-init baseline; the fine-tuned classifier was saved "
+                              f"before it, to {job.out / 'classifier.safetensors'}", exc.signum) from None
         raise Interrupted(f"{exc}; the classifier at this step was saved to {job.out / 'classifier.safetensors'} "
                           "(a partial fine-tune: fine-tuning does not resume; run it again for a full one)",
                           exc.signum) from None
@@ -346,13 +380,17 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]]) -> dict
         "images_per_s": round(result.images_per_s, 2),
         "wall_s": round(result.wall_s, 2),
         "device": str(job.device),
+        "baseline": None,
     }
-    checkpoint.atomic_write_json(out / "finetune.json", summary)
+    checkpoint.atomic_write_json(out / "finetune.json", summary)  # written again with the baseline's figures
     return summary
 
 
 def format_text(result: dict[str, Any]) -> str:
+    base = result.get("baseline")
+    reference = (f"  random init: val top-1 {100 * base['top1']:.2f}%  top-5 {100 * base['top5']:.2f}%" if base
+                 else "")
     return (f"classifier {result['classifier']}  val top-1 {100 * result['top1']:.2f}%  top-5 "
-            f"{100 * result['top5']:.2f}%  (chance {100 * result['chance']:.2f} %: 1 / {result['num_classes']} "
+            f"{100 * result['top5']:.2f}%{reference}  (chance {100 * result['chance']:.2f} %: 1 / {result['num_classes']} "
             f"classes)  ({console.plural(result['n_train'], 'train image')}, "
             f"{console.plural(result['steps'], 'step')}, {result['wall_s']:.0f} s)")
