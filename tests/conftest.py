@@ -42,6 +42,15 @@ def cifar_small(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return root
 
 
+@pytest.fixture(scope="session")
+def cifar_tiny(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CIFAR-10 with train/ (10 per class) and test/ (5 per class): for runs that only need to work."""
+    root = tmp_path_factory.mktemp("cifar_tiny")
+    link_subset(cifar10 / "train", root / "train", 10)
+    link_subset(cifar10 / "test", root / "test", 5)
+    return root
+
+
 def save_random_encoder(path: Path, name: str, image_size: int, small_stem: bool | str = "auto") -> Path:
     """An encoder.safetensors at random init (seeded), written exactly as pretraining writes one."""
     import torch
