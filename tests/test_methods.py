@@ -30,6 +30,9 @@ TINY = {
     "vicreg": {"proj_dim": 64},
     "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "num_local_crops": 2},
     "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    "rotation": {},
+    "jigsaw": {"num_permutations": 10, "tile_dim": 16, "hidden_dim": 32},
+    "relpos": {"patch_dim": 16, "hidden_dim": 32},
 }
 BATCH, STEPS_PER_EPOCH = 8, 2
 

@@ -31,7 +31,9 @@ def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = Fa
     if not monitored:
         sets += ["monitor.knn_every=0", "monitor.report=false"]
     small = {"simclr": ["method.proj_hidden_dim=64"],
-             "byol": ["method.proj_hidden_dim=64", "method.pred_hidden_dim=64"]}[method]
+             "byol": ["method.proj_hidden_dim=64", "method.pred_hidden_dim=64"],
+             "rotation": ["data.image_size=16"],  # 4 rotated copies per image: a smaller image keeps it quick
+             "jigsaw": ["method.num_permutations=10", "method.tile_dim=64", "method.hidden_dim=64"]}[method]
     sets += small + [f"{k}={v}" for k, v in extra.items()]
     return resolve(PretrainSpec, options={"method.name": method, "data.path": str(data), "out": str(out)}, sets=sets)
 
@@ -55,8 +57,10 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(checkpoint.complete_states(run / "checkpoints")[-1]))
 
 
-@pytest.mark.parametrize(("method", "stop_step"), [("simclr", 6), ("simclr", 4), ("byol", 6)],
-                         ids=["simclr-mid-epoch", "simclr-epoch-boundary", "byol-mid-epoch"])
+@pytest.mark.parametrize(("method", "stop_step"),
+                         [("simclr", 6), ("simclr", 4), ("byol", 6), ("rotation", 6), ("jigsaw", 6)],
+                         ids=["simclr-mid-epoch", "simclr-epoch-boundary", "byol-mid-epoch", "rotation-mid-epoch",
+                              "jigsaw-mid-epoch"])
 def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: int, cifar_small: Path,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Monitored: the online kNN, monitors and report run too, and must not change what is trained.
@@ -77,6 +81,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: in
     assert not different, f"resume is not exact: {different[:5]}"
     if method == "byol":
         assert any(k.startswith("model/target_encoder.") for k in a)  # the EMA target is part of the state
+    if method == "jigsaw":
+        assert "model/permutations" in a  # the permutation set is part of the state
     enc_a = load_file(str(tmp_path / "whole" / "encoder.safetensors"))
     enc_b = load_file(str(tmp_path / "split" / "encoder.safetensors"))
     assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)

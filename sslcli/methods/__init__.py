@@ -16,10 +16,13 @@ from sslcli.methods.configs import (
     BarlowConfig,
     BYOLConfig,
     DINOConfig,
+    JigsawConfig,
     MAEConfig,
     MethodConfigBase,
     MoCoV2Config,
     MoCoV3Config,
+    RelPosConfig,
+    RotationConfig,
     SimCLRConfig,
     SimSiamConfig,
     SwAVConfig,
@@ -41,6 +44,9 @@ CONFIGS: dict[str, type[MethodConfigBase]] = {
     "vicreg": VICRegConfig,
     "dino": DINOConfig,
     "mae": MAEConfig,
+    "rotation": RotationConfig,
+    "jigsaw": JigsawConfig,
+    "relpos": RelPosConfig,
 }
 
 # name -> "module:class" of its nn.Module, imported on first use
@@ -55,6 +61,9 @@ _CLASSES: dict[str, str] = {
     "vicreg": "vicreg:VICReg",
     "dino": "dino:DINO",
     "mae": "mae:MAE",
+    "rotation": "rotation:Rotation",
+    "jigsaw": "jigsaw:Jigsaw",
+    "relpos": "relpos:RelPos",
 }
 
 DEFAULT_METHOD = "simclr"

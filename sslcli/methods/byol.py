@@ -13,6 +13,7 @@ from sslcli.heads import mlp
 from sslcli.losses import negative_cosine
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.configs import BYOLConfig
+from sslcli.methods.pretext import add_rotation_loss, s4l_rotation
 from sslcli.schedules import cosine_increase
 from sslcli.views import ViewConfig, asymmetric_views
 
@@ -27,6 +28,7 @@ class BYOL(MethodDefaults, nn.Module):
         self.encoder = encoder
         self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim)
         self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim)
+        self.rotation = s4l_rotation(feature_dim, cfg.rotation_weight)  # S4L, off by default
         self.target_encoder = frozen_copy(encoder)
         self.target_projector = frozen_copy(self.projector)
         self.momentum = cosine_increase(cfg.momentum, cfg.final_momentum, budget.total_steps).tolist()
@@ -42,7 +44,9 @@ class BYOL(MethodDefaults, nn.Module):
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_encoder(x)).chunk(2)
         loss = (2 + 2 * negative_cosine(p1, z2)) + (2 + 2 * negative_cosine(p2, z1))
-        return StepOut(loss=loss, logs={"loss": loss.detach()},
+        logs: dict[str, Tensor] = {}
+        loss = add_rotation_loss(self.rotation, self.cfg.rotation_weight, self.encoder, views[0], loss, logs)
+        return StepOut(loss=loss, logs={"loss": loss.detach(), **logs},
                        embeddings={"features": h.chunk(2), "projections": online.chunk(2)})
 
     @torch.no_grad()

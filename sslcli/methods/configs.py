@@ -38,6 +38,8 @@ class SimCLRConfig(MethodConfigBase):
     proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width")
     proj_out_dim: int = Field(128, gt=0, description="projection size z (paper: 128)")
     proj_layers: int = Field(2, ge=1, description="projector depth (paper: 2; SimCLR v2: 3)")
+    rotation_weight: float = Field(0.0, ge=0, description="S4L: weight of the rotation pretext loss added to this "
+                                   "method's (4 rotated copies of view 1, a 4-way head; Zhai et al. 2019 use 1; 0 = off)")
 
 
 class MoCoV2Config(MethodConfigBase):
@@ -53,6 +55,8 @@ class MoCoV2Config(MethodConfigBase):
     final_momentum: float = Field(0.999, ge=0, le=1, description="momentum at the end, cosine schedule "
                                   "(paper: constant 0.999; solo-learn MoCo V2+: 0.99 -> 0.999)")
     symmetric: bool = Field(False, description="also contrast q2 with k1 (MoCo V2+ in solo-learn); costs 2x")
+    rotation_weight: float = Field(0.0, ge=0, description="S4L: weight of the rotation pretext loss added to this "
+                                   "method's (4 rotated copies of view 1, a 4-way head; Zhai et al. 2019 use 1; 0 = off)")
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
@@ -92,6 +96,8 @@ class BYOLConfig(MethodConfigBase):
     final_momentum: float = Field(1.0, ge=0, le=1, description="target EMA at the end, cosine schedule (paper: 1)")
     view_blur_p: tuple[float, float] = Field((1.0, 0.1), description="blur odds of view 1 / view 2 (paper table 6)")
     view_solarize_p: tuple[float, float] = Field((0.0, 0.2), description="solarize odds of view 1 / view 2")
+    rotation_weight: float = Field(0.0, ge=0, description="S4L: weight of the rotation pretext loss added to this "
+                                   "method's (4 rotated copies of view 1, a 4-way head; Zhai et al. 2019 use 1; 0 = off)")
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
@@ -235,3 +241,76 @@ class MAEConfig(MethodConfigBase):
                       "warmup_epochs": 40},
             "augment": {"scale": [0.2, 1.0], "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0},
         }
+
+
+# ---------------------------------------------------------------- context-based pretext tasks (issue 15)
+
+# The pretext tasks learn from the image's own geometry and read colour as a shortcut: their views are a
+# crop and a flip, no colour jitter, grayscale, blur or solarize (spec defaults, so a preset can change them).
+_GEOMETRIC_VIEW = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}
+
+
+class RotationConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/1803.07728"
+    summary: ClassVar[str] = "pretext: predict which of 0/90/180/270 degrees each image was rotated by (Gidaris et al. 2018)"
+    name: Literal["rotation"] = "rotation"
+    head_hidden_dim: int = Field(0, ge=0, description="hidden width of the 4-way head; 0 = a linear head on the "
+                                 "pooled features (paper: the NIN's last blocks + global pooling + linear; a linear "
+                                 "head on ResNet pre-logits in Kolesnikov et al. 2019 and S4L)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper (CIFAR-10, NIN): SGD momentum 0.9, lr 0.1 at batch 128 (x4 rotations), weight decay 5e-4, no
+        # warm-up; augmentation is a random crop and a horizontal flip only (gidariss/FeatureLearningRotNet).
+        return {"optim": {"name": "sgd", "base_lr": 0.2, "weight_decay": 5e-4, "warmup_epochs": 0},
+                "augment": {"scale": [0.35, 1.0], **_GEOMETRIC_VIEW}}
+
+
+class JigsawConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/1603.09246"
+    summary: ClassVar[str] = "pretext: reorder 9 shuffled tiles, classify which of N permutations (Noroozi & Favaro 2016)"
+    name: Literal["jigsaw"] = "jigsaw"
+    num_permutations: int = Field(100, ge=2, le=5000, description="size of the permutation set, the classes "
+                                  "(paper: 1000, its best; 100 learns faster on small data)")
+    permutation_seed: int = Field(0, ge=0, description="seed of the permutation set's first, random member; the "
+                                  "set is a buffer of the model, so it is in every checkpoint (paper: one fixed set)")
+    tile_fraction: float = Field(64 / 75, gt=0, le=1, description="tile side / grid cell side: each tile is a "
+                                 "random crop inside its cell, the rest a random gap (paper: 64 px tiles in 75 px "
+                                 "cells of a 225 px crop). Tiles are fed at their own size, not resized: "
+                                 "floor(image_size // 3 * tile_fraction) px, e.g. 17 px at 64 px, 27 px at 96 px "
+                                 "(rounded down to the patch size for a ViT)")
+    tile_dim: int = Field(512, gt=0, description="per-tile layer after the shared encoder (paper: fc6, 512)")
+    hidden_dim: int = Field(4096, gt=0, description="hidden layer over the 9 concatenated tiles (paper: fc7, 4096)")
+    normalize_tiles: bool = Field(True, description="normalise each tile by its own per-channel mean and std, "
+                                  "against low-level shortcuts (paper section 3.3)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: SGD, lr 0.01, batch 256, AlexNet without batch norm; with BN in the ResNet sslcli takes the
+        # lr of the SGD recipes above (0.1) and the era's weight decay 5e-4. Crop (paper: 225 of 256) + flip.
+        return {"optim": {"name": "sgd", "base_lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0},
+                "augment": {"scale": [0.5, 1.0], **_GEOMETRIC_VIEW}}
+
+
+class RelPosConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/1505.05192"
+    summary: ClassVar[str] = "pretext: where is the second patch, which of the centre's 8 neighbours (Doersch et al. 2015)"
+    name: Literal["relpos"] = "relpos"
+    patch_fraction: float = Field(2 / 3, gt=0, le=1, description="patch side / grid pitch, the rest is the gap "
+                                  "(paper: 96 px patches, 48 px gap, pitch 144). Patches are fed at their own size: "
+                                  "floor(image_size // 3 * patch_fraction) px, e.g. 14 px at 64 px, 21 px at 96 px "
+                                  "(rounded down to the patch size for a ViT)")
+    jitter_fraction: float = Field(0.05, ge=0, lt=0.5, description="largest shift of each patch in each axis, "
+                                   "as a fraction of the pitch (paper: up to 7 px of 144)")
+    color_drop: bool = Field(True, description="per patch, keep one random colour channel and replace the other "
+                             "two by Gaussian noise of 1/100 its std, against chromatic aberration (paper: 'color "
+                             "dropping'; its alternative, projection, is not implemented)")
+    patch_dim: int = Field(4096, gt=0, description="per-patch layer after the shared encoder (paper: fc6, 4096)")
+    hidden_dim: int = Field(4096, gt=0, description="hidden layer over the 2 concatenated patches (paper: fc7, 4096)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: SGD with batch norm (Caffe, batch 128 pairs, weight decay 5e-4); the image is only resized
+        # (150k-450k pixels) before sampling patches, so the view is a mild crop and a flip.
+        return {"optim": {"name": "sgd", "base_lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0},
+                "augment": {"scale": [0.5, 1.0], **_GEOMETRIC_VIEW}}

@@ -14,6 +14,7 @@ from sslcli.heads import mlp
 from sslcli.losses import info_nce
 from sslcli.methods.base import Budget, MethodDefaults, StepOut, enqueue
 from sslcli.methods.configs import MoCoV2Config
+from sslcli.methods.pretext import add_rotation_loss, s4l_rotation
 from sslcli.schedules import cosine_increase
 from sslcli.views import ViewConfig
 
@@ -34,6 +35,7 @@ class MoCoV2(MethodDefaults, nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, batch_norm=False)
+        self.rotation = s4l_rotation(feature_dim, cfg.rotation_weight)  # S4L, off by default
         self.key_encoder = frozen_copy(encoder)
         self.key_projector = frozen_copy(self.projector)
         self.register_buffer("queue", nn.functional.normalize(torch.randn(cfg.queue_size, cfg.proj_out_dim), dim=1))
@@ -61,8 +63,10 @@ class MoCoV2(MethodDefaults, nn.Module):
             loss = info_nce(q, k, self.cfg.temperature, queue)
         # Under torchrun the queue takes every rank's keys, so it stays the same on all of them.
         self._pending_keys = distributed.gather(nn.functional.normalize(k.float(), dim=1))
+        logs: dict[str, Tensor] = {}
+        loss = add_rotation_loss(self.rotation, self.cfg.rotation_weight, self.encoder, x1, loss, logs)
         n = x1.shape[0]  # query of view 1 against the key of view 2: the pair alignment is about
-        return StepOut(loss=loss, logs={"loss": loss.detach()},
+        return StepOut(loss=loss, logs={"loss": loss.detach(), **logs},
                        embeddings={"features": (h[:n],), "projections": (q[:n], k[:n])})
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from sslcli.heads import mlp
 from sslcli.losses import nt_xent
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.configs import SimCLRConfig
+from sslcli.methods.pretext import add_rotation_loss, s4l_rotation
 from sslcli.views import ViewConfig
 
 
@@ -28,6 +29,7 @@ class SimCLR(MethodDefaults, nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, num_layers=cfg.proj_layers)
+        self.rotation = s4l_rotation(feature_dim, cfg.rotation_weight)  # S4L, off by default
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         return [augment, augment]
@@ -39,5 +41,7 @@ class SimCLR(MethodDefaults, nn.Module):
         z1, z2 = self.projector(h).chunk(2)
         # Under torchrun the negatives are the global batch's, with gradients reaching every rank.
         loss = nt_xent(distributed.gather(z1), distributed.gather(z2), self.cfg.temperature)
-        return StepOut(loss=loss, logs={"loss": loss.detach()},
+        logs: dict[str, Tensor] = {}
+        loss = add_rotation_loss(self.rotation, self.cfg.rotation_weight, self.encoder, x1, loss, logs)
+        return StepOut(loss=loss, logs={"loss": loss.detach(), **logs},
                        embeddings={"features": h.chunk(2), "projections": (z1, z2)})
