@@ -37,6 +37,16 @@ def fixed_mask_noise(model, rank: int, world: int) -> None:
     model.mask_noise = noise
 
 
+def global_draws(model, rank: int, world: int) -> None:
+    """Jigsaw and relpos draw their positions from the RNG: give every process its rows of one global draw."""
+    original = model.draw
+
+    def draw(n: int, *args):
+        torch.manual_seed(7)  # the same draw in every process; this process keeps its rows
+        return tuple(None if t is None else t.chunk(world)[rank] for t in original(n * world, *args))
+    model.draw = draw
+
+
 def one_step(name: str) -> dict[str, torch.Tensor]:
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(0)
@@ -46,6 +56,8 @@ def one_step(name: str) -> dict[str, torch.Tensor]:
     model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2)).train()
     if name == "mae":
         fixed_mask_noise(model, rank, world)
+    if hasattr(model, "draw"):
+        global_draws(model, rank, world)
     if distributed.is_distributed():
         model = distributed.sync_batchnorm(model, torch.device("cpu"))
     views = [v.chunk(world)[rank] for v in global_views(model, spec, seed=1)]

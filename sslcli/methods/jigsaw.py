@@ -106,14 +106,19 @@ class Jigsaw(MethodDefaults, nn.Module):
         # One view: the spec defaults make it a crop and a flip, no colour changes (the tiles carry the task).
         return [augment]
 
+    def draw(self, n: int, max_offset: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The random gaps [n,9,2] in [0, max_offset] and permutation indices [n]: drawn on the device with
+        the global RNG (restored on resume), one row per image (the distributed test substitutes rows of
+        one global draw)."""
+        offsets = torch.randint(0, max_offset + 1, (n, NUM_TILES, 2), device=device)
+        return offsets, torch.randint(0, self.permutations.shape[0], (n,), device=device)
+
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x = views[0]
         b = x.shape[0]
         cell = x.shape[-1] // GRID
         tile = patch_side(x.shape[-1], self.cfg.tile_fraction, size_multiple(self.encoder))
-        # Drawn on the device with the global RNG (restored on resume): gaps, then permutations.
-        offsets = torch.randint(0, cell - tile + 1, (b, NUM_TILES, 2), device=x.device)
-        label = torch.randint(0, self.permutations.shape[0], (b,), device=x.device)
+        offsets, label = self.draw(b, cell - tile, x.device)
         tiles = shuffle_tiles(cut_tiles(x, tile, offsets), self.permutations[label])
         if self.cfg.normalize_tiles:
             tiles = normalize_patches(tiles)

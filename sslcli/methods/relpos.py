@@ -62,19 +62,29 @@ class RelPos(MethodDefaults, nn.Module):
         # and a flip with no colour changes (the patches' colours are handled by colour dropping).
         return [augment]
 
+    def draw(self, n: int, shift: int, shape: tuple[int, int], device: torch.device
+             ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Neighbour labels [n], jitters [n,2,2] in [-shift, shift], and with colour dropping the kept channel
+        [n,2] and the noise [n,2,C,p,p] (shape = (C, p)): drawn on the device with the global RNG (restored on
+        resume), one row per image (the distributed test substitutes rows of one global draw)."""
+        label = torch.randint(0, len(NEIGHBOURS), (n,), device=device)
+        jitter = torch.randint(-shift, shift + 1, (n, 2, 2), device=device)
+        if not self.cfg.color_drop:
+            return label, jitter, None, None
+        channels, patch = shape
+        keep = torch.randint(0, channels, (n, 2), device=device)
+        return label, jitter, keep, torch.randn(n, 2, channels, patch, patch, device=device)
+
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x = views[0]
         b, size = x.shape[0], x.shape[-1]
         patch = patch_side(size, self.cfg.patch_fraction, size_multiple(self.encoder))
         shift = int(size // GRID * self.cfg.jitter_fraction)
-        # Drawn on the device with the global RNG (restored on resume): neighbour, jitter, colour dropping.
-        label = torch.randint(0, len(NEIGHBOURS), (b,), device=x.device)
-        jitter = torch.randint(-shift, shift + 1, (b, 2, 2), device=x.device)
+        label, jitter, keep, noise = self.draw(b, shift, (x.shape[1], patch), x.device)
         top, left = pair_positions(size, patch, label, jitter)
         patches = crop_patches(x, top, left, patch)  # [B,2,C,p,p]: centre, neighbour
         if self.cfg.color_drop:
-            keep = torch.randint(0, patches.shape[2], (b, 2), device=x.device)
-            patches = drop_colors(patches, keep, torch.randn_like(patches))
+            patches = drop_colors(patches, keep, noise.to(patches.dtype))
         h = self.encoder(patches.flatten(0, 1))  # [B*2, D]
         logits = self.classifier(self.patch_layer(h).view(b, -1))
         loss = classification_loss(logits, label)
