@@ -30,6 +30,8 @@ TINY = {
     "vicreg": {"proj_dim": 64},
     "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "num_local_crops": 2},
     "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    "colorization": {"decoder_dim": 16},
+    "inpainting": {"decoder_dim": 16},
 }
 BATCH, STEPS_PER_EPOCH = 8, 2
 

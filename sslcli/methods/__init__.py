@@ -15,7 +15,9 @@ from pydantic import Discriminator, Tag
 from sslcli.methods.configs import (
     BarlowConfig,
     BYOLConfig,
+    ColorizationConfig,
     DINOConfig,
+    InpaintingConfig,
     MAEConfig,
     MethodConfigBase,
     MoCoV2Config,
@@ -41,6 +43,8 @@ CONFIGS: dict[str, type[MethodConfigBase]] = {
     "vicreg": VICRegConfig,
     "dino": DINOConfig,
     "mae": MAEConfig,
+    "colorization": ColorizationConfig,
+    "inpainting": InpaintingConfig,
 }
 
 # name -> "module:class" of its nn.Module, imported on first use
@@ -55,6 +59,8 @@ _CLASSES: dict[str, str] = {
     "vicreg": "vicreg:VICReg",
     "dino": "dino:DINO",
     "mae": "mae:MAE",
+    "colorization": "colorization:Colorization",
+    "inpainting": "inpainting:Inpainting",
 }
 
 DEFAULT_METHOD = "simclr"
