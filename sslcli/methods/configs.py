@@ -23,6 +23,8 @@ class MethodConfigBase(BaseModel):
     paper: ClassVar[str]
     summary: ClassVar[str]
     sync_bn: ClassVar[bool] = True  # under torchrun, BN over the global batch (the paper's choice)
+    # What the encoder saw in training when it was not the augmented RGB views (written into its metadata).
+    encoder_input: ClassVar[str | None] = None
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
