@@ -138,6 +138,9 @@ def pretrain(
     val: Path = typer.Option(None, "--val", help="labeled eval split for the online kNN (default: DATA's val/ or test/)"),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="under torchrun: batch norm over the global "
                                  "batch (default: as the method's paper)"),
+    label_fraction: float = typer.Option(None, "--label-fraction", help="S4L semi-supervised: a seeded class-balanced "
+                                         "fraction of DATA's labels (class folders) adds a supervised cross entropy "
+                                         "on a linear head, e.g. 0.1"),
     dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
@@ -151,6 +154,7 @@ def pretrain(
         "train.budget": budget,
         "train.batch_size": batch_size, "out": _path(out), "data.on_bad_image": on_bad_image,
         "init_from": _path(init_from), "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
+        "data.label_fraction": label_fraction,
     }
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
     if dry_run:

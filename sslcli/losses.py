@@ -209,3 +209,12 @@ def weighted_masked_l2(pred: Tensor, target: Tensor, hole: Tensor, band: Tensor,
     error = (pred.float() - target.float()).pow(2) * weight
     region = (hole.float() + band.float()).sum() * pred.shape[1]
     return error.sum() / region.clamp_min(1.0)
+
+
+@full_precision
+def supervised_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """S4L's supervised term (Zhai et al. 2019, arXiv 1905.03670): cross entropy over the labeled images of the
+    batch only (label -1: unlabeled), their mean; 0 when the batch holds none (never NaN)."""
+    labeled = labels >= 0
+    per_image = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")
+    return (per_image * labeled).sum() / labeled.sum().clamp_min(1)

@@ -225,3 +225,17 @@ def test_weighted_masked_l2_weighs_the_band_and_ignores_the_rest():
     assert weighted_masked_l2(spoiled, target, hole, band).item() == pytest.approx(expected)
     # Channels are averaged: 3 identical channels give the same loss.
     assert weighted_masked_l2(pred.expand(1, 3, 2, 2), target.expand(1, 3, 2, 2), hole, band).item() == pytest.approx(expected)
+
+
+def test_supervised_ce_averages_over_labeled_images_only():
+    from sslcli.losses import supervised_ce
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 3.0]])
+    labels = torch.tensor([0, -1, 1])
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(3) / (math.exp(1) + math.exp(3)))) / 2
+    assert supervised_ce(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    # Negative control: the unlabeled row's logits do not matter; no labeled row gives 0, not NaN.
+    spoiled = logits.clone()
+    spoiled[1] = torch.tensor([50.0, -50.0])
+    assert supervised_ce(spoiled, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert supervised_ce(logits, torch.full((3,), -1)).item() == 0.0
