@@ -28,6 +28,7 @@ from sslcli import __version__, console
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import RunError, UsageError
 from sslcli.headers import ENCODER_EXPECTED, encoder_file, read_metadata
+from sslcli.methods import CONFIGS
 
 ENCODER_FORMAT = "sslcli.encoder.v1"
 STATE_FORMAT = "sslcli.train-state.v1"
@@ -87,6 +88,8 @@ def _plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
 def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, spec: dict[str, Any]) -> dict[str, str]:
     import timm
 
+    config = CONFIGS.get(method)
+    trained_input = {"trained_input": config.encoder_input} if config is not None and config.encoder_input else {}
     return {
         "format": "pt",  # lets tools that expect a PyTorch state dict accept the file
         "sslcli_format": ENCODER_FORMAT,
@@ -104,6 +107,7 @@ def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, s
         "epoch": str(epoch),
         "step": str(step),
         "spec": json.dumps(spec, sort_keys=True),
+        **trained_input,
     }
 
 

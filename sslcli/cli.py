@@ -120,7 +120,7 @@ def pretrain(
     data: Path = typer.Argument(..., metavar="DATA", help="folder of images (ImageFolder or any nested folder); "
                                 "train/ is used if present"),
     method: str = typer.Option(None, "--method", "-m", help="simclr (default), mocov2, mocov3, byol, simsiam, swav, "
-                               "barlow, vicreg, dino or mae (sslcli methods)"),
+                               "barlow, vicreg, dino, mae, colorization or inpainting (sslcli methods)"),
     preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
     encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),
     epochs: int = EpochsOption,
@@ -138,6 +138,9 @@ def pretrain(
     val: Path = typer.Option(None, "--val", help="labeled eval split for the online kNN (default: DATA's val/ or test/)"),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="under torchrun: batch norm over the global "
                                  "batch (default: as the method's paper)"),
+    label_fraction: float = typer.Option(None, "--label-fraction", help="S4L semi-supervised: a seeded class-balanced "
+                                         "fraction of DATA's labels (class folders) adds a supervised cross entropy "
+                                         "on a linear head, e.g. 0.1"),
     dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
@@ -151,6 +154,7 @@ def pretrain(
         "train.budget": budget,
         "train.batch_size": batch_size, "out": _path(out), "data.on_bad_image": on_bad_image,
         "init_from": _path(init_from), "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
+        "data.label_fraction": label_fraction,
     }
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
     if dry_run:

@@ -89,17 +89,27 @@ def build_encoder(name: str, image_size: int, small_stem: bool | str = "auto",
     use_stem = (is_resnet(model) and image_size <= SMALL_STEM_MAX_SIZE) if small_stem == "auto" else bool(small_stem)
     if use_stem:
         apply_small_stem(model)
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean, std = normalisation(model)
     info = EncoderInfo(
         name=name,
         kwargs=kwargs,
         small_stem=use_stem,
         feature_dim=int(model.num_features),
         image_size=image_size,
-        mean=tuple(float(v) for v in cfg.get("mean", EncoderInfo.mean)),
-        std=tuple(float(v) for v in cfg.get("std", EncoderInfo.std)),
+        mean=mean,
+        std=std,
     )
     return model, info
+
+
+def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the encoder's inputs are normalised with (timm's pretrained_cfg, else ImageNet's).
+
+    The one source of both EncoderInfo's values (which the Augmenter normalises the views with) and of what a
+    method that needs the pixels back reads from its encoder (colorization, inpainting)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return (tuple(float(v) for v in cfg.get("mean", EncoderInfo.mean)),
+            tuple(float(v) for v in cfg.get("std", EncoderInfo.std)))
 
 
 def rebuild_encoder(info: EncoderInfo) -> nn.Module:

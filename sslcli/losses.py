@@ -181,3 +181,40 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True
     per_patch = (pred.float() - target).pow(2).mean(dim=-1)
     mask = mask.float()
     return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@full_precision
+def rebalanced_soft_ce(logits: Tensor, targets: Tensor, class_weights: Tensor) -> Tensor:
+    """Colorization's loss (Zhang et al. 2016, arXiv 1603.08511 eqs. 2 and 4): per-pixel cross entropy between
+    the soft-encoded target Z and the predicted distribution over the ab bins, each pixel weighted by the
+    rebalancing weight of its most likely target bin, v(Z) = w[argmax_q Z_q]; the mean over the pixels.
+
+    logits, targets [B, Q, H, W]; class_weights [Q] (taken as constants: they come from data statistics).
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    per_pixel = -(targets.float() * log_p).sum(dim=1)  # [B, H, W]
+    weight = class_weights.detach().float()[targets.argmax(dim=1)]
+    return (weight * per_pixel).mean()
+
+
+@full_precision
+def weighted_masked_l2(pred: Tensor, target: Tensor, hole: Tensor, band: Tensor, band_weight: float = 10.0) -> Tensor:
+    """Context Encoders' reconstruction loss (Pathak et al. 2016, arXiv 1604.07379 eq. 1 and section 5.1): the
+    squared error over the region the decoder predicts, the hole and a band of context around it that it
+    overlaps, the band weighted `band_weight` times (paper: 10) and the hole once; the mean over that region.
+
+    pred, target [B, C, H, W]; hole, band [B, 1, H, W], 1 inside (disjoint).
+    """
+    weight = hole.float() + band_weight * band.float()
+    error = (pred.float() - target.float()).pow(2) * weight
+    region = (hole.float() + band.float()).sum() * pred.shape[1]
+    return error.sum() / region.clamp_min(1.0)
+
+
+@full_precision
+def supervised_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """S4L's supervised term (Zhai et al. 2019, arXiv 1905.03670): cross entropy over the labeled images of the
+    batch only (label -1: unlabeled), their mean; 0 when the batch holds none (never NaN)."""
+    labeled = labels >= 0
+    per_image = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")
+    return (per_image * labeled).sum() / labeled.sum().clamp_min(1)

@@ -25,6 +25,9 @@ def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> 
     parts = {"method": spec.method.model_dump(mode="json"), "encoder": spec.encoder.model_dump(mode="json"),
              "data manifest": manifest, "image size": spec.data.image_size, "batch size": spec.train.batch_size,
              "total steps": total_steps, "seed": spec.train.seed}
+    if spec.data.label_fraction is not None:  # only then, so the runs without labels keep their fingerprints
+        parts["semi-supervised"] = {"label fraction": spec.data.label_fraction,
+                                    "supervised weight": spec.train.supervised_weight}
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return {"hash": digest, "parts": parts}
 

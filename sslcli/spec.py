@@ -41,6 +41,10 @@ class DataConfig(Strict):
                                               "input size ('auto': from the median shorter side of a sample of "
                                               "DATA's images: 32 for CIFAR-sized, 96 for 96 px, up to 224)")
     max_images: int | None = Field(None, gt=0, description="train on a seeded random subset of this many images")
+    label_fraction: float | None = Field(None, gt=0, le=1, description="S4L semi-supervised pretraining: the "
+                                         "labels of a seeded class-balanced fraction of DATA's images train a "
+                                         "linear head on the encoder's features, its cross entropy added to the "
+                                         "method's loss (DATA must be class folders)")
     num_workers: int | Literal["auto"] = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = Field("skip", description="unreadable images: skip and report, or stop")
     cache: Literal["auto", "on", "off"] = Field(
@@ -86,6 +90,9 @@ class TrainConfig(Strict):
     on_nan: Literal["stop", "skip"] = Field("stop", description="a non-finite loss stops the run before the "
                                             "update, or skips that step's update")
     max_nan_skips: int = Field(10, ge=0, description="with on_nan=skip: stop after this many skipped steps")
+    supervised_weight: float = Field(1.0, gt=0, description="with data.label_fraction: weight of the supervised "
+                                     "cross entropy added to the method's loss (S4L's L_sup + w L_self is this "
+                                     "at 1 / w, up to the lr)")
     keep_checkpoints: int = Field(2, ge=1)
     sync_bn: bool | None = Field(None, description="under torchrun, batch norm over the global batch (default: "
                                  "as the method's paper: on, except MoCo v2)")

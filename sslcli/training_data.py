@@ -27,6 +27,21 @@ def training_images(spec: PretrainSpec) -> data.ImageSet:
     return images
 
 
+def semi_supervised_labels(spec: PretrainSpec, images: data.ImageSet) -> torch.Tensor | None:
+    """data.label_fraction (S4L): int64 [images], the class of each image of a seeded class-balanced subset
+    (data.label_fraction_subset, seeded by train.seed) and -1 for the others; None without a fraction."""
+    fraction = spec.data.label_fraction
+    if fraction is None:
+        return None
+    if images.labels is None:
+        raise UsageError(f"--label-fraction needs labeled DATA (one sub-folder per class), but the images under "
+                         f"{images.root} are unlabeled")
+    labels = torch.full((len(images),), -1, dtype=torch.int64)
+    kept = data.label_fraction_subset(images.labels, fraction, seed=spec.train.seed)
+    labels[kept] = torch.tensor([images.labels[i] for i in kept], dtype=torch.int64)
+    return labels
+
+
 def cache_policy(spec: PretrainSpec) -> cache.CachePolicy:
     return cache.CachePolicy(spec.data.cache, spec.data.cache_dir, spec.data.cache_max_gb)
 
@@ -41,8 +56,11 @@ def rank_batch_size(global_batch: int) -> int:
 
 
 def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.BadImagePolicy,
-                     device: torch.device) -> tuple[Batches, int]:
+                     device: torch.device, labels: torch.Tensor | None = None) -> tuple[Batches, int]:
     """`batches(epoch, skip)` of uint8 images and the number of steps per epoch, from the cache or the files.
+
+    With `labels` (semi_supervised_labels) each batch is (images, their labels), -1 for the unlabeled ones;
+    the images and their order are the same as without.
 
     Under torchrun each rank gets its share of every global batch: from the cache, a slice of the global
     batch a single process would draw (so the images of a step do not depend on the number of ranks);
@@ -59,7 +77,8 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
         part = (distributed.rank(), distributed.world_size())
 
         def cached(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
-            return (x for x, _ in cache.batches(decoded, batch_size, seed, epoch, skip=skip, shard=part))
+            return (_with_labels(x, i, labels)
+                    for x, i in cache.batches(decoded, batch_size, seed, epoch, skip=skip, shard=part))
 
         batches, steps = cached, cache.steps_per_epoch(decoded, batch_size)
     else:
@@ -76,9 +95,15 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
             else:
                 loader.generator.manual_seed(seed * 1_000_003 + epoch)  # each epoch's order depends on (seed, epoch)
             # Resuming mid-epoch decodes and drops the batches already trained on, to reach the same order.
-            return itertools.islice((x for x, _ in data.iter_batches(loader, policy, images.paths)), skip, None)
+            return itertools.islice((_with_labels(x, i, labels) for x, i in data.iter_batches(loader, policy, images.paths)),
+                                    skip, None)
 
         batches, steps = streamed, len(loader)
     if steps == 0:
         raise UsageError(f"batch size {batch_size} is larger than the {len(images)} images found; lower --batch-size")
     return batches, steps
+
+
+def _with_labels(x: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor | None):
+    """The batch as the loop takes it: the images, or (images, labels) in semi-supervised runs."""
+    return x if labels is None else (x, labels[indices])

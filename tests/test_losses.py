@@ -182,3 +182,60 @@ def test_masked_mse_counts_only_masked_patches():
     torch.testing.assert_close(masked_mse(pred, target, mask, norm_pix=False), per_patch[mask == 1].mean())
     # norm_pix: the target patch is standardised first, so a shifted and scaled target gives the same loss.
     torch.testing.assert_close(masked_mse(pred, target * 3 + 2, mask), masked_mse(pred, target, mask), rtol=1e-4, atol=1e-4)
+
+
+def test_rebalanced_soft_ce_matches_a_hand_computed_value():
+    from sslcli.losses import rebalanced_soft_ce
+
+    # One image of 2 pixels, 3 bins. Pixel 0's target peaks on bin 0, pixel 1's on bin 2.
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]]).view(1, 3, 1, 2)
+    targets = torch.tensor([[0.7, 0.0], [0.3, 0.4], [0.0, 0.6]]).view(1, 3, 1, 2)
+    weights = torch.tensor([0.5, 3.0, 2.0])
+
+    def log_softmax(values):
+        log_total = math.log(sum(math.exp(v) for v in values))
+        return [v - log_total for v in values]
+
+    p0, p1 = log_softmax([1.0, 0.0, -1.0]), log_softmax([0.0, 2.0, 1.0])
+    ce0 = -(0.7 * p0[0] + 0.3 * p0[1])
+    ce1 = -(0.4 * p1[1] + 0.6 * p1[2])
+    expected = (0.5 * ce0 + 2.0 * ce1) / 2  # weight of each pixel's argmax bin (0 and 2), mean over pixels
+    assert rebalanced_soft_ce(logits, targets, weights).item() == pytest.approx(expected, rel=1e-6)
+    # Negative control: bin 1 is no pixel's argmax, so its weight changes nothing; uniform weights give the
+    # plain soft-target cross entropy.
+    other = torch.tensor([0.5, 100.0, 2.0])
+    assert rebalanced_soft_ce(logits, targets, other).item() == pytest.approx(expected, rel=1e-6)
+    assert rebalanced_soft_ce(logits, targets, torch.ones(3)).item() == pytest.approx((ce0 + ce1) / 2, rel=1e-6)
+
+
+def test_weighted_masked_l2_weighs_the_band_and_ignores_the_rest():
+    from sslcli.losses import weighted_masked_l2
+
+    pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    target = torch.zeros(1, 1, 2, 2)
+    hole = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    band = torch.tensor([[0.0, 1.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    # Hole pixel: error 1, weight 1; band pixel: error 4, weight 10; mean over the 2 pixels of the region.
+    expected = (1 * 1 + 10 * 4) / 2
+    assert weighted_masked_l2(pred, target, hole, band, band_weight=10.0).item() == pytest.approx(expected)
+    assert weighted_masked_l2(pred, target, hole, band, band_weight=1.0).item() == pytest.approx((1 + 4) / 2)
+    # Negative control: the pixels outside hole and band may be anything.
+    spoiled = pred.clone()
+    spoiled[0, 0, 1] = 1e6
+    assert weighted_masked_l2(spoiled, target, hole, band).item() == pytest.approx(expected)
+    # Channels are averaged: 3 identical channels give the same loss.
+    assert weighted_masked_l2(pred.expand(1, 3, 2, 2), target.expand(1, 3, 2, 2), hole, band).item() == pytest.approx(expected)
+
+
+def test_supervised_ce_averages_over_labeled_images_only():
+    from sslcli.losses import supervised_ce
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 3.0]])
+    labels = torch.tensor([0, -1, 1])
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(3) / (math.exp(1) + math.exp(3)))) / 2
+    assert supervised_ce(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    # Negative control: the unlabeled row's logits do not matter; no labeled row gives 0, not NaN.
+    spoiled = logits.clone()
+    spoiled[1] = torch.tensor([50.0, -50.0])
+    assert supervised_ce(spoiled, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert supervised_ce(logits, torch.full((3,), -1)).item() == 0.0

@@ -33,6 +33,8 @@ TINY = {
     "rotation": {},
     "jigsaw": {"num_permutations": 10, "tile_dim": 16, "hidden_dim": 32},
     "relpos": {"patch_dim": 16, "hidden_dim": 32},
+    "colorization": {"decoder_dim": 16},
+    "inpainting": {"decoder_dim": 16},
 }
 BATCH, STEPS_PER_EPOCH = 8, 2
 

@@ -15,7 +15,17 @@ from typing import Any
 
 import torch
 
-from sslcli import budget, checkpoint, console, data, distributed, monitors, online_knn, report
+from sslcli import (
+    budget,
+    checkpoint,
+    console,
+    data,
+    distributed,
+    monitors,
+    online_knn,
+    report,
+    semi_supervised,
+)
 from sslcli import resume as resumption
 from sslcli.augment import Augmenter
 from sslcli.encoders import EncoderInfo, build_encoder
@@ -38,7 +48,7 @@ from sslcli.train import (
     resolve_precision,
     resolve_sync_free,
 )
-from sslcli.training_data import cache_policy, training_batches, training_images
+from sslcli.training_data import cache_policy, semi_supervised_labels, training_batches, training_images
 
 
 @dataclass
@@ -47,6 +57,12 @@ class TrainingData:
     batches: Batches
     steps_per_epoch: int
     policy: data.BadImagePolicy
+    labels: torch.Tensor | None = None  # data.label_fraction: each image's class, -1 when unlabeled
+
+    @property
+    def num_classes(self) -> int | None:
+        """The supervised head's classes in a semi-supervised run, else None."""
+        return len(self.images.classes) if self.labels is not None else None
 
 
 @dataclass
@@ -75,7 +91,7 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     train_data = load_data(spec, device)
     spec = plan_budget(spec, state, train_data, device, started)
     loop = loop_config(spec, train_data.steps_per_epoch, device)
-    model = build_model(spec, loop, train_data.steps_per_epoch, device)
+    model = build_model(spec, loop, train_data.steps_per_epoch, device, train_data.num_classes)
     optimizer, lr_schedule = build_optimizer_and_schedule(spec, model.method, loop)
     scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
     identity = resumption.fingerprint(spec, train_data.images, loop.total_steps)
@@ -104,8 +120,9 @@ def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
     images = training_images(spec)
     policy = data.BadImagePolicy(spec.data.on_bad_image)
     policy.hold()  # bad-image warnings wait until the run goes ahead (announce): a refused run prints none
-    batches, steps_per_epoch = training_batches(spec, images, policy, device)
-    return TrainingData(images, batches, steps_per_epoch, policy)
+    labels = semi_supervised_labels(spec, images)
+    batches, steps_per_epoch = training_batches(spec, images, policy, device, labels)
+    return TrainingData(images, batches, steps_per_epoch, policy, labels)
 
 
 def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) -> LoopConfig:
@@ -144,7 +161,7 @@ def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData
     calibration_model: list[Model] = []
 
     def make_step() -> tuple[Step, torch.optim.Optimizer]:
-        model = build_model(spec, probe_loop, per_epoch, device)
+        model = build_model(spec, probe_loop, per_epoch, device, train_data.num_classes)
         calibration_model.append(model)
         optimizer, _ = build_optimizer_and_schedule(spec, model.method, probe_loop)
         return step_function(spec, probe_loop, model, device), optimizer
@@ -176,14 +193,18 @@ def _with_steps(spec: PretrainSpec, epochs: int, max_steps: int | None) -> Pretr
     return spec.model_copy(update={"train": train})
 
 
-def build_model(spec: PretrainSpec, loop: LoopConfig, steps_per_epoch: int, device: torch.device) -> Model:
-    """The encoder (optionally --init-from), the method around it, and the augmentation drawing its views."""
+def build_model(spec: PretrainSpec, loop: LoopConfig, steps_per_epoch: int, device: torch.device,
+                num_classes: int | None = None) -> Model:
+    """The encoder (optionally --init-from), the method around it, and the augmentation drawing its views;
+    with num_classes (data.label_fraction) the method also holds S4L's supervised head."""
     encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
                                   spec.encoder.kwargs)
     if spec.init_from is not None:
         resumption.init_from(encoder, info, spec.init_from)
     method = method_class(spec.method.name)(spec.method, encoder, info.feature_dim,
                                             Budget(loop.total_steps, steps_per_epoch))
+    if num_classes is not None:
+        semi_supervised.attach_head(method, info.feature_dim, num_classes)
     sync_bn = spec.train.sync_bn if spec.train.sync_bn is not None else CONFIGS[spec.method.name].sync_bn
     if distributed.is_distributed() and sync_bn:
         method = distributed.sync_batchnorm(method, device)
@@ -226,6 +247,10 @@ def announce(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: 
                                                                          if skipped else "")
     console.info(f"run folder {run_dir}: {images} at {spec.data.image_size} px, {console.plural(train_data.steps_per_epoch, 'step/epoch')} x "
                  f"{console.plural(spec.train.epochs, 'epoch')} on {on} ({loop.precision})")
+    if train_data.labels is not None:
+        labeled = int((train_data.labels >= 0).sum())
+        console.info(f"semi-supervised (S4L): {labeled} labeled images ({spec.data.label_fraction:g} of each class), "
+                     f"a linear head on the features, cross entropy x {spec.train.supervised_weight:g} added to the loss")
     console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {spec.scaled_lr():.4g}")
     for line in short_run_warnings(spec, loop):
         console.warn(line)
@@ -266,8 +291,11 @@ def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: to
     parallel = distributed.wrap(method, device)  # DDP under torchrun, the method itself otherwise
     forward = torch.compile(parallel) if spec.train.compile else parallel
 
-    def loss(x: torch.Tensor, step: int) -> StepOut:
+    def loss(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], step: int) -> StepOut:
+        x, labels = batch if isinstance(batch, tuple) else (batch, None)
         out = forward([v.contiguous(memory_format=memory_format) for v in model.augment(x)], step)
+        if labels is not None:  # data.label_fraction (S4L): the supervised term on the labeled images
+            out = semi_supervised.add_supervised_term(out, method, labels, spec.train.supervised_weight)
         logged = (step + 1) % loop.log_every == 0 or step + 1 == loop.total_steps
         if spec.monitor.embeddings and logged:
             with torch.autocast(device.type, enabled=False):

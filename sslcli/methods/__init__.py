@@ -15,7 +15,9 @@ from pydantic import Discriminator, Tag
 from sslcli.methods.configs import (
     BarlowConfig,
     BYOLConfig,
+    ColorizationConfig,
     DINOConfig,
+    InpaintingConfig,
     JigsawConfig,
     MAEConfig,
     MethodConfigBase,
@@ -47,6 +49,8 @@ CONFIGS: dict[str, type[MethodConfigBase]] = {
     "rotation": RotationConfig,
     "jigsaw": JigsawConfig,
     "relpos": RelPosConfig,
+    "colorization": ColorizationConfig,
+    "inpainting": InpaintingConfig,
 }
 
 # name -> "module:class" of its nn.Module, imported on first use
@@ -64,6 +68,8 @@ _CLASSES: dict[str, str] = {
     "rotation": "rotation:Rotation",
     "jigsaw": "jigsaw:Jigsaw",
     "relpos": "relpos:RelPos",
+    "colorization": "colorization:Colorization",
+    "inpainting": "inpainting:Inpainting",
 }
 
 DEFAULT_METHOD = "simclr"

@@ -23,6 +23,8 @@ class MethodConfigBase(BaseModel):
     paper: ClassVar[str]
     summary: ClassVar[str]
     sync_bn: ClassVar[bool] = True  # under torchrun, BN over the global batch (the paper's choice)
+    # What the encoder saw in training when it was not the augmented RGB views (written into its metadata).
+    encoder_input: ClassVar[str | None] = None
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
@@ -314,3 +316,59 @@ class RelPosConfig(MethodConfigBase):
         # (150k-450k pixels) before sampling patches, so the view is a mild crop and a flip.
         return {"optim": {"name": "sgd", "base_lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0},
                 "augment": {"scale": [0.5, 1.0], **_GEOMETRIC_VIEW}}
+# Context-based pretext tasks (issue 15): dense predictions from the encoder's spatial feature map.
+
+_COLOUR_PRESERVING = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}
+
+
+class ColorizationConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/1603.08511"
+    summary: ClassVar[str] = ("pretext: predict the ab colours of the L channel as a distribution over 261 ab bins, "
+                              "class-rebalanced (Zhang et al. 2016)")
+    encoder_input: ClassVar[str] = ("trained on grey images (the neutral grey of each pixel's Lab lightness, the same in "
+                                    "all 3 channels); takes RGB normalised with mean/std like every encoder")
+    name: Literal["colorization"] = "colorization"
+    neighbours: int = Field(5, gt=0, description="nearest ab bins of a soft-encoded target (paper: 5)")
+    sigma: float = Field(5.0, gt=0, description="Gaussian kernel of the soft encoding and of the prior's smoothing, "
+                         "in ab units (paper: 5)")
+    rebalance_lambda: float = Field(0.5, ge=0, le=1, description="lambda mixing the prior with the uniform "
+                                    "distribution in the rebalancing weights (paper: 0.5; 1 = no rebalancing)")
+    target_stride: int = Field(4, gt=0, description="predict ab at 1/this resolution (paper: 4, 56 x 56 at 224 px)")
+    decoder_dim: int = Field(256, gt=0, description="width of the decoder's first conv (paper: 256 in its last "
+                             "blocks before the 313-way 1x1 conv)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: Adam (betas 0.9, 0.99), lr 3e-5 at batch 40 (1.9e-4 x batch / 256), weight decay 1e-3 (as AdamW's
+        # decoupled decay here). Colour augmentation would change the targets: crops and flips only.
+        return {"optim": {"name": "adamw", "base_lr": 1.9e-4, "weight_decay": 1e-3, "betas": [0.9, 0.99],
+                          "warmup_epochs": 0},
+                "augment": {"scale": [0.2, 1.0], **_COLOUR_PRESERVING}}
+
+
+class InpaintingConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/1604.07379"
+    summary: ClassVar[str] = ("pretext: rebuild a masked region from its context, weighted L2 (+ optional "
+                              "adversarial term) (Pathak et al. 2016)")
+    name: Literal["inpainting"] = "inpainting"
+    region: Literal["center", "blocks"] = Field("center", description="the hole: a central square (paper's main "
+                                                "setting) or random blocks (paper section 3.3)")
+    hole_fraction: float = Field(0.5, gt=0, lt=1, description="side of the central square / image side (paper: "
+                                 "0.5, a quarter of the area)")
+    num_blocks: int = Field(4, gt=0, description="random blocks, each a square of side hole_fraction / 2, so 4 "
+                            "cover at most 1/4 of the image (paper: 'up to 1/4')")
+    overlap: int | None = Field(None, ge=0, description="px of context around the hole the decoder also predicts "
+                                "(paper: 7 at 128 px; default 7/128 of the side, at least 1)")
+    overlap_weight: float = Field(10.0, ge=0, description="loss weight of that overlap band over the hole's (paper: 10)")
+    decoder_dim: int = Field(256, gt=0, description="width of the decoder's first conv, halving per x2 stage "
+                             "(paper: 512 -> 64 up-convolutions)")
+    adversarial_weight: float = Field(0.0, ge=0, description="weight of the adversarial term, the L2 term weighing "
+                                      "1 - this (paper: 0.001; 0 = off, no discriminator)")
+    discriminator_dim: int = Field(64, gt=0, description="width of the discriminator's first conv (paper: 64)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper (released code): Adam lr 2e-4 at batch 64 (8e-4 x batch / 256), beta1 0.5, no weight decay.
+        return {"optim": {"name": "adamw", "base_lr": 8e-4, "weight_decay": 0.0, "betas": [0.5, 0.999],
+                          "warmup_epochs": 0},
+                "augment": {"scale": [0.2, 1.0], **_COLOUR_PRESERVING}}

@@ -1,0 +1,112 @@
+"""CIE Lab colour and the quantised ab space of Colorful Image Colorization (Zhang et al. 2016,
+https://arxiv.org/abs/1603.08511): sRGB (D65) -> Lab on a batch, on its device; the in-gamut ab bins;
+the soft encoding of ab values over their nearest bins; the class-rebalancing weights.
+
+Pure functions of tensors, no state: the colorization method keeps the running prior, this module computes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+# sRGB primaries with the D65 white point (IEC 61966-2-1), linear RGB -> XYZ.
+SRGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
+               (0.2126729, 0.7151522, 0.0721750),
+               (0.0193339, 0.1191920, 0.9503041))
+D65_WHITE = (0.95047, 1.0, 1.08883)  # Xn, Yn, Zn
+_DELTA = 6 / 29  # CIE's knee of the cube root
+
+GRID = 10  # the paper's ab grid size
+GAMUT_LEVELS = 64  # levels per sRGB channel searched for the in-gamut bins (see ab_bins)
+
+
+def srgb_to_linear(c: Tensor) -> Tensor:
+    return torch.where(c > 0.04045, ((c.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4, c / 12.92)
+
+
+def linear_to_srgb(c: Tensor) -> Tensor:
+    return torch.where(c > 0.0031308, 1.055 * c.clamp_min(0.0031308) ** (1 / 2.4) - 0.055, c * 12.92)
+
+
+def _f(t: Tensor) -> Tensor:
+    # clamp_min keeps the unused branch's gradient finite (cube root of 0 has an infinite slope)
+    return torch.where(t > _DELTA ** 3, t.clamp_min(_DELTA ** 3) ** (1 / 3), t / (3 * _DELTA ** 2) + 4 / 29)
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """sRGB in [0, 1], channels at dim -3 ([..., 3, H, W]) -> CIE Lab (L in [0, 100], a and b about [-110, 110]).
+
+    Computed in float32 at least (float64 stays float64), whatever the autocast: ab bins 10 wide need it.
+    """
+    dtype = torch.float64 if rgb.dtype == torch.float64 else torch.float32
+    with torch.autocast(rgb.device.type, enabled=False):
+        linear = srgb_to_linear(rgb.to(dtype).clamp(0, 1))
+        matrix = torch.tensor(SRGB_TO_XYZ, dtype=dtype, device=rgb.device)
+        white = torch.tensor(D65_WHITE, dtype=dtype, device=rgb.device).view(3, 1, 1)
+        xyz = torch.einsum("ij,...jhw->...ihw", matrix, linear) / white
+        fx, fy, fz = _f(xyz).unbind(-3)
+        return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
+
+
+def lightness_to_grey(lightness: Tensor) -> Tensor:
+    """The sRGB value in [0, 1] of the neutral grey (a = b = 0) of lightness L: what a greyscale photo shows.
+
+    The colorization encoder sees this grey image replicated to 3 channels, so at test time it takes ordinary
+    RGB images (a colour photo is a grey one plus colour) without a one-channel stem of its own.
+    """
+    fy = (lightness + 16) / 116
+    y = torch.where(fy > _DELTA, fy ** 3, 3 * _DELTA ** 2 * (fy - 4 / 29))
+    return linear_to_srgb(y.clamp(0, 1))
+
+
+@functools.lru_cache(maxsize=4)
+def _bins(grid: int, levels: int) -> tuple[tuple[float, float], ...]:
+    v = torch.linspace(0, 1, levels, dtype=torch.float64)
+    colours = torch.cartesian_prod(v, v, v).T.reshape(1, 3, -1, 1)  # every colour of the grid, as one "image"
+    ab = rgb_to_lab(colours)[0, 1:, :, 0].T
+    cells = torch.unique(torch.round(ab / grid).long(), dim=0) * grid  # sorted by a, then b
+    return tuple((float(a), float(b)) for a, b in cells.tolist())
+
+
+def ab_bins(grid: int = GRID, levels: int = GAMUT_LEVELS) -> Tensor:
+    """The in-gamut ab bins [Q, 2] (float32 centres, multiples of `grid`, sorted by a then b).
+
+    Rule: a cell of the grid (centre c, the ab values that round to c) is in gamut when some sRGB colour
+    falls in it. A grid of 64 levels per channel (262,144 colours) finds the same 261 cells as all 16.7 M
+    8-bit colours (checked once: 30 s). Zhang et al. keep 313 bins (their released pts_in_hull.npy) and do
+    not say how they chose them; sRGB at D65 reaches only these 261 cells of the grid, so the extra ones of
+    the paper would be bins no image pixel is encoded to first (soft encoding still reaches any ab value).
+    """
+    return torch.tensor(_bins(grid, levels), dtype=torch.float32)
+
+
+def soft_encode(ab: Tensor, bins: Tensor, neighbours: int = 5, sigma: float = 5.0) -> Tensor:
+    """ab [B, 2, H, W] -> soft targets [B, Q, H, W]: each pixel spreads over its `neighbours` nearest bins,
+    weighted by a Gaussian kernel (sigma, in ab units) of the distance and normalised (paper section 2.1)."""
+    b, _, h, w = ab.shape
+    points = ab.float().permute(0, 2, 3, 1).reshape(-1, 2)
+    distances = torch.cdist(points, bins.to(points))  # [BHW, Q]
+    nearest, index = distances.topk(neighbours, dim=1, largest=False)
+    weights = torch.softmax(-nearest.pow(2) / (2 * sigma ** 2), dim=1)  # exp(-d^2 / 2 sigma^2), normalised
+    targets = torch.zeros_like(distances).scatter_(1, index, weights)
+    return targets.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def bin_smoothing(bins: Tensor, sigma: float = 5.0) -> Tensor:
+    """[Q, Q] Gaussian kernel over the bin centres, each column summing to 1: p_smooth = K @ p keeps mass 1."""
+    kernel = torch.exp(-torch.cdist(bins, bins).pow(2) / (2 * sigma ** 2))
+    return kernel / kernel.sum(dim=0, keepdim=True)
+
+
+def rebalancing_weights(prior: Tensor, lam: float = 0.5) -> Tensor:
+    """Zhang et al. eq. 4: w proportional to ((1 - lambda) p + lambda / Q)^-1, scaled so that E_p[w] = 1.
+
+    prior [Q] sums to 1 (the smoothed empirical distribution of ab bins); lambda = 0 weighs by inverse
+    frequency, lambda = 1 gives uniform weights."""
+    q = prior.shape[0]
+    weights = 1.0 / ((1 - lam) * prior + lam / q)
+    return weights / (prior * weights).sum()
+
