@@ -67,7 +67,8 @@ def phase_method(args: argparse.Namespace) -> dict:
     result = {"method": args.method, "epochs": summary["epochs"], "steps": summary["steps"],
               "budget_s": summary["budget_s"], "images_per_s": summary["images_per_s"],
               "pretrain_s": summary["wall_s"], "final_loss": summary["final_loss"],
-              "encoder": spec.encoder.name, "encoder_kwargs": spec.encoder.kwargs}
+              "encoder": spec.encoder.name, "encoder_kwargs": spec.encoder.kwargs,
+              "small_stem": spec.encoder.small_stem, "image_size": spec.data.image_size}
     result.update(_knn(Path(summary["encoder"])))
     result["peak_rss_mb"] = peak_rss_mb()
     return result
@@ -98,8 +99,9 @@ def main() -> None:
     rows, baselines = [], {}
     for method in args.methods.split(","):
         row = run_phase("bench.methods", "method", ["--method", method, *extra])
-        # One random-init baseline per architecture: same encoder, same kwargs, same seed.
-        arch = json.dumps([row["encoder"], row["encoder_kwargs"]], sort_keys=True)
+        # One random-init baseline per architecture: same encoder, kwargs, stem and image size, same seed.
+        arch = json.dumps([row["encoder"], row["encoder_kwargs"], row["small_stem"], row["image_size"]],
+                          sort_keys=True)
         if arch not in baselines:
             baselines[arch] = run_phase("bench.methods", "random", ["--method", method, *extra])
         row["knn_top1_random_init"] = baselines[arch]["knn_top1"]
