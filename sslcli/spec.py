@@ -365,13 +365,13 @@ def resolve(model: type[SpecT], preset: str | None = None, options: dict[str, An
         if value is not None:
             set_dotted(typed, key, value)
     _check_method_switch(tree, typed, preset)
-    run_length = _run_length(tree, typed, sets or [])
+    replaced = _replaced_by_epochs(tree, typed, sets or [])
     tree = merge(tree, typed)
     for item in sets or []:
         key, value = parse_set(item)
         set_dotted(tree, key, value)
-    if run_length == "epochs":
-        tree["train"].pop("budget", None)
+    for key in replaced:
+        tree["train"].pop(key, None)
     if model is PretrainSpec:
         resolve_image_size(tree)
         tree = merge(method_defaults(tree), tree)
@@ -381,27 +381,28 @@ def resolve(model: type[SpecT], preset: str | None = None, options: dict[str, An
         raise UsageError("\n".join(format_errors(exc, model))) from None
 
 
-def _run_length(preset: dict[str, Any], typed: dict[str, Any], sets: list[str]) -> str | None:
-    """Which of epochs and a budget sets the run's length when both are given: the one from the higher layer
-    (preset < options < --set), so `--epochs 2` on the quickstart preset, which carries a budget, trains 2
-    epochs. Both in the same layer of the user's is a usage error (which was meant?). "epochs" when the
-    budget is to be dropped."""
+def _replaced_by_epochs(preset: dict[str, Any], typed: dict[str, Any], sets: list[str]) -> list[str]:
+    """How long the run is comes from one place: the train keys (budget, max_steps) that epochs given in a
+    higher layer (preset < options < --set) replace. `--epochs 2` on the quickstart preset, which carries a
+    budget, trains 2 epochs; on a CPU preset, whose max_steps end its own epochs where its expected figure
+    was measured, it trains 2 whole epochs. A budget above the epochs wins (it sets them). Epochs and a budget
+    both in one layer of the user's are a usage error: which was meant?"""
     layers: list[dict[str, Any]] = [preset, typed, {}]
     for item in sets:
         key, value = parse_set(item)
         set_dotted(layers[2], key, value)
 
-    def given(layer: dict[str, Any], key: str) -> bool:
-        train = layer.get("train")
-        return isinstance(train, dict) and train.get(key) is not None
+    def layer_of(key: str) -> int | None:
+        given = [i for i, layer in enumerate(layers)
+                 if isinstance(layer.get("train"), dict) and layer["train"].get(key) is not None]
+        return max(given, default=None)
 
-    budget_at = max((i for i, layer in enumerate(layers) if given(layer, "budget")), default=None)
-    epochs_at = max((i for i, layer in enumerate(layers) if given(layer, "epochs")), default=None)
-    if budget_at is None or epochs_at is None:
-        return None
-    if budget_at == epochs_at and budget_at > 0:
+    epochs_at, budget_at = layer_of("epochs"), layer_of("budget")
+    if epochs_at is not None and epochs_at == budget_at and epochs_at > 0:
         raise UsageError("both epochs and a budget given: a budget sets the epochs itself; give --epochs or --budget")
-    return "epochs" if epochs_at > budget_at else "budget"
+    if epochs_at is None:
+        return []
+    return [key for key in ("budget", "max_steps") if (at := layer_of(key)) is not None and at < epochs_at]
 
 
 def resolve_image_size(tree: dict[str, Any]) -> None:

@@ -49,6 +49,9 @@ def test_the_quickstart_preset_has_a_budget_and_explicit_epochs_replace_it(tmp_p
     for options, sets in (({"train.epochs": 2}, []), ({}, ["train.epochs=2"])):
         spec = resolve(PretrainSpec, preset="quickstart", options=options, sets=sets)
         assert spec.train.budget is None and spec.train.epochs == 2
+    # A CPU preset's max_steps end its own epochs (where its expected figure was measured): --epochs replaces them.
+    assert resolve(PretrainSpec, preset="rotation-cpu").train.max_steps is not None
+    assert resolve(PretrainSpec, preset="rotation-cpu", options={"train.epochs": 5}).train.max_steps is None
     # A budget above a preset's epochs wins, and a --set budget above an --epochs option too.
     assert resolve(PretrainSpec, preset="simclr-cpu", options={"train.budget": "1m"}).train.budget == 60
     assert resolve(PretrainSpec, options={"train.epochs": 3}, sets=["train.budget=90s"]).train.budget == 90

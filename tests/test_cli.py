@@ -32,12 +32,17 @@ def assert_one_clean_error(proc: subprocess.CompletedProcess, code: int, *fragme
 
 
 def test_version_and_help_do_not_import_torch():
+    from sslcli.methods import CONFIGS
+
     assert sslcli_run("--version").stdout.strip() == f"sslcli {sslcli.__version__}"
     probe = "import sys, sslcli.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     helped = sslcli_run("pretrain", "--help")
     assert helped.returncode == 0 and "--preset" in helped.stdout and "--set" in helped.stdout
+    flat = " ".join(helped.stdout.replace("│", " ").split())
+    missing = [name for name in CONFIGS if f" {name}," not in flat and f" {name} " not in flat]
+    assert not missing, f"--method's help leaves out {missing}"
 
 
 def test_missing_folder_exits_2(tmp_path: Path):
