@@ -27,14 +27,15 @@ from torch import nn
 from sslcli import __version__, console
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import RunError, UsageError
-from sslcli.headers import ENCODER_EXPECTED, encoder_file, read_metadata
+from sslcli.headers import (
+    ENCODER_EXPECTED,
+    ENCODER_FORMAT,
+    STATE_FORMAT,
+    check_encoder_format,
+    encoder_file,
+    read_metadata,
+)
 from sslcli.methods import CONFIGS
-
-ENCODER_FORMAT = "sslcli.encoder.v1"
-STATE_FORMAT = "sslcli.train-state.v1"
-# Artifacts that are not encoders, named when one is given where an encoder is expected.
-OTHER_KINDS = {"sslcli.classifier.v1": "classifier (sslcli finetune)", STATE_FORMAT: "training state",
-               "sslcli.embeddings.v1": "embeddings file (sslcli embed)"}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -117,10 +118,7 @@ def save_encoder(path: Path, encoder: nn.Module, metadata: dict[str, str]) -> No
 
 
 def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
-    if meta.get("sslcli_format") != ENCODER_FORMAT:
-        other = OTHER_KINDS.get(meta.get("sslcli_format", ""))
-        what = f"it is an sslcli {other}" if other else f"its metadata has no '{ENCODER_FORMAT}' tag"
-        raise UsageError(f"{path} is not an sslcli encoder ({what}); expected {ENCODER_EXPECTED}")
+    check_encoder_format(meta, path)
     try:
         info = EncoderInfo(
             name=meta["encoder"],

@@ -97,7 +97,15 @@ def _path(value: Path | None) -> str | None:
 
 
 def _encoder(value: Path) -> str:
-    """An encoder file, or a run folder's encoder.safetensors (said on stderr); no torch needed."""
+    """An encoder file, or a run folder's encoder.safetensors (said on stderr), checked from its header without
+    torch, so a wrong file is refused at once."""
+    from sslcli.headers import checked_encoder
+
+    return str(checked_encoder(value))
+
+
+def _artifact(value: Path) -> str:
+    """Any sslcli artifact (inspect), or a run folder's encoder.safetensors."""
     from sslcli.headers import encoder_file
 
     return str(encoder_file(value))
@@ -264,7 +272,7 @@ def inspect(
     console.configure(quiet=quiet)
     from sslcli.spec import InspectSpec, resolve
 
-    _run("inspect", resolve(InspectSpec, options={"file": _encoder(file)}), json_out)
+    _run("inspect", resolve(InspectSpec, options={"file": _artifact(file)}), json_out)
 
 
 @app.command(cls=Command)

@@ -10,6 +10,11 @@ from safetensors import SafetensorError, safe_open
 from sslcli import console
 from sslcli.errors import UsageError
 
+ENCODER_FORMAT = "sslcli.encoder.v1"
+STATE_FORMAT = "sslcli.train-state.v1"
+# Artifacts that are not encoders, named when one is given where an encoder is expected.
+OTHER_KINDS = {"sslcli.classifier.v1": "classifier (sslcli finetune)", STATE_FORMAT: "training state",
+               "sslcli.embeddings.v1": "embeddings file (sslcli embed)"}
 ENCODER_EXPECTED = "an encoder.safetensors written by `sslcli pretrain` (or a run folder holding one)"
 ARTIFACT_EXPECTED = "an sslcli artifact: an encoder, classifier, training state or embeddings .safetensors"
 
@@ -23,6 +28,22 @@ def encoder_file(path: Path | str) -> Path:
             raise UsageError(f"{path} is a folder without encoder.safetensors; give {ENCODER_EXPECTED}")
         console.info(f"{path} is a run folder: using {inside}")
         return inside
+    return path
+
+
+def check_encoder_format(meta: dict[str, str], path: Path) -> None:
+    """Refuse metadata that is not an sslcli encoder's, saying what the file is instead."""
+    if meta.get("sslcli_format") != ENCODER_FORMAT:
+        other = OTHER_KINDS.get(meta.get("sslcli_format", ""))
+        what = f"it is an sslcli {other}" if other else f"its metadata has no '{ENCODER_FORMAT}' tag"
+        raise UsageError(f"{path} is not an sslcli encoder ({what}); expected {ENCODER_EXPECTED}")
+
+
+def checked_encoder(path: Path | str) -> Path:
+    """An encoder a command was given (a run folder: its encoder), refused here with one line if it is not an
+    sslcli encoder: before a command imports torch, so a wrong file costs a fraction of a second."""
+    path = encoder_file(path)
+    check_encoder_format(read_metadata(path, ENCODER_EXPECTED), path)
     return path
 
 

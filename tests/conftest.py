@@ -33,22 +33,23 @@ def link_subset(src: Path, dst: Path, per_class: int) -> Path:
     return dst
 
 
+def cifar_subset(cifar10: Path, root: Path, train: int, test: int) -> Path:
+    """CIFAR-10 with train/ (`train` per class) and test/ (`test` per class), as symlinks to the real files."""
+    link_subset(cifar10 / "train", root / "train", train)
+    link_subset(cifar10 / "test", root / "test", test)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar_small(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CIFAR-10 with train/ (40 per class) and test/ (20 per class), as symlinks to the real files."""
-    root = tmp_path_factory.mktemp("cifar_small")
-    link_subset(cifar10 / "train", root / "train", 40)
-    link_subset(cifar10 / "test", root / "test", 20)
-    return root
+    """CIFAR-10 with train/ (40 per class) and test/ (20 per class)."""
+    return cifar_subset(cifar10, tmp_path_factory.mktemp("cifar_small"), 40, 20)
 
 
 @pytest.fixture(scope="session")
 def cifar_tiny(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CIFAR-10 with train/ (10 per class) and test/ (5 per class): for runs that only need to work."""
-    root = tmp_path_factory.mktemp("cifar_tiny")
-    link_subset(cifar10 / "train", root / "train", 10)
-    link_subset(cifar10 / "test", root / "test", 5)
-    return root
+    return cifar_subset(cifar10, tmp_path_factory.mktemp("cifar_tiny"), 10, 5)
 
 
 def save_random_encoder(path: Path, name: str, image_size: int, small_stem: bool | str = "auto") -> Path:

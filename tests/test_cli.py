@@ -166,4 +166,8 @@ def test_every_cpu_preset_carries_its_expected_knn_and_presets_json_shows_it():
     rows = json.loads(sslcli_run("presets", "--json").stdout)
     assert rows["simclr-cpu"]["expected"]["knn_top1"] == expected["simclr-cpu"]["knn_top1"]
     assert rows["simclr-cifar10"]["expected"] is None  # GPU presets: not measured here
-    assert "expect kNN" in sslcli_run("presets").stdout
+    listed = sslcli_run("presets").stdout
+    assert "expect kNN" in listed
+    # The quickstart trains for a budget: its figure says the epochs it was measured over.
+    quickstart = next(line for line in listed.splitlines() if line.startswith("quickstart "))
+    assert quickstart.endswith(f"after {expected['quickstart']['epochs']} epochs]")

@@ -153,18 +153,18 @@ def test_plural():
 # ---------------------------------------------------------------- 2. every score with its baseline
 
 
-def test_probe_prints_chance_and_a_seeded_random_init_baseline(encoder_file: Path, cifar_small: Path, tmp_path: Path):
+def test_probe_prints_chance_and_a_seeded_random_init_baseline(encoder_file: Path, cifar_tiny: Path, tmp_path: Path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(encoder_file, run / "encoder.safetensors")  # a resnet10t at random init, seed 0
-    proc = sslcli_run("probe", str(run), "--data", str(cifar_small), "--set", "knn_k=[20]", "--json")
+    proc = sslcli_run("probe", str(run), "--data", str(cifar_tiny), "--set", "knn_k=[20]", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["chance"] == 0.1
     # The baseline is the same architecture at seed 0: here that is the very encoder probed, score for score.
     assert result["baseline"]["knn"] == result["knn"] and result["baseline"]["linear"] == result["linear"]
     assert result["baseline"]["seed"] == 0
-    text = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_small), "--set", "knn_k=[20]")
+    text = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_tiny), "--set", "knn_k=[20]")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert lines[0].split()[-3:] == ["random", "init", "top-1"]
@@ -172,7 +172,7 @@ def test_probe_prints_chance_and_a_seeded_random_init_baseline(encoder_file: Pat
     assert lines[1].split() == ["kNN", "k=20", f"{100 * knn:.2f}%", f"{100 * result['knn']['k20']['top5']:.2f}%",
                                 f"{100 * knn:.2f}%"]
     assert lines[3] == "chance 10.00 % (1 / 10 classes)"
-    off = sslcli_run("probe", str(run), "--data", str(cifar_small), "--set", "knn_k=[20]", "--no-baseline", "--json")
+    off = sslcli_run("probe", str(run), "--data", str(cifar_tiny), "--set", "knn_k=[20]", "--no-baseline", "--json")
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["baseline"] is None and json.loads(off.stdout)["knn"] == result["knn"]
 

@@ -107,7 +107,7 @@ print(json.dumps(heavy), file=sys.stderr)
 
 @pytest.mark.parametrize("argv", [["--help"], ["presets"], ["methods", "--json"], ["pretrain", "--help"],
                                   ["pretrain", "DATA", "--preset", "dino-cpu", "--dry-run"],
-                                  ["finetune", "ENC", "--data", "DATA", "--dry-run"], ["inspect", "ENCODER"]],
+                                  ["finetune", "ENCODER", "--data", "DATA", "--dry-run"], ["inspect", "ENCODER"]],
                          ids=lambda a: " ".join(a))
 def test_light_commands_do_not_import_torch(argv: list[str], encoder_file: Path):
     argv = [str(encoder_file) if a == "ENCODER" else a for a in argv]

@@ -17,6 +17,8 @@ def format_text(rows: dict[str, Any]) -> str:
     lines = []
     for name, row in rows.items():
         e = row["expected"]
-        note = f"  [expect kNN {e['knn_top1']:.1f} % ± {e['tolerance']:.1f}]" if e else ""
+        # A preset with a time budget was measured over fixed epochs (so the figure is the machine's own).
+        after = f" after {e['epochs']} epochs" if e and e.get("epochs") else ""
+        note = f"  [expect kNN {e['knn_top1']:.1f} % ± {e['tolerance']:.1f}{after}]" if e else ""
         lines.append(f"{name:<{width}}  {row['description']}{note}")
     return "\n".join(lines)
