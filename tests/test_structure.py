@@ -115,3 +115,16 @@ def test_light_commands_do_not_import_torch(argv: list[str], encoder_file: Path)
     heavy = json.loads(proc.stderr.strip().splitlines()[-1])
     assert heavy == [], f"{argv} imported {heavy}"
     assert proc.stdout.strip()  # and it did its work
+
+
+@pytest.mark.parametrize("command", ["probe", "finetune", "embed", "export"])
+def test_a_file_that_is_not_an_encoder_is_refused_before_torch_is_imported(command: str, tmp_path: Path):
+    not_encoder = tmp_path / "encoder.safetensors"
+    not_encoder.write_text('{"weights": [1, 2]}')
+    extra = {"embed": ["--out", str(tmp_path / "e.safetensors")], "export": ["--to", "timm", "--out", str(tmp_path)]}
+    argv = [command, str(not_encoder), *(["--data", str(tmp_path)] if command != "export" else []),
+            *extra.get(command, [])]
+    proc = subprocess.run([sys.executable, "-c", LIGHT, *argv], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith(f"error: {not_encoder} is not a safetensors file (it is JSON text)"), proc.stderr
+    assert json.loads(lines[-1]) == [], f"{command} imported {lines[-1]} before refusing the file"
