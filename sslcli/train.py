@@ -500,12 +500,16 @@ def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: tor
 
 
 def _pinned(batch: Any) -> Any:
+    if batch is None:  # a part of a (images, labels, indices) batch that this run does not use
+        return None
     if isinstance(batch, tuple):
         return tuple(_pinned(t) for t in batch)
     return batch if batch.is_pinned() else batch.pin_memory()
 
 
 def _to_device(batch: Any, device: torch.device, memory_format: torch.memory_format) -> Any:
+    if batch is None:
+        return None
     if isinstance(batch, tuple):
         return tuple(_to_device(t, device, memory_format) for t in batch)
     batch = batch.to(device, non_blocking=True)

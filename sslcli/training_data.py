@@ -56,11 +56,13 @@ def rank_batch_size(global_batch: int) -> int:
 
 
 def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.BadImagePolicy,
-                     device: torch.device, labels: torch.Tensor | None = None) -> tuple[Batches, int]:
+                     device: torch.device, labels: torch.Tensor | None = None,
+                     with_indices: bool = False) -> tuple[Batches, int]:
     """`batches(epoch, skip)` of uint8 images and the number of steps per epoch, from the cache or the files.
 
-    With `labels` (semi_supervised_labels) each batch is (images, their labels), -1 for the unlabeled ones;
-    the images and their order are the same as without.
+    With `labels` (semi_supervised_labels) or `with_indices` (a method with a memory bank) each batch is
+    (images, their labels or None, their positions in `images` or None), the labels -1 for the unlabeled
+    images; the images and their order are the same as without.
 
     Under torchrun each rank gets its share of every global batch: from the cache, a slice of the global
     batch a single process would draw (so the images of a step do not depend on the number of ranks);
@@ -77,7 +79,7 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
         part = (distributed.rank(), distributed.world_size())
 
         def cached(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
-            return (_with_labels(x, i, labels)
+            return (_batch(x, i, labels, with_indices)
                     for x, i in cache.batches(decoded, batch_size, seed, epoch, skip=skip, shard=part))
 
         batches, steps = cached, cache.steps_per_epoch(decoded, batch_size)
@@ -95,7 +97,7 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
             else:
                 loader.generator.manual_seed(seed * 1_000_003 + epoch)  # each epoch's order depends on (seed, epoch)
             # Resuming mid-epoch decodes and drops the batches already trained on, to reach the same order.
-            return itertools.islice((_with_labels(x, i, labels) for x, i in data.iter_batches(loader, policy, images.paths)),
+            return itertools.islice((_batch(x, i, labels, with_indices) for x, i in data.iter_batches(loader, policy, images.paths)),
                                     skip, None)
 
         batches, steps = streamed, len(loader)
@@ -104,6 +106,9 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
     return batches, steps
 
 
-def _with_labels(x: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor | None):
-    """The batch as the loop takes it: the images, or (images, labels) in semi-supervised runs."""
-    return x if labels is None else (x, labels[indices])
+def _batch(x: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor | None, with_indices: bool):
+    """The batch as the loop takes it: the images alone, or (images, labels, indices) with None for what
+    the run does not use."""
+    if labels is None and not with_indices:
+        return x
+    return x, None if labels is None else labels[indices], indices if with_indices else None

@@ -98,3 +98,31 @@ def test_label_fraction_on_unlabeled_data_is_a_usage_error(cifar_small: Path, tm
                       "--set", "data.num_workers=0", "--set", "encoder.name=resnet10t", "--set", "data.image_size=32")
     assert_one_clean_error(proc, 2, "--label-fraction", "unlabeled")
     assert not (tmp_path / "cli").exists()
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_batches_with_indices_name_each_images_position_in_the_training_set(cache: str, cifar_small: Path,
+                                                                            tmp_path: Path):
+    """A memory-bank method (uses_indices) gets (images, labels, indices): image j of a batch is the decoded
+    file images.paths[indices[j]], from the decode cache and from the files alike."""
+    from sslcli.training_data import training_batches
+
+    spec = spec_for(cifar_small, tmp_path, "data.max_images=40", "train.batch_size=16", f"data.cache={cache}", "data.image_size=32")
+    images = data.find_images(cifar_small / "train")
+    images = data.subset(images, list(range(40)))
+    batches, steps = training_batches(spec, images, data.BadImagePolicy("fail"), torch.device("cpu"),
+                                      with_indices=True)
+    seen = []
+    for x, labels, indices in batches(0):
+        assert labels is None and indices.dtype == torch.int64 and indices.shape == (x.shape[0],)
+        for image, index in zip(x, indices.tolist(), strict=True):
+            expected = data.decode_image(images.paths[index], image.shape[-1])
+            assert torch.equal(image, expected)
+        seen += indices.tolist()
+    assert len(seen) == steps * 16 and len(set(seen)) == len(seen)
+    with_labels, _ = training_batches(spec, images, data.BadImagePolicy("fail"), torch.device("cpu"),
+                                      labels=torch.arange(40), with_indices=True)
+    for _, labels, indices in with_labels(0):
+        assert torch.equal(labels, indices)  # labels follow the same positions
+    plain, _ = training_batches(spec, images, data.BadImagePolicy("fail"), torch.device("cpu"))
+    assert all(isinstance(x, torch.Tensor) for x in plain(0))  # a run without a memory bank sees bare images

@@ -91,7 +91,8 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     train_data = load_data(spec, device)
     spec = plan_budget(spec, state, train_data, device, started)
     loop = loop_config(spec, train_data.steps_per_epoch, device)
-    model = build_model(spec, loop, train_data.steps_per_epoch, device, train_data.num_classes)
+    model = build_model(spec, loop, train_data.steps_per_epoch, device, train_data.num_classes,
+                        len(train_data.images))
     optimizer, lr_schedule = build_optimizer_and_schedule(spec, model.method, loop)
     scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
     identity = resumption.fingerprint(spec, train_data.images, loop.total_steps)
@@ -121,7 +122,8 @@ def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
     policy = data.BadImagePolicy(spec.data.on_bad_image)
     policy.hold()  # bad-image warnings wait until the run goes ahead (announce): a refused run prints none
     labels = semi_supervised_labels(spec, images)
-    batches, steps_per_epoch = training_batches(spec, images, policy, device, labels)
+    batches, steps_per_epoch = training_batches(spec, images, policy, device, labels,
+                                                with_indices=CONFIGS[spec.method.name].uses_indices)
     return TrainingData(images, batches, steps_per_epoch, policy, labels)
 
 
@@ -161,7 +163,8 @@ def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData
     calibration_model: list[Model] = []
 
     def make_step() -> tuple[Step, torch.optim.Optimizer]:
-        model = build_model(spec, probe_loop, per_epoch, device, train_data.num_classes)
+        model = build_model(spec, probe_loop, per_epoch, device, train_data.num_classes,
+                            len(train_data.images))
         calibration_model.append(model)
         optimizer, _ = build_optimizer_and_schedule(spec, model.method, probe_loop)
         return step_function(spec, probe_loop, model, device), optimizer
@@ -194,15 +197,16 @@ def _with_steps(spec: PretrainSpec, epochs: int, max_steps: int | None) -> Pretr
 
 
 def build_model(spec: PretrainSpec, loop: LoopConfig, steps_per_epoch: int, device: torch.device,
-                num_classes: int | None = None) -> Model:
+                num_classes: int | None = None, num_images: int = 0) -> Model:
     """The encoder (optionally --init-from), the method around it, and the augmentation drawing its views;
-    with num_classes (data.label_fraction) the method also holds S4L's supervised head."""
+    with num_classes (data.label_fraction) the method also holds S4L's supervised head. num_images sizes
+    the memory bank of a method that keeps one (uses_indices)."""
     encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
                                   spec.encoder.kwargs)
     if spec.init_from is not None:
         resumption.init_from(encoder, info, spec.init_from)
     method = method_class(spec.method.name)(spec.method, encoder, info.feature_dim,
-                                            Budget(loop.total_steps, steps_per_epoch))
+                                            Budget(loop.total_steps, steps_per_epoch, num_images))
     if num_classes is not None:
         semi_supervised.attach_head(method, info.feature_dim, num_classes)
     sync_bn = spec.train.sync_bn if spec.train.sync_bn is not None else CONFIGS[spec.method.name].sync_bn
@@ -291,9 +295,10 @@ def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: to
     parallel = distributed.wrap(method, device)  # DDP under torchrun, the method itself otherwise
     forward = torch.compile(parallel) if spec.train.compile else parallel
 
-    def loss(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor], step: int) -> StepOut:
-        x, labels = batch if isinstance(batch, tuple) else (batch, None)
-        out = forward([v.contiguous(memory_format=memory_format) for v in model.augment(x)], step)
+    def loss(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None], step: int) -> StepOut:
+        x, labels, indices = batch if isinstance(batch, tuple) else (batch, None, None)
+        views = [v.contiguous(memory_format=memory_format) for v in model.augment(x)]
+        out = forward(views, step) if indices is None else forward(views, step, indices)
         if labels is not None:  # data.label_fraction (S4L): the supervised term on the labeled images
             out = semi_supervised.add_supervised_term(out, method, labels, spec.train.supervised_weight)
         logged = (step + 1) % loop.log_every == 0 or step + 1 == loop.total_steps

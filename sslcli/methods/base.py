@@ -30,6 +30,7 @@ class Budget:
 
     total_steps: int
     steps_per_epoch: int
+    num_images: int = 0  # the training images: the size of a per-image memory bank (InstDisc, DeepCluster v2)
 
     def epochs_to_steps(self, epochs: float) -> int:
         return min(self.total_steps, round(epochs * self.steps_per_epoch))
@@ -47,7 +48,10 @@ class Method(Protocol):
         """The augmentation recipe: one ViewConfig per view, built from the spec's augment section."""
         ...
 
-    def forward(self, views: list[Tensor], step: int) -> StepOut: ...
+    def forward(self, views: list[Tensor], step: int) -> StepOut:
+        """The loss of one batch. A method whose config sets `uses_indices` is called as
+        forward(views, step, indices), indices [B] being each image's position in the training set."""
+        ...
 
     def cancel_gradients(self, step: int) -> None:
         """After backward: drop the gradients of parameters frozen at this step (SwAV, DINO)."""

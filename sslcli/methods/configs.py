@@ -25,6 +25,9 @@ class MethodConfigBase(BaseModel):
     sync_bn: ClassVar[bool] = True  # under torchrun, BN over the global batch (the paper's choice)
     # What the encoder saw in training when it was not the augmented RGB views (written into its metadata).
     encoder_input: ClassVar[str | None] = None
+    # The method keeps one entry per training image (a memory bank): its forward also takes the batch's
+    # dataset indices, and its Budget carries the number of training images.
+    uses_indices: ClassVar[bool] = False
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
