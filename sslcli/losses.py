@@ -218,3 +218,31 @@ def supervised_ce(logits: Tensor, labels: Tensor) -> Tensor:
     labeled = labels >= 0
     per_image = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")
     return (per_image * labeled).sum() / labeled.sum().clamp_min(1)
+
+
+NCE_EPS = 1e-7  # lemniscate's and CMC's NCECriterion: keeps the ratios finite when P and K P_n underflow
+
+
+@full_precision
+def nce(probabilities: Tensor, noise_probability: float) -> Tensor:
+    """Noise-contrastive estimation against a memory bank (Wu et al. 2018, arXiv 1805.01978 eqs. 5-7; Tian et
+    al. 2019, arXiv 1906.05849 eq. 12), as lemniscate's and CMC's NCECriterion compute it.
+
+    probabilities [B, 1 + K]: P(i|v) = exp(v . f_i / tau) / Z of each image's own bank entry (column 0, drawn
+    from the data) and of K entries drawn from the noise distribution, uniform: P_n = noise_probability (1/N).
+    h = P / (P + K P_n) is the posterior that an entry came from the data; the loss is
+    -(log h(positive) + sum_j log(1 - h(negative_j))), summed over the batch and divided by its size.
+    """
+    p = probabilities.float()
+    k_pn = (p.shape[1] - 1) * noise_probability
+    positive = torch.log(p[:, 0] / (p[:, 0] + k_pn + NCE_EPS))
+    negative = torch.log(k_pn / (p[:, 1:] + k_pn + NCE_EPS))
+    return -(positive.sum() + negative.sum()) / p.shape[0]
+
+
+@full_precision
+def non_parametric_softmax(scores: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """Cross entropy of softmax(scores / tau) with each row's target column: Wu et al. eq. 2 over every bank
+    entry (lemniscate's LinearAverage, the target an image's own index), or over the positive and the drawn
+    negatives (CMC's NCESoftmaxLoss, the target column 0)."""
+    return F.cross_entropy(scores.float() / temperature, targets)

@@ -3,7 +3,9 @@
 `python -m tests.dist_worker OUT [--control gather|statistics]`: on one process it steps on the whole global
 batch; under `torchrun --nproc_per_node 2` each rank steps on its half. Either way it writes OUT, a
 safetensors file of every parameter's gradient after backward (DDP-averaged), the loss, the BN running
-statistics, and the queue or center a step updates, so the test can compare the two runs tensor by tensor.
+statistics, and the queue, center or memory bank a step updates, so the test can compare the two runs tensor by
+tensor. A memory bank is also compared between the ranks: `<method>/bank_rank_spread` is the largest difference
+of any rank's bank from rank 0's (0 on one process), so a bank that drifts apart between ranks fails the test.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sslcli.methods.base import Budget
 from tests.test_methods import tiny_spec
 
 GLOBAL_BATCH = 8  # images per step, over all ranks
+NUM_IMAGES = 32  # the training set of a method with a memory bank
 STEP = 0
 
 
@@ -47,13 +50,35 @@ def global_draws(model, rank: int, world: int) -> None:
     model.draw = draw
 
 
+def global_indices(rank: int, world: int) -> torch.Tensor:
+    """The global batch's positions in the training set (a memory bank's rows); this process keeps its share."""
+    chosen = torch.randperm(NUM_IMAGES, generator=torch.Generator().manual_seed(2))[:GLOBAL_BATCH]
+    return chosen.chunk(world)[rank]
+
+
+def bank_spread(model) -> dict[str, torch.Tensor]:
+    """The largest difference between any rank's memory banks and rank 0's (0 on one process)."""
+    banks = [b for n, b in model.named_buffers() if n.endswith("memory")]
+    if not banks:
+        return {}
+    spread = torch.zeros(())
+    for bank in banks:
+        reference = bank.clone()
+        if distributed.is_distributed():
+            torch.distributed.broadcast(reference, src=0)
+        spread = torch.maximum(spread, (bank - reference).abs().max())
+    if distributed.is_distributed():
+        torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
+    return {"bank_rank_spread": spread.reshape(1)}
+
+
 def one_step(name: str) -> dict[str, torch.Tensor]:
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(0)
     # SwAV's queue needs several steps to fill and stays per rank (as in the paper's code): off here.
     spec = tiny_spec(name, **({"queue_length": 0} if name == "swav" else {}))
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
-    model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2)).train()
+    model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2, NUM_IMAGES)).train()
     if name == "mae":
         fixed_mask_noise(model, rank, world)
     if hasattr(model, "draw"):
@@ -62,7 +87,8 @@ def one_step(name: str) -> dict[str, torch.Tensor]:
         model = distributed.sync_batchnorm(model, torch.device("cpu"))
     views = [v.chunk(world)[rank] for v in global_views(model, spec, seed=1)]
     parallel = distributed.wrap(model, torch.device("cpu"))  # kept alive: DDP's hooks reduce during backward
-    out = parallel(views, STEP)
+    indices = (global_indices(rank, world),) if CONFIGS[name].uses_indices else ()
+    out = parallel(views, STEP, *indices)
     out.loss.backward()
     getattr(model, "cancel_gradients", lambda step: None)(STEP)
     model.on_step_end(STEP)
@@ -79,6 +105,12 @@ def one_step(name: str) -> dict[str, torch.Tensor]:
     for buffer in ("queue", "center"):
         if hasattr(model, buffer):
             result[f"{name}/{buffer}"] = getattr(model, buffer).clone()
+    # Memory banks after the step's update and their NCE constant Z (as log Z: Z is N x a mean of exp(s / tau),
+    # thousands, and the test's error floor scales with a method's largest value), and how far the ranks' banks
+    # differ.
+    result.update({f"{name}/bank/{n}": b.clone() for n, b in model.named_buffers() if n.endswith("memory")})
+    result.update({f"{name}/bank/log_{n}": b.log().reshape(1) for n, b in model.named_buffers() if n.endswith(".z")})
+    result.update({f"{name}/{k}": v for k, v in bank_spread(model).items()})
     return result
 
 

@@ -239,3 +239,48 @@ def test_supervised_ce_averages_over_labeled_images_only():
     spoiled[1] = torch.tensor([50.0, -50.0])
     assert supervised_ce(spoiled, labels).item() == pytest.approx(expected, rel=1e-6)
     assert supervised_ce(logits, torch.full((3,), -1)).item() == 0.0
+
+
+def nce_reference(probabilities: torch.Tensor, noise_probability: float) -> float:
+    """Wu et al. 2018 eqs. 5-7 with loops: h(i, v) = P(i|v) / (P(i|v) + K P_n); the data sample (column 0) adds
+    -log h, each of the K noise samples -log(1 - h); summed over the batch, divided by its size."""
+    b, columns = probabilities.shape
+    k = columns - 1
+    total = 0.0
+    for i in range(b):
+        for j in range(columns):
+            p = float(probabilities[i, j])
+            h = p / (p + k * noise_probability)
+            total += -math.log(h) if j == 0 else -math.log(1 - h)
+    return total / b
+
+
+def test_nce_matches_the_paper_and_tells_the_positive_from_the_noise():
+    from sslcli.losses import nce
+
+    probabilities = torch.rand(3, 6, generator=torch.Generator().manual_seed(0)) * 0.1 + 0.01
+    pn = 1 / 50  # K P_n = 0.1, of the order of the probabilities (NCECriterion's eps of 1e-7 is then negligible)
+    assert nce(probabilities, pn).item() == pytest.approx(nce_reference(probabilities, pn), rel=1e-5)
+    # Negative control: the positive is column 0 only. Raising it lowers the loss, raising a noise sample's
+    # probability raises it, and swapping the positive with a noise column changes the value.
+    higher_positive, higher_noise = probabilities.clone(), probabilities.clone()
+    higher_positive[:, 0] *= 10
+    higher_noise[:, 3] *= 10
+    assert nce(higher_positive, pn) < nce(probabilities, pn) < nce(higher_noise, pn)
+    swapped = probabilities[:, [3, 1, 2, 0, 4, 5]]
+    assert abs(nce(swapped, pn).item() - nce(probabilities, pn).item()) > 1e-3
+
+
+def test_non_parametric_softmax_is_the_cross_entropy_of_the_target_column():
+    from sslcli.losses import non_parametric_softmax
+
+    scores = torch.tensor([[0.9, 0.1, -0.2], [0.3, 0.8, 0.0]])
+    t = 0.1
+
+    def ce(row, target):
+        return -(row[target] / t - math.log(sum(math.exp(v / t) for v in row.tolist())))
+
+    expected = (ce(scores[0], 0) + ce(scores[1], 1)) / 2
+    assert non_parametric_softmax(scores, torch.tensor([0, 1]), t).item() == pytest.approx(float(expected), rel=1e-4)
+    # Negative control: another target column gives another loss.
+    assert non_parametric_softmax(scores, torch.tensor([2, 2]), t).item() > expected + 1

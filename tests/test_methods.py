@@ -35,8 +35,10 @@ TINY = {
     "relpos": {"patch_dim": 16, "hidden_dim": 32},
     "colorization": {"decoder_dim": 16},
     "inpainting": {"decoder_dim": 16},
+    "instdisc": {"embedding_dim": 16, "num_negatives": 8},
 }
 BATCH, STEPS_PER_EPOCH = 8, 2
+NUM_IMAGES = 4 * BATCH  # the training set of a method with a memory bank: one entry per image
 
 
 def tiny_spec(name: str, **method) -> PretrainSpec:
@@ -53,7 +55,8 @@ def build(name: str, **method):
     torch.manual_seed(0)
     spec = tiny_spec(name, **method)
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
-    model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(4 * STEPS_PER_EPOCH, STEPS_PER_EPOCH))
+    model = method_class(name)(spec.method, encoder, info.feature_dim,
+                               Budget(4 * STEPS_PER_EPOCH, STEPS_PER_EPOCH, NUM_IMAGES))
     augment = Augmenter(model.views(spec.augment), info.mean, info.std, torch.Generator().manual_seed(0))
     optimizer = build_optimizer(model, spec.optim.name, 0.05, spec.optim.weight_decay, spec.optim.momentum,
                                 spec.optim.trust_coeff, spec.optim.betas, getattr(model, "fixed_lr_modules", ()))
@@ -64,8 +67,22 @@ def images(seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (BATCH, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
+def batch_indices(step: int) -> torch.Tensor:
+    """The training-set positions of step's images: a seeded order of the NUM_IMAGES, a batch at a time."""
+    order = torch.randperm(NUM_IMAGES, generator=torch.Generator().manual_seed(0))
+    start = step * BATCH % NUM_IMAGES
+    return order[start:start + BATCH]
+
+
+def forward(model, views: list[torch.Tensor], step: int):
+    """The forward pretraining calls: a method with a memory bank (uses_indices) also gets the batch's indices."""
+    if CONFIGS[model.cfg.name].uses_indices:
+        return model(views, step, batch_indices(step))
+    return model(views, step)
+
+
 def train_step(model, augment, optimizer, step: int):
-    out = model(augment(images(step)), step)
+    out = forward(model, augment(images(step)), step)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     getattr(model, "cancel_gradients", lambda step: None)(step)  # as train.fit does after backward
@@ -86,7 +103,7 @@ def targets_of(model) -> list[tuple[str, str]]:
 def test_a_step_is_finite_and_trains_the_encoder(name: str):
     _, model, augment, optimizer, _ = build(name)
     before = copy.deepcopy(model.encoder.state_dict())
-    out = model(augment(images()), 0)
+    out = forward(model, augment(images()), 0)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
@@ -284,7 +301,7 @@ def test_a_step_exposes_its_embeddings_to_the_monitors(name: str):
     from sslcli import monitors
 
     _, model, augment, _, info = build(name)
-    out = model(augment(images()), 0)
+    out = forward(model, augment(images()), 0)
     assert "features" in out.embeddings, "every method shows its encoder features"
     for kind, views in out.embeddings.items():
         assert 1 <= len(views) <= 2 and all(v.shape[0] == BATCH for v in views), kind

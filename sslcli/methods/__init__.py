@@ -18,6 +18,7 @@ from sslcli.methods.configs import (
     ColorizationConfig,
     DINOConfig,
     InpaintingConfig,
+    InstDiscConfig,
     JigsawConfig,
     MAEConfig,
     MethodConfigBase,
@@ -51,6 +52,7 @@ CONFIGS: dict[str, type[MethodConfigBase]] = {
     "relpos": RelPosConfig,
     "colorization": ColorizationConfig,
     "inpainting": InpaintingConfig,
+    "instdisc": InstDiscConfig,
 }
 
 # name -> "module:class" of its nn.Module, imported on first use
@@ -70,6 +72,7 @@ _CLASSES: dict[str, str] = {
     "relpos": "relpos:RelPos",
     "colorization": "colorization:Colorization",
     "inpainting": "inpainting:Inpainting",
+    "instdisc": "instdisc:InstDisc",
 }
 
 DEFAULT_METHOD = "simclr"

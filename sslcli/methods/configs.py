@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MethodConfigBase(BaseModel):
@@ -375,3 +375,52 @@ class InpaintingConfig(MethodConfigBase):
         return {"optim": {"name": "adamw", "base_lr": 8e-4, "weight_decay": 0.0, "betas": [0.5, 0.999],
                           "warmup_epochs": 0},
                 "augment": {"scale": [0.2, 1.0], **_COLOUR_PRESERVING}}
+
+
+# ---------------------------------------------------------------- memory banks (issue 14)
+
+
+class _MemoryBankContrast(MethodConfigBase):
+    """What InstDisc and CMC share: a memory bank of one embedding per training image, contrasted with NCE."""
+
+    uses_indices: ClassVar[bool] = True
+    embedding_dim: int = Field(128, gt=0, description="size of the L2-normalised embedding a linear head gives "
+                               "the encoder's features, and of each bank entry (paper: 128)")
+    temperature: float = Field(0.07, gt=0, description="tau of exp(v . f / tau) (paper: 0.07)")
+    bank_momentum: float = Field(0.5, ge=0, lt=1, description="m of the proximal update of an image's entry "
+                                 "after each step, f <- normalise(m f + (1 - m) v) (paper: 0.5)")
+    loss: Literal["nce", "softmax"] = Field("nce", description="nce: noise-contrastive estimation with the "
+                                            "normalisation constant Z estimated on the first batch (paper); "
+                                            "softmax: cross entropy over the positive and the drawn negatives, "
+                                            "or over every entry when num_negatives = 0")
+    shared_negatives: bool = Field(False, description="one draw of negatives for the whole batch instead of "
+                                   "one per image (paper: one per image, which gathers batch x (K + 1) bank rows "
+                                   "a step, about 2 s at batch 256 and K 4096 on one CPU core)")
+
+    @model_validator(mode="after")
+    def _full_softmax_needs_softmax(self) -> _MemoryBankContrast:
+        if self.num_negatives == 0 and self.loss == "nce":  # type: ignore[attr-defined]
+            raise ValueError("num_negatives = 0 contrasts with every bank entry: it needs loss = 'softmax' "
+                             "(NCE needs sampled negatives)")
+        return self
+
+
+class InstDiscConfig(_MemoryBankContrast):
+    paper: ClassVar[str] = "https://arxiv.org/abs/1805.01978"
+    summary: ClassVar[str] = ("contrastive: each image its own class, a memory bank of 128-d embeddings, NCE "
+                              "against 4096 drawn entries (Wu et al. 2018)")
+    sync_bn: ClassVar[bool] = False  # lemniscate trains with DataParallel: BN statistics per GPU
+    name: Literal["instdisc"] = "instdisc"
+    num_negatives: int = Field(4096, ge=0, description="K bank entries drawn per image as negatives (paper: "
+                               "4096); 0 = every entry, the full non-parametric softmax (paper eq. 2, needs "
+                               "loss = softmax)")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper / lemniscate main.py: SGD momentum 0.9, lr 0.03 at batch 256, weight decay 5e-4 in the paper
+        # (1e-4 in main.py), no warm-up. Augmentation: crop (0.2, 1), grayscale 0.2, colour jitter 0.4 on
+        # brightness, contrast, saturation and hue always applied, flip; no blur.
+        return {"optim": {"name": "sgd", "base_lr": 0.03, "weight_decay": 5e-4, "warmup_epochs": 0},
+                "augment": {"scale": [0.2, 1.0], "brightness": 0.4, "contrast": 0.4, "saturation": 0.4,
+                            "hue": 0.4, "jitter_p": 1.0, "gray_p": 0.2, "blur_p": 0.0, "solarize_p": 0.0}}
+
