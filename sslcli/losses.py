@@ -225,7 +225,7 @@ NCE_EPS = 1e-7  # lemniscate's and CMC's NCECriterion: keeps the ratios finite w
 
 @full_precision
 def nce(probabilities: Tensor, noise_probability: float) -> Tensor:
-    """Noise-contrastive estimation against a memory bank (Wu et al. 2018, arXiv 1805.01978 eqs. 5-7; Tian et
+    """Noise-contrastive estimation against a memory bank (Wu et al. 2018, arXiv 1805.01978 section 3.2; Tian et
     al. 2019, arXiv 1906.05849 eq. 12), as lemniscate's and CMC's NCECriterion compute it.
 
     probabilities [B, 1 + K]: P(i|v) = exp(v . f_i / tau) / Z of each image's own bank entry (column 0, drawn

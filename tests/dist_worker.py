@@ -24,6 +24,10 @@ from tests.test_methods import tiny_spec
 GLOBAL_BATCH = 8  # images per step, over all ranks
 NUM_IMAGES = 32  # the training set of a method with a memory bank
 STEP = 0
+# What is compared: every method with its tiny test settings, and variants that take another path across ranks
+# (label -> method, method settings). CMC's default contrasts memory banks; its in-batch mode gathers.
+CASES: dict[str, tuple[str, dict]] = {**{name: (name, {}) for name in CONFIGS},
+                                     "cmc-batch": ("cmc", {"negatives": "batch"})}
 
 
 def global_views(model, spec, seed: int) -> list[torch.Tensor]:
@@ -72,11 +76,13 @@ def bank_spread(model) -> dict[str, torch.Tensor]:
     return {"bank_rank_spread": spread.reshape(1)}
 
 
-def one_step(name: str) -> dict[str, torch.Tensor]:
+def one_step(case: str) -> dict[str, torch.Tensor]:
+    """One step of CASES[case]; every tensor is named `case/...`."""
+    name, settings = CASES[case]
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(0)
     # SwAV's queue needs several steps to fill and stays per rank (as in the paper's code): off here.
-    spec = tiny_spec(name, **({"queue_length": 0} if name == "swav" else {}))
+    spec = tiny_spec(name, **settings, **({"queue_length": 0} if name == "swav" else {}))
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
     model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2, NUM_IMAGES)).train()
     if name == "mae":
@@ -97,20 +103,20 @@ def one_step(name: str) -> dict[str, torch.Tensor]:
     if distributed.is_distributed():  # not all_reduce_: the statistics control switches that one off
         torch.distributed.all_reduce(loss)
     loss /= world
-    result = {f"{name}/grad/{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    result[f"{name}/loss"] = loss.reshape(1)
+    result = {f"{case}/grad/{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    result[f"{case}/loss"] = loss.reshape(1)
     # BN running statistics: with synchronised BN they are the global batch's, as on one process.
-    result.update({f"{name}/bn/{n}": b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean",
+    result.update({f"{case}/bn/{n}": b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean",
                                                                                               "running_var"))})
     for buffer in ("queue", "center"):
         if hasattr(model, buffer):
-            result[f"{name}/{buffer}"] = getattr(model, buffer).clone()
+            result[f"{case}/{buffer}"] = getattr(model, buffer).clone()
     # Memory banks after the step's update and their NCE constant Z (as log Z: Z is N x a mean of exp(s / tau),
     # thousands, and the test's error floor scales with a method's largest value), and how far the ranks' banks
     # differ.
-    result.update({f"{name}/bank/{n}": b.clone() for n, b in model.named_buffers() if n.endswith("memory")})
-    result.update({f"{name}/bank/log_{n}": b.log().reshape(1) for n, b in model.named_buffers() if n.endswith(".z")})
-    result.update({f"{name}/{k}": v for k, v in bank_spread(model).items()})
+    result.update({f"{case}/bank/{n}": b.clone() for n, b in model.named_buffers() if n.endswith("memory")})
+    result.update({f"{case}/bank/log_{n}": b.log().reshape(1) for n, b in model.named_buffers() if n.endswith(".z")})
+    result.update({f"{case}/{k}": v for k, v in bank_spread(model).items()})
     return result
 
 
@@ -124,8 +130,8 @@ def main() -> None:
     distributed._local_statistics = args.control == "statistics"
     torch.set_num_threads(1)
     tensors: dict[str, torch.Tensor] = {}
-    for name in CONFIGS:
-        tensors.update(one_step(name))
+    for case in CASES:
+        tensors.update(one_step(case))
     if distributed.is_main():
         save_file({k: v.contiguous() for k, v in tensors.items()}, args.out)
     distributed.shutdown()

@@ -242,7 +242,7 @@ def test_supervised_ce_averages_over_labeled_images_only():
 
 
 def nce_reference(probabilities: torch.Tensor, noise_probability: float) -> float:
-    """Wu et al. 2018 eqs. 5-7 with loops: h(i, v) = P(i|v) / (P(i|v) + K P_n); the data sample (column 0) adds
+    """Wu et al. 2018 section 3.2 with loops: h(i, v) = P(i|v) / (P(i|v) + K P_n); the data sample (column 0) adds
     -log h, each of the K noise samples -log(1 - h); summed over the batch, divided by its size."""
     b, columns = probabilities.shape
     k = columns - 1

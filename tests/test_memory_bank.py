@@ -17,53 +17,78 @@ def _bank(size: int = 12, dim: int = 4, momentum: float = 0.5) -> MemoryBank:
     return MemoryBank(size, dim, momentum, "test")
 
 
+def _negatives(draws: torch.Tensor, indices: torch.Tensor) -> list[list[int]]:
+    """The entries draws name: each draw in [0, N - 1) moved past its image's own index."""
+    return [[d if d < int(i) else d + 1 for d in row.tolist()] for row, i in zip(draws, indices, strict=True)]
+
+
 def test_bank_loss_matches_lemniscate_with_fixed_negatives():
     """NCEAverage + NCECriterion written out: P = exp(v . f / tau) / Z over the positive and the drawn entries,
-    Z = N x the mean of exp(v . f / tau) over this first batch; then the softmax variants."""
+    Z = N x the mean of exp(v . f / tau) over this first batch, noise uniform over the other N - 1 entries;
+    then the softmax variants."""
     bank = _bank()
     v = F.normalize(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)), dim=1)
     indices = torch.tensor([5, 0, 9])
-    negatives = torch.tensor([[1, 2, 5], [7, 7, 3], [11, 0, 4]])  # drawn uniformly: the positive may recur
+    draws = torch.tensor([[1, 5, 7], [0, 0, 3], [10, 9, 4]])  # uniform in [0, N - 1): repeats happen
     t, n = 0.5, 12
     memory = bank.memory
-    columns = torch.cat([indices[:, None], negatives], dim=1)
-    e = [[math.exp(float(v[i] @ memory[columns[i, j]]) / t) for j in range(4)] for i in range(3)]
+    columns = [[int(indices[i]), *row] for i, row in enumerate(_negatives(draws, indices))]
+    assert columns == [[5, 1, 6, 8], [0, 1, 1, 4], [9, 11, 10, 4]], "no image is its own negative"
+    e = [[math.exp(float(v[i] @ memory[j]) / t) for j in columns[i]] for i in range(3)]
     z = n * sum(map(sum, e)) / 12
-    k_pn = 3 / n
+    k_pn = 3 / (n - 1)
     expected = 0.0
     for i in range(3):
         for j in range(4):
             p = e[i][j] / z
             expected -= math.log(p / (p + k_pn)) if j == 0 else math.log(k_pn / (p + k_pn))
-    assert bank_loss(bank, v, indices, negatives, t, "nce").item() == pytest.approx(expected / 3, rel=1e-4)
+    assert bank_loss(bank, v, indices, draws, t, "nce").item() == pytest.approx(expected / 3, rel=1e-4)
     assert bank._pending_z.item() == pytest.approx(z, rel=1e-5), "Z is staged for the step's commit"
 
     # softmax over the positive and the K drawn entries (CMC's NCESoftmaxLoss): target column 0
     sampled = sum(-math.log(e[i][0] / sum(e[i])) for i in range(3)) / 3
-    assert bank_loss(bank, v, indices, negatives, t, "softmax").item() == pytest.approx(sampled, rel=1e-4)
+    assert bank_loss(bank, v, indices, draws, t, "softmax").item() == pytest.approx(sampled, rel=1e-4)
     # softmax over every entry (Wu et al. eq. 2): the target is the image's own index
     full = sum(-(float(v[i] @ memory[indices[i]]) / t - math.log(sum(math.exp(float(v[i] @ memory[j]) / t)
                                                                  for j in range(n)))) for i in range(3)) / 3
     assert bank_loss(bank, v, indices, None, t, "softmax").item() == pytest.approx(full, rel=1e-4)
     # Negative control: other negatives give another loss.
-    assert abs(bank_loss(bank, v, indices, (negatives + 1) % n, t, "nce").item() - expected / 3) > 1e-3
+    assert abs(bank_loss(bank, v, indices, (draws + 1) % (n - 1), t, "nce").item() - expected / 3) > 1e-3
 
 
-def test_shared_negatives_score_like_the_same_row_drawn_for_every_image():
+@pytest.mark.parametrize("every_entry", [True, False], ids=["scoring-every-entry", "gathering-rows"])
+def test_both_ways_to_score_the_drawn_entries_agree(every_entry: bool, monkeypatch: pytest.MonkeyPatch):
+    """Every entry scored in one matmul then the drawn columns picked, or the drawn rows gathered (lemniscate)."""
+    from sslcli.methods import memory_bank
+
     bank = _bank()
     v = F.normalize(torch.randn(3, 4), dim=1)
-    indices = torch.tensor([0, 1, 2])
+    indices = torch.tensor([0, 11, 2])
+    draws = bank.draw(3, 5, torch.device("cpu"))
+    columns = [[int(indices[i]), *row] for i, row in enumerate(_negatives(draws, indices))]
+    by_hand = torch.tensor([[float(v[i] @ bank.memory[j]) for j in columns[i]] for i in range(3)])
+    assert not memory_bank.score_every_entry(1_000_000, 128, 256, 4097)  # ImageNet: gather the drawn rows
+    assert memory_bank.score_every_entry(50_000, 128, 256, 4097)  # CIFAR-10: score every entry
+    monkeypatch.setattr(memory_bank, "score_every_entry", lambda *shape: every_entry)
+    torch.testing.assert_close(bank.scores(v, indices, draws), by_hand)
+
+
+def test_negatives_are_uniform_over_the_other_entries_and_replayed_by_torchs_generator():
+    bank = _bank()
+    cpu = torch.device("cpu")
     torch.manual_seed(0)
-    shared = bank.draw(3, 5, shared=True, device=torch.device("cpu"))
-    assert shared.shape == (3, 5) and shared.stride(0) == 0 and (shared == shared[0]).all()
-    # the shortcut (one gather, a matmul) against the per-image path on a materialised copy
-    torch.testing.assert_close(bank.scores(v, indices, shared), bank.scores(v, indices, shared.contiguous()))
+    draws = bank.draw(1000, 7, cpu)
     torch.manual_seed(0)
-    again = bank.draw(3, 5, shared=True, device=torch.device("cpu"))
-    assert torch.equal(again, shared), "draws come from torch's generator: a resume draws them again"
-    per_image = bank.draw(1000, 7, shared=False, device=torch.device("cpu"))
-    assert per_image.shape == (1000, 7) and per_image.min() >= 0 and per_image.max() == bank.size - 1
-    assert bank.draw(3, 0, shared=False, device=torch.device("cpu")) is None, "K = 0: every entry"
+    assert torch.equal(bank.draw(1000, 7, cpu), draws), "a resume draws them again"
+    indices = torch.arange(1000) % bank.size
+    negatives = torch.tensor(_negatives(draws, indices))
+    assert (negatives != indices[:, None]).all(), "an image is never its own negative"
+    assert negatives.min() == 0 and negatives.max() == bank.size - 1
+    for image in range(bank.size):  # the other 11 entries about equally often
+        counts = torch.bincount(negatives[indices == image].flatten(), minlength=bank.size).float()
+        others = counts[torch.arange(bank.size) != image]
+        assert counts[image] == 0 and others.min() > 0.5 * others.mean(), (image, counts)
+    assert bank.draw(3, 0, cpu) is None, "K = 0: every entry"
 
 
 def test_instdisc_bank_takes_the_steps_embeddings_after_the_optimizer_step():
@@ -103,3 +128,69 @@ def test_a_memory_bank_method_needs_the_training_set_size():
         method_class("instdisc")(spec.method, torch.nn.Identity(), 8, Budget(8, 2))
     with pytest.raises(UsageError, match="needs loss = 'softmax'"):
         tiny_spec("instdisc", num_negatives=0)
+    with pytest.raises(UsageError, match="no other image to draw negatives from"):
+        MemoryBank(1, 4, 0.5, "test").draw(2, 3, torch.device("cpu"))
+
+
+def test_cmc_splits_each_view_into_l_and_ab_for_two_encoders():
+    from sslcli import checkpoint, colour
+    from sslcli.methods.cmc import AB_MEAN, AB_STD
+    from sslcli.spec import dump
+
+    spec, model, augment, _, info = build("cmc")
+    x = augment(images(0))[0]
+    l_view, ab_view = model.split(x)
+    pixels = model.pixels.to_pixels(l_view)
+    # The L encoder sees a neutral grey image: the same value in the 3 channels, the grey of the view's lightness.
+    torch.testing.assert_close(pixels[:, 0], pixels[:, 2])
+    lab = colour.rgb_to_lab(model.pixels.to_pixels(x))
+    torch.testing.assert_close(colour.rgb_to_lab(pixels)[:, 0], lab[:, 0], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(ab_view[:, 0], (lab[:, 1] - AB_MEAN[0]) / AB_STD[0])
+    assert ab_view.shape[1] == 2 and ab_view.abs().max() < 1.5
+    # The ab encoder: the same architecture with a 2-channel stem, drawn afresh; the L encoder is exported.
+    stem_l, stem_ab = model.encoder.conv1[0], model.ab_encoder.conv1[0]
+    assert (stem_l.in_channels, stem_ab.in_channels) == (3, 2) and stem_l.out_channels == stem_ab.out_channels
+    later_l, later_ab = model.encoder.layer1[0].conv1.weight, model.ab_encoder.layer1[0].conv1.weight
+    assert later_l.shape == later_ab.shape and not torch.equal(later_l, later_ab)
+    assert model.export_encoder() is model.encoder
+    meta = checkpoint.encoder_metadata(info, method="cmc", epoch=1, step=1, spec=dump(spec))
+    assert "grey" in meta["trained_input"] and "ab encoder is not exported" in meta["trained_input"]
+
+
+def test_cmc_scores_each_view_against_the_other_views_bank_and_updates_both():
+    from sslcli.losses import info_nce
+
+    _, model, augment, optimizer, _ = build("cmc")
+    indices = batch_indices(0)
+    banks = {"l": model.bank_l.memory.clone(), "ab": model.bank_ab.memory.clone()}
+    torch.manual_seed(5)
+    out = forward(model, augment(images(0)), 0)
+    z_l, z_ab = (z.detach() for z in out.embeddings["projections"])
+    # The same draw again (the first use of torch's generator in forward), and the losses by hand: L against
+    # the ab bank, ab against the L bank.
+    torch.manual_seed(5)
+    (negatives,) = model.draw(len(indices), torch.device("cpu"))
+    tau, kind = model.cfg.temperature, model.cfg.loss
+    l_loss = bank_loss(model.bank_ab, z_l, indices, negatives, tau, kind)
+    ab_loss = bank_loss(model.bank_l, z_ab, indices, negatives, tau, kind)
+    torch.testing.assert_close(out.logs["l_loss"], l_loss)
+    torch.testing.assert_close(out.logs["ab_loss"], ab_loss)
+    torch.testing.assert_close(out.loss.detach(), l_loss + ab_loss)
+    # Negative control: the L embedding against its own view's bank is another loss.
+    assert abs(bank_loss(model.bank_l, z_l, indices, negatives, tau, kind) - l_loss) > 1e-3
+    optimizer.zero_grad()
+    out.loss.backward()
+    optimizer.step()
+    model.on_step_end(0)
+    for name, z in (("l", z_l), ("ab", z_ab)):
+        bank = getattr(model, f"bank_{name}")
+        torch.testing.assert_close(bank.memory[indices], F.normalize(0.5 * banks[name][indices] + 0.5 * z, dim=1))
+        assert bank.z.item() > 0
+
+    # In-batch negatives: no bank, the symmetric InfoNCE between the L and ab embeddings of the batch.
+    _, batch_model, augment, _, _ = build("cmc", negatives="batch")
+    assert not hasattr(batch_model, "bank_l")
+    out = forward(batch_model, augment(images(0)), 0)
+    z_l, z_ab = out.embeddings["projections"]
+    expected = info_nce(z_l, z_ab, tau) + info_nce(z_ab, z_l, tau)
+    torch.testing.assert_close(out.loss, expected)

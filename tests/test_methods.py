@@ -36,6 +36,7 @@ TINY = {
     "colorization": {"decoder_dim": 16},
     "inpainting": {"decoder_dim": 16},
     "instdisc": {"embedding_dim": 16, "num_negatives": 8},
+    "cmc": {"embedding_dim": 16, "num_negatives": 8},
 }
 BATCH, STEPS_PER_EPOCH = 8, 2
 NUM_IMAGES = 4 * BATCH  # the training set of a method with a memory bank: one entry per image

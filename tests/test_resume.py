@@ -35,7 +35,8 @@ def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = Fa
              "rotation": ["data.image_size=16"],  # 4 rotated copies per image: a smaller image keeps it quick
              "jigsaw": ["method.num_permutations=10", "method.tile_dim=64", "method.hidden_dim=64"],
              "colorization": ["method.decoder_dim=32"],
-             "instdisc": ["method.num_negatives=256"]}[method]
+             "instdisc": ["method.num_negatives=256", "data.image_size=16"],
+             "cmc": ["method.num_negatives=256", "data.image_size=16"]}[method]
     sets += small + [f"{k}={v}" for k, v in extra.items()]
     return resolve(PretrainSpec, options={"method.name": method, "data.path": str(data), "out": str(out)}, sets=sets)
 
@@ -61,9 +62,11 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("method", "stop_step", "monitored"),
                          [("simclr", 6, True), ("simclr", 4, True), ("byol", 6, True), ("rotation", 6, False),
-                          ("jigsaw", 6, False), ("colorization", 6, False), ("instdisc", 6, False)],
+                          ("jigsaw", 6, False), ("colorization", 6, False), ("instdisc", 6, False),
+                          ("cmc", 6, False)],
                          ids=["simclr-mid-epoch", "simclr-epoch-boundary", "byol-mid-epoch", "rotation-mid-epoch",
-                              "jigsaw-mid-epoch", "colorization-mid-epoch", "instdisc-mid-epoch"])
+                              "jigsaw-mid-epoch", "colorization-mid-epoch", "instdisc-mid-epoch",
+                              "cmc-mid-epoch"])
 def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: int, monitored: bool, cifar_small: Path,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Monitored: the online kNN, monitors and report run too, and must not change what is trained (the simclr
@@ -91,6 +94,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: in
         assert a["model/prior_batches"].item() == STEPS_PER_EPOCH * EPOCHS
     if method == "instdisc":  # the memory bank (one entry per image) and its NCE constant Z are part of the state
         assert a["model/bank.memory"].shape[0] == 128 and a["model/bank.z"].item() > 0
+    if method == "cmc":  # both views' banks, and the ab encoder, which is not exported
+        assert all(a[f"model/bank_{v}.memory"].shape[0] == 128 and a[f"model/bank_{v}.z"].item() > 0 for v in ("l", "ab"))
+        assert any(k.startswith("model/ab_encoder.") for k in a)
     enc_a = load_file(str(tmp_path / "whole" / "encoder.safetensors"))
     enc_b = load_file(str(tmp_path / "split" / "encoder.safetensors"))
     assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)

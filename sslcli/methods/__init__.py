@@ -15,6 +15,7 @@ from pydantic import Discriminator, Tag
 from sslcli.methods.configs import (
     BarlowConfig,
     BYOLConfig,
+    CMCConfig,
     ColorizationConfig,
     DINOConfig,
     InpaintingConfig,
@@ -53,6 +54,7 @@ CONFIGS: dict[str, type[MethodConfigBase]] = {
     "colorization": ColorizationConfig,
     "inpainting": InpaintingConfig,
     "instdisc": InstDiscConfig,
+    "cmc": CMCConfig,
 }
 
 # name -> "module:class" of its nn.Module, imported on first use
@@ -73,6 +75,7 @@ _CLASSES: dict[str, str] = {
     "colorization": "colorization:Colorization",
     "inpainting": "inpainting:Inpainting",
     "instdisc": "instdisc:InstDisc",
+    "cmc": "cmc:CMC",
 }
 
 DEFAULT_METHOD = "simclr"

@@ -393,9 +393,6 @@ class _MemoryBankContrast(MethodConfigBase):
                                             "normalisation constant Z estimated on the first batch (paper); "
                                             "softmax: cross entropy over the positive and the drawn negatives, "
                                             "or over every entry when num_negatives = 0")
-    shared_negatives: bool = Field(False, description="one draw of negatives for the whole batch instead of "
-                                   "one per image (paper: one per image, which gathers batch x (K + 1) bank rows "
-                                   "a step, about 2 s at batch 256 and K 4096 on one CPU core)")
 
     @model_validator(mode="after")
     def _full_softmax_needs_softmax(self) -> _MemoryBankContrast:
@@ -411,9 +408,9 @@ class InstDiscConfig(_MemoryBankContrast):
                               "against 4096 drawn entries (Wu et al. 2018)")
     sync_bn: ClassVar[bool] = False  # lemniscate trains with DataParallel: BN statistics per GPU
     name: Literal["instdisc"] = "instdisc"
-    num_negatives: int = Field(4096, ge=0, description="K bank entries drawn per image as negatives (paper: "
-                               "4096); 0 = every entry, the full non-parametric softmax (paper eq. 2, needs "
-                               "loss = softmax)")
+    num_negatives: int = Field(4096, ge=0, description="K entries drawn per image as negatives, uniformly from "
+                               "the other images' (paper: 4096, from all N); 0 = every entry, the full "
+                               "non-parametric softmax (paper eq. 2, needs loss = softmax)")
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
@@ -424,3 +421,28 @@ class InstDiscConfig(_MemoryBankContrast):
                 "augment": {"scale": [0.2, 1.0], "brightness": 0.4, "contrast": 0.4, "saturation": 0.4,
                             "hue": 0.4, "jitter_p": 1.0, "gray_p": 0.2, "blur_p": 0.0, "solarize_p": 0.0}}
 
+
+
+class CMCConfig(_MemoryBankContrast):
+    paper: ClassVar[str] = "https://arxiv.org/abs/1906.05849"
+    summary: ClassVar[str] = ("contrastive multiview: an L encoder and an ab encoder of Lab colour contrasted, "
+                              "memory banks and NCE or in-batch negatives (Tian et al. 2019)")
+    encoder_input: ClassVar[str] = ("CMC's L encoder: trained on grey images (the neutral grey of each pixel's Lab "
+                                    "lightness, the same in all 3 channels); takes RGB normalised with mean/std "
+                                    "like every encoder. The ab encoder is not exported")
+    sync_bn: ClassVar[bool] = False  # the official code trains with DataParallel: BN statistics per GPU
+    name: Literal["cmc"] = "cmc"
+    negatives: Literal["bank", "batch"] = Field("bank", description="bank: each view's embedding against the "
+                                                "other view's memory bank, K drawn entries (paper); batch: "
+                                                "symmetric InfoNCE against the other view's embeddings of the "
+                                                "(global) batch, no bank")
+    num_negatives: int = Field(16384, ge=0, description="K entries drawn per image as negatives, uniformly from "
+                               "the other images' (paper: 16384, from all N); 0 = every entry, needs "
+                               "loss = softmax")
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Official train_CMC.py: SGD momentum 0.9, lr 0.03, weight decay 1e-4, no warm-up; the views are a crop
+        # (0.2, 1) and a flip, then Lab: no colour augmentation (it would change the ab view's content).
+        return {"optim": {"name": "sgd", "base_lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0},
+                "augment": {"scale": [0.2, 1.0], "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}}

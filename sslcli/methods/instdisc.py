@@ -18,7 +18,8 @@ from sslcli.views import ViewConfig
 class InstDisc(MethodDefaults, nn.Module):
     """Every training image is its own class. One augmented view per image goes through the encoder and a
     linear head (the paper's fc, 128-d) to a unit embedding v, which is contrasted with the image's entry in
-    a memory bank (the positive) and K = 4096 entries drawn uniformly from it (the negatives) by NCE, then
+    a memory bank (the positive) and K = 4096 entries drawn uniformly from the other images' (the negatives)
+    by NCE, then
     written back into the bank with the proximal update (momentum 0.5) after the step; see memory_bank.py.
 
     The exported encoder is the backbone (the head's 128-d embedding is the training target, not exported).
@@ -37,15 +38,15 @@ class InstDisc(MethodDefaults, nn.Module):
         return [augment]
 
     def draw(self, n: int, device: torch.device) -> tuple[Tensor | None]:
-        """The negatives' indices [n, K] (None: every entry), from torch's generator of the device."""
-        return (self.bank.draw(n, self.cfg.num_negatives, self.cfg.shared_negatives, device),)
+        """The negatives' draws [n, K] (MemoryBank.draw; None: every entry), from torch's generator of the device."""
+        return (self.bank.draw(n, self.cfg.num_negatives, device),)
 
     def forward(self, views: list[Tensor], step: int, indices: Tensor) -> StepOut:
         x = views[0]
         h = self.encoder(x)
         v = F.normalize(self.head(h).float(), dim=1)
-        (negatives,) = self.draw(x.shape[0], x.device)
-        loss = bank_loss(self.bank, v, indices, negatives, self.cfg.temperature, self.cfg.loss)
+        (draws,) = self.draw(x.shape[0], x.device)
+        loss = bank_loss(self.bank, v, indices, draws, self.cfg.temperature, self.cfg.loss)
         self.bank.stage(v, indices)
         return StepOut(loss=loss, logs={"loss": loss.detach()},
                        embeddings={"features": (h,), "projections": (v,)})
