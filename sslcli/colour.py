@@ -36,6 +36,14 @@ def _f(t: Tensor) -> Tensor:
     return torch.where(t > _DELTA ** 3, t.clamp_min(_DELTA ** 3) ** (1 / 3), t / (3 * _DELTA ** 2) + 4 / 29)
 
 
+@functools.lru_cache(maxsize=8)
+def _xyz_constants(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The sRGB -> XYZ matrix and the white point on the device, made once: a host-to-device copy each call
+    would synchronise the device on every training step (CMC converts every batch)."""
+    return (torch.tensor(SRGB_TO_XYZ, dtype=dtype, device=device),
+            torch.tensor(D65_WHITE, dtype=dtype, device=device).view(3, 1, 1))
+
+
 def rgb_to_lab(rgb: Tensor) -> Tensor:
     """sRGB in [0, 1], channels at dim -3 ([..., 3, H, W]) -> CIE Lab (L in [0, 100], a and b about [-110, 110]).
 
@@ -44,8 +52,7 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     dtype = torch.float64 if rgb.dtype == torch.float64 else torch.float32
     with torch.autocast(rgb.device.type, enabled=False):
         linear = srgb_to_linear(rgb.to(dtype).clamp(0, 1))
-        matrix = torch.tensor(SRGB_TO_XYZ, dtype=dtype, device=rgb.device)
-        white = torch.tensor(D65_WHITE, dtype=dtype, device=rgb.device).view(3, 1, 1)
+        matrix, white = _xyz_constants(dtype, rgb.device)
         xyz = torch.einsum("ij,...jhw->...ihw", matrix, linear) / white
         fx, fy, fz = _f(xyz).unbind(-3)
         return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
