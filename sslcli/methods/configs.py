@@ -56,6 +56,8 @@ class MoCoV2Config(MethodConfigBase):
     queue_size: int = Field(65536, gt=0, description="K negatives kept from past batches (paper: 65536)")
     proj_hidden_dim: int = Field(2048, gt=0, description="MLP projector hidden width (paper: 2048)")
     proj_out_dim: int = Field(128, gt=0, description="key/query size (paper: 128)")
+    proj_layers: int = Field(2, ge=1, description="projector depth: 2 = the MLP head of MoCo v2 (Linear, ReLU, "
+                             "Linear), 1 = MoCo v1's linear fc to proj_out_dim (arXiv 1911.05722)")
     momentum: float = Field(0.999, ge=0, le=1, description="key encoder EMA momentum at the start (paper: 0.999)")
     final_momentum: float = Field(0.999, ge=0, le=1, description="momentum at the end, cosine schedule "
                                   "(paper: constant 0.999; solo-learn MoCo V2+: 0.99 -> 0.999)")
