@@ -12,7 +12,7 @@ from sslcli import checkpoint
 from sslcli.augment import Augmenter
 from sslcli.commands import pretrain
 from sslcli.encoders import build_encoder
-from sslcli.methods import CONFIGS, method_class
+from sslcli.methods import CONFIGS, PRESET_FAMILIES, method_class
 from sslcli.methods.base import Budget
 from sslcli.spec import PretrainSpec, dump, list_presets, resolve
 from sslcli.train import build_optimizer
@@ -276,7 +276,7 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path
 
 def test_every_method_has_a_cpu_cifar10_and_imagenette_preset():
     names = {name for name, _ in list_presets()}
-    for method in CONFIGS:
+    for method in [*CONFIGS, *PRESET_FAMILIES]:  # and every published recipe offered as presets of a method
         for kind in ("cpu", "cifar10", "imagenette"):
             assert f"{method}-{kind}" in names, f"missing preset {method}-{kind}"
 
