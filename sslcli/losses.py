@@ -48,6 +48,37 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 
 
 @full_precision
+def invariant_spread(anchors: Tensor, keys: Tensor, temperature: float) -> Tensor:
+    """Invariant and Spreading Instance Feature's softmax-embedding loss (Ye et al. 2019, arXiv 1904.03436, eq. 7).
+
+    anchors [2N, D] hold two views of N images (rows i and i + N are one image); keys are the same rows, which
+    the released code detaches (BatchAverage.py takes `feat.data` for the other side of every inner product),
+    so a caller passes anchors.detach(). Over L2-normalised rows, s_ij = <a_i, k_j> / t and anchor i's softmax
+    over the 2N - 1 other samples is P_i(j) = exp(s_ij) / sum_{k != i} exp(s_ik). The loss is
+
+        -1/(2N) sum_i [ log P_i(i + N) + sum_{j != i, i + N} log(1 - P_i(j)) ]:
+
+    the other view recognised as the anchor's instance, and each other instance *not* recognised, a binary
+    term per negative (the paper's independence assumption). NT-Xent is the first term alone, so this is
+    NT-Xent plus the negatives' terms. The paper writes the first term for the N originals against their
+    augmented copies; the released code that trained its models (BatchCriterion, negM = 1) takes each of the
+    2N samples as an anchor against the 2N - 1 others, as here. 1 - P is kept above 1e-12: a negative
+    identical to its anchor at a low temperature gives a large finite term instead of inf.
+    """
+    two_n = anchors.shape[0]
+    a = F.normalize(anchors.float(), dim=1)
+    k = F.normalize(keys.float(), dim=1)
+    diagonal = torch.eye(two_n, dtype=torch.bool, device=a.device)
+    log_p = F.log_softmax((a @ k.T / temperature).masked_fill(diagonal, float("-inf")), dim=1)
+    positive = (torch.arange(two_n, device=a.device) + two_n // 2) % two_n
+    is_positive = torch.zeros_like(diagonal).scatter_(1, positive.unsqueeze(1), True)
+    # log(1 - P) as log(-expm1(log P)): exact for the small P of most negatives.
+    log_not = torch.log((-torch.expm1(log_p)).clamp_min(1e-12))
+    negatives = torch.where(diagonal | is_positive, torch.zeros_like(log_not), log_not).sum(dim=1)
+    return -(log_p.gather(1, positive.unsqueeze(1)).squeeze(1) + negatives).mean()
+
+
+@full_precision
 def info_nce(q: Tensor, k: Tensor, temperature: float, queue: Tensor | None = None) -> Tensor:
     """InfoNCE (MoCo, arXiv 1911.05722 eq. 1): q[i]'s positive is k[i].
 

@@ -1,4 +1,5 @@
-"""One training step of every method, on one process or on each rank under torchrun (used by test_distributed).
+"""One training step of every method (and of the VARIANTS below), on one process or on each rank under torchrun
+(used by test_distributed).
 
 `python -m tests.dist_worker OUT [--control gather|statistics]`: on one process it steps on the whole global
 batch; under `torchrun --nproc_per_node 2` each rank steps on its half. Either way it writes OUT, a
@@ -21,6 +22,9 @@ from tests.test_methods import tiny_spec
 
 GLOBAL_BATCH = 8  # images per step, over all ranks
 STEP = 0
+# Settings that change what crosses the ranks, checked as cases of their own: case -> (method, its settings).
+VARIANTS = {"invariantspread": ("simclr", {"loss": "invariant_spread", "proj_layers": 1})}
+CASES = {**{name: (name, {}) for name in CONFIGS}, **VARIANTS}
 
 
 def global_views(model, spec, seed: int) -> list[torch.Tensor]:
@@ -47,11 +51,12 @@ def global_draws(model, rank: int, world: int) -> None:
     model.draw = draw
 
 
-def one_step(name: str) -> dict[str, torch.Tensor]:
+def one_step(case: str) -> dict[str, torch.Tensor]:
     rank, world = distributed.rank(), distributed.world_size()
+    name, settings = CASES[case]
     torch.manual_seed(0)
     # SwAV's queue needs several steps to fill and stays per rank (as in the paper's code): off here.
-    spec = tiny_spec(name, **({"queue_length": 0} if name == "swav" else {}))
+    spec = tiny_spec(name, **({"queue_length": 0} if name == "swav" else {}), **settings)
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
     model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2)).train()
     if name == "mae":
@@ -71,14 +76,14 @@ def one_step(name: str) -> dict[str, torch.Tensor]:
     if distributed.is_distributed():  # not all_reduce_: the statistics control switches that one off
         torch.distributed.all_reduce(loss)
     loss /= world
-    result = {f"{name}/grad/{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    result[f"{name}/loss"] = loss.reshape(1)
+    result = {f"{case}/grad/{n}": p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    result[f"{case}/loss"] = loss.reshape(1)
     # BN running statistics: with synchronised BN they are the global batch's, as on one process.
-    result.update({f"{name}/bn/{n}": b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean",
+    result.update({f"{case}/bn/{n}": b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean",
                                                                                               "running_var"))})
     for buffer in ("queue", "center"):
         if hasattr(model, buffer):
-            result[f"{name}/{buffer}"] = getattr(model, buffer).clone()
+            result[f"{case}/{buffer}"] = getattr(model, buffer).clone()
     return result
 
 
@@ -92,8 +97,8 @@ def main() -> None:
     distributed._local_statistics = args.control == "statistics"
     torch.set_num_threads(1)
     tensors: dict[str, torch.Tensor] = {}
-    for name in CONFIGS:
-        tensors.update(one_step(name))
+    for case in CASES:
+        tensors.update(one_step(case))
     if distributed.is_main():
         save_file({k: v.contiguous() for k, v in tensors.items()}, args.out)
     distributed.shutdown()

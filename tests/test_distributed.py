@@ -21,11 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslcli.methods import CONFIGS
 from tests import dist_worker
 
 REPO = Path(__file__).resolve().parents[1]
-GATHERING = {"simclr", "mocov3", "barlow", "vicreg"}  # in-batch negatives or global cross-correlation
+GATHERING = {"simclr", "invariantspread", "mocov3", "barlow", "vicreg"}  # in-batch negatives or global cross-correlation
 NO_BATCH_STATISTICS = {"mae"}  # a ViT with a per-sample loss: nothing to synchronise
 
 
@@ -54,8 +53,8 @@ def relative_errors(reference: dict[str, torch.Tensor], other: dict[str, torch.T
 @pytest.fixture(scope="module")
 def single_process() -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    for name in CONFIGS:
-        out.update(dist_worker.one_step(name))
+    for case in dist_worker.CASES:
+        out.update(dist_worker.one_step(case))
     return out
 
 
@@ -69,8 +68,8 @@ def two_ranks(tmp_path: Path, control: str | None = None) -> dict[str, torch.Ten
 def test_two_ranks_give_the_gradients_of_one_process_with_the_global_batch(single_process, tmp_path):
     ranks = two_ranks(tmp_path)
     assert set(ranks) == set(single_process), "the same parameters get gradients on one process and under DDP"
-    for name in CONFIGS:
-        assert any(k.startswith(f"{name}/grad/encoder.") for k in ranks), f"{name}: no encoder gradient"
+    for case in dist_worker.CASES:
+        assert any(k.startswith(f"{case}/grad/encoder.") for k in ranks), f"{case}: no encoder gradient"
     errors = relative_errors(single_process, ranks)
     bad = {m: e for m, e in errors.items() if e > 2e-2}
     assert not bad, f"gradients, loss, queue or center differ from one process with the global batch: {bad}"
@@ -86,7 +85,7 @@ def test_gathering_without_gradients_is_caught(single_process, tmp_path):
 def test_per_rank_batch_statistics_are_caught(single_process, tmp_path):
     errors = relative_errors(single_process, two_ranks(tmp_path, control="statistics"))
     caught = {m for m, e in errors.items() if e > 0.2}
-    assert caught == set(CONFIGS) - NO_BATCH_STATISTICS, errors
+    assert caught == set(dist_worker.CASES) - NO_BATCH_STATISTICS, errors
 
 
 def sslcli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -56,6 +56,61 @@ def test_nt_xent_gradients_flow_to_both_views():
     assert z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
 
 
+def invariant_spread_reference(z: torch.Tensor, t: float) -> torch.Tensor:
+    """Ye et al. 2019's loss as its released BatchCriterion computes it (negM = 1), written out with loops:
+    each of the 2N samples against the 2N - 1 others, its pair's probability and a binary term per negative."""
+    n2 = z.shape[0]
+    zn = F.normalize(z, dim=1)
+
+    def e(i, j):
+        return torch.exp(zn[i] @ zn[j] / t)
+
+    total = 0.0
+    for i in range(n2):
+        pair = (i + n2 // 2) % n2
+        denominator = sum(e(i, k) for k in range(n2) if k != i)
+        total += torch.log(e(i, pair) / denominator)
+        total += sum(torch.log(1 - e(i, j) / denominator) for j in range(n2) if j not in (i, pair))
+    return -total / n2
+
+
+def test_invariant_spread_matches_the_released_criterion_and_is_not_nt_xent():
+    from sslcli.losses import invariant_spread
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(8, 5, generator=g)  # two views of 4 images: rows i and i + 4
+    for t in (0.1, 0.5):
+        loss = invariant_spread(z, z.detach(), t)
+        torch.testing.assert_close(loss, invariant_spread_reference(z, t), rtol=1e-5, atol=1e-5)
+        # Negative control: NT-Xent is its first term alone; the negatives' binary terms add to it.
+        assert loss > nt_xent(z[:4], z[4:], t) + 1e-3
+
+
+def test_invariant_spread_gradient_flows_through_the_anchors_only():
+    from sslcli.losses import invariant_spread
+
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(6, 4, generator=g, requires_grad=True)
+    invariant_spread(z, z.detach(), 0.1).backward()
+    # The released code's other side is a constant (feat.data): the gradient is the reference's with keys frozen.
+    keys = F.normalize(z.detach(), dim=1)
+    anchors = z.detach().clone().requires_grad_(True)
+    a = F.normalize(anchors, dim=1)
+    total = 0.0
+    for i in range(6):
+        pair = (i + 3) % 6
+        e = torch.exp(a[i] @ keys.T / 0.1)
+        denominator = e.sum() - e[i]
+        total += torch.log(e[pair] / denominator) + sum(torch.log(1 - e[j] / denominator) for j in range(6)
+                                                        if j not in (i, pair))
+    (-total / 6).backward()
+    torch.testing.assert_close(z.grad, anchors.grad, rtol=1e-3, atol=1e-4)
+    # ...which differs from the gradient with both sides live (negative control).
+    live = z.detach().clone().requires_grad_(True)
+    invariant_spread(live, live, 0.1).backward()
+    assert (live.grad - z.grad).abs().max() > 1e-2, (live.grad - z.grad).abs().max()
+
+
 # ---------------------------------------------------------------- the other methods' losses
 
 from sslcli.losses import (  # noqa: E402

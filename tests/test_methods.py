@@ -12,7 +12,7 @@ from sslcli import checkpoint
 from sslcli.augment import Augmenter
 from sslcli.commands import pretrain
 from sslcli.encoders import build_encoder
-from sslcli.methods import CONFIGS, method_class
+from sslcli.methods import CONFIGS, PRESET_FAMILIES, method_class
 from sslcli.methods.base import Budget
 from sslcli.spec import PretrainSpec, dump, list_presets, resolve
 from sslcli.train import build_optimizer
@@ -118,6 +118,29 @@ def test_targets_receive_no_gradient_and_follow_the_ema(name: str):
             for before, now, new_online in zip(old[target], getattr(model, target).parameters(),
                                                getattr(model, online).parameters(), strict=True):
                 torch.testing.assert_close(now, m * before + (1 - m) * new_online.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "method"), [("mocov2", {"proj_layers": 1}),
+                                              ("simclr", {"proj_layers": 1, "loss": "invariant_spread"}),
+                                              ("simclr", {"proj_layers": 3})],
+                         ids=["mocov1-linear-head", "invariantspread", "simclrv2-3-layer-head"])
+def test_preset_family_settings_build_their_head_and_loss(name: str, method: dict):
+    from sslcli.losses import invariant_spread, nt_xent
+
+    _, model, augment, optimizer, _ = build(name, **method)
+    linears = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == method["proj_layers"] and linears[-1].out_features == 32
+    if method["proj_layers"] == 1:  # MoCo v1's fc, InvariantSpread's embedding: one Linear with its bias
+        assert len(model.projector) == 1 and linears[0].bias is not None
+    out = train_step(model, augment, optimizer, 0)
+    assert torch.isfinite(out.loss)
+    if name == "simclr":
+        z1, z2 = out.embeddings["projections"]
+        z = torch.cat([z1, z2]).detach()
+        chosen = invariant_spread(z, z, 0.2) if method.get("loss") else nt_xent(z1, z2, 0.2)
+        other = nt_xent(z1, z2, 0.2) if method.get("loss") else invariant_spread(z, z, 0.2)
+        torch.testing.assert_close(out.loss.detach(), chosen.detach())
+        assert (out.loss - other).abs() > 1e-3  # the config picks the loss
 
 
 def test_ema_momentum_follows_the_cosine_schedule():
@@ -253,7 +276,7 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path
 
 def test_every_method_has_a_cpu_cifar10_and_imagenette_preset():
     names = {name for name, _ in list_presets()}
-    for method in CONFIGS:
+    for method in [*CONFIGS, *PRESET_FAMILIES]:  # and every published recipe offered as presets of a method
         for kind in ("cpu", "cifar10", "imagenette"):
             assert f"{method}-{kind}" in names, f"missing preset {method}-{kind}"
 

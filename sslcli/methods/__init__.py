@@ -74,6 +74,15 @@ _CLASSES: dict[str, str] = {
 
 DEFAULT_METHOD = "simclr"
 
+# Published methods that are one of the above with their own recipe, offered as presets (<name>-cpu, -cifar10,
+# -imagenette): the name -> the method its presets run.
+PRESET_FAMILIES: dict[str, str] = {
+    "mocov1": "mocov2",  # MoCo v1: a linear head, temperature 0.07, v1's augmentation
+    "infomin": "mocov2",  # InfoMin: the InfoMin augmentation (augment.randaugment_ops), temperature 0.15
+    "invariantspread": "simclr",  # InvariantSpread: a linear 128-d embedding, method.loss=invariant_spread
+    "simclrv2": "simclr",  # SimCLR v2: a 3-layer head; finetune --keep-projection-layers 1
+}
+
 
 def method_class(name: str) -> type[Method]:
     """The method's nn.Module class (imports its module, and torch)."""
@@ -93,4 +102,4 @@ MethodConfig = Annotated[
     Discriminator(_method_name),
 ]
 
-__all__ = ["CONFIGS", "DEFAULT_METHOD", "MethodConfig", "MethodConfigBase", "method_class"]
+__all__ = ["CONFIGS", "DEFAULT_METHOD", "PRESET_FAMILIES", "MethodConfig", "MethodConfigBase", "method_class"]

@@ -42,7 +42,12 @@ class SimCLRConfig(MethodConfigBase):
     temperature: float = Field(0.2, gt=0, description="NT-Xent temperature (paper: 0.1-0.5; solo-learn CIFAR: 0.2)")
     proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width")
     proj_out_dim: int = Field(128, gt=0, description="projection size z (paper: 128)")
-    proj_layers: int = Field(2, ge=1, description="projector depth (paper: 2; SimCLR v2: 3)")
+    proj_layers: int = Field(2, ge=1, description="projector depth (paper: 2; SimCLR v2: 3; InvariantSpread: 1, a "
+                             "linear fc to proj_out_dim)")
+    loss: Literal["nt_xent", "invariant_spread"] = Field("nt_xent", description="nt_xent (paper eq. 1) or "
+                                                         "invariant_spread: NT-Xent plus a binary term per negative, "
+                                                         "the other side of each similarity detached (Ye et al. 2019, "
+                                                         "arXiv 1904.03436, eq. 7 as in its released code)")
     rotation_weight: float = Field(0.0, ge=0, description="S4L: weight of the rotation pretext loss added to this "
                                    "method's (4 rotated copies of view 1, a 4-way head; Zhai et al. 2019 use 1; 0 = off)")
 
@@ -56,6 +61,8 @@ class MoCoV2Config(MethodConfigBase):
     queue_size: int = Field(65536, gt=0, description="K negatives kept from past batches (paper: 65536)")
     proj_hidden_dim: int = Field(2048, gt=0, description="MLP projector hidden width (paper: 2048)")
     proj_out_dim: int = Field(128, gt=0, description="key/query size (paper: 128)")
+    proj_layers: int = Field(2, ge=1, description="projector depth: 2 = the MLP head of MoCo v2 (Linear, ReLU, "
+                             "Linear), 1 = MoCo v1's linear fc to proj_out_dim (arXiv 1911.05722)")
     momentum: float = Field(0.999, ge=0, le=1, description="key encoder EMA momentum at the start (paper: 0.999)")
     final_momentum: float = Field(0.999, ge=0, le=1, description="momentum at the end, cosine schedule "
                                   "(paper: constant 0.999; solo-learn MoCo V2+: 0.99 -> 0.999)")
