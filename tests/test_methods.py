@@ -266,6 +266,17 @@ def test_deepcluster_fills_its_memory_in_the_first_epoch_then_trains_on_the_kmea
         build("deepcluster", prime=False, num_prototypes=[NUM_IMAGES + 1])
 
 
+def test_pretrain_warns_when_a_deepcluster_run_ends_within_its_memory_pass():
+    from sslcli.train import LoopConfig
+
+    spec = tiny_spec("deepcluster")
+    one, two = (pretrain.short_run_warnings(spec, LoopConfig(epochs=e, steps_per_epoch=5)) for e in (1, 2))
+    assert any("filling its memory" in line and "stays at its initialisation" in line for line in one)
+    assert not any("filling its memory" in line for line in two)
+    assert not any("filling its memory" in line for line in pretrain.short_run_warnings(
+        tiny_spec("swav"), LoopConfig(epochs=1, steps_per_epoch=5)))
+
+
 def test_simsiam_predictor_keeps_the_peak_lr():
     from sslcli.train import _set_lr
 

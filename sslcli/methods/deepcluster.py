@@ -39,11 +39,14 @@ class DeepClusterV2(MethodDefaults, nn.Module):
     before it trains (init_memory). Here the data go through the training loop only, so the first epoch
     is that pass: the steps fill the memory, the loss is 0 (no image has a cluster yet) and every
     gradient is dropped (cancel_gradients), so the optimizer leaves the weights as they are (a zero
-    gradient would not: weight decay, momentum and LARS's trust ratio still move them). The k-means at its
-    end gives the second epoch its clusters. A run of E epochs thus trains E - 1, with the learning-rate
-    schedule counted from the first. Images the last epoch did not reach (the incomplete last batch is
-    dropped) keep the projection of the epoch that saw them; an image never seen gets no cluster (-1, no
-    loss), as the reference's ignore_index.
+    gradient would not: weight decay, momentum and LARS's trust ratio still move them); only the batch-norm
+    running statistics move, as in the reference's pass (train mode). The k-means at its end gives the
+    second epoch its clusters. A run of E epochs thus trains E - 1, with the learning-rate
+    schedule counted from the first. The reference's memory is per rank, the images that rank saw in the
+    epoch; this one is global, one row per training image: images the last epoch did not reach (its
+    incomplete last batch is dropped) keep the projection of the epoch that saw them, where the reference
+    leaves them out for an epoch; an image never seen gets no cluster (-1, no loss), as the reference's
+    ignore_index.
 
     The k-means runs in on_step_end of an epoch's last step, after that step's entries are written: never
     on a step that was not applied (the synchronous loop skips on_step_end, the sync-free one undoes it),
@@ -54,11 +57,11 @@ class DeepClusterV2(MethodDefaults, nn.Module):
     def __init__(self, cfg: DeepClusterConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
         self.cfg = cfg
-        too_many = [k for k in cfg.num_prototypes if k > budget.num_images]
-        if too_many:
+        if max(cfg.num_prototypes) > budget.num_images:
+            fewer = ",".join([str(max(1, budget.num_images // 10))] * len(cfg.num_prototypes))
             raise UsageError(f"deepcluster: method.num_prototypes {list(cfg.num_prototypes)} asks for more "
                              f"clusters than the {budget.num_images} training images; k-means needs at least one "
-                             f"image per cluster: lower it (e.g. --set method.num_prototypes=[{max(1, budget.num_images // 10)}])")
+                             f"image per cluster: lower it (e.g. --set method.num_prototypes=[{fewer}])")
         self.encoder = encoder
         self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim)
         # Frozen for the whole run, as the reference (freeze_prototypes_niters beyond its last step): each
