@@ -8,8 +8,9 @@ bf16 (8 bits of mantissa), too coarse for logits at temperature 0.1 or a 2048 x 
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -249,3 +250,94 @@ def supervised_ce(logits: Tensor, labels: Tensor) -> Tensor:
     labeled = labels >= 0
     per_image = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")
     return (per_image * labeled).sum() / labeled.sum().clamp_min(1)
+
+
+@full_precision
+def deepcluster_v2(z: list[Tensor], prototypes: list[Tensor], assignments: Tensor, temperature: float) -> Tensor:
+    """DeepCluster v2's loss (arXiv 2006.09882, appendix; facebookresearch/swav main_deepclusterv2.py): for
+    each head h, the cross entropy between every crop's scores against that head's prototypes, divided by
+    the temperature, and its image's cluster from the last k-means; the mean over the (image, crop) pairs
+    that have a cluster, then over the heads.
+
+    z: the L2-normalised projection of each crop [B, D]; prototypes: each head's centroids [K_h, D];
+    assignments [H, B], -1 for an image that has no cluster yet (the reference's ignore_index). The scores
+    are computed here, in float32, rather than under autocast. A batch without any cluster gives 0 (a
+    zero gradient, never NaN). Under torchrun the mean is over the global batch: each rank divides its sum
+    by the global count over the number of ranks, so DDP's average of the gradients is the one-process one.
+    """
+    total = z[0].new_zeros((), dtype=torch.float32)
+    for weight, target in zip(prototypes, assignments, strict=True):
+        has = target >= 0
+        count = distributed.all_reduce_(has.sum().float() * len(z)) / distributed.world_size()
+        head = z[0].new_zeros((), dtype=torch.float32)
+        for crop in z:
+            logits = crop.float() @ weight.float().T / temperature
+            head = head + (F.cross_entropy(logits, target.clamp_min(0), reduction="none") * has).sum()
+        total = total + head / count.clamp_min(1.0 / distributed.world_size())
+    return total / len(prototypes)
+
+
+def kmeans_init(valid: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k distinct random rows among the valid ones (as the reference's randperm over its memory), drawn
+    from `generator` on the rows' device: the indices of the initial centroids. Invalid rows come last, so
+    they are chosen only when fewer than k rows are valid."""
+    keys = torch.rand(valid.shape[0], generator=generator, device=valid.device) + (~valid).float() * 2
+    return keys.argsort(stable=True)[:k]
+
+
+@torch.no_grad()
+@full_precision
+def spherical_kmeans(x: Tensor, init: Tensor, iterations: int, valid: Tensor | None = None,
+                     chunk_elements: int = 2**24) -> tuple[Tensor, Tensor]:
+    """Spherical k-means as DeepCluster v2's cluster_memory (facebookresearch/swav main_deepclusterv2.py).
+
+    x [N, D]: L2-normalised rows; init [K]: the rows that start as centroids; `iterations` rounds of an
+    assignment to the centroid of largest dot product and of each centroid set to the L2-normalised mean
+    of its rows; a centroid that receives no row keeps its place. A last assignment step gives the
+    clusters. Rows where `valid` is False join no cluster and get -1. Returns (centroids [K, D] with unit
+    rows, assignments [N]).
+
+    Deterministic on every device and free of host synchronisation: the sums are one-hot matrix products
+    over chunks of rows (chunk_elements bounds a chunk's [rows, K] one-hot), not atomic scatter-adds, and
+    TF32 is off for them on CUDA (it would round the embeddings to 10 bits of mantissa).
+    """
+    x = x.float()
+    n, k = x.shape[0], init.shape[0]
+    weight = (torch.ones(n, device=x.device) if valid is None else valid.float())
+    centroids = x[init].clone()
+    rows = max(1, chunk_elements // k)
+    with _ieee_matmul(x.device):
+        for round_ in range(iterations + 1):
+            last = round_ == iterations
+            assigned = []
+            sums, counts = x.new_zeros(k, x.shape[1]), x.new_zeros(k)
+            for start in range(0, n, rows):
+                part = x[start:start + rows]
+                nearest = (part @ centroids.T).argmax(dim=1)
+                assigned.append(nearest)
+                if not last:
+                    one_hot = x.new_zeros(part.shape[0], k).scatter_(1, nearest[:, None],
+                                                                     weight[start:start + rows, None])
+                    sums += one_hot.T @ part
+                    counts += one_hot.sum(dim=0)
+            if not last:
+                means = sums / counts.clamp_min(1)[:, None]
+                centroids = F.normalize(torch.where(counts[:, None] > 0, means, centroids), dim=1)
+    assignments = torch.cat(assigned)
+    if valid is not None:
+        assignments = torch.where(valid, assignments, -1)
+    return centroids, assignments
+
+
+@contextlib.contextmanager
+def _ieee_matmul(device: torch.device) -> Iterator[None]:
+    """float32 matmuls in full precision on CUDA for the duration (training turns TF32 on)."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous

@@ -4,7 +4,9 @@
 `python -m tests.dist_worker OUT [--control gather|statistics]`: on one process it steps on the whole global
 batch; under `torchrun --nproc_per_node 2` each rank steps on its half. Either way it writes OUT, a
 safetensors file of every parameter's gradient after backward (DDP-averaged), the loss, the BN running
-statistics, and the queue or center a step updates, so the test can compare the two runs tensor by tensor.
+statistics, and the queue, center or memory bank a step updates, so the test can compare the two runs tensor
+by tensor. A method that trains nothing in its first epoch (DeepCluster v2 fills its memory) first steps
+through it the same way, so its memory, written by every rank, and the k-means of it are compared too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ STEP = 0
 # Settings that change what crosses the ranks, checked as cases of their own: case -> (method, its settings).
 VARIANTS = {"invariantspread": ("simclr", {"loss": "invariant_spread", "proj_layers": 1})}
 CASES = {**{name: (name, {}) for name in CONFIGS}, **VARIANTS}
+STEPS_PER_EPOCH = 2  # a memory bank holds the GLOBAL_BATCH x STEPS_PER_EPOCH images of an epoch
 
 
 def global_views(model, spec, seed: int) -> list[torch.Tensor]:
@@ -58,19 +61,26 @@ def one_step(case: str) -> dict[str, torch.Tensor]:
     # SwAV's queue needs several steps to fill and stays per rank (as in the paper's code): off here.
     spec = tiny_spec(name, **({"queue_length": 0} if name == "swav" else {}), **settings)
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
-    model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2)).train()
+    model = method_class(name)(spec.method, encoder, info.feature_dim,
+                               Budget(8, STEPS_PER_EPOCH, GLOBAL_BATCH * STEPS_PER_EPOCH)).train()
     if name == "mae":
         fixed_mask_noise(model, rank, world)
     if hasattr(model, "draw"):
         global_draws(model, rank, world)
     if distributed.is_distributed():
         model = distributed.sync_batchnorm(model, torch.device("cpu"))
-    views = [v.chunk(world)[rank] for v in global_views(model, spec, seed=1)]
     parallel = distributed.wrap(model, torch.device("cpu"))  # kept alive: DDP's hooks reduce during backward
-    out = parallel(views, STEP)
-    out.loss.backward()
-    getattr(model, "cancel_gradients", lambda step: None)(STEP)
-    model.on_step_end(STEP)
+    first = STEP + CONFIGS[name].memory_pass_epochs * STEPS_PER_EPOCH  # the first step that trains
+    for step in range(STEP, first + 1):
+        views = [v.chunk(world)[rank] for v in global_views(model, spec, seed=1 + step - STEP)]
+        if CONFIGS[name].uses_indices:  # this rank's share of the global batch's training-set positions
+            positions = torch.arange(GLOBAL_BATCH) + GLOBAL_BATCH * (step % STEPS_PER_EPOCH)
+            out = parallel(views, step, positions.chunk(world)[rank])
+        else:
+            out = parallel(views, step)
+        out.loss.backward()
+        getattr(model, "cancel_gradients", lambda step: None)(step)
+        model.on_step_end(step)
     # The logged loss is all-reduced by the loop; here the mean over ranks is what one process computes.
     loss = out.loss.detach().clone()
     if distributed.is_distributed():  # not all_reduce_: the statistics control switches that one off
@@ -81,9 +91,12 @@ def one_step(case: str) -> dict[str, torch.Tensor]:
     # BN running statistics: with synchronised BN they are the global batch's, as on one process.
     result.update({f"{case}/bn/{n}": b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean",
                                                                                               "running_var"))})
-    for buffer in ("queue", "center"):
+    for buffer in ("queue", "center", "memory", "assignments"):
         if hasattr(model, buffer):
-            result[f"{case}/{buffer}"] = getattr(model, buffer).clone()
+            result[f"{case}/{buffer}"] = getattr(model, buffer).float().clone()
+    # DeepCluster v2's prototypes: no gradient, set by the k-means of the memory
+    result.update({f"{case}/kmeans/{n}": p.detach().clone() for n, p in model.named_parameters()
+                   if n.startswith("prototypes") and not p.requires_grad})
     return result
 
 

@@ -294,3 +294,89 @@ def test_supervised_ce_averages_over_labeled_images_only():
     spoiled[1] = torch.tensor([50.0, -50.0])
     assert supervised_ce(spoiled, labels).item() == pytest.approx(expected, rel=1e-6)
     assert supervised_ce(logits, torch.full((3,), -1)).item() == 0.0
+
+
+# ---------------------------------------------------------------- DeepCluster v2: its loss and its k-means
+
+def deepcluster_reference(z, prototypes, assignments, t):
+    """The appendix's loss written out: per head, -log softmax(<z, c_k> / t)[assignment] over every (image,
+    crop) pair whose image has a cluster (the reference's ignore_index), their mean; then the mean over heads."""
+    heads = []
+    for c, target in zip(prototypes, assignments, strict=True):
+        terms = []
+        for crop in z:
+            for i in range(crop.shape[0]):
+                if target[i] < 0:
+                    continue
+                logits = torch.stack([crop[i] @ c[k] / t for k in range(c.shape[0])])
+                terms.append(-(logits[target[i]] - torch.logsumexp(logits, dim=0)))
+        heads.append(sum(terms) / len(terms))
+    return sum(heads) / len(heads)
+
+
+def test_deepcluster_loss_matches_the_appendix_and_skips_images_without_a_cluster():
+    from sslcli.losses import deepcluster_v2
+
+    z = [F.normalize(_randn(5, 6, seed=s), dim=1) for s in range(3)]  # 2 global crops + 1 local
+    prototypes = [F.normalize(_randn(4, 6, seed=10), dim=1), F.normalize(_randn(7, 6, seed=11), dim=1)]
+    assignments = torch.tensor([[0, 3, -1, 1, 2], [6, -1, -1, 0, 4]])
+    expected = deepcluster_reference(z, prototypes, assignments, 0.1)
+    torch.testing.assert_close(deepcluster_v2(z, prototypes, assignments, 0.1), expected, rtol=1e-5, atol=1e-5)
+    # Negative controls: the images without a cluster do not count (counting them as cluster 0 changes the
+    # value), and a batch where no image has one gives 0 with a zero gradient, not NaN.
+    as_zero = assignments.clamp_min(0)
+    assert not torch.allclose(deepcluster_v2(z, prototypes, as_zero, 0.1), expected, rtol=1e-3)
+    z_grad = [v.clone().requires_grad_() for v in z]
+    none = deepcluster_v2(z_grad, prototypes, torch.full((2, 5), -1), 0.1)
+    none.backward()
+    assert none.item() == 0.0 and all(torch.equal(v.grad, torch.zeros_like(v)) for v in z_grad)
+
+
+def kmeans_reference(x, init, iterations, valid, keep_empty=True):
+    """Spherical k-means as the reference's cluster_memory, one row and one cluster at a time."""
+    centroids = [x[i].clone() for i in init.tolist()]
+
+    def nearest(row):
+        dots = [float(row @ c) for c in centroids]
+        return dots.index(max(dots))  # the first of equal maxima, as argmax
+
+    for _ in range(iterations):
+        members = {k: [] for k in range(len(centroids))}
+        for i in range(x.shape[0]):
+            if valid[i]:
+                members[nearest(x[i])].append(x[i])
+        for k, rows in members.items():
+            if rows:
+                centroids[k] = F.normalize(torch.stack(rows).mean(dim=0), dim=0)
+            elif not keep_empty:  # the bug the negative control stands for: an empty cluster's mean of nothing
+                centroids[k] = torch.zeros_like(centroids[k])
+    assigned = [nearest(x[i]) if valid[i] else -1 for i in range(x.shape[0])]
+    return torch.stack(centroids), torch.tensor(assigned)
+
+
+def test_spherical_kmeans_matches_a_row_by_row_reference_with_an_empty_cluster_and_invalid_rows():
+    from sslcli.losses import kmeans_init, spherical_kmeans
+
+    g = torch.Generator().manual_seed(3)
+    centres = F.normalize(torch.randn(3, 8, generator=g), dim=1)
+    x = F.normalize(centres.repeat_interleave(10, dim=0) + 0.3 * torch.randn(30, 8, generator=g), dim=1)
+    valid = torch.ones(30, dtype=torch.bool)
+    valid[[4, 17, 25]] = False
+    x[25] = F.normalize(-centres.sum(dim=0), dim=0)  # far from every row: as a centroid it never wins one
+    init = torch.tensor([0, 12, 22, 25])
+    expected_c, expected_a = kmeans_reference(x, init, 5, valid)
+    # Small chunks: the sums over several chunks are the sums over the whole memory.
+    centroids, assigned = spherical_kmeans(x, init, 5, valid, chunk_elements=4 * 7)
+    torch.testing.assert_close(centroids, expected_c, rtol=1e-5, atol=1e-6)
+    assert torch.equal(assigned, expected_a)
+    assert (assigned[~valid] == -1).all() and len(set(assigned[valid].tolist())) == 3
+    assert not (assigned == 3).any() and torch.equal(centroids[3], x[25])  # empty: it kept its place
+    # Negative control: a k-means that lets an empty cluster's centroid go to zero is told apart.
+    zeroed, _ = kmeans_reference(x, init, 5, valid, keep_empty=False)
+    assert not torch.allclose(centroids, zeroed, atol=1e-3)
+    # The initial rows are distinct valid rows, the same for the same seed, invalid ones only when needed.
+    first = kmeans_init(valid, 27, torch.Generator().manual_seed(1))
+    assert len(set(first.tolist())) == 27 and valid[first].all()
+    assert torch.equal(first, kmeans_init(valid, 27, torch.Generator().manual_seed(1)))
+    assert not torch.equal(first, kmeans_init(valid, 27, torch.Generator().manual_seed(2)))
+    assert not valid[kmeans_init(valid, 30, torch.Generator().manual_seed(1))[-3:]].any()

@@ -26,6 +26,7 @@ TINY = {
     "simsiam": {"proj_dim": 64, "pred_hidden_dim": 16},
     "swav": {"proj_hidden_dim": 64, "proj_out_dim": 32, "num_prototypes": 20, "num_local_crops": 2,
              "queue_length": 16, "queue_start_epoch": 0},
+    "deepcluster": {"proj_hidden_dim": 64, "proj_out_dim": 32, "num_prototypes": [4, 3], "num_local_crops": 2},
     "barlow": {"proj_dim": 64},
     "vicreg": {"proj_dim": 64},
     "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "num_local_crops": 2},
@@ -37,6 +38,7 @@ TINY = {
     "inpainting": {"decoder_dim": 16},
 }
 BATCH, STEPS_PER_EPOCH = 8, 2
+NUM_IMAGES = BATCH * STEPS_PER_EPOCH  # a memory bank's size (uses_indices): each step's batch is its own images
 
 
 def tiny_spec(name: str, **method) -> PretrainSpec:
@@ -49,15 +51,39 @@ def tiny_spec(name: str, **method) -> PretrainSpec:
     return resolve(PretrainSpec, options={"method.name": name, "data.image_size": 16}, sets=sets)
 
 
-def build(name: str, **method):
+def build(name: str, prime: bool = True, **method):
+    """The method, its augmentation and optimizer; with `prime`, a method that trains nothing in its first
+    epochs (memory_pass_epochs: DeepCluster v2 fills its memory) has been stepped through them."""
     torch.manual_seed(0)
     spec = tiny_spec(name, **method)
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
-    model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(4 * STEPS_PER_EPOCH, STEPS_PER_EPOCH))
+    model = method_class(name)(spec.method, encoder, info.feature_dim,
+                               Budget(4 * STEPS_PER_EPOCH, STEPS_PER_EPOCH, NUM_IMAGES))
     augment = Augmenter(model.views(spec.augment), info.mean, info.std, torch.Generator().manual_seed(0))
     optimizer = build_optimizer(model, spec.optim.name, 0.05, spec.optim.weight_decay, spec.optim.momentum,
                                 spec.optim.trust_coeff, spec.optim.betas, getattr(model, "fixed_lr_modules", ()))
-    return spec, model.train(), augment, optimizer, info
+    model.train()
+    if prime:
+        for step in range(first_step(name)):
+            train_step(model, augment, optimizer, step)
+    return spec, model, augment, optimizer, info
+
+
+def first_step(name: str) -> int:
+    """The first step that trains: after the memory-filling epochs of a method that has them."""
+    return CONFIGS[name].memory_pass_epochs * STEPS_PER_EPOCH
+
+
+def batch_indices(step: int) -> torch.Tensor:
+    """The training-set positions of step's batch: every epoch goes over the NUM_IMAGES images in order."""
+    return torch.arange(BATCH) + BATCH * (step % STEPS_PER_EPOCH)
+
+
+def forward(model, views: list[torch.Tensor], step: int):
+    """model(views, step), with the batch's indices for a method that keeps a memory bank (uses_indices)."""
+    if CONFIGS[model.cfg.name].uses_indices:
+        return model(views, step, batch_indices(step))
+    return model(views, step)
 
 
 def images(seed: int = 0) -> torch.Tensor:
@@ -65,7 +91,7 @@ def images(seed: int = 0) -> torch.Tensor:
 
 
 def train_step(model, augment, optimizer, step: int):
-    out = model(augment(images(step)), step)
+    out = forward(model, augment(images(step)), step)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     getattr(model, "cancel_gradients", lambda step: None)(step)  # as train.fit does after backward
@@ -86,14 +112,15 @@ def targets_of(model) -> list[tuple[str, str]]:
 def test_a_step_is_finite_and_trains_the_encoder(name: str):
     _, model, augment, optimizer, _ = build(name)
     before = copy.deepcopy(model.encoder.state_dict())
-    out = model(augment(images()), 0)
+    step = first_step(name)
+    out = forward(model, augment(images()), step)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads), "no gradient reached the encoder"
     optimizer.step()
-    model.on_step_end(0)
+    model.on_step_end(step)
     changed = [k for k, v in model.encoder.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert changed, "the optimizer step left the encoder unchanged"
 
@@ -210,6 +237,69 @@ def test_swav_prototypes_are_normalised_frozen_for_an_epoch_and_the_queue_joins_
     assert [v.size for v in views] == [16, 16, 8, 8]  # 2 global + 2 local crops (3/7 of the side, at least 8 px)
 
 
+def test_deepcluster_fills_its_memory_in_the_first_epoch_then_trains_on_the_kmeans_of_it():
+    from sslcli.errors import UsageError
+
+    _, model, augment, optimizer, _ = build("deepcluster", prime=False)  # LARS, weight decay 1e-6
+    weights = {k: p.detach().clone() for k, p in model.named_parameters()}
+    for step in range(STEPS_PER_EPOCH):  # the first epoch: no cluster yet, nothing trains
+        out = forward(model, augment(images(step)), step)
+        assert out.loss.item() == 0.0
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        model.cancel_gradients(step)
+        assert all(p.grad is None for p in model.parameters())
+        optimizer.step()
+        assert not model.filled[batch_indices(step)].any(), "memory entries are written after the step only"
+        model.on_step_end(step)
+        rows = batch_indices(step)
+        torch.testing.assert_close(model.memory[:, rows], torch.stack([z.detach() for z in out.embeddings["projections"]]))
+        assert model.filled[rows].all() and model.filled.sum() == BATCH * (step + 1)
+    assert all(torch.equal(p, weights[k]) for k, p in model.named_parameters() if "prototypes" not in k), \
+        "the memory-filling epoch changed a weight"
+    # The k-means at the epoch's end: every image has a cluster of each head, the prototypes are its unit
+    # centroids, and each image's cluster is its memory entry's nearest prototype (crop h % 2 for head h).
+    assert ((model.assignments >= 0) & (model.assignments < torch.tensor([[4], [3]]))).all()
+    for h, head in enumerate(model.prototypes):
+        torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(head.weight.shape[0]))
+        assert torch.equal(model.assignments[h], (model.memory[h % 2] @ head.weight.T).argmax(dim=1))
+    # Negative control of the weight check: a zero gradient, unlike none, still moves weights under LARS.
+    probe = next(p for p in model.projector.parameters() if p.ndim == 2)
+    kept = probe.detach().clone()
+    probe.grad = torch.zeros_like(probe)
+    optimizer.step()
+    assert not torch.equal(probe, kept)
+    # The same memory and epoch give the same clustering (every rank and every resume draws the same).
+    clustered = model.assignments.clone(), [h.weight.clone() for h in model.prototypes]
+    model.cluster(epoch=1)
+    assert torch.equal(model.assignments, clustered[0])
+    assert all(torch.equal(h.weight, w) for h, w in zip(model.prototypes, clustered[1], strict=True))
+    # The second epoch trains on those clusters; the prototypes never get a gradient, the clusters hold
+    # until the epoch's last step and change at it.
+    step = STEPS_PER_EPOCH
+    out = train_step(model, augment, optimizer, step)
+    assert out.loss.item() > 0 and all(h.weight.grad is None for h in model.prototypes)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert torch.equal(model.assignments, clustered[0])
+    train_step(model, augment, optimizer, step + 1)
+    assert not all(torch.equal(h.weight, w) for h, w in zip(model.prototypes, clustered[1], strict=True))
+    views = model.views(tiny_spec("deepcluster").augment)
+    assert [v.size for v in views] == [16, 16, 8, 8]  # multi-crop as SwAV: 2 global + 2 local crops
+    with pytest.raises(UsageError, match="num_prototypes"):
+        build("deepcluster", prime=False, num_prototypes=[NUM_IMAGES + 1])
+
+
+def test_pretrain_warns_when_a_deepcluster_run_ends_within_its_memory_pass():
+    from sslcli.train import LoopConfig
+
+    spec = tiny_spec("deepcluster")
+    one, two = (pretrain.short_run_warnings(spec, LoopConfig(epochs=e, steps_per_epoch=5)) for e in (1, 2))
+    assert any("filling its memory" in line and "stays at its initialisation" in line for line in one)
+    assert not any("filling its memory" in line for line in two)
+    assert not any("filling its memory" in line for line in pretrain.short_run_warnings(
+        tiny_spec("swav"), LoopConfig(epochs=1, steps_per_epoch=5)))
+
+
 def test_simsiam_predictor_keeps_the_peak_lr():
     from sslcli.train import _set_lr
 
@@ -262,6 +352,8 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path
     # The probe below scores the encoder; the online kNN and report (tested elsewhere) would only add time.
     sets = ["data.max_images=64", "train.batch_size=32", "train.epochs=1", "data.num_workers=0",
             "data.image_size=16", "monitor.knn_every=0", "monitor.report=false"]
+    if name == "deepcluster":  # k-means of 64 images: its defaults ask for 3 x 3000 clusters
+        sets.append("method.num_prototypes=[10,10,10]")
     spec = resolve(PretrainSpec, options={"method.name": name, "data.path": str(cifar_tiny),
                                           "out": str(tmp_path / "run")}, sets=sets)
     summary = pretrain.run(spec)
@@ -307,7 +399,7 @@ def test_a_step_exposes_its_embeddings_to_the_monitors(name: str):
     from sslcli import monitors
 
     _, model, augment, _, info = build(name)
-    out = model(augment(images()), 0)
+    out = forward(model, augment(images()), first_step(name))
     assert "features" in out.embeddings, "every method shows its encoder features"
     for kind, views in out.embeddings.items():
         assert 1 <= len(views) <= 2 and all(v.shape[0] == BATCH for v in views), kind

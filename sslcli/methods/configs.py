@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class MethodConfigBase(BaseModel):
@@ -28,6 +28,8 @@ class MethodConfigBase(BaseModel):
     # The method keeps one entry per training image (a memory bank): its forward also takes the batch's
     # dataset indices, and its Budget carries the number of training images.
     uses_indices: ClassVar[bool] = False
+    # Epochs at the start that train nothing (DeepCluster v2 fills its memory first): a shorter run learns nothing.
+    memory_pass_epochs: ClassVar[int] = 0
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
@@ -156,6 +158,40 @@ class SwAVConfig(MethodConfigBase):
     def spec_defaults(image_size: int) -> dict[str, Any]:
         # Paper: LARS, lr 4.8 at batch 4096 (0.3 per 256 images), weight decay 1e-6; global crops (0.14, 1).
         return {"optim": {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6},
+                "augment": {"scale": [0.14, 1.0]}}
+
+
+class DeepClusterConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2006.09882"
+    summary: ClassVar[str] = ("clustering: k-means of a memory of projections each epoch, prototypes = centroids, "
+                              "multi-crop (DeepCluster v2, Caron et al. 2020)")
+    uses_indices: ClassVar[bool] = True
+    memory_pass_epochs: ClassVar[int] = 1
+    name: Literal["deepcluster"] = "deepcluster"
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the prototype scores (paper: 0.1)")
+    proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width (paper: 2048)")
+    proj_out_dim: int = Field(128, gt=0, description="size of the projections kept in memory and clustered "
+                              "(paper: 128)")
+    num_prototypes: tuple[int, ...] = Field((3000, 3000, 3000), min_length=1, description="K of each k-means "
+                                            "head, one clustering per head each epoch (paper: 3 x 3000 on ImageNet)")
+    kmeans_iterations: int = Field(10, gt=0, description="k-means rounds per clustering (paper's code: 10)")
+    num_local_crops: int = Field(6, ge=0, description="small crops besides the 2 global ones (paper: 6)")
+    local_crop_size: int | None = Field(None, gt=0, description="side of a local crop (default: 3/7 of the image, "
+                                        "as 96/224 in the paper)")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.14), description="local crop area range (paper)")
+
+    @field_validator("num_prototypes")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 1 for k in value):
+            raise ValueError(f"every head needs at least one prototype, got {list(value)}")
+        return value
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper's code (scripts/deepclusterv2_800ep_pretrain.sh): LARS, lr 4.8 at batch 4096 (0.3 per 256
+        # images) down to 4.8e-3, weight decay 1e-6, 10 warm-up epochs; global crops (0.14, 1).
+        return {"optim": {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6, "min_lr_ratio": 0.001},
                 "augment": {"scale": [0.14, 1.0]}}
 
 
