@@ -16,6 +16,7 @@ from sslcli.methods.configs import (
     BarlowConfig,
     BYOLConfig,
     ColorizationConfig,
+    CPCConfig,
     DINOConfig,
     InpaintingConfig,
     JigsawConfig,
@@ -51,6 +52,7 @@ CONFIGS: dict[str, type[MethodConfigBase]] = {
     "relpos": RelPosConfig,
     "colorization": ColorizationConfig,
     "inpainting": InpaintingConfig,
+    "cpc": CPCConfig,
 }
 
 # name -> "module:class" of its nn.Module, imported on first use
@@ -70,6 +72,7 @@ _CLASSES: dict[str, str] = {
     "relpos": "relpos:RelPos",
     "colorization": "colorization:Colorization",
     "inpainting": "inpainting:Inpainting",
+    "cpc": "cpc:CPC",
 }
 
 DEFAULT_METHOD = "simclr"
