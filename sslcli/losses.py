@@ -341,3 +341,25 @@ def _ieee_matmul(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def cpc_info_nce(predictions: dict[int, Tensor], targets: Tensor, first_image: int = 0) -> Tensor:
+    """CPC's InfoNCE over a grid of patches (CPC v2, arXiv 1905.09272 eq. 3; pl_bolts CPCTask).
+
+    targets [N, G, G, D]: the features z of every patch of every image, the candidates. predictions maps each
+    offset k to [B, G - k, G, D]: predictions[k][b, i, j] = W_k c_{i,j} of image first_image + b, whose positive
+    is targets[first_image + b, i + k, j]; every other patch of targets, at any position of any image, is a
+    negative. Scores are plain dot products (no normalisation, no temperature, as in the paper). The loss is
+    the mean cross entropy over every prediction of every offset, each term weighing the same.
+    """
+    n, g, _, d = targets.shape
+    candidates = targets.float().reshape(n * g * g, d)  # row (image * G + row) * G + column
+    scores, labels = [], []
+    for k, prediction in predictions.items():
+        b, rows, cols, _ = prediction.shape
+        image = torch.arange(b, device=targets.device).view(b, 1, 1) + first_image
+        row = torch.arange(rows, device=targets.device).view(1, rows, 1) + k
+        col = torch.arange(cols, device=targets.device).view(1, 1, cols)
+        labels.append(((image * g + row) * g + col).flatten())
+        scores.append(prediction.float().reshape(-1, d))
+    return F.cross_entropy(torch.cat(scores) @ candidates.T, torch.cat(labels))

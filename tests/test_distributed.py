@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from tests import dist_worker
 
 REPO = Path(__file__).resolve().parents[1]
-GATHERING = {"simclr", "invariantspread", "mocov3", "barlow", "vicreg"}  # in-batch negatives or global cross-correlation
+GATHERING = {"simclr", "invariantspread", "mocov3", "barlow", "vicreg", "cpc"}  # in-batch negatives or global cross-correlation
 NO_BATCH_STATISTICS = {"mae"}  # a ViT with a per-sample loss: nothing to synchronise
 
 

@@ -115,6 +115,7 @@ def test_invariant_spread_gradient_flows_through_the_anchors_only():
 
 from sslcli.losses import (  # noqa: E402
     barlow_twins,
+    cpc_info_nce,
     dino_loss,
     info_nce,
     masked_mse,
@@ -380,3 +381,42 @@ def test_spherical_kmeans_matches_a_row_by_row_reference_with_an_empty_cluster_a
     assert torch.equal(first, kmeans_init(valid, 27, torch.Generator().manual_seed(1)))
     assert not torch.equal(first, kmeans_init(valid, 27, torch.Generator().manual_seed(2)))
     assert not valid[kmeans_init(valid, 30, torch.Generator().manual_seed(1))[-3:]].any()
+
+
+def cpc_reference(predictions: dict, targets: torch.Tensor, first: int) -> torch.Tensor:
+    """CPC v2 eq. 3 written out: for every prediction W_k c_{i,j} of image b, the softmax over the dot products
+    with every patch z of every image at every position, at the patch k rows below in the same image."""
+    n, g = targets.shape[:2]
+    patches = [(m, r, c) for m in range(n) for r in range(g) for c in range(g)]
+    terms = []
+    for k, prediction in predictions.items():
+        for b in range(prediction.shape[0]):
+            for i in range(prediction.shape[1]):
+                for j in range(g):
+                    scores = torch.stack([prediction[b, i, j] @ targets[m, r, c] for m, r, c in patches])
+                    positive = patches.index((first + b, i + k, j))
+                    terms.append(torch.logsumexp(scores, dim=0) - scores[positive])
+    return torch.stack(terms).mean()
+
+
+def test_cpc_info_nce_matches_the_paper_formula():
+    # Three images of a 3 x 3 grid; the predictions are those of images 1 and 2 (a rank's rows of the batch).
+    targets = _randn(3, 3, 3, 4, seed=6)
+    predictions = {1: _randn(2, 2, 3, 4, seed=7), 2: _randn(2, 1, 3, 4, seed=8)}
+    torch.testing.assert_close(cpc_info_nce(predictions, targets, first_image=1),
+                               cpc_reference(predictions, targets, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_cpc_info_nce_known_value_and_a_prediction_one_row_off():
+    # 27 orthogonal patches (one-hot z): a prediction of 10 x its own positive scores 10 against 0 for the
+    # 26 other patches, loss log(1 + 26 e^-10); predicting the patch one row above instead costs ~10.
+    g, d = 3, 27
+    targets = torch.eye(d).view(3, g, g, d)
+    k = 2
+    right = {k: 10 * targets[:, k:].clone()}  # the prediction from row i is the patch at row i + k
+    wrong = {k: 10 * targets[:, k - 1:g - 1].clone()}
+    assert cpc_info_nce(right, targets).item() == pytest.approx(math.log(1 + 26 * math.exp(-10)), rel=1e-3)
+    assert cpc_info_nce(wrong, targets).item() == pytest.approx(10 + math.log(1 + 26 * math.exp(-10)), rel=1e-3)
+    # Other images' patches are negatives too: the positive must be the prediction's own image.
+    other_image = {k: 10 * targets.roll(1, dims=0)[:, k:].clone()}
+    assert cpc_info_nce(other_image, targets).item() > 9

@@ -36,6 +36,7 @@ TINY = {
     "relpos": {"patch_dim": 16, "hidden_dim": 32},
     "colorization": {"decoder_dim": 16},
     "inpainting": {"decoder_dim": 16},
+    "cpc": {"context_blocks": 1, "context_dim": 16, "target_dim": 16},
 }
 BATCH, STEPS_PER_EPOCH = 8, 2
 NUM_IMAGES = BATCH * STEPS_PER_EPOCH  # a memory bank's size (uses_indices): each step's batch is its own images
@@ -354,6 +355,8 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path
             "data.image_size=16", "monitor.knn_every=0", "monitor.report=false"]
     if name == "deepcluster":  # k-means of 64 images: its defaults ask for 3 x 3000 clusters
         sets.append("method.num_prototypes=[10,10,10]")
+    # CPC encodes every patch of its grid: 9 (a 3 x 3 grid) instead of the paper's 49 keep its step near the others'.
+    sets += {"cpc": ["method.grid_size=3"]}.get(name, [])
     spec = resolve(PretrainSpec, options={"method.name": name, "data.path": str(cifar_tiny),
                                           "out": str(tmp_path / "run")}, sets=sets)
     summary = pretrain.run(spec)

@@ -36,7 +36,10 @@ def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = Fa
              "jigsaw": ["method.num_permutations=10", "method.tile_dim=64", "method.hidden_dim=64"],
              "colorization": ["method.decoder_dim=32"],
              "deepcluster": ["data.image_size=16", "method.proj_hidden_dim=64", "method.num_prototypes=[20,10]",
-                             "method.num_local_crops=2"]}[method]
+                             "method.num_local_crops=2"],
+             # a 3 x 3 grid of 8 px patches at 16 px; every per-patch draw on (the affine one is off by default)
+             "cpc": ["data.image_size=16", "method.grid_size=3", "method.context_blocks=1", "method.context_dim=32",
+                     "method.target_dim=32", "method.patch_affine_p=0.5"]}[method]
     sets += small + [f"{k}={v}" for k, v in extra.items()]
     return resolve(PretrainSpec, options={"method.name": method, "data.path": str(data), "out": str(out)}, sets=sets)
 
@@ -62,9 +65,10 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("method", "stop_step", "monitored"),
                          [("simclr", 6, True), ("simclr", 4, True), ("byol", 6, True), ("rotation", 6, False),
-                          ("jigsaw", 6, False), ("colorization", 6, False), ("deepcluster", 6, False)],
+                          ("jigsaw", 6, False), ("colorization", 6, False), ("deepcluster", 6, False),
+                          ("cpc", 6, False)],
                          ids=["simclr-mid-epoch", "simclr-epoch-boundary", "byol-mid-epoch", "rotation-mid-epoch",
-                              "jigsaw-mid-epoch", "colorization-mid-epoch", "deepcluster-mid-epoch"])
+                              "jigsaw-mid-epoch", "colorization-mid-epoch", "deepcluster-mid-epoch", "cpc-mid-epoch"])
 def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: int, monitored: bool, cifar_small: Path,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Monitored: the online kNN, monitors and report run too, and must not change what is trained (the simclr

@@ -16,6 +16,7 @@ from sslcli.methods.configs import (
     BarlowConfig,
     BYOLConfig,
     ColorizationConfig,
+    CPCConfig,
     DeepClusterConfig,
     DINOConfig,
     InpaintingConfig,
@@ -53,6 +54,7 @@ CONFIGS: dict[str, type[MethodConfigBase]] = {
     "relpos": RelPosConfig,
     "colorization": ColorizationConfig,
     "inpainting": InpaintingConfig,
+    "cpc": CPCConfig,
 }
 
 # name -> "module:class" of its nn.Module, imported on first use
@@ -73,6 +75,7 @@ _CLASSES: dict[str, str] = {
     "relpos": "relpos:RelPos",
     "colorization": "colorization:Colorization",
     "inpainting": "inpainting:Inpainting",
+    "cpc": "cpc:CPC",
 }
 
 DEFAULT_METHOD = "simclr"
