@@ -25,7 +25,8 @@ from sslcli.methods import CONFIGS
 from tests import dist_worker
 
 REPO = Path(__file__).resolve().parents[1]
-GATHERING = {"simclr", "mocov3", "barlow", "vicreg"}  # in-batch negatives or global cross-correlation
+# in-batch negatives, global cross-correlation, DINOv2's KoLeo nearest neighbours over the global batch
+GATHERING = {"simclr", "mocov3", "barlow", "vicreg", "dinov2"}
 NO_BATCH_STATISTICS = {"mae"}  # a ViT with a per-sample loss: nothing to synchronise
 
 
