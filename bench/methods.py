@@ -20,7 +20,7 @@ import torch
 
 from bench.common import SHARED_DATA, peak_rss_mb, random_init_encoder, run_phase
 
-ORDER = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "barlow", "vicreg", "dino", "mae",
+ORDER = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "barlow", "vicreg", "dino", "dinov2", "mae",
          "rotation", "jigsaw", "relpos", "colorization", "inpainting"]
 DATA = SHARED_DATA / "cifar10"
 KNN_BANK_FRACTION = 0.2
