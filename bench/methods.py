@@ -21,7 +21,7 @@ import torch
 from bench.common import SHARED_DATA, peak_rss_mb, random_init_encoder, run_phase
 
 # Methods, then the published recipes offered as presets of them (PRESET_FAMILIES): each runs its <name>-cpu preset.
-ORDER = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "deepcluster", "barlow", "vicreg", "dino", "mae",
+ORDER = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "deepcluster", "barlow", "vicreg", "dino", "dinov2", "mae",
          "rotation", "jigsaw", "relpos", "colorization", "inpainting", "cpc",
          "mocov1", "invariantspread", "simclrv2", "infomin"]
 DATA = SHARED_DATA / "cifar10"

@@ -128,7 +128,7 @@ def pretrain(
     data: Path = typer.Argument(..., metavar="DATA", help="folder of images (ImageFolder or any nested folder); "
                                 "train/ is used if present"),
     method: str = typer.Option(None, "--method", "-m", help="simclr (default), mocov2, mocov3, byol, simsiam, swav, "
-                               "deepcluster, barlow, vicreg, dino, mae, rotation, jigsaw, relpos, colorization, inpainting or cpc "
+                               "deepcluster, barlow, vicreg, dino, dinov2, mae, rotation, jigsaw, relpos, colorization, inpainting or cpc "
                                "(sslcli methods)"),
     preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
     encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),

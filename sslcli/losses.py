@@ -145,24 +145,43 @@ def vicreg_terms(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> tuple[Tensor, Ten
 
 @torch.no_grad()
 @full_precision
-def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, valid: Tensor | None = None) -> Tensor:
     """SwAV's Sinkhorn-Knopp codes (arXiv 2006.09882, section 3.1 and Algorithm 1 of its appendix).
 
     scores [B, K] (prototype similarities) -> codes Q [B, K] whose rows sum to 1 and whose columns
     tend to B/K each: an equipartition of the batch over the prototypes. Under torchrun the batch is the
     global one: the sums over samples are all-reduced, as in the official distributed_sinkhorn.
+    DINOv2 centres its teacher with the same iterations, epsilon being the teacher temperature
+    (dino_clstoken_loss.py and ibot_patch_loss.py, sinkhorn_knopp_teacher).
+
+    valid [B] (bool) marks the rows that take part; the others (DINOv2's fixed-size buffer of masked patches,
+    padded so that no shape depends on the data) get no share of the prototypes and a code of zeros. The number
+    of samples is then the global count of valid rows, as DINOv2's all-reduced n_masked_patches.
     """
     # Subtracting the (global) max leaves Q unchanged (it is normalised) and keeps exp() finite.
     peak = distributed.all_reduce_(scores.float().max().clone(), op="max")
     q = torch.exp((scores.float() - peak) / epsilon).T  # [K, B]
-    q /= distributed.all_reduce_(q.sum())
-    k, b = q.shape[0], q.shape[1] * distributed.world_size()
+    k = q.shape[0]
+    if valid is None:
+        q /= distributed.all_reduce_(q.sum())
+        b = q.shape[1] * distributed.world_size()
+        for _ in range(iterations):
+            q /= distributed.all_reduce_(q.sum(dim=1, keepdim=True))
+            q /= k
+            q /= q.sum(dim=0, keepdim=True)
+            q /= b
+        return (q * b).T
+    # Padding columns are zeros; the sums are clamped so that a batch without any valid row gives zeros, not NaN.
+    tiny = torch.finfo(q.dtype).tiny
+    q = q * valid.to(q.dtype)
+    count = distributed.all_reduce_(valid.to(q.dtype).sum())
+    q /= distributed.all_reduce_(q.sum()).clamp_min(tiny)
     for _ in range(iterations):
-        q /= distributed.all_reduce_(q.sum(dim=1, keepdim=True))
+        q /= distributed.all_reduce_(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
         q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= b
-    return (q * b).T
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
+        q /= count.clamp_min(1)
+    return (q * count.clamp_min(1)).T
 
 
 @full_precision
@@ -196,6 +215,55 @@ def dino_loss(student: list[Tensor], teacher_probs: list[Tensor], student_temper
             total = total - (t * lp).sum(dim=1).mean()
             terms += 1
     return total / terms
+
+
+@full_precision
+def sinkhorn_dino_loss(student: list[Tensor], teacher: list[Tensor], student_temperature: float,
+                       teacher_temperature: float, iterations: int = 3) -> Tensor:
+    """DINOv2's class-token loss (arXiv 2304.07193 section 4; dino_clstoken_loss.py): DINO's cross entropy
+    (dino_loss above), the teacher's logits on the global crops being centred and sharpened by Sinkhorn-Knopp
+    instead of a running center: sinkhorn_knopp_teacher, epsilon = the teacher temperature, over the rows of
+    every global crop together (the global batch under torchrun).
+
+    student: logits of every crop (globals first); teacher: logits of the global crops (taken as constants).
+    """
+    probs = sinkhorn(torch.cat(teacher).detach(), teacher_temperature, iterations).chunk(len(teacher))
+    return dino_loss(student, list(probs), student_temperature)
+
+
+@full_precision
+def ibot_patch_loss(student: Tensor, teacher_probs: Tensor, index: Tensor, masks: Tensor,
+                    student_temperature: float) -> Tensor:
+    """iBOT's masked-patch loss as DINOv2 computes it (ibot_patch_loss.py, forward_masked; iBOT arXiv 2111.07832
+    eq. 2): on each masked patch, the cross entropy between the teacher's distribution (its view of the patch
+    unmasked) and the student's (the patch masked); each weighted 1 / (masked patches of its crop), summed, and
+    divided by the number of crops, masked or not.
+
+    student [R, K] logits and teacher_probs [R, K] of the rows index [R] picks from the flattened masks [C, N]
+    (crop c, patch p at c * N + p). Rows that index an unmasked patch are padding and count for nothing.
+    """
+    crops, patches = masks.shape
+    flat = masks.reshape(-1)
+    per_crop = 1.0 / masks.sum(dim=1).clamp_min(1).float()
+    weight = flat[index].float() * per_crop[index // patches]
+    # The padding rows' targets are zeros (and their weight 0), so they add nothing, not even a NaN.
+    per_row = -(teacher_probs.float() * F.log_softmax(student.float() / student_temperature, dim=-1)).sum(dim=-1)
+    return (per_row * weight).sum() / crops
+
+
+@full_precision
+def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """The KoLeo regulariser (Sablayrolles et al. 2019, arXiv 1806.03198; DINOv2 section 4, koleo_loss.py): minus
+    the mean log distance of each L2-normalised row to its nearest neighbour among the other rows, which
+    spreads the batch over the sphere. Distances as torch's pairwise_distance (|a - b + eps|), as DINOv2's.
+    """
+    x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
+    with torch.no_grad():  # the neighbour is a choice, not a function to differentiate
+        dots = x @ x.T
+        dots.fill_diagonal_(-2.0)  # below any cosine: a row is never its own neighbour
+        neighbour = dots.argmax(dim=1)
+    distances = F.pairwise_distance(x, x[neighbour], p=2, eps=eps)
+    return -torch.log(distances + eps).mean()
 
 
 @full_precision

@@ -54,6 +54,18 @@ def global_draws(model, rank: int, world: int) -> None:
     model.draw = draw
 
 
+def global_masks(model, rank: int, world: int) -> None:
+    """DINOv2 draws its masks from the RNG: every process gets its rows of one global draw, with the global draw's
+    bound on the masked patches (a bound for any share of it)."""
+    original = model.draw_masks
+
+    def draw(n: int, *args):
+        torch.manual_seed(7)
+        masks, bound = original(n * world, *args)
+        return masks.chunk(world)[rank], bound
+    model.draw_masks = draw
+
+
 def one_step(case: str) -> dict[str, torch.Tensor]:
     rank, world = distributed.rank(), distributed.world_size()
     name, settings = CASES[case]
@@ -67,6 +79,8 @@ def one_step(case: str) -> dict[str, torch.Tensor]:
         fixed_mask_noise(model, rank, world)
     if hasattr(model, "draw"):
         global_draws(model, rank, world)
+    if hasattr(model, "draw_masks"):
+        global_masks(model, rank, world)
     if distributed.is_distributed():
         model = distributed.sync_batchnorm(model, torch.device("cpu"))
     parallel = distributed.wrap(model, torch.device("cpu"))  # kept alive: DDP's hooks reduce during backward

@@ -74,7 +74,7 @@ def test_compile_on_cuda(cifar_small: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize("method", ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "deepcluster", "barlow",
-                                    "vicreg", "dino", "mae"])
+                                    "vicreg", "dino", "dinov2", "mae"])
 def test_every_cpu_preset_trains_on_cuda_in_bf16(method: str, cifar_small: Path, tmp_path: Path):
     proc = gpu_run("pretrain", str(cifar_small), "--preset", f"{method}-cpu", "--epochs", "2", "--batch-size",
                    "64", "--out", str(tmp_path / "run"), *CHEAP, "--json")
@@ -94,8 +94,10 @@ SYNC_FREE_SCRIPT = textwrap.dedent("""
 
 
 # The quickstart (SimCLR, LARS) and the methods that carry state across steps: a queue (MoCo v2, SwAV), an
-# EMA target (BYOL), a center and a frozen last layer (DINO), random masks (MAE).
-@pytest.mark.parametrize("preset", ["quickstart", "mocov2-cpu", "byol-cpu", "swav-cpu", "dino-cpu", "mae-cpu"])
+# EMA target (BYOL), a center and a frozen last layer (DINO), random masks (MAE), masks drawn on the device into a
+# buffer sized on the host and Sinkhorn centering (DINOv2).
+@pytest.mark.parametrize("preset", ["quickstart", "mocov2-cpu", "byol-cpu", "swav-cpu", "dino-cpu", "dinov2-cpu",
+                                    "mae-cpu"])
 def test_pretraining_steps_make_no_host_synchronisation(preset: str, cifar_small: Path, tmp_path: Path):
     """train.debug_sync=true runs the steps between two log reads under torch.cuda.set_sync_debug_mode("error"):
     any hidden device-to-host synchronisation in them raises, so the run fails. One epoch of cifar_small's

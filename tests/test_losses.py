@@ -420,3 +420,123 @@ def test_cpc_info_nce_known_value_and_a_prediction_one_row_off():
     # Other images' patches are negatives too: the positive must be the prediction's own image.
     other_image = {k: 10 * targets.roll(1, dims=0)[:, k:].clone()}
     assert cpc_info_nce(other_image, targets).item() > 9
+
+
+# ---------------------------------------------------------------- DINOv2: Sinkhorn-centred DINO, iBOT, KoLeo
+
+def sinkhorn_knopp_teacher_reference(teacher: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """dinov2/loss/dino_clstoken_loss.py sinkhorn_knopp_teacher, one process, written out as there."""
+    q = torch.exp(teacher / temperature).t()
+    b, k = q.shape[1], q.shape[0]
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    q *= b
+    return q.t()
+
+
+def dinov2_cls_loss_reference(student: list, teacher: list, ts: float, tt: float) -> torch.Tensor:
+    """ssl_meta_arch.py forward_backward with 2 global crops and sinkhorn_knopp centering: the teacher's rows of the
+    two crops centred together and stacked in reverse (crop A's student against crop B's teacher), the local crops
+    against both, each term divided by the number of terms."""
+    n_local = len(student) - 2
+    centred = sinkhorn_knopp_teacher_reference(torch.cat([teacher[1], teacher[0]]), tt).view(2, -1, teacher[0].shape[1])
+    terms = 2 + 2 * n_local
+
+    def ce(s_list, t_list):
+        total = 0.0
+        for s in s_list:
+            lsm = F.log_softmax(s / ts, dim=-1)
+            for t in t_list:
+                total -= (t * lsm).sum(dim=-1).mean()
+        return total
+
+    local = ce(student[2:], list(centred)) / terms
+    glob = ce([torch.cat(student[:2])], [centred.flatten(0, 1)]) * 2 / terms
+    return local + glob
+
+
+def test_sinkhorn_dino_loss_matches_the_dinov2_code_and_centring_matters():
+    from sslcli.losses import sinkhorn_dino_loss
+
+    student = [_randn(6, 10, seed=30 + i) for i in range(5)]  # 2 global + 3 local crops
+    teacher = [0.3 * _randn(6, 10, seed=40 + i) for i in range(2)]
+    expected = dinov2_cls_loss_reference(student, teacher, 0.1, 0.05)
+    got = sinkhorn_dino_loss(student, teacher, student_temperature=0.1, teacher_temperature=0.05)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # Negative controls: DINO's plain softmax of the teacher, and Sinkhorn over each crop alone (SwAV's way), differ.
+    softmax = dino_loss(student, [F.softmax(t / 0.05, dim=1) for t in teacher], 0.1)
+    per_crop = dino_loss(student, [sinkhorn(t, 0.05, 3) for t in teacher], 0.1)
+    assert abs(softmax - got) > 1e-2 and abs(per_crop - got) > 1e-3
+    # The centring spreads the global batch over the prototypes: every prototype gets about 12 / 10 of the mass.
+    q = sinkhorn(torch.cat(teacher), 0.05, 200)
+    torch.testing.assert_close(q.sum(dim=0), torch.full((10,), 1.2), rtol=1e-3, atol=1e-3)
+
+
+def test_sinkhorn_with_padding_rows_equals_sinkhorn_of_the_valid_rows():
+    scores = _randn(9, 7, seed=50)
+    valid = torch.tensor([True, False, True, True, False, True, True, True, False])
+    padded = sinkhorn(scores, 0.1, 3, valid=valid)
+    torch.testing.assert_close(padded[valid], sinkhorn_knopp_teacher_reference(scores[valid], 0.1), rtol=1e-5, atol=1e-6)
+    assert (padded[~valid] == 0).all()
+    # Negative control: without the valid mask the padding rows take a share and change every code.
+    assert not torch.allclose(sinkhorn(scores, 0.1, 3)[valid], padded[valid], atol=1e-3)
+    # No valid row at all (a batch without masked patches): zeros, not NaN.
+    assert (sinkhorn(scores, 0.1, 3, valid=torch.zeros(9, dtype=torch.bool)) == 0).all()
+
+
+def ibot_reference(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor, ts: float) -> torch.Tensor:
+    """dinov2/loss/ibot_patch_loss.py iBOTPatchLoss.forward: every patch of [C, N, K], masked ones counted, per crop
+    divided by its masked patches, the mean over the crops."""
+    loss = torch.sum(teacher * F.log_softmax(student / ts, dim=-1), dim=-1)
+    loss = torch.sum(loss * masks.float(), dim=-1) / masks.sum(dim=-1).clamp(min=1.0)
+    return -loss.mean()
+
+
+def test_ibot_patch_loss_matches_the_dinov2_code_on_padded_rows():
+    from sslcli.losses import ibot_patch_loss
+
+    crops, patches, k = 4, 6, 5
+    student, teacher = _randn(crops, patches, k, seed=60), F.softmax(_randn(crops, patches, k, seed=61), dim=-1)
+    masks = torch.zeros(crops, patches, dtype=torch.bool)
+    masks[0, [1, 4]] = True
+    masks[1, [0, 2, 3, 5]] = True
+    masks[3, [2]] = True  # crop 2 has no masked patch: it still counts among the crops
+    expected = ibot_reference(student, teacher, masks, 0.1)
+    # The rows of a padded buffer: the 7 masked patches, then 3 rows of unmasked patches (padding).
+    index = torch.cat([masks.flatten().nonzero().flatten(), torch.tensor([3, 7, 13])])
+    rows_s, rows_t = student.flatten(0, 1)[index], teacher.flatten(0, 1)[index]
+    rows_t[7:] = 0  # padding targets are zeros (as sinkhorn gives them)
+    got = ibot_patch_loss(rows_s, rows_t, index, masks, 0.1)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # Negative controls: the padding rows' logits do not matter; a plain mean over the masked patches differs.
+    spoiled = rows_s.clone()
+    spoiled[7:] = 100.0
+    torch.testing.assert_close(ibot_patch_loss(spoiled, rows_t, index, masks, 0.1), got)
+    per_patch = -(rows_t[:7] * F.log_softmax(rows_s[:7] / 0.1, dim=-1)).sum(-1)
+    assert abs(per_patch.mean() - got) > 1e-2
+
+
+def test_koleo_matches_nearest_neighbour_distances_and_punishes_close_pairs():
+    from sslcli.losses import koleo_loss
+
+    x = _randn(7, 4, seed=70)
+    xn = F.normalize(x, dim=1)
+    expected = 0.0
+    for i in range(7):  # Kozachenko-Leonenko: -log of the distance to the nearest other point, on the sphere
+        nearest = min(float((xn[i] - xn[j] + 1e-8).norm()) for j in range(7) if j != i)
+        expected -= math.log(nearest + 1e-8) / 7
+    assert koleo_loss(x).item() == pytest.approx(expected, rel=1e-5)
+    assert koleo_loss(x * 5).item() == pytest.approx(expected, rel=1e-5)  # on the sphere: scale does not matter
+    # Negative control: moving one point next to another raises the loss; its gradient pushes them apart.
+    close = x.clone()
+    close[1] = x[0] + 1e-3 * _randn(4, seed=71)
+    assert koleo_loss(close).item() > expected + 1
+    moved = close.clone().requires_grad_(True)
+    koleo_loss(moved).backward()
+    apart = (moved - 0.01 * moved.grad).detach()
+    assert (F.normalize(apart[0], dim=0) - F.normalize(apart[1], dim=0)).norm() > \
+        (F.normalize(close[0], dim=0) - F.normalize(close[1], dim=0)).norm()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ TINY = {
     "barlow": {"proj_dim": 64},
     "vicreg": {"proj_dim": 64},
     "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "num_local_crops": 2},
+    "dinov2": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "ibot_out_dim": 48, "ibot_hidden_dim": 64,
+               "ibot_bottleneck_dim": 16, "num_local_crops": 2},
     "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
     "rotation": {},
     "jigsaw": {"num_permutations": 10, "tile_dim": 16, "hidden_dim": 32},
@@ -40,13 +43,15 @@ TINY = {
 }
 BATCH, STEPS_PER_EPOCH = 8, 2
 NUM_IMAGES = BATCH * STEPS_PER_EPOCH  # a memory bank's size (uses_indices): each step's batch is its own images
+VIT_ONLY = {"mae", "dinov2"}  # methods that need a timm ViT
 
 
 def tiny_spec(name: str, **method) -> PretrainSpec:
     sets = [f"method.{k}={v}" if not isinstance(v, (list, tuple)) else f"method.{k}={list(v)}"
             for k, v in {**TINY[name], **method}.items()]
-    if name == "mae":
-        sets += ['encoder.kwargs={"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}']
+    if name in VIT_ONLY:
+        sets += ["encoder.name=vit_tiny_patch16_224",
+                 'encoder.kwargs={"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}']
     else:
         sets += ["encoder.name=resnet10t", "encoder.small_stem=false"]
     return resolve(PretrainSpec, options={"method.name": name, "data.image_size": 16}, sets=sets)
@@ -105,8 +110,8 @@ def targets_of(model) -> list[tuple[str, str]]:
     """(target, online) submodule pairs of EMA methods."""
     pairs = [("key_encoder", "encoder"), ("key_projector", "projector"), ("momentum_encoder", "encoder"),
              ("momentum_projector", "projector"), ("target_encoder", "encoder"), ("target_projector", "projector"),
-             ("teacher_encoder", "encoder"), ("teacher_head", "head")]
-    return [(t, o) for t, o in pairs if hasattr(model, t)]
+             ("teacher_encoder", "encoder"), ("teacher_head", "head"), ("teacher_ibot_head", "ibot_head")]
+    return [(t, o) for t, o in pairs if getattr(model, t, None) is not None]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -130,7 +135,7 @@ def test_a_step_is_finite_and_trains_the_encoder(name: str):
 def test_targets_receive_no_gradient_and_follow_the_ema(name: str):
     _, model, augment, optimizer, _ = build(name)
     pairs = targets_of(model)
-    if name in ("mocov2", "mocov3", "byol", "dino"):
+    if name in ("mocov2", "mocov3", "byol", "dino", "dinov2"):
         assert pairs, f"{name} should hold a momentum target"
     else:
         assert not pairs
@@ -328,6 +333,104 @@ def test_mae_masks_three_quarters_per_sample_and_exports_a_plain_vit():
     assert isinstance(model.export_encoder(), timm.models.vision_transformer.VisionTransformer)
 
 
+def test_dinov2_masks_the_students_patches_freezes_both_last_layers_and_exports_the_teacher():
+    _, model, augment, optimizer, _ = build("dinov2")
+    assert not model.teacher_encoder.training and model.encoder.training  # the teacher is in eval mode (SSLMetaArch)
+    # Masks: int(2n * 0.5) of the 2n global crops, each at most its slice of the ratio range (0.1-0.5) of 16 patches.
+    masks, bound = model.draw_masks(BATCH, 4, 4, torch.device("cpu"))
+    counts = masks.flatten(2).sum(-1).flatten()
+    assert masks.shape == (BATCH, 2, 4, 4) and int((counts > 0).sum()) <= BATCH and int(counts.max()) <= 8
+    assert int(counts.sum()) <= bound
+    # The student's masked patches are the mask token: all patches masked, the image no longer matters.
+    x1, x2 = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    everything = torch.ones(2, 16, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(model._tokens(model.encoder, x1, everything), model._tokens(model.encoder, x2, everything))
+        assert not torch.allclose(model._tokens(model.encoder, x1, ~everything), model._tokens(model.encoder, x2, ~everything))
+        torch.testing.assert_close(model._tokens(model.encoder, x1, ~everything), model.encoder.forward_features(x1))
+    lasts = [model.head.last_layer.weight.detach().clone(), model.ibot_head.last_layer.weight.detach().clone()]
+    for step in range(STEPS_PER_EPOCH):
+        out = train_step(model, augment, optimizer, step)
+        assert set(out.logs) == {"loss", "dino_loss", "ibot_loss", "koleo_loss"}
+    assert model.mask_token.detach().abs().sum() > 0, "the mask token trains"
+    assert torch.equal(model.head.last_layer.weight, lasts[0]) and torch.equal(model.ibot_head.last_layer.weight, lasts[1])
+    train_step(model, augment, optimizer, STEPS_PER_EPOCH)
+    assert not torch.equal(model.head.last_layer.weight, lasts[0]) and not torch.equal(model.ibot_head.last_layer.weight, lasts[1])
+    assert model.teacher_temperature[0] == pytest.approx(0.04) and model.momentum[0] == pytest.approx(0.992)
+    assert model.export_encoder() is model.teacher_encoder
+
+
+def beit_block_mask(height: int, width: int, target: int, rng) -> torch.Tensor:
+    """dinov2/data/masking.py MaskingGenerator (min 4 patches, aspect 0.3-3.3, max_num_patches half the grid, 10
+    tries), written out as there, with a seeded random.Random."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    count, max_block = 0, 0.5 * height * width
+    log_aspect = (math.log(0.3), math.log(1 / 0.3))
+    while count < target:
+        cap, delta = min(target - count, max_block), 0
+        for _ in range(10):
+            area, aspect = rng.uniform(4, cap), math.exp(rng.uniform(*log_aspect))
+            h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if w < width and h < height:
+                top, left = rng.randint(0, height - h), rng.randint(0, width - w)
+                block = mask[top:top + h, left:left + w]
+                if 0 < h * w - int(block.sum()) <= cap:
+                    delta = h * w - int(block.sum())
+                    block.fill_(True)
+            if delta > 0:
+                break
+        if delta == 0:
+            break
+        count += delta
+    return mask
+
+
+def neighbours_masked(masks: torch.Tensor) -> float:
+    """The fraction of masked patches with a masked 4-neighbour (1 for blocks, lower for scattered patches)."""
+    padded = torch.nn.functional.pad(masks.float(), (1, 1, 1, 1))
+    around = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    return float(((around > 0) & masks).sum() / masks.sum())
+
+
+def test_dinov2_block_masks_follow_the_reference_generator_and_the_stratified_ratios():
+    import random
+
+    from sslcli.methods.dinov2 import block_masks, mask_targets, random_masks
+
+    torch.manual_seed(0)
+    targets, bound = mask_targets(400, 64, 0.5, (0.1, 0.5), torch.device("cpu"))
+    masked = targets[targets > 0].sort().values
+    # 200 of the 400 crops are masked, the i-th smallest target in the i-th of 200 slices of [0.1, 0.5] x 64 patches.
+    assert (targets > 0).sum() == 200 and bound >= int(targets.sum())
+    slices = torch.linspace(0.1, 0.5, 201)
+    assert ((masked >= (64 * slices[:-1]).floor()) & (masked <= (64 * slices[1:]).floor())).all()
+    blocks = block_masks(masked, 8, 8, 32)
+    counts = blocks.flatten(1).sum(1)
+    assert (counts <= masked).all()
+    rng = random.Random(0)
+    reference = torch.stack([beit_block_mask(8, 8, int(t), rng) for t in masked])
+    assert abs(counts.float().mean() - reference.flatten(1).sum(1).float().mean()) < 0.5
+    assert abs(neighbours_masked(blocks) - neighbours_masked(reference)) < 0.05
+    # Negative control: random masks of the same counts are exact but scattered.
+    scattered = random_masks(masked, 8, 8)
+    assert torch.equal(scattered.flatten(1).sum(1), masked.long())
+    assert neighbours_masked(scattered) < neighbours_masked(blocks) - 0.1
+
+
+def test_dinov2_shares_the_dino_head_on_request_and_refuses_a_non_vit():
+    from sslcli.errors import UsageError
+
+    _, model, augment, optimizer, _ = build("dinov2", ibot_separate_head=False, masking="random")
+    assert model.ibot_head is None and model.teacher_ibot_head is None
+    out = train_step(model, augment, optimizer, 0)
+    assert torch.isfinite(out.loss) and out.logs["ibot_loss"] > 0
+    spec = resolve(PretrainSpec, options={"method.name": "dinov2", "data.image_size": 16},
+                   sets=["encoder.name=resnet10t", *(f"method.{k}={v}" for k, v in TINY["dinov2"].items())])
+    encoder, info = build_encoder("resnet10t", 16, False)
+    with pytest.raises(UsageError, match="dinov2 needs a timm ViT"):
+        method_class("dinov2")(spec.method, encoder, info.feature_dim, Budget(8, 2))
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_exported_encoder_round_trips_through_safetensors(name: str, tmp_path: Path):
     spec, model, augment, optimizer, info = build(name)
@@ -376,9 +479,9 @@ def test_every_method_has_a_cpu_cifar10_and_imagenette_preset():
             assert f"{method}-{kind}" in names, f"missing preset {method}-{kind}"
 
 
-@pytest.mark.parametrize("name", ["mocov3", "dino"])
+@pytest.mark.parametrize("name", ["mocov3", "dino", "dinov2"])
 def test_vit_encoders_take_multi_crop_views_of_every_size(name: str):
-    """MoCo v3 and DINO with a ViT: timm's dynamic_img_size lets the local crops through the same encoder."""
+    """MoCo v3, DINO and DINOv2 with a ViT: timm's dynamic_img_size lets the local crops through the same encoder."""
     torch.manual_seed(0)
     spec = resolve(PretrainSpec, options={"method.name": name, "data.image_size": 16}, sets=[
         "encoder.name=vit_tiny_patch16_224",
@@ -393,7 +496,7 @@ def test_vit_encoders_take_multi_crop_views_of_every_size(name: str):
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
-    if name == "dino":
+    if name in ("dino", "dinov2"):
         assert sorted({v.shape[-1] for v in views}) == [8, 16]
 
 
