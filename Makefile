@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist; auto = one per core), each with one torch thread: most
+# tests are small models, subprocesses and file I/O that one thread per core keeps busier than two threads in one
+# process. worksteal: the minute-long resume and torchrun tests do not end up queued behind each other.
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/pytest -q -m "not gpu"
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -m "not gpu" -n $(TEST_WORKERS) --dist worksteal
 
 # On a machine with a CUDA GPU: every GPU test, GPU_WORKERS at a time (pytest-xdist), each stopped with its
 # name and a traceback after 120 s (pytest-timeout); -v lists what ran. Under 3 minutes on one H200.

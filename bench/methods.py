@@ -20,8 +20,10 @@ import torch
 
 from bench.common import SHARED_DATA, peak_rss_mb, random_init_encoder, run_phase
 
-ORDER = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "barlow", "vicreg", "dino", "mae",
-         "rotation", "jigsaw", "relpos", "colorization", "inpainting", "instdisc", "cmc"]
+# Methods, then the published recipes offered as presets of them (PRESET_FAMILIES): each runs its <name>-cpu preset.
+ORDER = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "deepcluster", "barlow", "vicreg", "dino", "dinov2", "mae",
+         "rotation", "jigsaw", "relpos", "colorization", "inpainting", "cpc", "instdisc", "cmc",
+         "mocov1", "invariantspread", "simclrv2", "infomin"]
 DATA = SHARED_DATA / "cifar10"
 KNN_BANK_FRACTION = 0.2
 
@@ -117,10 +119,10 @@ def main() -> None:
 
 def _print_row(row: dict, header: bool) -> None:
     if header:
-        print(f"{'method':<9} {'kNN top-1':>10} {'random init':>12} {'ratio':>6} {'images/s':>9} {'steps':>7} "
+        print(f"{'method':<15} {'kNN top-1':>10} {'random init':>12} {'ratio':>6} {'images/s':>9} {'steps':>7} "
               f"{'pretrain s':>10} {'budget s':>9} {'peak RSS MiB':>13}")
     ratio = row["knn_top1"] / max(row["knn_top1_random_init"], 1e-9)
-    print(f"{row['method']:<9} {100 * row['knn_top1']:>9.2f}% {100 * row['knn_top1_random_init']:>11.2f}% "
+    print(f"{row['method']:<15} {100 * row['knn_top1']:>9.2f}% {100 * row['knn_top1_random_init']:>11.2f}% "
           f"{ratio:>6.2f} {row['images_per_s']:>9.1f} {row['steps']:>7} {row['pretrain_s']:>10.0f} "
           f"{row['budget_s']:>9.0f} {row['peak_rss_mb']:>13.0f}", flush=True)
 

@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torchvision.ops import roi_align
 
 from sslcli.views import ViewConfig
@@ -225,6 +226,164 @@ def solarize(x: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Ten
     return torch.where(_per_sample(mask) & (x >= threshold), 1.0 - x, x)
 
 
+# ---------------------------------------------------------------- RandAugment (InfoMin's augmentation)
+
+# The ops of InfoMin's released RandAugment (HobbitLong/PyContrast datasets/RandAugment.py, timm's of early 2020,
+# `rand-n2-m10-mstd0.5`), in its order. Each is a batched op with per-sample parameters.
+RANDAUGMENT_OPS = ("auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add",
+                   "color", "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
+_GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def invert(x: torch.Tensor) -> torch.Tensor:
+    return 1.0 - x
+
+
+def auto_contrast(x: torch.Tensor) -> torch.Tensor:
+    """Stretch each channel of each sample to [0, 1] (PIL's ImageOps.autocontrast, cutoff 0); a flat channel is
+    left as it is. torchvision's kernel does the same with a boolean-mask assignment, a host sync on CUDA."""
+    low = x.amin(dim=(-2, -1), keepdim=True)
+    high = x.amax(dim=(-2, -1), keepdim=True)
+    flat = high <= low
+    scale = torch.where(flat, torch.ones_like(high), high - low)
+    return torch.where(flat, x, (x - low) / scale).clamp_(0.0, 1.0)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation per channel of each sample, on 256 levels (PIL's ImageOps.equalize):
+    torchvision's batched kernel, which quantises floats to uint8 and back."""
+    return TF.equalize(x.clamp(0.0, 1.0))
+
+
+def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Keep `bits` [B] (0-8) bits per channel: torchvision's float posterize with per-sample levels."""
+    levels = _per_sample(torch.pow(2.0, bits.to(x.dtype)))
+    return torch.minimum((x * levels).floor_(), levels - 1).div_(levels)
+
+
+def solarize_below(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Invert pixels >= threshold [B] (on [0, 1]; above 1 nothing is inverted): PIL's solarize per sample."""
+    return torch.where(x >= _per_sample(threshold).to(x.dtype), 1.0 - x, x)
+
+
+def solarize_add(x: torch.Tensor, add: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
+    """Add `add` [B] (on [0, 1]) to pixels below threshold, clipped at 1 (timm's SolarizeAdd)."""
+    return torch.where(x < threshold, (x + _per_sample(add).to(x.dtype)).clamp_(max=1.0), x)
+
+
+def adjust_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageEnhance.Sharpness with per-sample factors [B], torchvision's formula: blend with the image
+    smoothed by a 3x3 kernel (1s around a 5, over 13), border pixels kept."""
+    channels = x.shape[1]
+    # Built on the device: a tensor of host values would be a synchronising copy on CUDA.
+    kernel = torch.full((channels, 1, 3, 3), 1.0 / 13.0, device=x.device, dtype=x.dtype)
+    kernel[:, :, 1, 1] = 5.0 / 13.0
+    degenerate = x.clone()
+    degenerate[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=channels)
+    return _blend(x, degenerate, factor)
+
+
+def affine(x: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Bilinear warp by per-sample inverse maps theta [B,2,3] in normalised coordinates (output -> input, as
+    affine_grid takes them); what falls outside the image becomes `fill` [3] (PIL's fillcolor), blended at the
+    edges by the share of each output pixel that came from inside."""
+    inside = torch.ones_like(x[:, :1])
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    warped = F.grid_sample(torch.cat([x, inside], dim=1), grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
+    return warped[:, :-1] + (1.0 - warped[:, -1:]) * fill.view(1, -1, 1, 1).to(x.dtype)
+
+
+def geometric_thetas(op: torch.Tensor, level: torch.Tensor, sign: torch.Tensor, height: int,
+                     width: int) -> torch.Tensor:
+    """affine_grid's inverse maps [B,2,3] for the geometric RandAugment op of each sample, identity for the rest.
+
+    PIL's maps (pixel coordinates from the top-left corner, output -> input), moved to normalised coordinates:
+    rotate counter-clockwise by level x 30 degrees about the centre; shear_x u += s v and shear_y v += s u with
+    s = level x 0.3, about the top-left corner as PIL's transform; translate by level x 0.45 of the side. Each
+    magnitude takes the sample's random sign, as timm's _randomly_negate.
+    """
+    angle = torch.deg2rad(level * 30.0 * sign)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    shear, shift = level * 0.3 * sign, level * 0.45 * sign * 2.0  # a shift of 2 is one side in normalised units
+    one, zero = torch.ones_like(level), torch.zeros_like(level)
+    aspect = height / width
+    maps = {
+        "rotate": ((cos, -sin * aspect, zero), (sin / aspect, cos, zero)),
+        "shear_x": ((one, shear * aspect, shear * aspect), (zero, one, zero)),
+        "shear_y": ((one, zero, zero), (shear / aspect, one, shear / aspect)),
+        "translate_x": ((one, zero, shift), (zero, one, zero)),
+        "translate_y": ((one, zero, zero), (zero, one, shift)),
+    }
+    theta = torch.stack((torch.stack((one, zero, zero), 1), torch.stack((zero, one, zero), 1)), 1)
+    for name, rows in maps.items():
+        candidate = torch.stack([torch.stack(row, 1) for row in rows], 1)
+        chosen = (op == RANDAUGMENT_OPS.index(name)).view(-1, 1, 1)
+        theta = torch.where(chosen, candidate, theta)
+    return theta
+
+
+def rand_augment_layer(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, sign: torch.Tensor,
+                       fill: torch.Tensor, compact: bool | None = None) -> torch.Tensor:
+    """One RandAugment layer: sample b gets op RANDAUGMENT_OPS[op[b]] (-1: none) at strength level[b] in [0, 1]
+    (the magnitude / 10), with sign[b] for the signed ops. Arguments as timm's level_to_arg of 2020: posterize
+    keeps floor(4 level) bits (PosterizeTpu), solarize inverts from floor(256 level) / 255 up, solarize_add adds
+    floor(110 level) / 255 below 128 / 255, the enhancements blend with factor 0.1 + 1.8 level; the five
+    geometric ops share one warp.
+
+    compact (default: on CPU) runs each op on its own samples only, gathered by index: a fifteenth of the work.
+    Otherwise (CUDA) every op runs on the whole batch and each sample keeps its own op's result, so that no
+    sample count is read back to the host. Both give each sample the same result.
+    """
+    height, width = x.shape[-2:]
+    geometric = torch.zeros_like(op, dtype=torch.bool)
+    for name in _GEOMETRIC:
+        geometric |= op == RANDAUGMENT_OPS.index(name)
+    groups = [  # (which samples, the op on a batch of them: x, level, sign, op)
+        (geometric, lambda v, lv, sg, o: affine(v, geometric_thetas(o, lv, sg, height, width), fill)),
+        (op == RANDAUGMENT_OPS.index("auto_contrast"), lambda v, lv, sg, o: auto_contrast(v)),
+        (op == RANDAUGMENT_OPS.index("equalize"), lambda v, lv, sg, o: equalize(v)),
+        (op == RANDAUGMENT_OPS.index("invert"), lambda v, lv, sg, o: invert(v)),
+        (op == RANDAUGMENT_OPS.index("posterize"), lambda v, lv, sg, o: posterize(v, (lv * 4.0).floor())),
+        (op == RANDAUGMENT_OPS.index("solarize"), lambda v, lv, sg, o: solarize_below(v, (lv * 256.0).floor() / 255)),
+        (op == RANDAUGMENT_OPS.index("solarize_add"), lambda v, lv, sg, o: solarize_add(v, (lv * 110.0).floor() / 255)),
+        (op == RANDAUGMENT_OPS.index("color"), lambda v, lv, sg, o: adjust_saturation(v, lv * 1.8 + 0.1)),
+        (op == RANDAUGMENT_OPS.index("contrast"), lambda v, lv, sg, o: adjust_contrast(v, lv * 1.8 + 0.1)),
+        (op == RANDAUGMENT_OPS.index("brightness"), lambda v, lv, sg, o: adjust_brightness(v, lv * 1.8 + 0.1)),
+        (op == RANDAUGMENT_OPS.index("sharpness"), lambda v, lv, sg, o: adjust_sharpness(v, lv * 1.8 + 0.1)),
+    ]
+    if compact if compact is not None else x.device.type == "cpu":
+        out = x.clone()
+        for chosen, apply in groups:
+            index = chosen.nonzero().squeeze(1)  # reads the count: fine on the CPU, a sync on an accelerator
+            if index.numel():
+                out[index] = apply(x[index], level[index], sign[index], op[index])
+        return out
+    out = x
+    for chosen, apply in groups:
+        out = torch.where(_per_sample(chosen), apply(x, level, sign, op), out)
+    return out
+
+
+def rand_augment(x: torch.Tensor, num_ops: int, magnitude: float, magnitude_std: float, p: float,
+                 fill: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """RandAugment as InfoMin applies it: num_ops layers, each drawing per sample an op uniformly from
+    RANDAUGMENT_OPS (with replacement across layers), applied with probability p at a magnitude from
+    N(magnitude, magnitude_std) clipped to [0, 10], with a random sign. All draws come from `generator`.
+
+    Deviations from the PIL pipeline it follows: the image stays float between ops (PIL rounds to uint8 after
+    each), the warps are bilinear (timm picks bilinear or bicubic at random), and posterize keeps torchvision's
+    float levels (k / 2^bits rather than uint8's masks)."""
+    n, device = x.shape[0], x.device
+    for _ in range(num_ops):
+        op = torch.randint(len(RANDAUGMENT_OPS), (n,), generator=generator, device=device)
+        applied = _bernoulli(n, p, generator, device)
+        strength = torch.randn(n, generator=generator, device=device).mul_(magnitude_std).add_(magnitude)
+        sign = torch.where(_bernoulli(n, 0.5, generator, device), -1.0, 1.0)
+        x = rand_augment_layer(x, torch.where(applied, op, -1), strength.clamp_(0.0, 10.0) / 10.0, sign, fill)
+    return x
+
+
 class Augmenter:
     """Turns a uint8 batch [B,3,H,W] into one normalised float32 view [B,3,size,size] per ViewConfig."""
 
@@ -269,21 +428,36 @@ class Augmenter:
             v = color_jitter(
                 v, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, mask, gen, self.order_generator
             )
-        if cfg.gray_p > 0:
-            v = grayscale(v, _bernoulli(n, cfg.gray_p, gen, device))
+        gray = _bernoulli(n, cfg.gray_p, gen, device) if cfg.gray_p > 0 else None
+        if gray is not None and not cfg.randaugment_ops:
+            v = grayscale(v, gray)
         if cfg.blur_p > 0:
             mask = _bernoulli(n, cfg.blur_p, gen, device)
             sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], gen, device)
             v = gaussian_blur(v, sigma, cfg.blur_kernel_size, mask)
+        if cfg.randaugment_ops:
+            # InfoMin's order: jitter, blur, RandAugment, then grayscale (blur and grayscale commute, so
+            # without RandAugment grayscale stays where it always was).
+            v = rand_augment(v, cfg.randaugment_ops, cfg.randaugment_magnitude, cfg.randaugment_magnitude_std,
+                             cfg.randaugment_p, self._mean(v.device), gen)
+            if gray is not None:
+                v = grayscale(v, gray)
         if cfg.solarize_p > 0:
             v = solarize(v, _bernoulli(n, cfg.solarize_p, gen, device), cfg.solarize_threshold)
         return self._normalise(v)
 
     def _normalise(self, v: torch.Tensor) -> torch.Tensor:
-        # Cached per device so the host-to-device copy of mean/std happens once, not every batch.
-        if v.device not in self._stats:
-            mean = torch.tensor(self.mean, device=v.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=v.device).view(1, 3, 1, 1)
-            self._stats[v.device] = (mean, std)
-        mean, std = self._stats[v.device]
+        mean, std = self._device_stats(v.device)
         return (v - mean) / std
+
+    def _mean(self, device: torch.device) -> torch.Tensor:
+        """The normalisation mean [3]: RandAugment's fill colour (InfoMin fills with the ImageNet mean)."""
+        return self._device_stats(device)[0].view(3)
+
+    def _device_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Cached per device so the host-to-device copy of mean/std happens once, not every batch.
+        if device not in self._stats:
+            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+            self._stats[device] = (mean, std)
+        return self._stats[device]

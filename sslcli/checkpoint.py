@@ -30,11 +30,15 @@ from sslcli.errors import RunError, UsageError
 from sslcli.headers import (
     ENCODER_EXPECTED,
     ENCODER_FORMAT,
+    PROJECTOR_FILE,
+    PROJECTOR_FORMAT,
     STATE_FORMAT,
     check_encoder_format,
+    checked_projector,
     encoder_file,
     read_metadata,
 )
+from sslcli.heads import MLPLayout
 from sslcli.methods import CONFIGS
 
 
@@ -112,9 +116,40 @@ def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, s
     }
 
 
-def save_encoder(path: Path, encoder: nn.Module, metadata: dict[str, str]) -> None:
-    """The plain timm state dict of the encoder, loadable strictly into the rebuilt model."""
-    atomic_write_bytes(path, save_bytes(_plain_tensors(encoder.state_dict()), metadata=metadata))
+def save_encoder(path: Path, encoder: nn.Module, metadata: dict[str, str]) -> str:
+    """The plain timm state dict of the encoder, loadable strictly into the rebuilt model; returns the file's
+    sha256 (a projection head saved beside it records it)."""
+    payload = save_bytes(_plain_tensors(encoder.state_dict()), metadata=metadata)
+    atomic_write_bytes(path, payload)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def save_projector(path: Path, head: nn.Module, layout: MLPLayout, *, encoder_sha256: str, method: str,
+                   epoch: int, step: int) -> None:
+    """The projection head beside its encoder (projector.safetensors): its state dict (mlp's keys: 0.weight,
+    1.weight, 1.running_mean, ...), the layout that rebuilds it, and the sha256 of the encoder file it belongs
+    to. The encoder file stays the plain timm state dict, so everything that loads encoders is unchanged."""
+    metadata = {"format": "pt", "sslcli_format": PROJECTOR_FORMAT, "sslcli_version": __version__,
+                "method": method, "layout": layout.to_json(), "encoder_sha256": encoder_sha256,
+                "epoch": str(epoch), "step": str(step)}
+    atomic_write_bytes(path, save_bytes(_plain_tensors(head.state_dict()), metadata=metadata))
+
+
+def load_projector(encoder_path: Path) -> tuple[nn.Sequential, MLPLayout]:
+    """The projection head saved beside an encoder, rebuilt from its layout and loaded strictly (UsageError,
+    one line, for a missing, foreign, mismatched or damaged file)."""
+    path, meta = checked_projector(Path(encoder_path))
+    try:
+        layout = MLPLayout.from_json(meta["layout"])
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"{path} has damaged sslcli metadata ({exc!r}); take it from its run folder again") from None
+    head = layout.build()
+    try:
+        head.load_state_dict(load_bytes(path.read_bytes()), strict=True)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UsageError(f"{path}: the weights do not match its layout ({first})") from None
+    return head, layout
 
 
 def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
@@ -350,14 +385,15 @@ def check_free_space(run_dir: Path, model: nn.Module, keep: int) -> None:
 
 @dataclass
 class Checkpointer:
-    """Saves a pretraining run: encoder.safetensors (the export) and checkpoints/state-<step> (to resume).
+    """Saves a pretraining run: encoder.safetensors (the export), projector.safetensors beside it for a method
+    that exports its projection head (SimCLR), and checkpoints/state-<step> (to resume).
 
     The generators' states are read when a checkpoint is written (`rng()`), so a resume draws the same
     augmentations. A failed write (disk full, folder removed) is a RunError; the previous state is intact.
     """
 
     run_dir: Path
-    method: nn.Module  # exposes export_encoder()
+    method: nn.Module  # exposes export_encoder() and export_projector()
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     info: EncoderInfo
@@ -377,7 +413,14 @@ class Checkpointer:
 
     def _write(self, epoch: int, step: int) -> None:
         meta = encoder_metadata(self.info, method=self.method_name, epoch=epoch, step=step, spec=self.spec)
-        save_encoder(self.run_dir / "encoder.safetensors", self.method.export_encoder(), meta)
+        projector = self.method.export_projector()
+        if projector is not None:
+            meta["projector"] = PROJECTOR_FILE
+        digest = save_encoder(self.run_dir / "encoder.safetensors", self.method.export_encoder(), meta)
+        if projector is not None:  # after the encoder: it records the sha256 of the encoder file it belongs to
+            head, layout = projector
+            save_projector(self.run_dir / PROJECTOR_FILE, head, layout, encoder_sha256=digest,
+                           method=self.method_name, epoch=epoch, step=step)
         extra = {"spec": self.spec, "fingerprint": self.fingerprint["hash"],
                  "fingerprint_parts": self.fingerprint["parts"]}
         save_train_state(self.run_dir / "checkpoints", step=step, epoch=epoch, model=self.method,

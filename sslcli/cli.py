@@ -128,7 +128,7 @@ def pretrain(
     data: Path = typer.Argument(..., metavar="DATA", help="folder of images (ImageFolder or any nested folder); "
                                 "train/ is used if present"),
     method: str = typer.Option(None, "--method", "-m", help="simclr (default), mocov2, mocov3, byol, simsiam, swav, "
-                               "barlow, vicreg, dino, mae, rotation, jigsaw, relpos, colorization, inpainting, "
+                               "deepcluster, barlow, vicreg, dino, dinov2, mae, rotation, jigsaw, relpos, colorization, inpainting, cpc, "
                                "instdisc or cmc (sslcli methods)"),
     preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
     encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),
@@ -207,6 +207,9 @@ def finetune(
     on_bad_image: str = BadImageOption,
     baseline: bool = typer.Option(None, "--baseline/--no-baseline", help="then fine-tune the same architecture "
                                   "from a seeded random init with the same recipe, the reference (doubles the time)"),
+    keep_projection_layers: int = typer.Option(None, "--keep-projection-layers", metavar="N",
+                                               help="SimCLR v2: keep the first N layers of the encoder's pretrained "
+                                               "projection head between it and the classifier (SimCLR v2: 1)"),
     sets: list[str] = set_option("train.epochs=10"),
     dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
@@ -220,10 +223,15 @@ def finetune(
         "encoder": _encoder(encoder), "data.train": str(data), "data.val": _path(val),
         "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": _path(out), "baseline": baseline,
+        "keep_projection_layers": keep_projection_layers,
     }
     spec = resolve(FinetuneSpec, preset=preset, options=options, sets=sets)
     if dry_run:
         return _dry_run(spec, json_out)
+    if spec.keep_projection_layers and spec.encoder is not None:
+        from sslcli.headers import checked_projector
+
+        checked_projector(Path(spec.encoder))  # a missing or mismatched head is refused before torch loads
     _run("finetune", spec, json_out)
 
 

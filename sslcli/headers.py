@@ -3,6 +3,7 @@ torch, so `sslcli inspect` starts fast and every command refuses a wrong file wi
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -12,9 +13,12 @@ from sslcli.errors import UsageError
 
 ENCODER_FORMAT = "sslcli.encoder.v1"
 STATE_FORMAT = "sslcli.train-state.v1"
+PROJECTOR_FORMAT = "sslcli.projector.v1"
+PROJECTOR_FILE = "projector.safetensors"  # beside the encoder, named by its metadata key `projector`
 # Artifacts that are not encoders, named when one is given where an encoder is expected.
 OTHER_KINDS = {"sslcli.classifier.v1": "classifier (sslcli finetune)", STATE_FORMAT: "training state",
-               "sslcli.embeddings.v1": "embeddings file (sslcli embed)"}
+               "sslcli.embeddings.v1": "embeddings file (sslcli embed)",
+               PROJECTOR_FORMAT: "projection head (the projector.safetensors beside an encoder)"}
 ENCODER_EXPECTED = "an encoder.safetensors written by `sslcli pretrain` (or a run folder holding one)"
 ARTIFACT_EXPECTED = "an sslcli artifact: an encoder, classifier, training state or embeddings .safetensors"
 
@@ -45,6 +49,34 @@ def checked_encoder(path: Path | str) -> Path:
     path = encoder_file(path)
     check_encoder_format(read_metadata(path, ENCODER_EXPECTED), path)
     return path
+
+
+def checked_projector(encoder: Path) -> tuple[Path, dict[str, str]]:
+    """The projection head saved beside an encoder (SimCLR v2's fine-tuning from a projection layer), with its
+    metadata, checked without torch: the encoder names it, it is there, it is a projector, and it was written
+    with these very encoder weights (the sha256 of the encoder file it records). One clear line otherwise."""
+    meta = read_metadata(encoder, ENCODER_EXPECTED)
+    check_encoder_format(meta, encoder)
+    name = meta.get("projector")
+    if name is None:
+        raise UsageError(f"{encoder} carries no projection head (method {meta.get('method') or 'unknown'} saves "
+                         f"none): --keep-projection-layers needs an encoder pretrained with --method simclr, which "
+                         f"writes {PROJECTOR_FILE} beside encoder.safetensors; fine-tune without it (0, the default)")
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise UsageError(f"{encoder} has damaged sslcli metadata (projector {name!r} is not a file name)")
+    path = encoder.parent / name
+    if not path.is_file():
+        raise UsageError(f"{encoder} keeps its projection head in {path}, which is missing: copy {name} from the "
+                         "run folder beside the encoder")
+    head = read_metadata(path, f"the {PROJECTOR_FILE} written beside an encoder by sslcli pretrain")
+    if head.get("sslcli_format") != PROJECTOR_FORMAT:
+        raise UsageError(f"{path} is not an sslcli projection head (its metadata has no '{PROJECTOR_FORMAT}' tag)")
+    digest = hashlib.sha256(encoder.read_bytes()).hexdigest()
+    if head.get("encoder_sha256") != digest:
+        raise UsageError(f"{path} was written with other encoder weights (its step {head.get('step', '?')}, the "
+                         f"encoder's {meta.get('step', '?')}): the two files come from different checkpoints; take "
+                         "both from the same run folder (a run stopped between the two writes: --resume auto)")
+    return path, head
 
 
 def what_it_is(path: Path) -> str | None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +32,83 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, batch_n
     if last_batch_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class MLPLayout:
+    """The arguments of `mlp` as plain values: written beside a saved projection head (projector.safetensors)
+    so that `sslcli finetune --keep-projection-layers` and users rebuild it without the method's code."""
+
+    in_dim: int
+    hidden_dim: int
+    out_dim: int
+    num_layers: int = 2
+    batch_norm: bool = True
+    last_batch_norm: bool = False
+
+    def build(self) -> nn.Sequential:
+        return mlp(self.in_dim, self.hidden_dim, self.out_dim, num_layers=self.num_layers,
+                   batch_norm=self.batch_norm, last_batch_norm=self.last_batch_norm)
+
+    def width_after(self, layers: int) -> int:
+        """The output width of the first `layers` layers."""
+        return self.out_dim if layers >= self.num_layers else self.hidden_dim
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "activation": "relu"}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MLPLayout:
+        """ValueError when the text is not a layout (a damaged or foreign file)."""
+        values = json.loads(text)
+        if not isinstance(values, dict) or values.pop("activation", "relu") != "relu":
+            raise ValueError("not an MLP layout with ReLU activations")
+        types = {f.name: (bool if f.type in ("bool", bool) else int) for f in fields(cls)}
+        if set(values) - set(types) or any(not isinstance(values.get(k, True), t) for k, t in types.items()):
+            raise ValueError(f"unexpected layout fields or types: {sorted(values)}")
+        try:
+            layout = cls(**values)
+        except TypeError as exc:  # a required size is missing
+            raise ValueError(str(exc)) from None
+        if min(layout.in_dim, layout.hidden_dim, layout.out_dim, layout.num_layers) < 1:
+            raise ValueError("layout sizes must be positive")
+        return layout
+
+
+def first_layers(head: nn.Sequential, count: int) -> nn.Sequential:
+    """The first `count` layers of an `mlp`, sharing its modules: a layer is a Linear with the batch norm and
+    activation that follow it (SimCLR v2's `ft_proj_selector`: 1 = Linear + BN + ReLU of the first layer); the
+    last layer is the output Linear (and its batch norm). The modules keep their indices, so the state-dict
+    keys of the kept layers are the head's own."""
+    starts = [i for i, module in enumerate(head) if isinstance(module, nn.Linear)]
+    if not 1 <= count <= len(starts):
+        raise ValueError(f"the head has {len(starts)} layers; cannot keep {count}")
+    return head[: starts[count] if count < len(starts) else len(head)]
+
+
+def classifier_on_projection(kept: nn.Sequential, width: int, num_classes: int) -> nn.Sequential:
+    """Kept projection layers followed by a fresh linear classifier on their `width` outputs (SimCLR v2's
+    fine-tuning head): Sequential(0: Linear, 1: BN, 2: ReLU, ..., n: Linear(width, num_classes))."""
+    modules = OrderedDict(kept.named_children())
+    modules[str(len(kept))] = nn.Linear(width, num_classes)
+    return nn.Sequential(modules)
+
+
+def replace_classifier(model: nn.Module, head: nn.Module) -> None:
+    """Put `head` where a timm model keeps its classifier (fc for ResNets, head for ViTs, head.fc, ...)."""
+    current = model.get_classifier()
+    name = next(name for name, module in model.named_modules() if module is current)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], head)
+
+
+def attach_projection(model: nn.Module, layout: MLPLayout, layers: int) -> nn.Module:
+    """A timm classifier of sslcli finetune --keep-projection-layers: `model` (timm.create_model with
+    num_classes) gets the first `layers` of the projection head described by `layout` and its linear classifier
+    in place of its own classifier, at initial weights, ready for load_state_dict of the classifier file."""
+    kept = first_layers(layout.build(), layers)
+    replace_classifier(model, classifier_on_projection(kept, layout.width_after(layers), model.num_classes))
+    return model
 
 
 class NormalizedLinear(nn.Module):

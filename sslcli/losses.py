@@ -8,8 +8,9 @@ bf16 (8 bits of mantissa), too coarse for logits at temperature 0.1 or a 2048 x 
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -45,6 +46,37 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     # The positive of anchor i is i + n (mod 2n); built on the device to avoid a host-to-device copy.
     targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
     return F.cross_entropy(logits, targets)
+
+
+@full_precision
+def invariant_spread(anchors: Tensor, keys: Tensor, temperature: float) -> Tensor:
+    """Invariant and Spreading Instance Feature's softmax-embedding loss (Ye et al. 2019, arXiv 1904.03436, eq. 7).
+
+    anchors [2N, D] hold two views of N images (rows i and i + N are one image); keys are the same rows, which
+    the released code detaches (BatchAverage.py takes `feat.data` for the other side of every inner product),
+    so a caller passes anchors.detach(). Over L2-normalised rows, s_ij = <a_i, k_j> / t and anchor i's softmax
+    over the 2N - 1 other samples is P_i(j) = exp(s_ij) / sum_{k != i} exp(s_ik). The loss is
+
+        -1/(2N) sum_i [ log P_i(i + N) + sum_{j != i, i + N} log(1 - P_i(j)) ]:
+
+    the other view recognised as the anchor's instance, and each other instance *not* recognised, a binary
+    term per negative (the paper's independence assumption). NT-Xent is the first term alone, so this is
+    NT-Xent plus the negatives' terms. The paper writes the first term for the N originals against their
+    augmented copies; the released code that trained its models (BatchCriterion, negM = 1) takes each of the
+    2N samples as an anchor against the 2N - 1 others, as here. 1 - P is kept above 1e-12: a negative
+    identical to its anchor at a low temperature gives a large finite term instead of inf.
+    """
+    two_n = anchors.shape[0]
+    a = F.normalize(anchors.float(), dim=1)
+    k = F.normalize(keys.float(), dim=1)
+    diagonal = torch.eye(two_n, dtype=torch.bool, device=a.device)
+    log_p = F.log_softmax((a @ k.T / temperature).masked_fill(diagonal, float("-inf")), dim=1)
+    positive = (torch.arange(two_n, device=a.device) + two_n // 2) % two_n
+    is_positive = torch.zeros_like(diagonal).scatter_(1, positive.unsqueeze(1), True)
+    # log(1 - P) as log(-expm1(log P)): exact for the small P of most negatives.
+    log_not = torch.log((-torch.expm1(log_p)).clamp_min(1e-12))
+    negatives = torch.where(diagonal | is_positive, torch.zeros_like(log_not), log_not).sum(dim=1)
+    return -(log_p.gather(1, positive.unsqueeze(1)).squeeze(1) + negatives).mean()
 
 
 @full_precision
@@ -113,24 +145,43 @@ def vicreg_terms(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> tuple[Tensor, Ten
 
 @torch.no_grad()
 @full_precision
-def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, valid: Tensor | None = None) -> Tensor:
     """SwAV's Sinkhorn-Knopp codes (arXiv 2006.09882, section 3.1 and Algorithm 1 of its appendix).
 
     scores [B, K] (prototype similarities) -> codes Q [B, K] whose rows sum to 1 and whose columns
     tend to B/K each: an equipartition of the batch over the prototypes. Under torchrun the batch is the
     global one: the sums over samples are all-reduced, as in the official distributed_sinkhorn.
+    DINOv2 centres its teacher with the same iterations, epsilon being the teacher temperature
+    (dino_clstoken_loss.py and ibot_patch_loss.py, sinkhorn_knopp_teacher).
+
+    valid [B] (bool) marks the rows that take part; the others (DINOv2's fixed-size buffer of masked patches,
+    padded so that no shape depends on the data) get no share of the prototypes and a code of zeros. The number
+    of samples is then the global count of valid rows, as DINOv2's all-reduced n_masked_patches.
     """
     # Subtracting the (global) max leaves Q unchanged (it is normalised) and keeps exp() finite.
     peak = distributed.all_reduce_(scores.float().max().clone(), op="max")
     q = torch.exp((scores.float() - peak) / epsilon).T  # [K, B]
-    q /= distributed.all_reduce_(q.sum())
-    k, b = q.shape[0], q.shape[1] * distributed.world_size()
+    k = q.shape[0]
+    if valid is None:
+        q /= distributed.all_reduce_(q.sum())
+        b = q.shape[1] * distributed.world_size()
+        for _ in range(iterations):
+            q /= distributed.all_reduce_(q.sum(dim=1, keepdim=True))
+            q /= k
+            q /= q.sum(dim=0, keepdim=True)
+            q /= b
+        return (q * b).T
+    # Padding columns are zeros; the sums are clamped so that a batch without any valid row gives zeros, not NaN.
+    tiny = torch.finfo(q.dtype).tiny
+    q = q * valid.to(q.dtype)
+    count = distributed.all_reduce_(valid.to(q.dtype).sum())
+    q /= distributed.all_reduce_(q.sum()).clamp_min(tiny)
     for _ in range(iterations):
-        q /= distributed.all_reduce_(q.sum(dim=1, keepdim=True))
+        q /= distributed.all_reduce_(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
         q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= b
-    return (q * b).T
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
+        q /= count.clamp_min(1)
+    return (q * count.clamp_min(1)).T
 
 
 @full_precision
@@ -164,6 +215,55 @@ def dino_loss(student: list[Tensor], teacher_probs: list[Tensor], student_temper
             total = total - (t * lp).sum(dim=1).mean()
             terms += 1
     return total / terms
+
+
+@full_precision
+def sinkhorn_dino_loss(student: list[Tensor], teacher: list[Tensor], student_temperature: float,
+                       teacher_temperature: float, iterations: int = 3) -> Tensor:
+    """DINOv2's class-token loss (arXiv 2304.07193 section 4; dino_clstoken_loss.py): DINO's cross entropy
+    (dino_loss above), the teacher's logits on the global crops being centred and sharpened by Sinkhorn-Knopp
+    instead of a running center: sinkhorn_knopp_teacher, epsilon = the teacher temperature, over the rows of
+    every global crop together (the global batch under torchrun).
+
+    student: logits of every crop (globals first); teacher: logits of the global crops (taken as constants).
+    """
+    probs = sinkhorn(torch.cat(teacher).detach(), teacher_temperature, iterations).chunk(len(teacher))
+    return dino_loss(student, list(probs), student_temperature)
+
+
+@full_precision
+def ibot_patch_loss(student: Tensor, teacher_probs: Tensor, index: Tensor, masks: Tensor,
+                    student_temperature: float) -> Tensor:
+    """iBOT's masked-patch loss as DINOv2 computes it (ibot_patch_loss.py, forward_masked; iBOT arXiv 2111.07832
+    eq. 2): on each masked patch, the cross entropy between the teacher's distribution (its view of the patch
+    unmasked) and the student's (the patch masked); each weighted 1 / (masked patches of its crop), summed, and
+    divided by the number of crops, masked or not.
+
+    student [R, K] logits and teacher_probs [R, K] of the rows index [R] picks from the flattened masks [C, N]
+    (crop c, patch p at c * N + p). Rows that index an unmasked patch are padding and count for nothing.
+    """
+    crops, patches = masks.shape
+    flat = masks.reshape(-1)
+    per_crop = 1.0 / masks.sum(dim=1).clamp_min(1).float()
+    weight = flat[index].float() * per_crop[index // patches]
+    # The padding rows' targets are zeros (and their weight 0), so they add nothing, not even a NaN.
+    per_row = -(teacher_probs.float() * F.log_softmax(student.float() / student_temperature, dim=-1)).sum(dim=-1)
+    return (per_row * weight).sum() / crops
+
+
+@full_precision
+def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """The KoLeo regulariser (Sablayrolles et al. 2019, arXiv 1806.03198; DINOv2 section 4, koleo_loss.py): minus
+    the mean log distance of each L2-normalised row to its nearest neighbour among the other rows, which
+    spreads the batch over the sphere. Distances as torch's pairwise_distance (|a - b + eps|), as DINOv2's.
+    """
+    x = F.normalize(x.float(), p=2, dim=-1, eps=eps)
+    with torch.no_grad():  # the neighbour is a choice, not a function to differentiate
+        dots = x @ x.T
+        dots.fill_diagonal_(-2.0)  # below any cosine: a row is never its own neighbour
+        neighbour = dots.argmax(dim=1)
+    distances = F.pairwise_distance(x, x[neighbour], p=2, eps=eps)
+    return -torch.log(distances + eps).mean()
 
 
 @full_precision
@@ -218,6 +318,119 @@ def supervised_ce(logits: Tensor, labels: Tensor) -> Tensor:
     labeled = labels >= 0
     per_image = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")
     return (per_image * labeled).sum() / labeled.sum().clamp_min(1)
+
+
+@full_precision
+def deepcluster_v2(z: list[Tensor], prototypes: list[Tensor], assignments: Tensor, temperature: float) -> Tensor:
+    """DeepCluster v2's loss (arXiv 2006.09882, appendix; facebookresearch/swav main_deepclusterv2.py): for
+    each head h, the cross entropy between every crop's scores against that head's prototypes, divided by
+    the temperature, and its image's cluster from the last k-means; the mean over the (image, crop) pairs
+    that have a cluster, then over the heads.
+
+    z: the L2-normalised projection of each crop [B, D]; prototypes: each head's centroids [K_h, D];
+    assignments [H, B], -1 for an image that has no cluster yet (the reference's ignore_index). The scores
+    are computed here, in float32, rather than under autocast. A batch without any cluster gives 0 (a
+    zero gradient, never NaN). Under torchrun the mean is over the global batch: each rank divides its sum
+    by the global count over the number of ranks, so DDP's average of the gradients is the one-process one.
+    """
+    total = z[0].new_zeros((), dtype=torch.float32)
+    for weight, target in zip(prototypes, assignments, strict=True):
+        has = target >= 0
+        count = distributed.all_reduce_(has.sum().float() * len(z)) / distributed.world_size()
+        head = z[0].new_zeros((), dtype=torch.float32)
+        for crop in z:
+            logits = crop.float() @ weight.float().T / temperature
+            head = head + (F.cross_entropy(logits, target.clamp_min(0), reduction="none") * has).sum()
+        total = total + head / count.clamp_min(1.0 / distributed.world_size())
+    return total / len(prototypes)
+
+
+def kmeans_init(valid: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k distinct random rows among the valid ones (as the reference's randperm over its memory), drawn
+    from `generator` on the rows' device: the indices of the initial centroids. Invalid rows come last, so
+    they are chosen only when fewer than k rows are valid."""
+    keys = torch.rand(valid.shape[0], generator=generator, device=valid.device) + (~valid).float() * 2
+    return keys.argsort(stable=True)[:k]
+
+
+@torch.no_grad()
+@full_precision
+def spherical_kmeans(x: Tensor, init: Tensor, iterations: int, valid: Tensor | None = None,
+                     chunk_elements: int = 2**24) -> tuple[Tensor, Tensor]:
+    """Spherical k-means as DeepCluster v2's cluster_memory (facebookresearch/swav main_deepclusterv2.py).
+
+    x [N, D]: L2-normalised rows; init [K]: the rows that start as centroids; `iterations` rounds of an
+    assignment to the centroid of largest dot product and of each centroid set to the L2-normalised mean
+    of its rows; a centroid that receives no row keeps its place. A last assignment step gives the
+    clusters. Rows where `valid` is False join no cluster and get -1. Returns (centroids [K, D] with unit
+    rows, assignments [N]).
+
+    Deterministic on every device and free of host synchronisation: the sums are one-hot matrix products
+    over chunks of rows (chunk_elements bounds a chunk's [rows, K] one-hot), not atomic scatter-adds, and
+    TF32 is off for them on CUDA (it would round the embeddings to 10 bits of mantissa).
+    """
+    x = x.float()
+    n, k = x.shape[0], init.shape[0]
+    weight = (torch.ones(n, device=x.device) if valid is None else valid.float())
+    centroids = x[init].clone()
+    rows = max(1, chunk_elements // k)
+    with _ieee_matmul(x.device):
+        for round_ in range(iterations + 1):
+            last = round_ == iterations
+            assigned = []
+            sums, counts = x.new_zeros(k, x.shape[1]), x.new_zeros(k)
+            for start in range(0, n, rows):
+                part = x[start:start + rows]
+                nearest = (part @ centroids.T).argmax(dim=1)
+                assigned.append(nearest)
+                if not last:
+                    one_hot = x.new_zeros(part.shape[0], k).scatter_(1, nearest[:, None],
+                                                                     weight[start:start + rows, None])
+                    sums += one_hot.T @ part
+                    counts += one_hot.sum(dim=0)
+            if not last:
+                means = sums / counts.clamp_min(1)[:, None]
+                centroids = F.normalize(torch.where(counts[:, None] > 0, means, centroids), dim=1)
+    assignments = torch.cat(assigned)
+    if valid is not None:
+        assignments = torch.where(valid, assignments, -1)
+    return centroids, assignments
+
+
+@contextlib.contextmanager
+def _ieee_matmul(device: torch.device) -> Iterator[None]:
+    """float32 matmuls in full precision on CUDA for the duration (training turns TF32 on)."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def cpc_info_nce(predictions: dict[int, Tensor], targets: Tensor, first_image: int = 0) -> Tensor:
+    """CPC's InfoNCE over a grid of patches (CPC v2, arXiv 1905.09272 eq. 3; pl_bolts CPCTask).
+
+    targets [N, G, G, D]: the features z of every patch of every image, the candidates. predictions maps each
+    offset k to [B, G - k, G, D]: predictions[k][b, i, j] = W_k c_{i,j} of image first_image + b, whose positive
+    is targets[first_image + b, i + k, j]; every other patch of targets, at any position of any image, is a
+    negative. Scores are plain dot products (no normalisation, no temperature, as in the paper). The loss is
+    the mean cross entropy over every prediction of every offset, each term weighing the same.
+    """
+    n, g, _, d = targets.shape
+    candidates = targets.float().reshape(n * g * g, d)  # row (image * G + row) * G + column
+    scores, labels = [], []
+    for k, prediction in predictions.items():
+        b, rows, cols, _ = prediction.shape
+        image = torch.arange(b, device=targets.device).view(b, 1, 1) + first_image
+        row = torch.arange(rows, device=targets.device).view(1, rows, 1) + k
+        col = torch.arange(cols, device=targets.device).view(1, 1, cols)
+        labels.append(((image * g + row) * g + col).flatten())
+        scores.append(prediction.float().reshape(-1, d))
+    return F.cross_entropy(torch.cat(scores) @ candidates.T, torch.cat(labels))
 
 
 NCE_EPS = 1e-7  # lemniscate's and CMC's NCECriterion: keeps the ratios finite when P and K P_n underflow

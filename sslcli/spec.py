@@ -220,6 +220,11 @@ class FinetuneTrain(Strict):
 
 class FinetuneSpec(Strict):
     encoder: Path | None = Field(None, description="an encoder.safetensors written by sslcli")
+    keep_projection_layers: int = Field(0, ge=0, description="SimCLR v2's fine-tuning from a projection layer "
+                                        "(arXiv 2006.10029; its paper: 1 of 3): keep this many layers of the "
+                                        "pretrained projection head (each Linear + BN + ReLU) between the encoder "
+                                        "and the classifier; needs the projector.safetensors simclr writes beside "
+                                        "the encoder (0: the encoder alone)")
     data: FinetuneData = Field(default_factory=FinetuneData)
     augment: FinetuneAugment = Field(default_factory=FinetuneAugment)
     optim: FinetuneOptim = Field(default_factory=FinetuneOptim)

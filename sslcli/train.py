@@ -398,6 +398,10 @@ def _forward_backward(batch: Any, step: int, step_fn: Step, optimizer: torch.opt
 
 def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
             clip_grad: float | None) -> None:
+    if all(p.grad is None for p in params):
+        # The method dropped every gradient (DeepCluster v2's memory-filling first epoch): nothing to step, and
+        # the GradScaler refuses a step without gradients.
+        return
     if clip_grad is not None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, clip_grad)

@@ -31,6 +31,13 @@ class ViewConfig(BaseModel):
     blur_kernel_frac: float = Field(0.1, gt=0.0, le=1.0, description="Blur kernel side / output side.")
     solarize_p: float = Field(0.0, **_P, description="Probability of solarization.")
     solarize_threshold: float = Field(0.5, **_P, description="Pixels >= this (on [0,1]) are inverted.")
+    randaugment_ops: int = Field(0, ge=0, le=8, description="RandAugment ops per image, after colour jitter and "
+                                 "blur, before grayscale (InfoMin's augmentation: 2; 0 = off)")
+    randaugment_magnitude: float = Field(10.0, ge=0.0, le=10.0, description="Mean op strength on RandAugment's "
+                                         "0-10 scale (InfoMin: 10).")
+    randaugment_magnitude_std: float = Field(0.5, ge=0.0, description="Std of the strength drawn per image and op, "
+                                             "clipped to [0, 10] (InfoMin, timm 'mstd0.5': 0.5).")
+    randaugment_p: float = Field(0.5, **_P, description="Probability each drawn op is applied (timm, InfoMin: 0.5).")
 
     @model_validator(mode="after")
     def _check_ranges(self) -> ViewConfig:

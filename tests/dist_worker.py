@@ -1,11 +1,14 @@
-"""One training step of every method, on one process or on each rank under torchrun (used by test_distributed).
+"""One training step of every method (and of the VARIANTS below), on one process or on each rank under torchrun
+(used by test_distributed).
 
 `python -m tests.dist_worker OUT [--control gather|statistics]`: on one process it steps on the whole global
 batch; under `torchrun --nproc_per_node 2` each rank steps on its half. Either way it writes OUT, a
 safetensors file of every parameter's gradient after backward (DDP-averaged), the loss, the BN running
-statistics, and the queue, center or memory bank a step updates, so the test can compare the two runs tensor by
-tensor. A memory bank is also compared between the ranks: `<method>/bank_rank_spread` is the largest difference
-of any rank's bank from rank 0's (0 on one process), so a bank that drifts apart between ranks fails the test.
+statistics, and the queue, center or memory bank a step updates, so the test can compare the two runs tensor
+by tensor. A method that trains nothing in its first epoch (DeepCluster v2 fills its memory) first steps
+through it the same way, so its memory, written by every rank, and the k-means of it are compared too.
+InstDisc's and CMC's memory banks are also compared between the ranks: `<case>/bank_rank_spread` is the
+largest difference of any rank's bank from rank 0's (0 on one process), so banks that drift apart fail.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ from sslcli import distributed
 from sslcli.encoders import build_encoder
 from sslcli.methods import CONFIGS, method_class
 from sslcli.methods.base import Budget
+from sslcli.methods.memory_bank import MemoryBank
 from tests.test_methods import tiny_spec
 
 GLOBAL_BATCH = 8  # images per step, over all ranks
 NUM_IMAGES = 32  # the training set of a method with a memory bank
 STEP = 0
-# What is compared: every method with its tiny test settings, and variants that take another path across ranks
-# (label -> method, method settings). CMC's default contrasts memory banks; its in-batch mode gathers.
-CASES: dict[str, tuple[str, dict]] = {**{name: (name, {}) for name in CONFIGS},
-                                     "cmc-batch": ("cmc", {"negatives": "batch"})}
+# Settings that change what crosses the ranks, checked as cases of their own: case -> (method, its settings).
+# CMC's default contrasts memory banks; its in-batch mode gathers its embeddings with gradients.
+VARIANTS = {"invariantspread": ("simclr", {"loss": "invariant_spread", "proj_layers": 1}),
+            "cmc-batch": ("cmc", {"negatives": "batch"})}
+CASES = {**{name: (name, {}) for name in CONFIGS}, **VARIANTS}
+STEPS_PER_EPOCH = 2  # a memory bank holds the GLOBAL_BATCH x STEPS_PER_EPOCH images of an epoch
 
 
 def global_views(model, spec, seed: int) -> list[torch.Tensor]:
@@ -54,50 +60,67 @@ def global_draws(model, rank: int, world: int) -> None:
     model.draw = draw
 
 
-def global_indices(rank: int, world: int) -> torch.Tensor:
-    """The global batch's positions in the training set (a memory bank's rows); this process keeps its share."""
-    chosen = torch.randperm(NUM_IMAGES, generator=torch.Generator().manual_seed(2))[:GLOBAL_BATCH]
-    return chosen.chunk(world)[rank]
+def global_masks(model, rank: int, world: int) -> None:
+    """DINOv2 draws its masks from the RNG: every process gets its rows of one global draw, with the global draw's
+    bound on the masked patches (a bound for any share of it)."""
+    original = model.draw_masks
+
+    def draw(n: int, *args):
+        torch.manual_seed(7)
+        masks, bound = original(n * world, *args)
+        return masks.chunk(world)[rank], bound
+    model.draw_masks = draw
 
 
-def bank_spread(model) -> dict[str, torch.Tensor]:
-    """The largest difference between any rank's memory banks and rank 0's (0 on one process)."""
-    banks = [b for n, b in model.named_buffers() if n.endswith("memory")]
+def memory_banks(model) -> dict[str, torch.Tensor]:
+    """InstDisc's and CMC's banks after the step (their NCE constant Z as log Z: Z is N x a mean of
+    exp(s / tau), thousands, and the test's error floor scales with a case's largest value), and the largest
+    difference between any rank's banks and rank 0's (0 on one process)."""
+    banks = {n: m for n, m in model.named_modules() if isinstance(m, MemoryBank)}
     if not banks:
         return {}
-    spread = torch.zeros(())
-    for bank in banks:
-        reference = bank.clone()
+    result, spread = {}, torch.zeros(())
+    for name, bank in banks.items():
+        result[f"bank/{name}.memory"] = bank.memory.clone()
+        result[f"bank/{name}.log_z"] = bank.z.log().reshape(1)
+        reference = bank.memory.clone()
         if distributed.is_distributed():
             torch.distributed.broadcast(reference, src=0)
-        spread = torch.maximum(spread, (bank - reference).abs().max())
+        spread = torch.maximum(spread, (bank.memory - reference).abs().max())
     if distributed.is_distributed():
         torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
-    return {"bank_rank_spread": spread.reshape(1)}
+    return {**result, "bank_rank_spread": spread.reshape(1)}
 
 
 def one_step(case: str) -> dict[str, torch.Tensor]:
-    """One step of CASES[case]; every tensor is named `case/...`."""
-    name, settings = CASES[case]
     rank, world = distributed.rank(), distributed.world_size()
+    name, settings = CASES[case]
     torch.manual_seed(0)
     # SwAV's queue needs several steps to fill and stays per rank (as in the paper's code): off here.
-    spec = tiny_spec(name, **settings, **({"queue_length": 0} if name == "swav" else {}))
+    spec = tiny_spec(name, **({"queue_length": 0} if name == "swav" else {}), **settings)
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
-    model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2, NUM_IMAGES)).train()
+    model = method_class(name)(spec.method, encoder, info.feature_dim,
+                               Budget(8, STEPS_PER_EPOCH, GLOBAL_BATCH * STEPS_PER_EPOCH)).train()
     if name == "mae":
         fixed_mask_noise(model, rank, world)
     if hasattr(model, "draw"):
         global_draws(model, rank, world)
+    if hasattr(model, "draw_masks"):
+        global_masks(model, rank, world)
     if distributed.is_distributed():
         model = distributed.sync_batchnorm(model, torch.device("cpu"))
-    views = [v.chunk(world)[rank] for v in global_views(model, spec, seed=1)]
     parallel = distributed.wrap(model, torch.device("cpu"))  # kept alive: DDP's hooks reduce during backward
-    indices = (global_indices(rank, world),) if CONFIGS[name].uses_indices else ()
-    out = parallel(views, STEP, *indices)
-    out.loss.backward()
-    getattr(model, "cancel_gradients", lambda step: None)(STEP)
-    model.on_step_end(STEP)
+    first = STEP + CONFIGS[name].memory_pass_epochs * STEPS_PER_EPOCH  # the first step that trains
+    for step in range(STEP, first + 1):
+        views = [v.chunk(world)[rank] for v in global_views(model, spec, seed=1 + step - STEP)]
+        if CONFIGS[name].uses_indices:  # this rank's share of the global batch's training-set positions
+            positions = torch.arange(GLOBAL_BATCH) + GLOBAL_BATCH * (step % STEPS_PER_EPOCH)
+            out = parallel(views, step, positions.chunk(world)[rank])
+        else:
+            out = parallel(views, step)
+        out.loss.backward()
+        getattr(model, "cancel_gradients", lambda step: None)(step)
+        model.on_step_end(step)
     # The logged loss is all-reduced by the loop; here the mean over ranks is what one process computes.
     loss = out.loss.detach().clone()
     if distributed.is_distributed():  # not all_reduce_: the statistics control switches that one off
@@ -108,15 +131,13 @@ def one_step(case: str) -> dict[str, torch.Tensor]:
     # BN running statistics: with synchronised BN they are the global batch's, as on one process.
     result.update({f"{case}/bn/{n}": b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean",
                                                                                               "running_var"))})
-    for buffer in ("queue", "center"):
+    for buffer in ("queue", "center", "memory", "assignments"):
         if hasattr(model, buffer):
-            result[f"{case}/{buffer}"] = getattr(model, buffer).clone()
-    # Memory banks after the step's update and their NCE constant Z (as log Z: Z is N x a mean of exp(s / tau),
-    # thousands, and the test's error floor scales with a method's largest value), and how far the ranks' banks
-    # differ.
-    result.update({f"{case}/bank/{n}": b.clone() for n, b in model.named_buffers() if n.endswith("memory")})
-    result.update({f"{case}/bank/log_{n}": b.log().reshape(1) for n, b in model.named_buffers() if n.endswith(".z")})
-    result.update({f"{case}/{k}": v for k, v in bank_spread(model).items()})
+            result[f"{case}/{buffer}"] = getattr(model, buffer).float().clone()
+    # DeepCluster v2's prototypes: no gradient, set by the k-means of the memory
+    result.update({f"{case}/kmeans/{n}": p.detach().clone() for n, p in model.named_parameters()
+                   if n.startswith("prototypes") and not p.requires_grad})
+    result.update({f"{case}/{k}": v for k, v in memory_banks(model).items()})
     return result
 
 

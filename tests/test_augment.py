@@ -222,6 +222,119 @@ def test_color_jitter_all_ops_and_skips(x, mask):
     assert torch.equal(out, again)
 
 
+# ---------------------------------------------------------------- RandAugment (InfoMin)
+
+
+def _layer(x: torch.Tensor, name: str, level: float | torch.Tensor, sign: float = 1.0, **kw) -> torch.Tensor:
+    """One RandAugment layer giving every sample the op `name` at `level` (the magnitude / 10)."""
+    n = x.shape[0]
+    level = level if isinstance(level, torch.Tensor) else torch.full((n,), float(level))
+    op = torch.full((n,), A.RANDAUGMENT_OPS.index(name))
+    return A.rand_augment_layer(x, op, level, torch.full((n,), sign), torch.tensor([0.1, 0.2, 0.3]), **kw)
+
+
+def test_randaugment_pointwise_ops_on_hand_checked_values():
+    x = torch.tensor([0.1, 0.2, 0.45, 0.7, 0.9]).view(1, 1, 1, 5).expand(2, 3, 2, 5).contiguous()
+    assert_close(_layer(x, "invert", 1.0), 1 - x)
+    # posterize keeps floor(4 level) bits: level 0.5 -> 2 bits, values floor(4x)/4; level 0.2 -> 0 bits, black.
+    expected = torch.tensor([0.0, 0.0, 0.25, 0.5, 0.75]).view(1, 1, 1, 5).expand(2, 3, 2, 5)
+    assert_close(_layer(x, "posterize", 0.5), expected)
+    assert torch.equal(_layer(x, "posterize", 0.2), torch.zeros_like(x))
+    # solarize inverts from floor(256 level) / 255 up: level 0.5 -> 128/255; level 1 -> 256/255, nothing.
+    assert_close(_layer(x, "solarize", 0.5)[0, 0, 0], torch.tensor([0.1, 0.2, 0.45, 0.3, 0.1]))
+    assert torch.equal(_layer(x, "solarize", 1.0), x)
+    # solarize_add adds floor(110 level) / 255 below 128/255: level 1 -> 110/255, clipped at 1.
+    assert_close(_layer(x, "solarize_add", 1.0)[0, 0, 0],
+                 torch.tensor([0.1 + 110 / 255, 0.2 + 110 / 255, min(1.0, 0.45 + 110 / 255), 0.7, 0.9]))
+    # brightness blends with black at 0.1 + 1.8 level: level 0.5 -> x1.0; level 0 -> x0.1.
+    assert_close(_layer(x, "brightness", 0.5), x)
+    assert_close(_layer(x, "brightness", 0.0), x * 0.1)
+
+
+def test_randaugment_auto_contrast_and_equalize_stretch_each_channel():
+    x = torch.full((2, 3, 32, 32), 0.4)
+    x[:, 0, :, :16] = 0.2
+    x[:, 0, :, 16:] = 0.6  # channel 0 holds two levels, the others are flat
+    contrast = _layer(x, "auto_contrast", 1.0)
+    assert_close(contrast[:, 0, :, :16], torch.zeros(2, 32, 16))
+    assert_close(contrast[:, 0, :, 16:], torch.ones(2, 32, 16))
+    assert torch.equal(contrast[:, 1:], x[:, 1:])  # a flat channel is left as it is
+    # PIL's equalisation of two equal halves: the lower level to 0, the upper to 255.
+    equal = _layer(x, "equalize", 1.0)
+    assert_close(equal[:, 0], contrast[:, 0])
+    assert_close(equal[:, 1:], torch.full((2, 2, 32, 32), 102 / 255))  # a flat channel keeps its uint8 level
+    ramp = torch.rand(4, 3, S, S, generator=_gen(3))
+    assert_close(_layer(ramp, "auto_contrast", 1.0), _reference(ramp, lambda img, b: TF.autocontrast(img)))
+
+
+def test_randaugment_sharpness_matches_torchvision_per_sample(x):
+    level = _factors(0.0, 1.0)
+    out = _layer(x, "sharpness", level)
+    ref = _reference(x, lambda img, b: TF.adjust_sharpness(img, float(level[b] * 1.8 + 0.1)))
+    assert_close(out, ref, atol=1e-6, rtol=0)
+
+
+def test_randaugment_geometric_ops_move_pixels_as_pil(x):
+    # 90 degrees (level 3 x 30) is counter-clockwise, PIL's direction; the sign turns it the other way.
+    assert_close(_layer(x, "rotate", 3.0), torch.rot90(x, 1, (-2, -1)), atol=1e-5, rtol=0)
+    assert_close(_layer(x, "rotate", 3.0, sign=-1.0), torch.rot90(x, -1, (-2, -1)), atol=1e-5, rtol=0)
+    # translate_x by 0.25 of the side (level 5/9 x 0.45): output column c reads input column c + 8, the
+    # columns read from outside the image take the fill colour.
+    moved = _layer(x, "translate_x", 0.25 / 0.45)
+    assert_close(moved[..., :24], x[..., 8:], atol=1e-5, rtol=0)
+    assert_close(moved[..., 24:], torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).expand(B, 3, S, 8), atol=1e-5, rtol=0)
+    # shear_x with s = 0.3 level about the top-left corner: row y reads columns shifted by s (y + 0.5); on a
+    # horizontal ramp, bilinear sampling gives the ramp at the shifted position exactly.
+    cols = torch.arange(S, dtype=torch.float32)
+    ramp = (cols / 64).expand(1, 3, S, S).contiguous()
+    sheared = _layer(ramp, "shear_y", 0.0)  # level 0: the identity
+    assert_close(sheared, ramp)
+    sheared = _layer(ramp, "shear_x", 0.5)
+    shifted = (cols.view(1, S) + 0.15 * (cols.view(S, 1) + 0.5)) / 64
+    inside = (cols.view(1, S) + 0.15 * (cols.view(S, 1) + 0.5)) <= S - 1
+    assert_close(sheared[0, 0][inside], shifted[inside], atol=1e-5, rtol=0)
+
+
+def test_randaugment_ops_are_per_sample_and_both_paths_agree(x):
+    n = len(A.RANDAUGMENT_OPS)
+    batch = torch.rand(n + 1, 3, S, S, generator=_gen(9))
+    op = torch.arange(-1, n)  # one sample per op, and one without
+    level, sign = _factors(0.3, 1.0, seed=4).repeat(2)[: n + 1], torch.tensor([1.0, -1.0] * 8)[: n + 1]
+    fill = torch.tensor([0.1, 0.2, 0.3])
+    out = A.rand_augment_layer(batch, op, level, sign, fill)
+    assert torch.equal(out[0], batch[0])
+    for b in range(1, n + 1):  # each sample got its own op with its own strength
+        alone = A.rand_augment_layer(batch[b:b + 1], op[b:b + 1], level[b:b + 1], sign[b:b + 1], fill)
+        assert_close(out[b:b + 1], alone, atol=1e-6, rtol=0)
+        assert (out[b] - batch[b]).abs().max() > 1e-3, A.RANDAUGMENT_OPS[op[b]]
+    # The whole-batch path (CUDA's, no host sync) gives each sample the same result as the compact one.
+    assert_close(A.rand_augment_layer(batch, op, level, sign, fill, compact=False), out, atol=1e-6, rtol=0)
+
+
+def test_randaugment_views_are_reproducible_from_the_generator_state(batch):
+    cfg = ViewConfig(randaugment_ops=2, randaugment_p=1.0, gray_p=0.0, jitter_p=0.0, blur_p=0.0)
+    gen = _gen(0)
+    aug = Augmenter([cfg, cfg], MEAN, STD, gen)
+    state, order_state = gen.get_state(), aug.order_generator.get_state()
+    first = aug(batch)
+    gen.set_state(state)  # what a resume restores
+    aug.order_generator.set_state(order_state)
+    assert all(torch.equal(a, b) for a, b in zip(first, aug(batch), strict=True))
+    assert not torch.equal(first[0], aug(batch)[0])  # the generator moved on
+    plain = ViewConfig(**{**cfg.model_dump(), "randaugment_ops": 0})
+    (without,) = Augmenter([plain], MEAN, STD, _gen(0))(batch)
+    assert (first[0] - without).abs().flatten(1).amax(1).min() > 1e-3  # p = 1: every image was changed
+
+
+def test_randaugment_comes_before_grayscale_as_in_infomin(batch):
+    # The geometric ops fill with the (coloured) mean; grayscale after RandAugment greys that fill too.
+    cfg = ViewConfig(randaugment_ops=2, randaugment_p=1.0, gray_p=1.0, jitter_p=0.0, blur_p=0.0)
+    (out,) = Augmenter([cfg], MEAN, STD, _gen(0))(batch)
+    pixels = out * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    assert_close(pixels[:, 0], pixels[:, 1], atol=1e-5, rtol=0)
+    assert ViewConfig().randaugment_ops == 0  # off unless asked for: the other recipes draw as before
+
+
 # ---------------------------------------------------------------- Augmenter
 
 
@@ -274,7 +387,7 @@ def test_augmenter_rejects_bad_input(batch):
 
 def test_module_has_no_loop_over_the_batch():
     # The only loops allowed iterate over views (also the per-view blur/solarize odds of an asymmetric
-    # recipe), colour-jitter ops, HSV sectors or config fields.
+    # recipe), colour-jitter ops, RandAugment layers and ops, HSV sectors or config fields.
     tree = ast.parse(inspect.getsource(A))
     loops = [node for node in ast.walk(tree) if isinstance(node, (ast.For, ast.While, ast.comprehension))]
     sources = {ast.unparse(loop.iter) for loop in loops}
@@ -287,4 +400,9 @@ def test_module_has_no_loop_over_the_batch():
         "((adjust_brightness, brightness), (adjust_contrast, contrast), (adjust_saturation, saturation))",
         "mean",
         "std",
+        "range(num_ops)",  # RandAugment's layers, its ops and their maps
+        "_GEOMETRIC",
+        "maps.items()",
+        "rows",
+        "groups",
     }, sources

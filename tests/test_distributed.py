@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from tests import dist_worker
 
 REPO = Path(__file__).resolve().parents[1]
-GATHERING = {"simclr", "mocov3", "barlow", "vicreg", "cmc-batch"}  # in-batch negatives or global cross-correlation
+# in-batch negatives, global cross-correlation, DINOv2's KoLeo nearest neighbours over the global batch
+GATHERING = {"simclr", "invariantspread", "mocov3", "barlow", "vicreg", "cpc", "dinov2", "cmc-batch"}
 NO_BATCH_STATISTICS = {"mae"}  # a ViT with a per-sample loss: nothing to synchronise
 
 

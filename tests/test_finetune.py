@@ -73,3 +73,100 @@ def test_finetune_needs_labeled_data(tmp_path: Path, cifar_small: Path):
         (flat / p.name).symlink_to(p)
     with pytest.raises(UsageError, match="not labeled"):
         labeled_splits(FinetuneSpec(data={"train": flat, "val": cifar_small / "test"}))
+
+
+# ---------------------------------------------------------------- SimCLR v2: fine-tuning from a projection layer
+
+
+@pytest.fixture(scope="module")
+def simclr_run(tmp_path_factory: pytest.TempPathFactory, cifar_tiny: Path) -> Path:
+    """A real 2-step SimCLR run with a 3-layer projection head: encoder.safetensors + projector.safetensors."""
+    from sslcli.commands import pretrain
+    from sslcli.spec import PretrainSpec, resolve
+
+    run = tmp_path_factory.mktemp("simclrv2") / "run"
+    sets = ["data.max_images=64", "train.batch_size=32", "train.epochs=1", "data.num_workers=0", "data.image_size=16",
+            "monitor.knn_every=0", "monitor.report=false", "encoder.name=resnet10t", "encoder.small_stem=false",
+            "method.proj_layers=3", "method.proj_hidden_dim=32", "method.proj_out_dim=16"]
+    pretrain.run(resolve(PretrainSpec, options={"method.name": "simclr", "data.path": str(cifar_tiny), "out": str(run)},
+                         sets=sets))
+    return run
+
+
+def test_simclr_saves_its_trained_projector_beside_an_unchanged_encoder(simclr_run: Path):
+    with safe_open(str(simclr_run / "encoder.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["projector"] == "projector.safetensors"
+    # The encoder file is still the plain timm state dict: timm alone loads it strictly, sslcli's loader too.
+    model = timm.create_model("resnet10t", num_classes=0)
+    model.load_state_dict(load_file(simclr_run / "encoder.safetensors"), strict=True)
+    checkpoint.load_encoder(simclr_run / "encoder.safetensors")
+    head, layout = checkpoint.load_projector(simclr_run / "encoder.safetensors")
+    assert (layout.in_dim, layout.hidden_dim, layout.out_dim, layout.num_layers) == (512, 32, 16, 3)
+    state = load_file(str(checkpoint.complete_states(simclr_run / "checkpoints")[-1]))  # what training ended with
+    trained = {k[len("model/projector."):]: v for k, v in state.items() if k.startswith("model/projector.")}
+    assert trained.keys() == head.state_dict().keys()
+    assert all(torch.equal(head.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_finetune_keeps_the_first_projection_layer_and_its_classifier_loads_back(simclr_run: Path, cifar_tiny: Path,
+                                                                                 tmp_path: Path):
+    from sslcli.commands import finetune
+    from sslcli.heads import MLPLayout, attach_projection
+
+    encoder_path = simclr_run / "encoder.safetensors"
+    spec = FinetuneSpec(encoder=encoder_path, keep_projection_layers=1, data={"train": cifar_tiny, "num_workers": 0},
+                        train={"epochs": 1, "batch_size": 32}, out=tmp_path / "ft")
+    # The classifier starts from the pretrained layer: Linear + BN (+ ReLU) of the head, then a fresh Linear.
+    encoder, info, _ = checkpoint.load_encoder(encoder_path)
+    head, layout = finetune.kept_projection(spec)
+    model = build_classifier(info, encoder, 10, finetune._kept(head, layout, spec))
+    state = load_file(str(checkpoint.complete_states(simclr_run / "checkpoints")[-1]))
+    for key in ("0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var"):
+        assert torch.equal(model.state_dict()[f"fc.{key}"], state[f"model/projector.{key}"]), key
+    assert [type(m).__name__ for m in model.fc] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert (model.fc[3].in_features, model.fc[3].out_features) == (32, 10)
+
+    result = finetune.run(spec)
+    assert result["keep_projection_layers"] == 1
+    with safe_open(result["classifier"], "pt") as f:
+        meta = f.metadata()
+    assert meta["projection_layers"] == "1"
+    # The documented load: timm, the kept layers from the metadata, then a strict load of the file.
+    loaded = timm.create_model(meta["encoder"], num_classes=int(meta["num_classes"]), **json.loads(meta["encoder_kwargs"]))
+    attach_projection(loaded, MLPLayout.from_json(meta["projection_head"]), int(meta["projection_layers"]))
+    loaded.load_state_dict(load_file(result["classifier"]), strict=True)
+    val = data.find_images(cifar_tiny / "test")
+    x = eval_view(torch.stack([data.decode_image(p, data.storage_size_for(16)) for p in val.paths]), info)
+    with torch.no_grad():
+        top1 = (loaded.eval()(x).argmax(1) == torch.tensor(val.labels)).float().mean().item()
+    assert top1 == pytest.approx(result["top1"], abs=1e-6)  # the file is the classifier that was scored
+
+
+def test_keep_projection_layers_needs_a_head_that_fits_its_encoder(simclr_run: Path, resnet10t_encoder: Path,
+                                                                   cifar_tiny: Path, tmp_path: Path):
+    from safetensors.torch import save_file
+
+    from sslcli.commands import finetune
+
+    # A plain encoder (no projector beside it): one line, exit 2, before any work.
+    proc = sslcli_run("finetune", str(resnet10t_encoder), "--data", str(cifar_tiny), "--keep-projection-layers", "1",
+                      "--out", str(tmp_path / "plain"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "carries no projection head" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "plain").exists()
+    with pytest.raises(UsageError, match="the projection head beside .* has 3 layers"):
+        finetune.kept_projection(FinetuneSpec(encoder=simclr_run / "encoder.safetensors", keep_projection_layers=4))
+    # The head is bound to the encoder weights it was saved with: other weights under the same name are refused.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    with safe_open(str(simclr_run / "encoder.safetensors"), "pt") as f:
+        meta = f.metadata()
+    weights = {k: v + 1 if v.is_floating_point() else v for k, v in load_file(simclr_run / "encoder.safetensors").items()}
+    save_file(weights, moved / "encoder.safetensors", metadata=meta)
+    (moved / "projector.safetensors").write_bytes((simclr_run / "projector.safetensors").read_bytes())
+    with pytest.raises(UsageError, match="written with other encoder weights"):
+        checkpoint.load_projector(moved / "encoder.safetensors")
+    (moved / "projector.safetensors").unlink()
+    with pytest.raises(UsageError, match="which is missing"):
+        checkpoint.load_projector(moved / "encoder.safetensors")

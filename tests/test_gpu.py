@@ -73,8 +73,8 @@ def test_compile_on_cuda(cifar_small: Path, tmp_path: Path):
     assert json.loads(proc.stdout)["final_loss"] > 0
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "barlow", "vicreg",
-                                    "dino", "mae", "instdisc", "cmc"])
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "deepcluster", "barlow",
+                                    "vicreg", "dino", "dinov2", "mae", "instdisc", "cmc"])
 def test_every_cpu_preset_trains_on_cuda_in_bf16(method: str, cifar_small: Path, tmp_path: Path):
     proc = gpu_run("pretrain", str(cifar_small), "--preset", f"{method}-cpu", "--epochs", "2", "--batch-size",
                    "64", "--out", str(tmp_path / "run"), *CHEAP, "--json")
@@ -86,18 +86,19 @@ def test_every_cpu_preset_trains_on_cuda_in_bf16(method: str, cifar_small: Path,
 SYNC_FREE_SCRIPT = textwrap.dedent("""
     import sys
     from sslcli.cli import main
-    data, out, preset = sys.argv[1:4]
-    main(["pretrain", data, "--preset", preset, "--epochs", "1", "--batch-size", "64", "--out", out,
+    data, out, preset, epochs = sys.argv[1:5]
+    main(["pretrain", data, "--preset", preset, "--epochs", epochs, "--batch-size", "64", "--out", out,
           "--set", "train.device=cuda", "--set", "data.max_images=512", "--set", "monitor.knn_every=0",
           "--set", "train.log_every=1000", "--set", "train.debug_sync=true", "--json"])
 """)
 
 
 # The quickstart (SimCLR, LARS) and the methods that carry state across steps: a queue (MoCo v2, SwAV), an
-# EMA target (BYOL), a center and a frozen last layer (DINO), random masks (MAE), a memory bank with its drawn
-# negatives and NCE constant (InstDisc), two of them and a Lab split on the device (CMC).
-@pytest.mark.parametrize("preset", ["quickstart", "mocov2-cpu", "byol-cpu", "swav-cpu", "dino-cpu", "mae-cpu",
-                                    "instdisc-cpu", "cmc-cpu"])
+# EMA target (BYOL), a center and a frozen last layer (DINO), random masks (MAE), masks drawn on the device into a
+# buffer sized on the host and Sinkhorn centering (DINOv2), a memory bank with its drawn negatives and NCE
+# constant (InstDisc), two of them and a Lab split on the device (CMC).
+@pytest.mark.parametrize("preset", ["quickstart", "mocov2-cpu", "byol-cpu", "swav-cpu", "dino-cpu", "dinov2-cpu",
+                                    "mae-cpu", "instdisc-cpu", "cmc-cpu"])
 def test_pretraining_steps_make_no_host_synchronisation(preset: str, cifar_small: Path, tmp_path: Path):
     """train.debug_sync=true runs the steps between two log reads under torch.cuda.set_sync_debug_mode("error"):
     any hidden device-to-host synchronisation in them raises, so the run fails. One epoch of cifar_small's
@@ -106,11 +107,28 @@ def test_pretraining_steps_make_no_host_synchronisation(preset: str, cifar_small
     steps = min(512, sum(1 for f in (cifar_small / "train").rglob("*") if f.is_file())) // 64
     env = {**os.environ, "SSLCLI_DEBUG": "1"}  # a sync raises with its traceback, which names the culprit
     env.setdefault("OMP_NUM_THREADS", "4")
-    proc = subprocess.run([sys.executable, "-c", SYNC_FREE_SCRIPT, str(cifar_small), str(out), preset],
+    proc = subprocess.run([sys.executable, "-c", SYNC_FREE_SCRIPT, str(cifar_small), str(out), preset, "1"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["device"].startswith("cuda") and summary["steps"] == steps and summary["skipped_steps"] == 0
+
+
+def test_deepcluster_memory_kmeans_and_steps_make_no_host_synchronisation(cifar_small: Path, tmp_path: Path):
+    """DeepCluster v2 as above, over 3 epochs: its first epoch trains nothing (the optimizer holds no state, so
+    those steps are checked on the host), the second and third are deferred steps that write the memory,
+    and the k-means at the second's end runs in one of them (the spherical k-means on the device, seeded
+    by a CUDA generator): none of it may read a value to the host."""
+    out = tmp_path / "run"
+    steps = min(512, sum(1 for f in (cifar_small / "train").rglob("*") if f.is_file())) // 64 * 3
+    env = {**os.environ, "SSLCLI_DEBUG": "1"}
+    env.setdefault("OMP_NUM_THREADS", "4")
+    proc = subprocess.run([sys.executable, "-c", SYNC_FREE_SCRIPT, str(cifar_small), str(out), "deepcluster-cpu",
+                           "3"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["device"].startswith("cuda") and summary["steps"] == steps and summary["skipped_steps"] == 0
+    assert summary["final_loss"] > 0  # the last epoch trained on clusters
 
 
 def test_debug_sync_catches_a_hidden_host_read():

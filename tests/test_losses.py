@@ -56,10 +56,66 @@ def test_nt_xent_gradients_flow_to_both_views():
     assert z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
 
 
+def invariant_spread_reference(z: torch.Tensor, t: float) -> torch.Tensor:
+    """Ye et al. 2019's loss as its released BatchCriterion computes it (negM = 1), written out with loops:
+    each of the 2N samples against the 2N - 1 others, its pair's probability and a binary term per negative."""
+    n2 = z.shape[0]
+    zn = F.normalize(z, dim=1)
+
+    def e(i, j):
+        return torch.exp(zn[i] @ zn[j] / t)
+
+    total = 0.0
+    for i in range(n2):
+        pair = (i + n2 // 2) % n2
+        denominator = sum(e(i, k) for k in range(n2) if k != i)
+        total += torch.log(e(i, pair) / denominator)
+        total += sum(torch.log(1 - e(i, j) / denominator) for j in range(n2) if j not in (i, pair))
+    return -total / n2
+
+
+def test_invariant_spread_matches_the_released_criterion_and_is_not_nt_xent():
+    from sslcli.losses import invariant_spread
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(8, 5, generator=g)  # two views of 4 images: rows i and i + 4
+    for t in (0.1, 0.5):
+        loss = invariant_spread(z, z.detach(), t)
+        torch.testing.assert_close(loss, invariant_spread_reference(z, t), rtol=1e-5, atol=1e-5)
+        # Negative control: NT-Xent is its first term alone; the negatives' binary terms add to it.
+        assert loss > nt_xent(z[:4], z[4:], t) + 1e-3
+
+
+def test_invariant_spread_gradient_flows_through_the_anchors_only():
+    from sslcli.losses import invariant_spread
+
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(6, 4, generator=g, requires_grad=True)
+    invariant_spread(z, z.detach(), 0.1).backward()
+    # The released code's other side is a constant (feat.data): the gradient is the reference's with keys frozen.
+    keys = F.normalize(z.detach(), dim=1)
+    anchors = z.detach().clone().requires_grad_(True)
+    a = F.normalize(anchors, dim=1)
+    total = 0.0
+    for i in range(6):
+        pair = (i + 3) % 6
+        e = torch.exp(a[i] @ keys.T / 0.1)
+        denominator = e.sum() - e[i]
+        total += torch.log(e[pair] / denominator) + sum(torch.log(1 - e[j] / denominator) for j in range(6)
+                                                        if j not in (i, pair))
+    (-total / 6).backward()
+    torch.testing.assert_close(z.grad, anchors.grad, rtol=1e-3, atol=1e-4)
+    # ...which differs from the gradient with both sides live (negative control).
+    live = z.detach().clone().requires_grad_(True)
+    invariant_spread(live, live, 0.1).backward()
+    assert (live.grad - z.grad).abs().max() > 1e-2, (live.grad - z.grad).abs().max()
+
+
 # ---------------------------------------------------------------- the other methods' losses
 
 from sslcli.losses import (  # noqa: E402
     barlow_twins,
+    cpc_info_nce,
     dino_loss,
     info_nce,
     masked_mse,
@@ -239,6 +295,251 @@ def test_supervised_ce_averages_over_labeled_images_only():
     spoiled[1] = torch.tensor([50.0, -50.0])
     assert supervised_ce(spoiled, labels).item() == pytest.approx(expected, rel=1e-6)
     assert supervised_ce(logits, torch.full((3,), -1)).item() == 0.0
+
+
+# ---------------------------------------------------------------- DeepCluster v2: its loss and its k-means
+
+def deepcluster_reference(z, prototypes, assignments, t):
+    """The appendix's loss written out: per head, -log softmax(<z, c_k> / t)[assignment] over every (image,
+    crop) pair whose image has a cluster (the reference's ignore_index), their mean; then the mean over heads."""
+    heads = []
+    for c, target in zip(prototypes, assignments, strict=True):
+        terms = []
+        for crop in z:
+            for i in range(crop.shape[0]):
+                if target[i] < 0:
+                    continue
+                logits = torch.stack([crop[i] @ c[k] / t for k in range(c.shape[0])])
+                terms.append(-(logits[target[i]] - torch.logsumexp(logits, dim=0)))
+        heads.append(sum(terms) / len(terms))
+    return sum(heads) / len(heads)
+
+
+def test_deepcluster_loss_matches_the_appendix_and_skips_images_without_a_cluster():
+    from sslcli.losses import deepcluster_v2
+
+    z = [F.normalize(_randn(5, 6, seed=s), dim=1) for s in range(3)]  # 2 global crops + 1 local
+    prototypes = [F.normalize(_randn(4, 6, seed=10), dim=1), F.normalize(_randn(7, 6, seed=11), dim=1)]
+    assignments = torch.tensor([[0, 3, -1, 1, 2], [6, -1, -1, 0, 4]])
+    expected = deepcluster_reference(z, prototypes, assignments, 0.1)
+    torch.testing.assert_close(deepcluster_v2(z, prototypes, assignments, 0.1), expected, rtol=1e-5, atol=1e-5)
+    # Negative controls: the images without a cluster do not count (counting them as cluster 0 changes the
+    # value), and a batch where no image has one gives 0 with a zero gradient, not NaN.
+    as_zero = assignments.clamp_min(0)
+    assert not torch.allclose(deepcluster_v2(z, prototypes, as_zero, 0.1), expected, rtol=1e-3)
+    z_grad = [v.clone().requires_grad_() for v in z]
+    none = deepcluster_v2(z_grad, prototypes, torch.full((2, 5), -1), 0.1)
+    none.backward()
+    assert none.item() == 0.0 and all(torch.equal(v.grad, torch.zeros_like(v)) for v in z_grad)
+
+
+def kmeans_reference(x, init, iterations, valid, keep_empty=True):
+    """Spherical k-means as the reference's cluster_memory, one row and one cluster at a time."""
+    centroids = [x[i].clone() for i in init.tolist()]
+
+    def nearest(row):
+        dots = [float(row @ c) for c in centroids]
+        return dots.index(max(dots))  # the first of equal maxima, as argmax
+
+    for _ in range(iterations):
+        members = {k: [] for k in range(len(centroids))}
+        for i in range(x.shape[0]):
+            if valid[i]:
+                members[nearest(x[i])].append(x[i])
+        for k, rows in members.items():
+            if rows:
+                centroids[k] = F.normalize(torch.stack(rows).mean(dim=0), dim=0)
+            elif not keep_empty:  # the bug the negative control stands for: an empty cluster's mean of nothing
+                centroids[k] = torch.zeros_like(centroids[k])
+    assigned = [nearest(x[i]) if valid[i] else -1 for i in range(x.shape[0])]
+    return torch.stack(centroids), torch.tensor(assigned)
+
+
+def test_spherical_kmeans_matches_a_row_by_row_reference_with_an_empty_cluster_and_invalid_rows():
+    from sslcli.losses import kmeans_init, spherical_kmeans
+
+    g = torch.Generator().manual_seed(3)
+    centres = F.normalize(torch.randn(3, 8, generator=g), dim=1)
+    x = F.normalize(centres.repeat_interleave(10, dim=0) + 0.3 * torch.randn(30, 8, generator=g), dim=1)
+    valid = torch.ones(30, dtype=torch.bool)
+    valid[[4, 17, 25]] = False
+    x[25] = F.normalize(-centres.sum(dim=0), dim=0)  # far from every row: as a centroid it never wins one
+    init = torch.tensor([0, 12, 22, 25])
+    expected_c, expected_a = kmeans_reference(x, init, 5, valid)
+    # Small chunks: the sums over several chunks are the sums over the whole memory.
+    centroids, assigned = spherical_kmeans(x, init, 5, valid, chunk_elements=4 * 7)
+    torch.testing.assert_close(centroids, expected_c, rtol=1e-5, atol=1e-6)
+    assert torch.equal(assigned, expected_a)
+    assert (assigned[~valid] == -1).all() and len(set(assigned[valid].tolist())) == 3
+    assert not (assigned == 3).any() and torch.equal(centroids[3], x[25])  # empty: it kept its place
+    # Negative control: a k-means that lets an empty cluster's centroid go to zero is told apart.
+    zeroed, _ = kmeans_reference(x, init, 5, valid, keep_empty=False)
+    assert not torch.allclose(centroids, zeroed, atol=1e-3)
+    # The initial rows are distinct valid rows, the same for the same seed, invalid ones only when needed.
+    first = kmeans_init(valid, 27, torch.Generator().manual_seed(1))
+    assert len(set(first.tolist())) == 27 and valid[first].all()
+    assert torch.equal(first, kmeans_init(valid, 27, torch.Generator().manual_seed(1)))
+    assert not torch.equal(first, kmeans_init(valid, 27, torch.Generator().manual_seed(2)))
+    assert not valid[kmeans_init(valid, 30, torch.Generator().manual_seed(1))[-3:]].any()
+
+
+def cpc_reference(predictions: dict, targets: torch.Tensor, first: int) -> torch.Tensor:
+    """CPC v2 eq. 3 written out: for every prediction W_k c_{i,j} of image b, the softmax over the dot products
+    with every patch z of every image at every position, at the patch k rows below in the same image."""
+    n, g = targets.shape[:2]
+    patches = [(m, r, c) for m in range(n) for r in range(g) for c in range(g)]
+    terms = []
+    for k, prediction in predictions.items():
+        for b in range(prediction.shape[0]):
+            for i in range(prediction.shape[1]):
+                for j in range(g):
+                    scores = torch.stack([prediction[b, i, j] @ targets[m, r, c] for m, r, c in patches])
+                    positive = patches.index((first + b, i + k, j))
+                    terms.append(torch.logsumexp(scores, dim=0) - scores[positive])
+    return torch.stack(terms).mean()
+
+
+def test_cpc_info_nce_matches_the_paper_formula():
+    # Three images of a 3 x 3 grid; the predictions are those of images 1 and 2 (a rank's rows of the batch).
+    targets = _randn(3, 3, 3, 4, seed=6)
+    predictions = {1: _randn(2, 2, 3, 4, seed=7), 2: _randn(2, 1, 3, 4, seed=8)}
+    torch.testing.assert_close(cpc_info_nce(predictions, targets, first_image=1),
+                               cpc_reference(predictions, targets, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_cpc_info_nce_known_value_and_a_prediction_one_row_off():
+    # 27 orthogonal patches (one-hot z): a prediction of 10 x its own positive scores 10 against 0 for the
+    # 26 other patches, loss log(1 + 26 e^-10); predicting the patch one row above instead costs ~10.
+    g, d = 3, 27
+    targets = torch.eye(d).view(3, g, g, d)
+    k = 2
+    right = {k: 10 * targets[:, k:].clone()}  # the prediction from row i is the patch at row i + k
+    wrong = {k: 10 * targets[:, k - 1:g - 1].clone()}
+    assert cpc_info_nce(right, targets).item() == pytest.approx(math.log(1 + 26 * math.exp(-10)), rel=1e-3)
+    assert cpc_info_nce(wrong, targets).item() == pytest.approx(10 + math.log(1 + 26 * math.exp(-10)), rel=1e-3)
+    # Other images' patches are negatives too: the positive must be the prediction's own image.
+    other_image = {k: 10 * targets.roll(1, dims=0)[:, k:].clone()}
+    assert cpc_info_nce(other_image, targets).item() > 9
+
+
+# ---------------------------------------------------------------- DINOv2: Sinkhorn-centred DINO, iBOT, KoLeo
+
+def sinkhorn_knopp_teacher_reference(teacher: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """dinov2/loss/dino_clstoken_loss.py sinkhorn_knopp_teacher, one process, written out as there."""
+    q = torch.exp(teacher / temperature).t()
+    b, k = q.shape[1], q.shape[0]
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    q *= b
+    return q.t()
+
+
+def dinov2_cls_loss_reference(student: list, teacher: list, ts: float, tt: float) -> torch.Tensor:
+    """ssl_meta_arch.py forward_backward with 2 global crops and sinkhorn_knopp centering: the teacher's rows of the
+    two crops centred together and stacked in reverse (crop A's student against crop B's teacher), the local crops
+    against both, each term divided by the number of terms."""
+    n_local = len(student) - 2
+    centred = sinkhorn_knopp_teacher_reference(torch.cat([teacher[1], teacher[0]]), tt).view(2, -1, teacher[0].shape[1])
+    terms = 2 + 2 * n_local
+
+    def ce(s_list, t_list):
+        total = 0.0
+        for s in s_list:
+            lsm = F.log_softmax(s / ts, dim=-1)
+            for t in t_list:
+                total -= (t * lsm).sum(dim=-1).mean()
+        return total
+
+    local = ce(student[2:], list(centred)) / terms
+    glob = ce([torch.cat(student[:2])], [centred.flatten(0, 1)]) * 2 / terms
+    return local + glob
+
+
+def test_sinkhorn_dino_loss_matches_the_dinov2_code_and_centring_matters():
+    from sslcli.losses import sinkhorn_dino_loss
+
+    student = [_randn(6, 10, seed=30 + i) for i in range(5)]  # 2 global + 3 local crops
+    teacher = [0.3 * _randn(6, 10, seed=40 + i) for i in range(2)]
+    expected = dinov2_cls_loss_reference(student, teacher, 0.1, 0.05)
+    got = sinkhorn_dino_loss(student, teacher, student_temperature=0.1, teacher_temperature=0.05)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # Negative controls: DINO's plain softmax of the teacher, and Sinkhorn over each crop alone (SwAV's way), differ.
+    softmax = dino_loss(student, [F.softmax(t / 0.05, dim=1) for t in teacher], 0.1)
+    per_crop = dino_loss(student, [sinkhorn(t, 0.05, 3) for t in teacher], 0.1)
+    assert abs(softmax - got) > 1e-2 and abs(per_crop - got) > 1e-3
+    # The centring spreads the global batch over the prototypes: every prototype gets about 12 / 10 of the mass.
+    q = sinkhorn(torch.cat(teacher), 0.05, 200)
+    torch.testing.assert_close(q.sum(dim=0), torch.full((10,), 1.2), rtol=1e-3, atol=1e-3)
+
+
+def test_sinkhorn_with_padding_rows_equals_sinkhorn_of_the_valid_rows():
+    scores = _randn(9, 7, seed=50)
+    valid = torch.tensor([True, False, True, True, False, True, True, True, False])
+    padded = sinkhorn(scores, 0.1, 3, valid=valid)
+    torch.testing.assert_close(padded[valid], sinkhorn_knopp_teacher_reference(scores[valid], 0.1), rtol=1e-5, atol=1e-6)
+    assert (padded[~valid] == 0).all()
+    # Negative control: without the valid mask the padding rows take a share and change every code.
+    assert not torch.allclose(sinkhorn(scores, 0.1, 3)[valid], padded[valid], atol=1e-3)
+    # No valid row at all (a batch without masked patches): zeros, not NaN.
+    assert (sinkhorn(scores, 0.1, 3, valid=torch.zeros(9, dtype=torch.bool)) == 0).all()
+
+
+def ibot_reference(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor, ts: float) -> torch.Tensor:
+    """dinov2/loss/ibot_patch_loss.py iBOTPatchLoss.forward: every patch of [C, N, K], masked ones counted, per crop
+    divided by its masked patches, the mean over the crops."""
+    loss = torch.sum(teacher * F.log_softmax(student / ts, dim=-1), dim=-1)
+    loss = torch.sum(loss * masks.float(), dim=-1) / masks.sum(dim=-1).clamp(min=1.0)
+    return -loss.mean()
+
+
+def test_ibot_patch_loss_matches_the_dinov2_code_on_padded_rows():
+    from sslcli.losses import ibot_patch_loss
+
+    crops, patches, k = 4, 6, 5
+    student, teacher = _randn(crops, patches, k, seed=60), F.softmax(_randn(crops, patches, k, seed=61), dim=-1)
+    masks = torch.zeros(crops, patches, dtype=torch.bool)
+    masks[0, [1, 4]] = True
+    masks[1, [0, 2, 3, 5]] = True
+    masks[3, [2]] = True  # crop 2 has no masked patch: it still counts among the crops
+    expected = ibot_reference(student, teacher, masks, 0.1)
+    # The rows of a padded buffer: the 7 masked patches, then 3 rows of unmasked patches (padding).
+    index = torch.cat([masks.flatten().nonzero().flatten(), torch.tensor([3, 7, 13])])
+    rows_s, rows_t = student.flatten(0, 1)[index], teacher.flatten(0, 1)[index]
+    rows_t[7:] = 0  # padding targets are zeros (as sinkhorn gives them)
+    got = ibot_patch_loss(rows_s, rows_t, index, masks, 0.1)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # Negative controls: the padding rows' logits do not matter; a plain mean over the masked patches differs.
+    spoiled = rows_s.clone()
+    spoiled[7:] = 100.0
+    torch.testing.assert_close(ibot_patch_loss(spoiled, rows_t, index, masks, 0.1), got)
+    per_patch = -(rows_t[:7] * F.log_softmax(rows_s[:7] / 0.1, dim=-1)).sum(-1)
+    assert abs(per_patch.mean() - got) > 1e-2
+
+
+def test_koleo_matches_nearest_neighbour_distances_and_punishes_close_pairs():
+    from sslcli.losses import koleo_loss
+
+    x = _randn(7, 4, seed=70)
+    xn = F.normalize(x, dim=1)
+    expected = 0.0
+    for i in range(7):  # Kozachenko-Leonenko: -log of the distance to the nearest other point, on the sphere
+        nearest = min(float((xn[i] - xn[j] + 1e-8).norm()) for j in range(7) if j != i)
+        expected -= math.log(nearest + 1e-8) / 7
+    assert koleo_loss(x).item() == pytest.approx(expected, rel=1e-5)
+    assert koleo_loss(x * 5).item() == pytest.approx(expected, rel=1e-5)  # on the sphere: scale does not matter
+    # Negative control: moving one point next to another raises the loss; its gradient pushes them apart.
+    close = x.clone()
+    close[1] = x[0] + 1e-3 * _randn(4, seed=71)
+    assert koleo_loss(close).item() > expected + 1
+    moved = close.clone().requires_grad_(True)
+    koleo_loss(moved).backward()
+    apart = (moved - 0.01 * moved.grad).detach()
+    assert (F.normalize(apart[0], dim=0) - F.normalize(apart[1], dim=0)).norm() > \
+        (F.normalize(close[0], dim=0) - F.normalize(close[1], dim=0)).norm()
 
 
 def nce_reference(probabilities: torch.Tensor, noise_probability: float) -> float:

@@ -35,6 +35,17 @@ def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = Fa
              "rotation": ["data.image_size=16"],  # 4 rotated copies per image: a smaller image keeps it quick
              "jigsaw": ["method.num_permutations=10", "method.tile_dim=64", "method.hidden_dim=64"],
              "colorization": ["method.decoder_dim=32"],
+             "deepcluster": ["data.image_size=16", "method.proj_hidden_dim=64", "method.num_prototypes=[20,10]",
+                             "method.num_local_crops=2"],
+             # a 3 x 3 grid of 8 px patches at 16 px; every per-patch draw on (the affine one is off by default)
+             "cpc": ["data.image_size=16", "method.grid_size=3", "method.context_blocks=1", "method.context_dim=32",
+                     "method.target_dim=32", "method.patch_affine_p=0.5"],
+             # A 2-block ViT at 16 px (16 patches) with small heads: masks, Sinkhorn, KoLeo and both EMA heads.
+             "dinov2": ["encoder.name=vit_tiny_patch16_224", "data.image_size=16",
+                        'encoder.kwargs={"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}',
+                        "method.out_dim=64", "method.hidden_dim=64", "method.bottleneck_dim=16",
+                        "method.ibot_out_dim=64", "method.ibot_hidden_dim=64", "method.ibot_bottleneck_dim=16",
+                        "method.num_local_crops=2"],
              "instdisc": ["method.num_negatives=256", "data.image_size=16"],
              "cmc": ["method.num_negatives=256", "data.image_size=16"]}[method]
     sets += small + [f"{k}={v}" for k, v in extra.items()]
@@ -62,11 +73,11 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("method", "stop_step", "monitored"),
                          [("simclr", 6, True), ("simclr", 4, True), ("byol", 6, True), ("rotation", 6, False),
-                          ("jigsaw", 6, False), ("colorization", 6, False), ("instdisc", 6, False),
-                          ("cmc", 6, False)],
+                          ("jigsaw", 6, False), ("colorization", 6, False), ("deepcluster", 6, False),
+                          ("cpc", 6, False), ("dinov2", 6, False), ("instdisc", 6, False), ("cmc", 6, False)],
                          ids=["simclr-mid-epoch", "simclr-epoch-boundary", "byol-mid-epoch", "rotation-mid-epoch",
-                              "jigsaw-mid-epoch", "colorization-mid-epoch", "instdisc-mid-epoch",
-                              "cmc-mid-epoch"])
+                              "jigsaw-mid-epoch", "colorization-mid-epoch", "deepcluster-mid-epoch", "cpc-mid-epoch",
+                              "dinov2-mid-epoch", "instdisc-mid-epoch", "cmc-mid-epoch"])
 def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: int, monitored: bool, cifar_small: Path,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Monitored: the online kNN, monitors and report run too, and must not change what is trained (the simclr
@@ -90,6 +101,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: in
         assert any(k.startswith("model/target_encoder.") for k in a)  # the EMA target is part of the state
     if method == "jigsaw":
         assert "model/permutations" in a  # the permutation set is part of the state
+    if method == "deepcluster":  # memory, clusters and prototypes are state: the resumed steps trained on the
+        # clusters of the k-means before the stop, the k-means after it clustered the memory written on both sides
+        assert a["model/filled"].all() and (a["model/assignments"] >= 0).all()
+    if method == "dinov2":  # the teacher's iBOT head and the mask token are part of the state
+        assert any(k.startswith("model/teacher_ibot_head.") for k in a) and "model/mask_token" in a
     if method == "colorization":  # the running rebalancing prior is part of the state, and it moved
         assert a["model/prior_batches"].item() == STEPS_PER_EPOCH * EPOCHS
     if method == "instdisc":  # the memory bank (one entry per image) and its NCE constant Z are part of the state

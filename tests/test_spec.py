@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from sslcli.errors import UsageError
+from sslcli.methods import PRESET_FAMILIES
 from sslcli.spec import PretrainSpec, ProbeSpec, list_presets, parse_set, resolve
 
 
@@ -96,7 +97,8 @@ def test_every_shipped_preset_is_a_valid_spec():
     for name, description in list_presets():
         assert description, f"preset {name} has no description"
         spec = resolve(PretrainSpec, preset=name)
-        assert spec.method.name == ("simclr" if name == "quickstart" else name.split("-")[0]), name
+        prefix = "simclr" if name == "quickstart" else name.split("-")[0]
+        assert spec.method.name == PRESET_FAMILIES.get(prefix, prefix), name
     cifar = resolve(PretrainSpec, preset="simclr-cifar10")
     assert (cifar.encoder.name, cifar.train.batch_size, cifar.train.epochs) == ("resnet18", 512, 800)
     assert resolve(PretrainSpec, preset="simclr-imagenette").data.image_size == 96

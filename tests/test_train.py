@@ -83,6 +83,26 @@ def test_gradient_clipping_bounds_the_update():
     assert moved <= 0.5 + 1e-5
 
 
+def test_a_step_whose_gradients_the_method_dropped_leaves_the_weights_even_under_fp16_scaling():
+    """DeepCluster v2 drops every gradient in its memory-filling epoch: the loop makes no optimizer step then
+    (weight decay would still move the weights; the GradScaler would refuse a step without gradients)."""
+    model, _, compute_loss, batches = _toy([1.0] * 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def drop(step: int) -> None:
+        for p in model.parameters():
+            p.grad = None
+
+    fit(Step(model, compute_loss, cancel_gradients=drop), batches, opt, torch.full((2,), 1.0, dtype=torch.float64),
+        LoopConfig(epochs=1, steps_per_epoch=2, precision="fp16"), torch.device("cpu"))
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)) and not opt.state
+    # Negative control: with the gradients kept, the same run moves them.
+    fit(Step(model, compute_loss), batches, opt, torch.full((2,), 1.0, dtype=torch.float64),
+        LoopConfig(epochs=1, steps_per_epoch=2, precision="fp16"), torch.device("cpu"))
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
 # ---------------------------------------------------------------- the sync-free step (guard.py)
 
 OPTIMIZERS = ["sgd", "lars", "adamw", "lamb"]

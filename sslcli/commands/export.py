@@ -35,7 +35,9 @@ def run(spec: ExportSpec) -> dict[str, Any]:
         config = timm_config(info, meta, encoder_path, classifier=encoder.pretrained_cfg.get("classifier"))
     else:
         config = torchvision_config(info, meta, encoder_path)
-    checkpoint.atomic_write_bytes(out / "model.safetensors", save_bytes(state, metadata=meta))
+    # The exported folder holds the encoder alone: drop the pointer to a projection head left beside the source.
+    exported_meta = {key: value for key, value in meta.items() if key != "projector"}
+    checkpoint.atomic_write_bytes(out / "model.safetensors", save_bytes(state, metadata=exported_meta))
     checkpoint.atomic_write_json(out / "config.json", config)
     load_timm(out) if to == "timm" else load_torchvision(out)  # proves the documented load works
     console.info(f"exported {info.name} for {to} to {out}")

@@ -9,6 +9,10 @@ stopped the run.
 With `baseline` (--baseline), the same recipe then fine-tunes the same architecture from a seeded random
 init (same head init, data order and augmentation): the figure the pretrained encoder is measured against.
 
+With `keep_projection_layers` N (--keep-projection-layers, SimCLR v2's fine-tuning from a projection layer), the
+first N layers of the projection head saved beside the encoder (projector.safetensors) sit between the encoder's
+pooled features and the fresh linear classifier, in the timm model's classifier slot (fc of a ResNet).
+
 Under torchrun the classifier is wrapped in DDP, each rank trains on a DistributedSampler's share of
 the global batch (train.batch_size), the val split is scored in shards and gathered, and rank 0 writes.
 """
@@ -30,6 +34,8 @@ from sslcli.encoders import EncoderInfo, apply_small_stem, rebuild_encoder
 from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.evaluate import topk_accuracy
 from sslcli.features import eval_view
+from sslcli.headers import checked_projector
+from sslcli.heads import MLPLayout, classifier_on_projection, first_layers, replace_classifier
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import FinetuneSpec, dump
 from sslcli.splits import eval_splits, labeled_images, match_classes
@@ -60,8 +66,10 @@ def head_keys(model: nn.Module) -> set[str]:
     return {f"{prefix}.{key}" for key in head.state_dict()}
 
 
-def build_classifier(info: EncoderInfo, encoder: nn.Module, num_classes: int) -> nn.Module:
-    """The encoder's timm architecture with a fresh `num_classes` head, holding the encoder's weights."""
+def build_classifier(info: EncoderInfo, encoder: nn.Module, num_classes: int,
+                     projection: tuple[nn.Sequential, int] | None = None) -> nn.Module:
+    """The encoder's timm architecture with a fresh `num_classes` head, holding the encoder's weights. With
+    `projection` (kept projection layers, their output width) the head is those layers + a fresh linear layer."""
     import timm
 
     model = timm.create_model(info.name, pretrained=False, num_classes=num_classes, **info.kwargs)
@@ -76,7 +84,28 @@ def build_classifier(info: EncoderInfo, encoder: nn.Module, num_classes: int) ->
     if unexpected or set(missing) != head_keys(model):
         raise RunError(f"{problem} (missing {sorted(set(missing) - head_keys(model))[:3]}, "
                        f"unexpected {unexpected[:3]})")
+    if projection is not None:
+        kept, width = projection
+        replace_classifier(model, classifier_on_projection(kept, width, num_classes))
     return model
+
+
+def _encoder_path(spec: FinetuneSpec) -> Path:
+    path = Path(spec.encoder)
+    return path / "encoder.safetensors" if path.is_dir() else path
+
+
+def kept_projection(spec: FinetuneSpec) -> tuple[nn.Sequential, MLPLayout] | None:
+    """The pretrained projection head saved beside the encoder and its layout, when spec.keep_projection_layers
+    asks for some of its layers (None when 0)."""
+    count = spec.keep_projection_layers
+    if not count:
+        return None
+    head, layout = checkpoint.load_projector(_encoder_path(spec))
+    if count > layout.num_layers:
+        raise UsageError(f"--keep-projection-layers {count}: the projection head beside {spec.encoder} has "
+                         f"{console.plural(layout.num_layers, 'layer')}")
+    return head, layout
 
 
 def labeled_splits(spec: FinetuneSpec) -> tuple[data.ImageSet, data.ImageSet, torch.Tensor]:
@@ -147,8 +176,10 @@ def output_dir(spec: FinetuneSpec) -> Path:
 
 
 def classifier_metadata(info: EncoderInfo, source: dict[str, str], *, encoder_path: Path, classes: list[str],
-                        epoch: int, step: int, spec: dict[str, Any]) -> dict[str, str]:
-    """The encoder's metadata fields (so the classifier rebuilds the same way) plus classes and provenance."""
+                        epoch: int, step: int, spec: dict[str, Any],
+                        projection: tuple[int, MLPLayout] | None = None) -> dict[str, str]:
+    """The encoder's metadata fields (so the classifier rebuilds the same way) plus classes and provenance; with
+    kept projection layers, how many and the head's layout (heads.attach_projection rebuilds the classifier)."""
     meta = checkpoint.encoder_metadata(info, method="finetune", epoch=epoch, step=step, spec=spec)
     meta.update({
         "sslcli_format": CLASSIFIER_FORMAT,
@@ -159,6 +190,8 @@ def classifier_metadata(info: EncoderInfo, source: dict[str, str], *, encoder_pa
         "source_epoch": source.get("epoch", ""),
         "source_spec": source.get("spec", ""),
     })
+    if projection is not None:
+        meta.update({"projection_layers": str(projection[0]), "projection_head": projection[1].to_json()})
     return meta
 
 
@@ -218,6 +251,7 @@ class Job:
     out: Path
     device: torch.device
     baseline: bool = False  # the random-init reference run: its own metrics file, no classifier written
+    projection: MLPLayout | None = None  # the layout of the projection head whose first layers the model keeps
 
 
 def run(spec: FinetuneSpec) -> dict[str, Any]:
@@ -225,13 +259,17 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     spec.baseline, fine-tunes a random init of the same architecture after it: baseline-metrics.jsonl)."""
     if spec.encoder is None:
         raise UsageError("no encoder given: sslcli finetune ENCODER --data DIR")
+    if spec.keep_projection_layers:
+        checked_projector(_encoder_path(spec))  # a missing or mismatched head: one line, before any work
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     prepare_device(device)
     torch.manual_seed(spec.train.seed)  # the same fresh head on every rank
     encoder, info, source = checkpoint.load_encoder(spec.encoder)
+    projection = kept_projection(spec)
     train_set, val_set, val_labels = labeled_splits(spec)
     classes = list(train_set.classes or [])
-    model = build_classifier(info, encoder, len(classes))
+    layout = projection[1] if projection is not None else None
+    model = build_classifier(info, encoder, len(classes), _kept(projection[0], layout, spec) if layout else None)
     criterion, mixup = make_criterion(spec, len(classes))
     loader, batch_size = _train_loader(spec, train_set, info, device, mixing=mixup is not None)
     val_part = distributed.shard(len(val_set))  # each rank scores its share of the val split
@@ -245,7 +283,9 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     out = output_dir(spec) if distributed.is_main() else Path(spec.out or ".")
     if distributed.is_main():
         checkpoint.atomic_write_json(out / "spec.json", dump(spec))
-    console.info(f"fine-tuning {info.name} on {len(train_set)} images, {len(classes)} classes "
+    kept = (f" + {console.plural(spec.keep_projection_layers, 'projection layer')} of {source.get('method')}"
+            if layout else "")
+    console.info(f"fine-tuning {info.name}{kept} on {len(train_set)} images, {len(classes)} classes "
                  f"({len(val_set)} eval), {console.plural(len(loader), 'step/epoch')} x "
                  f"{console.plural(spec.train.epochs, 'epoch')} on {device}; "
                  f"lr = {spec.optim.base_lr} x {batch_size} / 256 = {lr:.4g}")
@@ -254,7 +294,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
                      f"about the encoder; give it at least {MEANINGFUL_STEPS} steps "
                      f"(--epochs {-(-MEANINGFUL_STEPS // len(loader))} here)")
     job = Job(spec, info, source, model, classes, train_set, val_set, val_labels, loader, val_loader, loop,
-              make_optimizer(model, spec), lr_schedule, criterion, mixup, out, device)
+              make_optimizer(model, spec), lr_schedule, criterion, mixup, out, device, projection=layout)
     result, history = _train(job)
     summary = _summary(job, result, history) if distributed.is_main() else {}
     distributed.barrier()  # the classifier is written before any rank returns (and before a baseline starts)
@@ -266,6 +306,12 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     return summary
 
 
+def _kept(head: nn.Sequential, layout: MLPLayout, spec: FinetuneSpec) -> tuple[nn.Sequential, int]:
+    """build_classifier's projection: the head's first keep_projection_layers layers and their output width."""
+    count = spec.keep_projection_layers
+    return first_layers(head, count), layout.width_after(count)
+
+
 def _train_baseline(job: Job) -> dict[str, Any]:
     """The same recipe from a random init of the same architecture: the seed, head init, data order and
     augmentation of the run it is compared with (the encoder is drawn the way load_encoder builds one)."""
@@ -273,7 +319,10 @@ def _train_baseline(job: Job) -> dict[str, Any]:
     console.info(f"random-init baseline: fine-tuning the same {info.name} from seed {spec.train.seed} with the "
                  "same recipe")
     torch.manual_seed(spec.train.seed)
-    model = build_classifier(info, rebuild_encoder(info), len(job.classes))
+    encoder = rebuild_encoder(info)
+    # The kept projection layers at a fresh init too, drawn as load_projector draws the head before loading it.
+    fresh = _kept(job.projection.build(), job.projection, spec) if job.projection is not None else None
+    model = build_classifier(info, encoder, len(job.classes), fresh)
     criterion, mixup = make_criterion(spec, len(job.classes))
     loader, _ = _train_loader(spec, job.train_set, info, job.device, mixing=mixup is not None)
     loop = replace(job.loop, description=f"baseline {info.name} (random init)")
@@ -353,8 +402,9 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
 
 
 def _save_classifier(job: Job, epoch: int, step: int) -> None:
+    projection = (job.spec.keep_projection_layers, job.projection) if job.projection is not None else None
     meta = classifier_metadata(job.info, job.source, encoder_path=Path(job.spec.encoder), classes=job.classes,
-                               epoch=epoch, step=step, spec=dump(job.spec))
+                               epoch=epoch, step=step, spec=dump(job.spec), projection=projection)
     checkpoint.save_encoder(job.out / "classifier.safetensors", job.model, meta)
 
 
@@ -365,6 +415,7 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]]) -> dict
         "encoder": str(spec.encoder),
         "encoder_name": job.info.name,
         "source_method": job.source.get("method"),
+        "keep_projection_layers": spec.keep_projection_layers,
         "num_classes": len(job.classes),
         "chance": 1 / max(1, len(job.classes)),
         "label_fraction": spec.data.label_fraction,

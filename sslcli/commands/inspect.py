@@ -15,11 +15,12 @@ from sslcli.console import plural
 from sslcli.headers import read_metadata, tensor_shapes
 from sslcli.spec import InspectSpec
 
-KINDS = {  # the sslcli_format tags of checkpoint.py, commands/finetune.py and commands/embed.py
+KINDS = {  # the sslcli_format tags of checkpoint.py, headers.py, commands/finetune.py and commands/embed.py
     "sslcli.encoder.v1": "encoder",
     "sslcli.classifier.v1": "classifier",
     "sslcli.train-state.v1": "training state",
     "sslcli.embeddings.v1": "embeddings",
+    "sslcli.projector.v1": "projection head",
 }
 
 

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sslcli.methods import CONFIGS
+from sslcli.methods import CONFIGS, PRESET_FAMILIES
 
 
 def run() -> dict[str, Any]:
-    return {name: {"summary": cfg.summary, "paper": cfg.paper} for name, cfg in CONFIGS.items()}
+    return {name: {"summary": cfg.summary, "paper": cfg.paper,
+                   "preset_families": [family for family, method in PRESET_FAMILIES.items() if method == name]}
+            for name, cfg in CONFIGS.items()}
 
 
 def format_text(rows: dict[str, Any]) -> str:
     width = max(len(name) for name in rows)
-    return "\n".join(f"{name:<{width}}  {row['summary']}  {row['paper']}" for name, row in rows.items())
+
+    def also(row: dict[str, Any]) -> str:
+        families = row.get("preset_families") or []
+        return f"  (also the presets {', '.join(f'{f}-*' for f in families)})" if families else ""
+
+    return "\n".join(f"{name:<{width}}  {row['summary']}  {row['paper']}{also(row)}" for name, row in rows.items())

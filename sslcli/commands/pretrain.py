@@ -268,6 +268,11 @@ def short_run_warnings(spec: PretrainSpec, loop: LoopConfig) -> list[str]:
         lines.append(f"this run ({console.plural(total, 'step')}) is no longer than its warm-up ({warmup} steps: "
                      f"optim.warmup_epochs {spec.optim.warmup_epochs:g} x {loop.steps_per_epoch} steps/epoch), so "
                      "the learning rate never reaches its peak; train longer or lower optim.warmup_epochs")
+    untrained = CONFIGS[spec.method.name].memory_pass_epochs * loop.steps_per_epoch
+    if untrained and total <= untrained:
+        lines.append(f"{spec.method.name} spends its first {console.plural(untrained, 'step')} filling its memory "
+                     f"and trains from the next epoch on: this run ({console.plural(total, 'step')}) ends before, "
+                     "so its encoder stays at its initialisation; train for more epochs")
     if total <= loop.log_every:
         lines.append(f"this run ({console.plural(total, 'step')}) is no longer than train.log_every "
                      f"({loop.log_every}): only its last step is logged and the curves will be single dots; "

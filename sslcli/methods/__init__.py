@@ -17,7 +17,10 @@ from sslcli.methods.configs import (
     BYOLConfig,
     CMCConfig,
     ColorizationConfig,
+    CPCConfig,
+    DeepClusterConfig,
     DINOConfig,
+    DINOv2Config,
     InpaintingConfig,
     InstDiscConfig,
     JigsawConfig,
@@ -44,15 +47,18 @@ CONFIGS: dict[str, type[MethodConfigBase]] = {
     "byol": BYOLConfig,
     "simsiam": SimSiamConfig,
     "swav": SwAVConfig,
+    "deepcluster": DeepClusterConfig,
     "barlow": BarlowConfig,
     "vicreg": VICRegConfig,
     "dino": DINOConfig,
+    "dinov2": DINOv2Config,
     "mae": MAEConfig,
     "rotation": RotationConfig,
     "jigsaw": JigsawConfig,
     "relpos": RelPosConfig,
     "colorization": ColorizationConfig,
     "inpainting": InpaintingConfig,
+    "cpc": CPCConfig,
     "instdisc": InstDiscConfig,
     "cmc": CMCConfig,
 }
@@ -65,20 +71,32 @@ _CLASSES: dict[str, str] = {
     "byol": "byol:BYOL",
     "simsiam": "simsiam:SimSiam",
     "swav": "swav:SwAV",
+    "deepcluster": "deepcluster:DeepClusterV2",
     "barlow": "barlow:Barlow",
     "vicreg": "vicreg:VICReg",
     "dino": "dino:DINO",
+    "dinov2": "dinov2:DINOv2",
     "mae": "mae:MAE",
     "rotation": "rotation:Rotation",
     "jigsaw": "jigsaw:Jigsaw",
     "relpos": "relpos:RelPos",
     "colorization": "colorization:Colorization",
     "inpainting": "inpainting:Inpainting",
+    "cpc": "cpc:CPC",
     "instdisc": "instdisc:InstDisc",
     "cmc": "cmc:CMC",
 }
 
 DEFAULT_METHOD = "simclr"
+
+# Published methods that are one of the above with their own recipe, offered as presets (<name>-cpu, -cifar10,
+# -imagenette): the name -> the method its presets run.
+PRESET_FAMILIES: dict[str, str] = {
+    "mocov1": "mocov2",  # MoCo v1: a linear head, temperature 0.07, v1's augmentation
+    "infomin": "mocov2",  # InfoMin: the InfoMin augmentation (augment.randaugment_ops), temperature 0.15
+    "invariantspread": "simclr",  # InvariantSpread: a linear 128-d embedding, method.loss=invariant_spread
+    "simclrv2": "simclr",  # SimCLR v2: a 3-layer head; finetune --keep-projection-layers 1
+}
 
 
 def method_class(name: str) -> type[Method]:
@@ -99,4 +117,4 @@ MethodConfig = Annotated[
     Discriminator(_method_name),
 ]
 
-__all__ = ["CONFIGS", "DEFAULT_METHOD", "MethodConfig", "MethodConfigBase", "method_class"]
+__all__ = ["CONFIGS", "DEFAULT_METHOD", "PRESET_FAMILIES", "MethodConfig", "MethodConfigBase", "method_class"]

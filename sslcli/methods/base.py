@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from sslcli.train import StepOut
 
 if TYPE_CHECKING:
+    from sslcli.heads import MLPLayout
     from sslcli.methods.configs import MethodConfigBase
     from sslcli.views import ViewConfig
 
@@ -38,7 +39,8 @@ class Budget:
 
 class Method(Protocol):
     """What pretraining calls on a method, in order: views -> forward -> (backward) -> cancel_gradients ->
-    (optimizer step) -> on_step_end; export_encoder at every checkpoint and online kNN."""
+    (optimizer step) -> on_step_end; export_encoder at every checkpoint and online kNN, export_projector at every
+    checkpoint."""
 
     fixed_lr_modules: tuple[str, ...]  # submodules whose lr stays at the peak value (SimSiam's predictor)
 
@@ -65,6 +67,11 @@ class Method(Protocol):
         """The backbone to save (DINO exports its teacher)."""
         ...
 
+    def export_projector(self) -> tuple[nn.Module, MLPLayout] | None:
+        """The projection head to save beside the encoder (projector.safetensors) with its layout, for
+        `sslcli finetune --keep-projection-layers` (SimCLR v2); None for a method that saves none."""
+        ...
+
     # nn.Module's, used by the loop
     def parameters(self, recurse: bool = True): ...
 
@@ -73,7 +80,7 @@ class Method(Protocol):
 
 class MethodDefaults:
     """The hooks a method need not write: no frozen parameters, nothing to update after a step, the
-    student encoder exported, no fixed-lr submodules."""
+    student encoder exported, no projection head saved beside it, no fixed-lr submodules."""
 
     fixed_lr_modules: ClassVar[tuple[str, ...]] = ()
     encoder: nn.Module
@@ -86,6 +93,9 @@ class MethodDefaults:
 
     def export_encoder(self) -> nn.Module:
         return self.encoder
+
+    def export_projector(self) -> tuple[nn.Module, MLPLayout] | None:
+        return None
 
 
 def views_by_size(views: list[Tensor]) -> list[list[Tensor]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class MethodConfigBase(BaseModel):
@@ -28,6 +28,8 @@ class MethodConfigBase(BaseModel):
     # The method keeps one entry per training image (a memory bank): its forward also takes the batch's
     # dataset indices, and its Budget carries the number of training images.
     uses_indices: ClassVar[bool] = False
+    # Epochs at the start that train nothing (DeepCluster v2 fills its memory first): a shorter run learns nothing.
+    memory_pass_epochs: ClassVar[int] = 0
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
@@ -42,7 +44,12 @@ class SimCLRConfig(MethodConfigBase):
     temperature: float = Field(0.2, gt=0, description="NT-Xent temperature (paper: 0.1-0.5; solo-learn CIFAR: 0.2)")
     proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width")
     proj_out_dim: int = Field(128, gt=0, description="projection size z (paper: 128)")
-    proj_layers: int = Field(2, ge=1, description="projector depth (paper: 2; SimCLR v2: 3)")
+    proj_layers: int = Field(2, ge=1, description="projector depth (paper: 2; SimCLR v2: 3; InvariantSpread: 1, a "
+                             "linear fc to proj_out_dim)")
+    loss: Literal["nt_xent", "invariant_spread"] = Field("nt_xent", description="nt_xent (paper eq. 1) or "
+                                                         "invariant_spread: NT-Xent plus a binary term per negative, "
+                                                         "the other side of each similarity detached (Ye et al. 2019, "
+                                                         "arXiv 1904.03436, eq. 7 as in its released code)")
     rotation_weight: float = Field(0.0, ge=0, description="S4L: weight of the rotation pretext loss added to this "
                                    "method's (4 rotated copies of view 1, a 4-way head; Zhai et al. 2019 use 1; 0 = off)")
 
@@ -56,6 +63,8 @@ class MoCoV2Config(MethodConfigBase):
     queue_size: int = Field(65536, gt=0, description="K negatives kept from past batches (paper: 65536)")
     proj_hidden_dim: int = Field(2048, gt=0, description="MLP projector hidden width (paper: 2048)")
     proj_out_dim: int = Field(128, gt=0, description="key/query size (paper: 128)")
+    proj_layers: int = Field(2, ge=1, description="projector depth: 2 = the MLP head of MoCo v2 (Linear, ReLU, "
+                             "Linear), 1 = MoCo v1's linear fc to proj_out_dim (arXiv 1911.05722)")
     momentum: float = Field(0.999, ge=0, le=1, description="key encoder EMA momentum at the start (paper: 0.999)")
     final_momentum: float = Field(0.999, ge=0, le=1, description="momentum at the end, cosine schedule "
                                   "(paper: constant 0.999; solo-learn MoCo V2+: 0.99 -> 0.999)")
@@ -152,6 +161,40 @@ class SwAVConfig(MethodConfigBase):
                 "augment": {"scale": [0.14, 1.0]}}
 
 
+class DeepClusterConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2006.09882"
+    summary: ClassVar[str] = ("clustering: k-means of a memory of projections each epoch, prototypes = centroids, "
+                              "multi-crop (DeepCluster v2, Caron et al. 2020)")
+    uses_indices: ClassVar[bool] = True
+    memory_pass_epochs: ClassVar[int] = 1
+    name: Literal["deepcluster"] = "deepcluster"
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the prototype scores (paper: 0.1)")
+    proj_hidden_dim: int = Field(2048, gt=0, description="projector hidden width (paper: 2048)")
+    proj_out_dim: int = Field(128, gt=0, description="size of the projections kept in memory and clustered "
+                              "(paper: 128)")
+    num_prototypes: tuple[int, ...] = Field((3000, 3000, 3000), min_length=1, description="K of each k-means "
+                                            "head, one clustering per head each epoch (paper: 3 x 3000 on ImageNet)")
+    kmeans_iterations: int = Field(10, gt=0, description="k-means rounds per clustering (paper's code: 10)")
+    num_local_crops: int = Field(6, ge=0, description="small crops besides the 2 global ones (paper: 6)")
+    local_crop_size: int | None = Field(None, gt=0, description="side of a local crop (default: 3/7 of the image, "
+                                        "as 96/224 in the paper)")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.14), description="local crop area range (paper)")
+
+    @field_validator("num_prototypes")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 1 for k in value):
+            raise ValueError(f"every head needs at least one prototype, got {list(value)}")
+        return value
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper's code (scripts/deepclusterv2_800ep_pretrain.sh): LARS, lr 4.8 at batch 4096 (0.3 per 256
+        # images) down to 4.8e-3, weight decay 1e-6, 10 warm-up epochs; global crops (0.14, 1).
+        return {"optim": {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6, "min_lr_ratio": 0.001},
+                "augment": {"scale": [0.14, 1.0]}}
+
+
 class BarlowConfig(MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/2103.03230"
     summary: ClassVar[str] = "redundancy reduction: cross-correlation towards identity (Zbontar et al. 2021)"
@@ -245,6 +288,83 @@ class MAEConfig(MethodConfigBase):
             "optim": {"name": "adamw", "base_lr": 1.5e-4, "weight_decay": 0.05, "betas": [0.9, 0.95],
                       "warmup_epochs": 40},
             "augment": {"scale": [0.2, 1.0], "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0},
+        }
+
+
+class DINOv2Config(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/2304.07193"
+    summary: ClassVar[str] = ("self-distillation on a ViT: DINO class-token + iBOT masked-patch losses, Sinkhorn-Knopp "
+                              "teacher, KoLeo (Oquab et al. 2023)")
+    name: Literal["dinov2"] = "dinov2"
+    out_dim: int = Field(65536, gt=0, description="K of the DINO head (dinov2 ssl_default_config dino.head_n_prototypes: "
+                         "65536; 131072 for ViT-L/g)")
+    hidden_dim: int = Field(2048, gt=0, description="DINO head MLP hidden width (dino.head_hidden_dim: 2048)")
+    bottleneck_dim: int = Field(256, gt=0, description="DINO head bottleneck (dino.head_bottleneck_dim: 256)")
+    ibot_separate_head: bool = Field(True, description="a separate iBOT head for the patch tokens, else the DINO head "
+                                     "(ibot.separate_head: false in ssl_default_config, true in the ViT-L/g training "
+                                     "configs vitl14/vitg14 and the paper's 'untying head weights')")
+    ibot_out_dim: int = Field(65536, gt=0, description="K of the separate iBOT head (ibot.head_n_prototypes: 65536)")
+    ibot_hidden_dim: int = Field(2048, gt=0, description="iBOT head hidden width (ibot.head_hidden_dim: 2048)")
+    ibot_bottleneck_dim: int = Field(256, gt=0, description="iBOT head bottleneck (ibot.head_bottleneck_dim: 256)")
+    norm_last_layer: bool = Field(False, description="fix the norm of the heads' weight-normalised last layer at 1; "
+                                  "DINOv2's DINOHead learns it (weight_g filled with 1, trained): false")
+    freeze_last_layer_epochs: float = Field(1, ge=0, description="the heads' last layers get no update this long "
+                                            "(optim.freeze_last_layer_epochs: 1)")
+    ibot_weight: float = Field(1.0, ge=0, description="weight of the iBOT masked-patch loss (ibot.loss_weight: 1; "
+                               "0 = DINO and KoLeo only)")
+    koleo_weight: float = Field(0.1, ge=0, description="weight of the KoLeo regulariser on the student's class tokens "
+                                "(dino.koleo_loss_weight: 0.1)")
+    masking: Literal["block", "random"] = Field("block", description="block-wise masks (dinov2's MaskingGenerator, "
+                                                "BEiT's) or uniformly random patches (iBOT's 'rand')")
+    mask_probability: float = Field(0.5, ge=0, le=1, description="fraction of the global crops that are masked "
+                                    "(ibot.mask_sample_probability: 0.5)")
+    mask_ratio: tuple[float, float] = Field((0.1, 0.5), description="range of the masked fraction of a masked crop's "
+                                            "patches, stratified over the crops (ibot.mask_ratio_min_max: [0.1, 0.5])")
+    sinkhorn_iterations: int = Field(3, gt=0, description="Sinkhorn-Knopp iterations of the teacher centering "
+                                     "(sinkhorn_knopp_teacher: 3)")
+    student_temperature: float = Field(0.1, gt=0, description="tau_s of both losses (DINOLoss, iBOTPatchLoss: 0.1)")
+    teacher_temperature: float = Field(0.07, gt=0, description="tau_t after the warm-up (teacher.teacher_temp: 0.07)")
+    warmup_teacher_temperature: float = Field(0.04, gt=0, description="tau_t at the start "
+                                              "(teacher.warmup_teacher_temp: 0.04)")
+    warmup_teacher_temperature_epochs: float = Field(30, ge=0, description="tau_t warm-up length "
+                                                     "(teacher.warmup_teacher_temp_epochs: 30)")
+    momentum: float = Field(0.992, ge=0, le=1, description="teacher EMA at the start (teacher.momentum_teacher: 0.992; "
+                            "0.994 for ViT-L/g)")
+    final_momentum: float = Field(1.0, ge=0, le=1, description="teacher EMA at the end, cosine "
+                                  "(teacher.final_momentum_teacher: 1)")
+    num_local_crops: int = Field(8, ge=0, description="small crops for the student only (crops.local_crops_number: 8)")
+    local_crop_size: int | None = Field(None, gt=0, description="side of a local crop, a multiple of the ViT's patch "
+                                        "(default: 3/7 of the image rounded to a multiple of the patch, as 96/224 in "
+                                        "crops.local_crops_size)")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.32), description="local crop area range "
+                                                  "(crops.local_crops_scale: [0.05, 0.32])")
+    view_blur_p: tuple[float, float] = Field((1.0, 0.1), description="blur odds of global view 1 / 2 "
+                                             "(DataAugmentationDINO: 1.0 / 0.1)")
+    view_solarize_p: tuple[float, float] = Field((0.0, 0.2), description="solarize odds of global view 1 / 2 "
+                                                 "(DataAugmentationDINO: 0 / 0.2)")
+    local_blur_p: float = Field(0.5, ge=0, le=1, description="blur odds of the local views (DataAugmentationDINO: 0.5)")
+
+    @model_validator(mode="after")
+    def _check_ratio(self) -> DINOv2Config:
+        low, high = self.mask_ratio
+        if not 0 <= low <= high < 1:
+            raise ValueError(f"mask_ratio must satisfy 0 <= low <= high < 1, got ({low}, {high})")
+        return self
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # dinov2 ssl_default_config.yaml: AdamW (betas 0.9, 0.999), base_lr 0.004 at batch 1024, i.e. 0.001 per 256
+        # images at that batch (dinov2 scales it by the square root of batch / 1024, sslcli linearly), weight decay
+        # 0.04 (its cosine to 0.4 is not modelled), 10 warm-up epochs, gradients clipped at 3.0; global crops
+        # (0.32, 1) and DINO's colour jitter (0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale 0.2. The encoder is MAE's
+        # default, a ViT-Tiny with patches giving an 8 x 8 grid at CIFAR and Imagenette sizes, small enough for a CPU
+        # (the paper's smallest model is a ViT-S/14, which the GPU presets take).
+        return {
+            "encoder": {"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": default_patch_size(image_size)}},
+            "optim": {"name": "adamw", "base_lr": 1e-3, "weight_decay": 0.04, "betas": [0.9, 0.999],
+                      "warmup_epochs": 10, "clip_grad": 3.0},
+            "augment": {"scale": [0.32, 1.0], "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1,
+                        "jitter_p": 0.8, "gray_p": 0.2},
         }
 
 
@@ -377,6 +497,80 @@ class InpaintingConfig(MethodConfigBase):
                 "augment": {"scale": [0.2, 1.0], **_COLOUR_PRESERVING}}
 
 
+# ---------------------------------------------------------------- the rest of the contrastive family (issue 14)
+
+
+class CPCConfig(MethodConfigBase):
+    paper: ClassVar[str] = "https://arxiv.org/abs/1905.09272"
+    summary: ClassVar[str] = ("contrastive predictive coding: a masked context network over a grid of patch features "
+                              "predicts the patches further down, InfoNCE against every patch of the batch "
+                              "(CPC v2, Henaff et al. 2019)")
+    encoder_input: ClassVar[str] = ("trained on patches: a grid_size x grid_size grid of half-overlapping patches of "
+                                    "side 2 x image_size // (grid_size + 1), each augmented and pooled alone; a whole "
+                                    "image is embedded by this encoder applied to the whole image (its pooled "
+                                    "features), not by the paper's mean of the patch grid's features")
+    name: Literal["cpc"] = "cpc"
+    grid_size: int = Field(7, ge=2, description="patches per side of the grid cut from each view (paper: 7 x 7). "
+                           "Patches overlap by half, as the paper's 64 px patches at a 32 px stride: stride = "
+                           "image_size // (grid_size + 1), side = 2 x stride, the grid centred in the view "
+                           "(8 px patches at 32 px, 16 at 64, 56 at 224)")
+    min_offset: int = Field(2, ge=1, description="the nearest row predicted below the context's row (the paper "
+                            "predicts rows below the context; sslcli starts at 2 because the next row's patches share "
+                            "half their pixels with the context's, a shortcut; 1 adds it)")
+    max_offset: int = Field(5, ge=1, description="the farthest row predicted below the context's row, k = "
+                            "min_offset..max_offset, one linear prediction W_k per k (CPC v1, arXiv 1807.03748: up "
+                            "to 5 rows on the 7 x 7 grid); rows beyond the grid are not predicted")
+    directions: Literal[1, 2, 4] = Field(4, description="prediction directions, each with its own context network "
+                                         "and predictions over the grid rotated: 1 top-down (CPC v1), 2 adds "
+                                         "bottom-up, 4 adds left-to-right and right-to-left (CPC v2's bottom-up and "
+                                         "horizontal predictions, its final model)")
+    context_blocks: int = Field(5, ge=1, description="residual blocks of the context network, each a 1x1 conv, a "
+                                "masked 3x3 conv (rows above and the row itself) and a 1x1 conv (PixelCNN-style; "
+                                "pl_bolts' CPC v2 PixelCNN: 5)")
+    context_dim: int = Field(256, gt=0, description="hidden width of the context blocks (pl_bolts: 256)")
+    target_dim: int = Field(0, ge=0, description="0: scores are W_k c . z on the encoder's pooled patch features "
+                            "(paper); N > 0: targets and predictions in a shared linear projection of size N "
+                            "(pl_bolts CPCTask: 64), a cheaper score")
+    patch_flip_p: float = Field(0.5, ge=0, le=1, description="probability each patch is flipped left-right on its own "
+                                "(paper: random horizontal flips of each patch)")
+    color_drop_p: float = Field(0.5, ge=0, le=1, description="probability each patch keeps only one random colour "
+                                "channel, the other two replaced by noise of 1/100 its std (paper: 'colour dropping' "
+                                "of two of the three channels per patch; below 1 the encoder also sees colour, which "
+                                "the probe's whole images have)")
+    patch_jitter_p: float = Field(0.8, ge=0, le=1, description="probability of colour jitter per patch (the paper's "
+                                  "further patch augmentations include colour transforms; pl_bolts: 0.8 per image)")
+    patch_jitter: tuple[float, float, float, float] = Field((0.4, 0.4, 0.4, 0.1), description="brightness, "
+                                                            "contrast, saturation, hue strengths of that jitter "
+                                                            "(pl_bolts: 0.4, 0.4, 0.4, 0.1)")
+    patch_affine_p: float = Field(0.0, ge=0, le=1, description="probability of a random rotation and shear per patch "
+                                  "(the paper's further patch augmentations take rotation and shearing from "
+                                  "AutoAugment; 0 = off)")
+    patch_rotation: float = Field(30.0, ge=0, le=180, description="largest rotation in degrees (AutoAugment: 30)")
+    patch_shear: float = Field(0.3, ge=0, le=1, description="largest horizontal shear factor (AutoAugment: 0.3)")
+
+    @model_validator(mode="after")
+    def _check_offsets(self) -> CPCConfig:
+        if self.min_offset > self.max_offset:
+            raise ValueError(f"min_offset {self.min_offset} is above max_offset {self.max_offset}")
+        if self.min_offset >= self.grid_size:
+            raise ValueError(f"min_offset {self.min_offset} leaves nothing to predict on a grid of {self.grid_size} "
+                             "rows: lower it or raise grid_size")
+        if any(s < 0 for s in self.patch_jitter) or self.patch_jitter[3] > 0.5:
+            raise ValueError(f"patch_jitter strengths must be >= 0 and the hue's <= 0.5, got {self.patch_jitter}")
+        return self
+
+    @staticmethod
+    def spec_defaults(image_size: int) -> dict[str, Any]:
+        # Paper: layer norm instead of batch norm in the encoder (batch statistics leak between the patches of
+        # an image); timm's groupnorm1 normalises each sample over channels and space, as pl_bolts' CPC-ResNet's
+        # LayerNorm([C, H, W]) does (per-channel affine instead of per-element). Optimizer: pl_bolts' Adam 2e-4 at
+        # batch 128 (4e-4 per 256 images), weight decay 1e-6. The view is a crop and a flip: colour is augmented
+        # per patch in forward.
+        return {"encoder": {"kwargs": {"norm_layer": "groupnorm1"}},
+                "optim": {"name": "adamw", "base_lr": 4e-4, "weight_decay": 1e-6},
+                "augment": {"scale": [0.3, 1.0], "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}}
+
+
 # ---------------------------------------------------------------- memory banks (issue 14)
 
 
@@ -420,7 +614,6 @@ class InstDiscConfig(_MemoryBankContrast):
         return {"optim": {"name": "sgd", "base_lr": 0.03, "weight_decay": 5e-4, "warmup_epochs": 0},
                 "augment": {"scale": [0.2, 1.0], "brightness": 0.4, "contrast": 0.4, "saturation": 0.4,
                             "hue": 0.4, "jitter_p": 1.0, "gray_p": 0.2, "blur_p": 0.0, "solarize_p": 0.0}}
-
 
 
 class CMCConfig(_MemoryBankContrast):

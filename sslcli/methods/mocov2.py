@@ -22,6 +22,10 @@ from sslcli.views import ViewConfig
 class MoCoV2(MethodDefaults, nn.Module):
     """A query encoder + MLP projector trained with InfoNCE against a momentum key encoder and a queue.
 
+    MoCo v1 is the same method with a linear projector (proj_layers=1), temperature 0.07 and v1's augmentation
+    (no blur, colour jitter 0.4 always applied): the mocov1-* presets. InfoMin (arXiv 2005.10243) is MoCo v2
+    with the InfoMin augmentation (augment.randaugment_ops) and temperature 0.15: the infomin-* presets.
+
     Deviation: no shuffled BN on one process (the paper shuffles the key batch across GPUs so BN cannot
     leak which key is the positive). The query and key batches pass through BN in separate forwards,
     so there is no shared statistic to exploit within one process; solo-learn does the same. Under
@@ -34,7 +38,9 @@ class MoCoV2(MethodDefaults, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
-        self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, batch_norm=False)
+        # MoCo v2's MLP head has no batch norm; with proj_layers=1 it is MoCo v1's linear fc (with its bias).
+        self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, num_layers=cfg.proj_layers,
+                             batch_norm=False)
         self.rotation = s4l_rotation(feature_dim, cfg.rotation_weight)  # S4L, off by default
         self.key_encoder = frozen_copy(encoder)
         self.key_projector = frozen_copy(self.projector)
