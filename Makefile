@@ -64,14 +64,14 @@ bench-finetune: install
 	$(BIN)/python -m bench.finetune --data $(FINETUNE_DATA)
 
 # Every method's CPU preset for the same budget (MINUTES each, 8 by default: about 10 min a method with its
-# evaluation, ~2.5 h for all fifteen on 2 cores; METHODS=a,b for some).
+# evaluation, ~4 h for all twenty methods and four recipes on 2 cores; METHODS=a,b for some).
 MINUTES ?= 8
 METHODS ?=
 bench-methods: install
 	$(BIN)/python -m bench.methods --minutes $(MINUTES) $(if $(METHODS),--methods $(METHODS))
 
 # Every preset that carries an expected kNN top-1, run for its own schedule and checked against it
-# (PRESETS=a,b for a subset; about 2.5 h for all sixteen CPU presets on 2 cores).
+# (PRESETS=a,b for a subset; about 2.5 h for the sixteen measured CPU presets on 2 cores).
 PRESETS ?=
 bench-presets: install
 	$(BIN)/python -m bench.presets $(if $(PRESETS),--presets $(PRESETS))
