@@ -2,13 +2,18 @@
 
 A short calibration (a few warm-up steps, then timed steps, on a throwaway copy of the method, with the
 RNG states forked so the run itself draws what it would have drawn) measures the time of a step and of
-one online-kNN evaluation. The run then gets the number of steps that, with its evaluations, checkpoints
-and the closing linear probe, ends within the budget counted from the start of the command; warm-up,
-cosine, EMA and temperature schedules and freezes are laid out over those steps as for any run.
+one online-kNN evaluation. The timed steps are steps that train (after a memory-filling first epoch, whose
+steps skip the update and cost less) and last at least a share of the budget: on a shared 2-core VM the
+speed drifts by +-15 % from one half-minute to the next, and 4 steps (5 s) sampled one moment of it. The
+run then gets the number of steps that, with its evaluations, checkpoints and the closing linear probe,
+ends within the budget counted from the start of the command; warm-up, cosine, EMA and temperature
+schedules and freezes are laid out over those steps as for any run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +28,13 @@ from sslcli.train import Batches, Events, LoopConfig, Step, fit
 # What the end of a run costs besides its last evaluation: the final checkpoint, report/ and the closing
 # linear probe (measured: 2-4 s on 2 CPU cores for the quickstart, under 1 s on a GPU).
 CLOSING_S = 4.0
+# The timed part of a calibration: at least this share of the budget, within these bounds (seconds).
+TIMED_SHARE, TIMED_MIN_S, TIMED_MAX_S = 0.03, 5.0, 60.0
+
+
+def timed_seconds(budget_s: float) -> float:
+    """How long a calibration times steps for a budget: 3 % of it, 5 s to 60 s (14 s for 8 minutes)."""
+    return min(TIMED_MAX_S, max(TIMED_MIN_S, TIMED_SHARE * budget_s))
 
 
 @dataclass
@@ -33,18 +45,24 @@ class Calibration:
 
 def calibrate(make_step: Callable[[], tuple[Step, torch.optim.Optimizer]], batches: Batches, cfg: LoopConfig,
               device: torch.device, evaluate: Callable[[], None] | None, warmup_steps: int,
-              timed_steps: int) -> Calibration:
-    """Time `timed_steps` steps after `warmup_steps` (cuDNN autotuning, worker start-up, caches) on the
-    fresh model `make_step` builds, and one evaluation. The global and CUDA RNG states are restored after,
-    so the run that follows is the run that would have run without a budget."""
+              timed_steps: int, *, min_timed_s: float = 0.0, first_step: int = 0) -> Calibration:
+    """Time at least `timed_steps` steps, and more until `min_timed_s` seconds are timed, after
+    `warmup_steps` (cuDNN autotuning, worker start-up, caches) on the fresh model `make_step` builds, and one
+    evaluation. The method sees the steps as steps `first_step` on (the first that trains: a memory-filling
+    epoch's steps are cheaper). The global and CUDA RNG states are restored after, so the run that follows
+    is the run that would have run without a budget."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), console.hushed():
         step, optimizer = make_step()
-        schedule = torch.full((warmup_steps + timed_steps,), optimizer.param_groups[0]["lr"], dtype=torch.float64)
+        if first_step:
+            base = step
+            step = dataclasses.replace(base, loss=lambda batch, i: base.loss(batch, i + first_step),
+                                       cancel_gradients=lambda i: base.cancel_gradients(i + first_step))
         quiet = dict(log_every=10**9, checkpoint_every=0, checkpoint_every_steps=0, description="calibration")
 
         def run(steps: int) -> float:
             loop = LoopConfig(**{**cfg.__dict__, **quiet, "epochs": 1, "steps_per_epoch": steps, "max_steps": None})
+            schedule = torch.full((steps,), optimizer.param_groups[0]["lr"], dtype=torch.float64)
             _sync(device)
             start = time.perf_counter()
             fit(step, batches, optimizer, schedule, loop, device, Events())
@@ -52,7 +70,11 @@ def calibrate(make_step: Callable[[], tuple[Step, torch.optim.Optimizer]], batch
             return time.perf_counter() - start
 
         run(warmup_steps)
-        step_s = run(timed_steps) / timed_steps
+        timed, elapsed = timed_steps, run(timed_steps)
+        if elapsed < min_timed_s:
+            more = math.ceil((min_timed_s - elapsed) / (elapsed / timed))
+            timed, elapsed = timed + more, elapsed + run(more)
+        step_s = elapsed / timed
         eval_s = 0.0
         if evaluate is not None:
             start = time.perf_counter()

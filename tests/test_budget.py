@@ -33,6 +33,41 @@ def test_plan_fills_what_is_left_after_set_up_evaluations_and_the_closing():
         plan_steps(30, 29, Calibration(step_s=0.5, eval_s=0.0), 100, lambda s: 0, fixed_s=5)
 
 
+def test_calibration_times_steps_that_train_for_at_least_its_share_of_the_budget():
+    """The timed steps go on past the first few until min_timed_s is timed (a drifting machine is sampled for
+    longer than a moment), and the method sees them as the steps after its memory-filling epochs."""
+    import time
+
+    import torch
+
+    from sslcli.budget import calibrate, timed_seconds
+    from sslcli.train import LoopConfig, Step, StepOut
+
+    def measure(min_timed_s: float, first_step: int) -> tuple[list[int], list[int]]:
+        model = torch.nn.Linear(2, 1)
+        seen, cancelled = [], []
+
+        def loss(batch, step):
+            seen.append(step)
+            time.sleep(0.005)
+            return StepOut(loss=model(batch.float()).sum(), logs={})
+
+        make_step = lambda: (Step(model=model, loss=loss, cancel_gradients=cancelled.append),  # noqa: E731
+                             torch.optim.SGD(model.parameters(), lr=0.1))
+        batches = lambda epoch, skip=0: (torch.ones(4, 2) for _ in range(10**6))  # noqa: E731
+        calibration = calibrate(make_step, batches, LoopConfig(epochs=1, steps_per_epoch=10), torch.device("cpu"),
+                                None, warmup_steps=2, timed_steps=4, min_timed_s=min_timed_s, first_step=first_step)
+        assert calibration.step_s >= 0.005 and calibration.eval_s == 0
+        return seen, cancelled
+
+    seen, cancelled = measure(0.0, 0)
+    assert seen == [0, 1, 0, 1, 2, 3] and cancelled == seen, "2 warm-up steps, then 4 timed"
+    seen, cancelled = measure(0.5, 78)
+    assert len(seen) > 30 and seen[:6] == [78, 79, 78, 79, 80, 81] and cancelled == seen, \
+        "timed for half a second (about 100 steps of 5 ms), as steps 78 on"
+    assert [timed_seconds(b) for b in (60, 480, 3600, 7200)] == pytest.approx([5.0, 14.4, 60.0, 60.0])
+
+
 def test_budget_in_the_spec_reads_durations_and_refuses_nonsense(tmp_path: Path):
     proc = sslcli_run("pretrain", str(tmp_path), "--budget", "2m", "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -75,6 +110,7 @@ def test_a_budget_run_plans_its_steps_trains_them_and_keeps_the_plan_on_resume(c
     plan_line = next(line for line in proc.stderr.splitlines() if line.startswith("--budget"))
     assert f"{planned} steps" in plan_line and "a step takes" in plan_line and "online kNN" in plan_line
     assert summary["steps"] == planned and summary["budget_s"] == 40
+    assert summary["wall_s"] < summary["command_s"], "the budget clock: the whole command, set-up and closing included"
     spec = json.loads((run / "spec.json").read_text())
     assert spec["train"]["max_steps"] == planned and spec["train"]["epochs"] == -(-planned // 8)  # 8 steps/epoch
     # The online kNN ran after the last (possibly partial) epoch too.

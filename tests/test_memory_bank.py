@@ -117,6 +117,45 @@ def test_instdisc_bank_takes_the_steps_embeddings_after_the_optimizer_step():
     assert model.export_encoder() is model.encoder
 
 
+def test_instdisc_bank_fill_epochs_write_the_untrained_embeddings_and_train_nothing():
+    from sslcli.commands import pretrain
+    from sslcli.train import LoopConfig
+    from tests.test_methods import STEPS_PER_EPOCH, tiny_spec
+
+    _, model, augment, optimizer, _ = build("instdisc", bank_fill_epochs=1)
+    assert model.fill_steps == STEPS_PER_EPOCH
+    weights = {k: v.clone() for k, v in model.state_dict().items() if not any(s in k for s in ("running", "num_batches", "bank"))}
+    for step in range(STEPS_PER_EPOCH):
+        out = train_step(model, augment, optimizer, step)
+        v = out.embeddings["projections"][0].detach()
+        assert out.loss.item() == 0
+        # The entries are the untrained embeddings themselves (momentum 0), not a blend with the random start.
+        torch.testing.assert_close(model.bank.memory[batch_indices(step)], v)
+    assert model.bank.z.item() == -1, "Z waits for the first step that trains"
+    after = model.state_dict()
+    assert all(torch.equal(after[k], w) for k, w in weights.items()), "no weight moved while filling"
+    filled = model.bank.memory.clone()
+    out = train_step(model, augment, optimizer, STEPS_PER_EPOCH)
+    assert out.loss.item() > 0 and model.bank.z.item() > 0
+    assert not torch.equal(model.head.weight, weights["head.weight"]), "the second epoch trains"
+    indices = batch_indices(STEPS_PER_EPOCH)
+    v = out.embeddings["projections"][0].detach()
+    torch.testing.assert_close(model.bank.memory[indices], F.normalize(0.5 * filled[indices] + 0.5 * v, dim=1))
+    # Negative control: without the fill the first epoch trains and its entries blend with the random start.
+    _, plain, augment, optimizer, _ = build("instdisc")
+    initial = plain.bank.memory.clone()
+    out = train_step(plain, augment, optimizer, 0)
+    assert out.loss.item() > 0 and not torch.equal(plain.head.weight, weights["head.weight"])
+    v = out.embeddings["projections"][0].detach()
+    torch.testing.assert_close(plain.bank.memory[batch_indices(0)],
+                               F.normalize(0.5 * initial[batch_indices(0)] + 0.5 * v, dim=1))
+    # pretrain warns a run that ends within the fill, as DeepCluster v2's memory pass.
+    spec = tiny_spec("instdisc", bank_fill_epochs=1)
+    warned = [pretrain.short_run_warnings(spec, LoopConfig(epochs=e, steps_per_epoch=5)) for e in (1, 2)]
+    assert any("filling its memory" in line for line in warned[0])
+    assert not any("filling its memory" in line for line in warned[1])
+
+
 def test_a_memory_bank_method_needs_the_training_set_size():
     from sslcli.errors import UsageError
     from sslcli.methods import method_class

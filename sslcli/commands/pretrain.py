@@ -114,7 +114,8 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
                                 start_step, device)
     if not distributed.is_main():
         return {}  # rank 0 reports
-    return summary(spec, run_dir, train_data, result, knn, health, start_step, device)
+    return summary(spec, run_dir, train_data, result, knn, health, start_step, device,
+                   command_s=time.perf_counter() - started)
 
 
 def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
@@ -178,7 +179,9 @@ def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData
 
     evaluations: list = []
     warmup, timed = (15, 30) if device.type == "cuda" else (2, 4)
-    calibration = budget.calibrate(make_step, train_data.batches, probe_loop, device, evaluate, warmup, timed)
+    calibration = budget.calibrate(make_step, train_data.batches, probe_loop, device, evaluate, warmup, timed,
+                                   min_timed_s=budget.timed_seconds(spec.train.budget),
+                                   first_step=spec.method.untrained_epochs() * per_epoch)
     count = evaluations[0] if evaluations else (lambda epochs: 0)
     steps = budget.plan_steps(spec.train.budget, time.perf_counter() - started, calibration, per_epoch,
                               lambda steps: count(math.ceil(steps / per_epoch)),
@@ -268,7 +271,7 @@ def short_run_warnings(spec: PretrainSpec, loop: LoopConfig) -> list[str]:
         lines.append(f"this run ({console.plural(total, 'step')}) is no longer than its warm-up ({warmup} steps: "
                      f"optim.warmup_epochs {spec.optim.warmup_epochs:g} x {loop.steps_per_epoch} steps/epoch), so "
                      "the learning rate never reaches its peak; train longer or lower optim.warmup_epochs")
-    untrained = CONFIGS[spec.method.name].memory_pass_epochs * loop.steps_per_epoch
+    untrained = spec.method.untrained_epochs() * loop.steps_per_epoch
     if untrained and total <= untrained:
         lines.append(f"{spec.method.name} spends its first {console.plural(untrained, 'step')} filling its memory "
                      f"and trains from the next epoch on: this run ({console.plural(total, 'step')}) ends before, "
@@ -367,7 +370,8 @@ def write_report(run_dir: Path, grid: online_knn.NeighbourGrid | None) -> None:
 
 
 def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result, knn: online_knn.OnlineKnn,
-            health: monitors.CollapseWatch, start_step: int, device: torch.device) -> dict[str, Any]:
+            health: monitors.CollapseWatch, start_step: int, device: torch.device,
+            command_s: float) -> dict[str, Any]:
     if train_data.policy.summary():
         console.warn(train_data.policy.summary())
     return {
@@ -384,6 +388,8 @@ def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result,
         "final_loss": result.last_loss,
         "images_per_s": round(result.images_per_s, 2),
         "wall_s": round(result.wall_s, 2),
+        # The budget's clock: the whole command (set-up, calibration, training, evaluations, closing), this process.
+        "command_s": round(command_s, 2),
         "device": str(device),
         "processes": distributed.world_size(),
         "knn_top1": knn.last_top1,

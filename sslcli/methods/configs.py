@@ -31,6 +31,11 @@ class MethodConfigBase(BaseModel):
     # Epochs at the start that train nothing (DeepCluster v2 fills its memory first): a shorter run learns nothing.
     memory_pass_epochs: ClassVar[int] = 0
 
+    def untrained_epochs(self) -> int:
+        """The epochs at the start of a run that train nothing with these settings (memory_pass_epochs, or a
+        setting's own count)."""
+        return self.memory_pass_epochs
+
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
         """Spec values the paper uses where they differ from the global defaults (optimizer, encoder, crops)."""
@@ -605,6 +610,13 @@ class InstDiscConfig(_MemoryBankContrast):
     num_negatives: int = Field(4096, ge=0, description="K entries drawn per image as negatives, uniformly from "
                                "the other images' (paper: 4096, from all N); 0 = every entry, the full "
                                "non-parametric softmax (paper eq. 2, needs loss = softmax)")
+    bank_fill_epochs: int = Field(0, ge=0, description="epochs at the start that train nothing and write the "
+                                  "untrained network's embeddings into the bank in place of its random initial "
+                                  "vectors, so that the first positives are images' embeddings, not noise (paper: "
+                                  "0; ours, for runs of a few epochs)")
+
+    def untrained_epochs(self) -> int:
+        return self.bank_fill_epochs
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:

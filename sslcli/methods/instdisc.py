@@ -25,6 +25,13 @@ class InstDisc(MethodDefaults, nn.Module):
     The exported encoder is the backbone (the head's 128-d embedding is the training target, not exported).
     Deviation: the learning rate follows sslcli's cosine schedule, not the paper's steps (x 0.1 at epochs
     120 and 160 of 200).
+
+    With method.bank_fill_epochs (ours, 0 by default as the paper), the first epochs train nothing: their
+    steps write the untrained network's embeddings into the bank in place of its random initial vectors
+    (loss 0, every gradient dropped, as DeepCluster v2's memory pass), so that training starts against
+    positives that are embeddings of the images. Without it, an entry keeps half of its random vector after
+    the first epoch and a quarter after the second (momentum 0.5), and a run of a few epochs spends them
+    fitting noise. NCE's Z is estimated on the first step that trains.
     """
 
     def __init__(self, cfg: InstDiscConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
@@ -33,6 +40,7 @@ class InstDisc(MethodDefaults, nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(feature_dim, cfg.embedding_dim)
         self.bank = MemoryBank(budget.num_images, cfg.embedding_dim, cfg.bank_momentum, "instdisc")
+        self.fill_steps = budget.epochs_to_steps(cfg.bank_fill_epochs)
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         return [augment]
@@ -45,11 +53,21 @@ class InstDisc(MethodDefaults, nn.Module):
         x = views[0]
         h = self.encoder(x)
         v = F.normalize(self.head(h).float(), dim=1)
-        (draws,) = self.draw(x.shape[0], x.device)
-        loss = bank_loss(self.bank, v, indices, draws, self.cfg.temperature, self.cfg.loss)
-        self.bank.stage(v, indices)
+        filling = step < self.fill_steps
+        if filling:  # a zero loss on the graph: backward runs as usual and cancel_gradients drops the gradients
+            loss = (v * 0.0).sum()
+        else:
+            (draws,) = self.draw(x.shape[0], x.device)
+            loss = bank_loss(self.bank, v, indices, draws, self.cfg.temperature, self.cfg.loss)
+        self.bank.stage(v, indices, replace=filling)
         return StepOut(loss=loss, logs={"loss": loss.detach()},
                        embeddings={"features": (h,), "projections": (v,)})
+
+    def cancel_gradients(self, step: int) -> None:
+        """The bank-filling epochs train nothing: no gradient reaches the optimizer (the loop skips its step)."""
+        if step < self.fill_steps:
+            for p in self.parameters():
+                p.grad = None
 
     def on_step_end(self, step: int) -> None:
         self.bank.commit()

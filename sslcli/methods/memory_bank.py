@@ -54,7 +54,7 @@ class MemoryBank(nn.Module):
         self.register_buffer("memory", F.normalize(torch.randn(size, dim), dim=1))
         # Z of NCE (lemniscate's params[2]): -1 until the first applied step sets it.
         self.register_buffer("z", torch.full((), -1.0))
-        self._pending: tuple[Tensor, Tensor] | None = None
+        self._pending: tuple[Tensor, Tensor, float] | None = None
         self._pending_z: Tensor | None = None
 
     @property
@@ -95,9 +95,11 @@ class MemoryBank(nn.Module):
         self._pending_z = z
         return e / z
 
-    def stage(self, v: Tensor, indices: Tensor) -> None:
-        """Keep this step's embeddings (every rank's) for the update after the optimizer step."""
-        self._pending = (distributed.gather(v.detach().float()), distributed.gather(indices))
+    def stage(self, v: Tensor, indices: Tensor, replace: bool = False) -> None:
+        """Keep this step's embeddings (every rank's) for the update after the optimizer step; with `replace`,
+        they replace their entries outright (momentum 0: InstDisc's bank_fill_epochs)."""
+        momentum = 0.0 if replace else self.momentum
+        self._pending = (distributed.gather(v.detach().float()), distributed.gather(indices), momentum)
 
     @torch.no_grad()
     def commit(self) -> None:
@@ -107,9 +109,9 @@ class MemoryBank(nn.Module):
             self._pending_z = None
         if self._pending is None:
             return
-        v, indices = self._pending
+        v, indices, momentum = self._pending
         self._pending = None
-        updated = self.memory[indices] * self.momentum + v * (1 - self.momentum)
+        updated = self.memory[indices] * momentum + v * (1 - momentum)
         self.memory.index_copy_(0, indices, F.normalize(updated, dim=1))
 
 
