@@ -71,8 +71,10 @@ def calibrate(make_step: Callable[[], tuple[Step, torch.optim.Optimizer]], batch
 
         run(warmup_steps)
         timed, elapsed = timed_steps, run(timed_steps)
-        if elapsed < min_timed_s:
-            more = math.ceil((min_timed_s - elapsed) / (elapsed / timed))
+        more = max(0, math.ceil((min_timed_s - elapsed) / (elapsed / timed)))
+        # Under torchrun every rank must run the same steps (each all-reduces): the most any rank wants.
+        more = int(distributed.all_reduce_(torch.tensor(float(more), device=device), op="max").item())
+        if more:
             timed, elapsed = timed + more, elapsed + run(more)
         step_s = elapsed / timed
         eval_s = 0.0

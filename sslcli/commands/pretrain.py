@@ -186,6 +186,9 @@ def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData
     steps = budget.plan_steps(spec.train.budget, time.perf_counter() - started, calibration, per_epoch,
                               lambda steps: count(math.ceil(steps / per_epoch)),
                               fixed_s=calibration.eval_s + budget.CLOSING_S)
+    # Each rank counted the time already spent on its own clock: rank 0's plan is the run's, so that every
+    # rank trains the same steps (a rank with one step more would wait forever in its all-reduce).
+    steps = int(distributed.all_reduce_(torch.tensor(float(steps if distributed.is_main() else 0), device=device)).item())
     epochs = math.ceil(steps / per_epoch)
     console.info(f"--budget {console.format_seconds(spec.train.budget)}: a step takes {calibration.step_s:.3g} s "
                  f"({probe_loop.precision}), an online kNN {calibration.eval_s:.1f} s: {steps} steps "
