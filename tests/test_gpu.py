@@ -113,6 +113,8 @@ def test_pretraining_steps_make_no_host_synchronisation(preset: str, cifar_small
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["device"].startswith("cuda") and summary["steps"] == steps and summary["skipped_steps"] == 0
+    if epochs == 2:
+        assert summary["final_loss"] > 0, "the second epoch trained against the filled bank (the first's loss is 0)"
 
 
 def test_deepcluster_memory_kmeans_and_steps_make_no_host_synchronisation(cifar_small: Path, tmp_path: Path):
