@@ -1,5 +1,5 @@
 """CIE Lab colour and the quantised ab space of Colorful Image Colorization (Zhang et al. 2016,
-https://arxiv.org/abs/1603.08511): sRGB (D65) -> Lab on a batch, on its device; the in-gamut ab bins;
+https://arxiv.org/abs/1603.08511): sRGB (D65) -> Lab on a batch, on its device; the quantised ab bins (the paper's 313, or the 261 that sRGB reaches);
 the soft encoding of ab values over their nearest bins; the class-rebalancing weights.
 
 Pure functions of tensors, no state: the colorization method keeps the running prior, this module computes.
@@ -20,7 +20,7 @@ D65_WHITE = (0.95047, 1.0, 1.08883)  # Xn, Yn, Zn
 _DELTA = 6 / 29  # CIE's knee of the cube root
 
 GRID = 10  # the paper's ab grid size
-GAMUT_LEVELS = 64  # levels per sRGB channel searched for the in-gamut bins (see ab_bins)
+GAMUT_LEVELS = 64  # levels per sRGB channel searched for the gamut's bins (see gamut_ab_bins)
 
 
 def srgb_to_linear(c: Tensor) -> Tensor:
@@ -69,8 +69,19 @@ def lightness_to_grey(lightness: Tensor) -> Tensor:
     return linear_to_srgb(y.clamp(0, 1))
 
 
+# Zhang et al.'s 313 bins (resources/pts_in_hull.npy of their released code, richzhang/colorization), written
+# row by row: for each a (grid of 10), the contiguous run of b values (low, high) it keeps. 313 in all.
+PAPER_BIN_ROWS = {
+    -90: (50, 90), -80: (20, 90), -70: (0, 90), -60: (-20, 90), -50: (-30, 100), -40: (-40, 100),
+    -30: (-50, 100), -20: (-50, 100), -10: (-60, 100), 0: (-70, 100), 10: (-80, 90), 20: (-80, 90),
+    30: (-90, 90), 40: (-100, 90), 50: (-100, 80), 60: (-110, 80), 70: (-110, 80), 80: (-110, 70),
+    90: (-110, 70), 100: (-90, 0),
+}
+BIN_SETS = ("paper", "gamut")
+
+
 @functools.lru_cache(maxsize=4)
-def _bins(grid: int, levels: int) -> tuple[tuple[float, float], ...]:
+def _gamut_bins(grid: int, levels: int) -> tuple[tuple[float, float], ...]:
     v = torch.linspace(0, 1, levels, dtype=torch.float64)
     colours = torch.cartesian_prod(v, v, v).T.reshape(1, 3, -1, 1)  # every colour of the grid, as one "image"
     ab = rgb_to_lab(colours)[0, 1:, :, 0].T
@@ -78,16 +89,30 @@ def _bins(grid: int, levels: int) -> tuple[tuple[float, float], ...]:
     return tuple((float(a), float(b)) for a, b in cells.tolist())
 
 
-def ab_bins(grid: int = GRID, levels: int = GAMUT_LEVELS) -> Tensor:
-    """The in-gamut ab bins [Q, 2] (float32 centres, multiples of `grid`, sorted by a then b).
+def gamut_ab_bins(grid: int = GRID, levels: int = GAMUT_LEVELS) -> Tensor:
+    """The cells of the ab grid that sRGB reaches [261, 2] (float32 centres, multiples of `grid`, sorted by a
+    then b): a cell (centre c, the ab values that round to c) is kept when some sRGB colour falls in it.
 
-    Rule: a cell of the grid (centre c, the ab values that round to c) is in gamut when some sRGB colour
-    falls in it. A grid of 64 levels per channel (262,144 colours) finds the same 261 cells as all 16.7 M
-    8-bit colours (checked once: 30 s). Zhang et al. keep 313 bins (their released pts_in_hull.npy) and do
-    not say how they chose them; sRGB at D65 reaches only these 261 cells of the grid, so the extra ones of
-    the paper would be bins no image pixel is encoded to first (soft encoding still reaches any ab value).
+    A grid of 64 levels per channel (262,144 colours) finds the same 261 cells as all 16.7 M 8-bit colours
+    (checked once: 30 s). All 261 are among the paper's 313 (`paper_ab_bins`); the paper's other 52 lie on the
+    rim, bins that no sRGB pixel is nearest to (soft encoding still gives them some of a rim pixel's mass).
     """
-    return torch.tensor(_bins(grid, levels), dtype=torch.float32)
+    return torch.tensor(_gamut_bins(grid, levels), dtype=torch.float32)
+
+
+def paper_ab_bins() -> Tensor:
+    """The paper's 313 bins [313, 2] (float32, sorted by a then b). The paper calls them "in-gamut" and does not
+    say how it chose them: neither the sRGB gamut's cells (261, all among these) nor a margin or a convex hull
+    around them gives this set, so it is written out (PAPER_BIN_ROWS) rather than derived."""
+    return torch.tensor([(float(a), float(b)) for a, (low, high) in PAPER_BIN_ROWS.items()
+                         for b in range(low, high + 1, GRID)], dtype=torch.float32)
+
+
+def ab_bins(kind: str = "paper") -> Tensor:
+    """The quantised ab space: 'paper' (Zhang et al.'s 313 bins) or 'gamut' (the 261 cells sRGB reaches)."""
+    if kind not in BIN_SETS:
+        raise ValueError(f"unknown ab bins {kind!r}: one of {', '.join(BIN_SETS)}")
+    return paper_ab_bins() if kind == "paper" else gamut_ab_bins()
 
 
 def soft_encode(ab: Tensor, bins: Tensor, neighbours: int = 5, sigma: float = 5.0) -> Tensor:

@@ -29,9 +29,12 @@ GLOBAL_BATCH = 8  # images per step, over all ranks
 NUM_IMAGES = 32  # the training set of a method with a memory bank
 STEP = 0
 # Settings that change what crosses the ranks, checked as cases of their own: case -> (method, its settings).
-# CMC's default contrasts memory banks; its in-batch mode gathers its embeddings with gradients.
+# CMC's default contrasts memory banks; its in-batch mode gathers its embeddings with gradients. S4L adds the
+# rotation task's own encoder pass (synchronised batch norm over the rotated copies) to SimCLR's and BYOL's.
 VARIANTS = {"invariantspread": ("simclr", {"loss": "invariant_spread", "proj_layers": 1}),
-            "cmc-batch": ("cmc", {"negatives": "batch"})}
+            "cmc-batch": ("cmc", {"negatives": "batch"}),
+            "simclr-s4l": ("simclr", {"rotation_weight": 1.0}),
+            "byol-s4l": ("byol", {"rotation_weight": 1.0})}
 CASES = {**{name: (name, {}) for name in CONFIGS}, **VARIANTS}
 STEPS_PER_EPOCH = 2  # a memory bank holds the GLOBAL_BATCH x STEPS_PER_EPOCH images of an epoch
 

@@ -25,7 +25,7 @@ from tests import dist_worker
 
 REPO = Path(__file__).resolve().parents[1]
 # in-batch negatives, global cross-correlation, DINOv2's KoLeo nearest neighbours over the global batch
-GATHERING = {"simclr", "invariantspread", "mocov3", "barlow", "vicreg", "cpc", "dinov2", "cmc-batch"}
+GATHERING = {"simclr", "simclr-s4l", "invariantspread", "mocov3", "barlow", "vicreg", "cpc", "dinov2", "cmc-batch"}
 NO_BATCH_STATISTICS = {"mae"}  # a ViT with a per-sample loss: nothing to synchronise
 
 
@@ -71,6 +71,8 @@ def test_two_ranks_give_the_gradients_of_one_process_with_the_global_batch(singl
     assert set(ranks) == set(single_process), "the same parameters get gradients on one process and under DDP"
     for case in dist_worker.CASES:
         assert any(k.startswith(f"{case}/grad/encoder.") for k in ranks), f"{case}: no encoder gradient"
+    for case in ("simclr-s4l", "byol-s4l"):  # S4L's rotation head is trained and compared as well
+        assert any(k.startswith(f"{case}/grad/rotation.") for k in ranks), f"{case}: no rotation-head gradient"
     # Memory banks are compared between the ranks too (InstDisc's, CMC's two).
     assert {k.split("/")[0] for k in ranks if k.endswith("bank_rank_spread")} >= {"instdisc", "cmc"}
     errors = relative_errors(single_process, ranks)

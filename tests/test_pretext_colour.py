@@ -10,6 +10,7 @@ import torch
 
 from sslcli import colour
 from sslcli.methods.inpainting import central_hole, overlap_band, random_blocks
+from sslcli.methods.spatial import feature_map
 
 # sRGB 8-bit -> CIE Lab (D65), the standard published values (e.g. Bruce Lindbloom's calculator).
 LAB_REFERENCE = [
@@ -44,10 +45,9 @@ def test_lightness_to_grey_is_the_neutral_grey_of_that_lightness():
     assert colour.lightness_to_grey(torch.tensor(53.585)).item() == pytest.approx(128 / 255, abs=1e-4)
 
 
-def test_in_gamut_ab_bins_are_the_261_cells_srgb_reaches():
-    bins = colour.ab_bins()
-    # The rule (see ab_bins): cells of the grid of 10 that some sRGB colour rounds to. 261, not the paper's
-    # 313, whose choice it does not document; the sRGB gamut at D65 reaches these 261 cells of the grid.
+def test_gamut_ab_bins_are_the_261_cells_srgb_reaches():
+    bins = colour.ab_bins("gamut")
+    # The rule (see gamut_ab_bins): cells of the grid of 10 that some sRGB colour rounds to.
     assert bins.shape == (261, 2)
     assert (bins % 10 == 0).all() and len({tuple(b) for b in bins.tolist()}) == 261
     assert [0.0, 0.0] in bins.tolist()
@@ -60,11 +60,27 @@ def test_in_gamut_ab_bins_are_the_261_cells_srgb_reaches():
     assert cells <= {tuple(b) for b in bins.tolist()}
 
 
+def test_paper_ab_bins_are_zhangs_313_and_hold_the_gamut_cells():
+    bins = colour.ab_bins("paper")
+    assert bins.shape == (313, 2) and torch.equal(bins, colour.ab_bins())  # the default
+    points = [tuple(b) for b in bins.tolist()]
+    assert len(set(points)) == 313 and points == sorted(points) and (bins % 10 == 0).all()
+    # Entries of pts_in_hull.npy: its first and last rows, and rim bins sRGB never rounds to.
+    assert points[0] == (-90.0, 50.0) and points[-1] == (100.0, 0.0)
+    for rim in ((-90.0, 90.0), (100.0, -90.0), (60.0, -110.0), (-50.0, 100.0)):
+        assert rim in points and rim not in {tuple(b) for b in colour.ab_bins("gamut").tolist()}
+    assert (90.0, 80.0) not in points and (110.0, 0.0) not in points
+    # All 261 gamut cells are among them: every sRGB pixel's nearest paper bin is its own cell.
+    assert {tuple(b) for b in colour.ab_bins("gamut").tolist()} <= set(points)
+    with pytest.raises(ValueError, match="unknown ab bins"):
+        colour.ab_bins("313")
+
+
 def test_soft_encoding_spreads_over_the_5_nearest_bins_with_gaussian_weights():
     bins = colour.ab_bins()
     ab = torch.tensor([[0.0, 0.0], [33.0, -47.0]]).T.reshape(1, 2, 1, 2)
     targets = colour.soft_encode(ab, bins, neighbours=5, sigma=5.0)
-    assert targets.shape == (1, 261, 1, 2)
+    assert targets.shape == (1, 313, 1, 2)
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(1, 1, 2))
     assert ((targets > 0).sum(dim=1) == 5).all()
     # At a bin centre: itself at distance 0 and its 4 grid neighbours at 10 -> weights 1 : e^-2 (x4).
@@ -89,7 +105,7 @@ def test_rebalancing_weights_follow_eq_4():
     torch.testing.assert_close(half, raw / (prior * raw).sum())
     assert (prior * half).sum().item() == pytest.approx(1.0) and half[2] > half[1] > half[0]
     smoothing = colour.bin_smoothing(colour.ab_bins())
-    torch.testing.assert_close(smoothing.sum(dim=0), torch.ones(261))  # smoothing keeps a distribution one
+    torch.testing.assert_close(smoothing.sum(dim=0), torch.ones(313))  # smoothing keeps a distribution one
 
 
 def test_central_hole_and_band_make_up_the_central_square():
@@ -141,6 +157,17 @@ def test_colorization_sees_grey_reads_the_views_statistics_and_updates_its_prior
     train_step(model, augment, optimizer, 1)
     assert model.prior_batches.item() == 2 and not torch.equal(model.prior, first)
     assert {"prior", "prior_batches"} <= set(model.state_dict()), "the prior is checkpointed"
+
+
+def test_colorization_predicts_over_the_bins_its_config_names():
+    from tests.test_methods import images
+
+    for bins, count in (("paper", 313), ("gamut", 261)):
+        _, model, augment, _, _ = _build("colorization", bins=bins)
+        assert model.bins.shape == (count, 2) and model.prior.shape == (count,)
+        views = augment(images())
+        fmap, _ = feature_map(model.encoder, model.encoder_input(colour.rgb_to_lab(model.pixels.to_pixels(views[0]))))
+        assert model.decoder(fmap, (2, 2)).shape[1] == count
 
 
 def test_colorization_metadata_says_what_the_encoder_saw(tmp_path):

@@ -39,7 +39,7 @@ class Colorization(MethodDefaults, nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         self.pixels = Pixels(encoder)
-        bins = colour.ab_bins()
+        bins = colour.ab_bins(cfg.bins)
         self.register_buffer("bins", bins, persistent=False)
         self.register_buffer("smoothing", colour.bin_smoothing(bins, cfg.sigma), persistent=False)
         # The running prior: mean of the batches' bin frequencies, over `prior_batches` batches.

@@ -451,11 +451,14 @@ _COLOUR_PRESERVING = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p
 
 class ColorizationConfig(MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/1603.08511"
-    summary: ClassVar[str] = ("pretext: predict the ab colours of the L channel as a distribution over 261 ab bins, "
+    summary: ClassVar[str] = ("pretext: predict the ab colours of the L channel as a distribution over 313 ab bins, "
                               "class-rebalanced (Zhang et al. 2016)")
     encoder_input: ClassVar[str] = ("trained on grey images (the neutral grey of each pixel's Lab lightness, the same in "
                                     "all 3 channels); takes RGB normalised with mean/std like every encoder")
     name: Literal["colorization"] = "colorization"
+    bins: Literal["paper", "gamut"] = Field("paper", description="the quantised ab space (grid 10): 'paper', "
+                                            "Zhang et al.'s 313 bins; 'gamut', the 261 of them that sRGB "
+                                            "colours fall in (the other 52 are rim bins no pixel is nearest to)")
     neighbours: int = Field(5, gt=0, description="nearest ab bins of a soft-encoded target (paper: 5)")
     sigma: float = Field(5.0, gt=0, description="Gaussian kernel of the soft encoding and of the prior's smoothing, "
                          "in ab units (paper: 5)")
