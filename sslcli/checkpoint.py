@@ -171,6 +171,17 @@ def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
     return info
 
 
+def _first_reason(exc: Exception) -> str:
+    """One line saying why a load failed: load_state_dict's first line is only "Error(s) in loading state_dict
+    for X:"; the first of the lines under it names a tensor (a size mismatch, a missing or unexpected key)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return exc.__class__.__name__
+    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        return lines[1].rstrip(".")
+    return lines[0]
+
+
 def load_encoder(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
     """Rebuild the encoder from the file's metadata and load its weights strictly (a run folder: its encoder)."""
     path = encoder_file(path)
@@ -190,8 +201,7 @@ def load_encoder(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "mismatch"
-        raise UsageError(f"{path}: the weights do not match a {info.name} encoder ({first})") from None
+        raise UsageError(f"{path}: the weights do not match a {info.name} encoder ({_first_reason(exc)})") from None
     return model, info, meta
 
 
@@ -313,8 +323,7 @@ def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         optimizer.load_state_dict(unflatten_optimizer(tensors, record["optimizer"]))
         torch.set_rng_state(tensors["rng/torch"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UsageError(f"{path} does not fit this run's model and optimizer ({first})") from None
+        raise UsageError(f"{path} does not fit this run's model and optimizer ({_first_reason(exc)})") from None
     return record, {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/") and k != "rng/torch"}
 
 

@@ -67,8 +67,11 @@ def test_weights_that_do_not_match_the_metadata_are_refused(tmp_path: Path):
     other = tmp_path / "other.safetensors"
     small, _ = build_encoder("resnet10t", 32)
     checkpoint.save_encoder(other, small, meta)  # resnet10t weights under resnet18 metadata
-    with pytest.raises(UsageError, match="do not match a resnet18"):
+    with pytest.raises(UsageError, match="do not match a resnet18") as refused:
         checkpoint.load_encoder(other)
+    # The message names a tensor that does not fit, not only load_state_dict's "Error(s) in loading" line.
+    assert "Error(s) in loading" not in str(refused.value)
+    assert "size mismatch for" in str(refused.value) or "key" in str(refused.value)
 
 
 def _train_one_step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -101,6 +104,18 @@ def test_train_state_round_trip(tmp_path: Path):
     _train_one_step(fresh, fresh_opt)
     for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_state_of_another_model_is_refused_naming_the_tensor(tmp_path: Path):
+    # e.g. a colorization run saved with 261 ab bins resumed with 313: the message says which tensor differs.
+    saved = nn.Sequential(nn.Linear(4, 261))
+    opt = torch.optim.SGD(saved.parameters(), lr=0.1)
+    path = checkpoint.save_train_state(tmp_path / "checkpoints", step=1, epoch=1, model=saved, optimizer=opt,
+                                       extra={})
+    other = nn.Sequential(nn.Linear(4, 313))
+    with pytest.raises(UsageError, match=r"does not fit this run's model and optimizer \(size mismatch for "
+                                         r"0\.weight: .*261.*313"):
+        checkpoint.load_train_state(path, other, torch.optim.SGD(other.parameters(), lr=0.1))
 
 
 def test_only_the_newest_complete_states_are_kept(tmp_path: Path):
