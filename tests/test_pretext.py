@@ -18,6 +18,8 @@ from sslcli.methods.pretext import (
     drop_colors,
     normalize_patches,
     patch_side,
+    resample_patches,
+    resampling_table,
     rotate_batch,
 )
 from sslcli.methods.relpos import NEIGHBOURS, pair_positions
@@ -169,6 +171,53 @@ def test_relpos_neighbour_index_matches_the_patch_offset():
     assert torch.equal(moved_top - top, jitter[..., 0]) and torch.equal(moved_left - left, jitter[..., 1])
     far = pair_positions(size, patch, label, torch.full((8, 2, 2), 50))
     assert all(0 <= int(v) <= size - patch for t in far for v in t.flatten())
+
+
+def test_resampling_shrinks_each_patch_to_its_own_side_and_back_like_interpolate():
+    torch.manual_seed(0)
+    p = 7
+    table = resampling_table(p)
+    torch.testing.assert_close(table[p], torch.eye(p))  # side p: left alone
+    torch.testing.assert_close(table[1:].sum(dim=-1), torch.ones(p, p))  # a flat patch stays flat
+    patches = torch.randn(2, 2, 3, p, p)
+    sides = torch.tensor([[7, 3], [1, 5]])
+    out = resample_patches(patches, sides, table)
+    for b in range(2):
+        for k in range(2):
+            s = int(sides[b, k])
+            small = F.interpolate(patches[b, k][None], size=(s, s), mode="area")
+            reference = F.interpolate(small, size=(p, p), mode="bilinear", align_corners=False)[0]
+            torch.testing.assert_close(out[b, k], reference, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[0, 0], patches[0, 0]) or torch.allclose(out[0, 0], patches[0, 0], atol=1e-6)
+    assert not torch.allclose(out[0, 1], patches[0, 1], atol=1e-2)  # 3 of 7 px: detail is lost
+    assert torch.allclose(out[1, 0], patches[1, 0].mean(dim=(-2, -1), keepdim=True).expand(3, p, p), atol=1e-5)
+
+
+def test_relpos_downsampling_draws_a_side_per_patch_only_when_asked():
+    torch.manual_seed(0)
+    _, off, *_ = build("relpos")
+    *_, sides = off.draw(64, 1, (3, 10), torch.device("cpu"))
+    assert sides is None  # the default: the paper does not say how often, so off
+    _, every, *_ = build("relpos", downsample_p=1.0, downsample_min_side=0.25)
+    *_, sides = every.draw(64, 1, (3, 10), torch.device("cpu"))
+    assert sides.shape == (64, 2) and sides.min() >= 3 and sides.max() <= 10 and len(sides.unique()) > 3
+    _, half, *_ = build("relpos", downsample_p=0.5, downsample_min_side=0.25)
+    *_, sides = half.draw(512, 1, (3, 10), torch.device("cpu"))
+    assert 0.35 < (sides < 10).float().mean() < 0.6  # about half shrunk (some draw the full side)
+    # In a step the encoder sees the shrunk patches: the same crops (the sides are drawn last), smoother.
+    seen = {}
+    for p in (0.0, 1.0):
+        _, model, augment, _, _ = build("relpos", downsample_p=p, downsample_min_side=0.25, color_drop=False)
+        model.encoder.register_forward_pre_hook(lambda module, args, p=p: seen.setdefault(p, args[0].detach()))
+        views = augment(images())
+        torch.manual_seed(5)
+        assert torch.isfinite(model(views, 0).loss)
+
+    def roughness(x):
+        return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+    assert seen[0.0].shape == seen[1.0].shape and not torch.equal(seen[0.0], seen[1.0])
+    assert roughness(seen[1.0]) < 0.9 * roughness(seen[0.0])
 
 
 def test_crop_patches_takes_the_pixels_at_each_position():

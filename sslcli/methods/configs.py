@@ -435,6 +435,11 @@ class RelPosConfig(MethodConfigBase):
     color_drop: bool = Field(True, description="per patch, keep one random colour channel and replace the other "
                              "two by Gaussian noise of 1/100 its std, against chromatic aberration (paper: 'color "
                              "dropping'; its alternative, projection, is not implemented)")
+    downsample_p: float = Field(0.0, ge=0, le=1, description="probability that a patch is shrunk (area) to a "
+                                "random side and enlarged back (bilinear), for robustness to pixelation (paper: "
+                                "'some patches', fraction not given; 0 = off)")
+    downsample_min_side: float = Field(10 / 96, gt=0, le=1, description="smallest side a shrunk patch gets, as a "
+                                       "fraction of the patch side (paper: as little as 100 pixels of 96 x 96)")
     patch_dim: int = Field(4096, gt=0, description="per-patch layer after the shared encoder (paper: fc6, 4096)")
     hidden_dim: int = Field(4096, gt=0, description="hidden layer over the 2 concatenated patches (paper: fc7, 4096)")
 

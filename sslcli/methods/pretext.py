@@ -91,6 +91,28 @@ def drop_colors(patches: Tensor, keep: Tensor, noise: Tensor) -> Tensor:
     return torch.where(mask, patches, noise * std / 100)
 
 
+def resampling_table(side: int, device: torch.device | None = None) -> Tensor:
+    """[side + 1, side, side]: entry s is the linear map of one image axis that shrinks `side` pixels to s by
+    area averaging and brings them back to `side` bilinearly (entry `side` is the identity; entry 0 is unused).
+
+    Applied on both axes (A X A^T) it is F.interpolate(mode="area") to s x s then F.interpolate(mode="bilinear")
+    back, written as matrices so that every patch of a batch can have its own s in one batched matmul."""
+    eye = torch.eye(side, dtype=torch.float64).unsqueeze(1)  # side basis signals [side, 1, side]
+    table = torch.zeros(side + 1, side, side, dtype=torch.float64)
+    for s in range(1, side + 1):
+        down = F.interpolate(eye, size=s, mode="area")  # [side, 1, s]: column j = the image of pixel j
+        up = F.interpolate(down, size=side, mode="linear", align_corners=False)  # [side, 1, side]
+        table[s] = up[:, 0, :].T  # row i of the map: output pixel i from every input pixel
+    return table.to(device=device, dtype=torch.float32)
+
+
+def resample_patches(patches: Tensor, sides: Tensor, table: Tensor) -> Tensor:
+    """Doersch et al.'s pixelation: patch [b, k] shrunk to sides[b, k] pixels a side and enlarged back.
+    patches [B,K,C,p,p], sides [B,K] integer in [1, p] (p: no change), table = resampling_table(p)."""
+    maps = table[sides.long()].to(patches.dtype)  # [B,K,p,p]
+    return torch.einsum("bkij,bkcjl,bkml->bkcim", maps, patches, maps)
+
+
 def size_multiple(encoder: nn.Module) -> int:
     """Patch sides must be a multiple of a ViT's patch size (timm's PatchEmbed does not pad); 1 for CNNs."""
     patch_embed = getattr(encoder, "patch_embed", None)

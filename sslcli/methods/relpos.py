@@ -5,6 +5,8 @@ Doersch, Gupta, Efros 2015, https://arxiv.org/abs/1505.05192
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -16,6 +18,8 @@ from sslcli.methods.pretext import (
     crop_patches,
     drop_colors,
     patch_side,
+    resample_patches,
+    resampling_table,
     size_multiple,
 )
 from sslcli.views import ViewConfig
@@ -45,8 +49,9 @@ class RelPos(MethodDefaults, nn.Module):
 
     Trivial shortcuts closed as in section 3: the gap (patches take 2/3 of their cell) and a jitter of
     each patch stop the net from continuing lines and textures across the border; colour dropping (one
-    random channel kept per patch, the others noise) stops it from reading chromatic aberration.
-    Not done: the paper's random downsampling of some patches to 100 pixels.
+    random channel kept per patch, the others noise) stops it from reading chromatic aberration. With
+    `downsample_p` > 0 a patch is shrunk to a random side (as little as `downsample_min_side` of its own) and
+    enlarged back, the paper's robustness to pixelation (off by default: the paper does not say how often).
     """
 
     def __init__(self, cfg: RelPosConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
@@ -56,6 +61,14 @@ class RelPos(MethodDefaults, nn.Module):
         self.patch_layer = nn.Sequential(nn.Linear(feature_dim, cfg.patch_dim, bias=False),
                                          nn.BatchNorm1d(cfg.patch_dim), nn.ReLU())
         self.classifier = mlp(2 * cfg.patch_dim, cfg.hidden_dim, len(NEIGHBOURS))
+        self._tables: dict[tuple[int, str], Tensor] = {}
+
+    def _resampling(self, patch: int, device: torch.device) -> Tensor:
+        """The shrink-and-enlarge maps for this patch side, built once per side and device (not state)."""
+        key = (patch, str(device))
+        if key not in self._tables:
+            self._tables[key] = resampling_table(patch, device)
+        return self._tables[key]
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         # One view: the paper only rescales the image before sampling; spec defaults give a mild crop
@@ -63,26 +76,35 @@ class RelPos(MethodDefaults, nn.Module):
         return [augment]
 
     def draw(self, n: int, shift: int, shape: tuple[int, int], device: torch.device
-             ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Neighbour labels [n], jitters [n,2,2] in [-shift, shift], and with colour dropping the kept channel
-        [n,2] and the noise [n,2,C,p,p] (shape = (C, p)): drawn on the device with the global RNG (restored on
-        resume), one row per image (the distributed test substitutes rows of one global draw)."""
+             ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """Neighbour labels [n], jitters [n,2,2] in [-shift, shift]; with colour dropping the kept channel
+        [n,2] and the noise [n,2,C,p,p] (shape = (C, p)); with downsampling each patch's side [n,2] (p for a
+        patch left alone). Drawn on the device with the global RNG (restored on resume), one row per image
+        (the distributed test substitutes rows of one global draw)."""
+        channels, patch = shape
         label = torch.randint(0, len(NEIGHBOURS), (n,), device=device)
         jitter = torch.randint(-shift, shift + 1, (n, 2, 2), device=device)
-        if not self.cfg.color_drop:
-            return label, jitter, None, None
-        channels, patch = shape
-        keep = torch.randint(0, channels, (n, 2), device=device)
-        return label, jitter, keep, torch.randn(n, 2, channels, patch, patch, device=device)
+        keep = noise = sides = None
+        if self.cfg.color_drop:
+            keep = torch.randint(0, channels, (n, 2), device=device)
+            noise = torch.randn(n, 2, channels, patch, patch, device=device)
+        if self.cfg.downsample_p > 0:
+            smallest = min(patch, max(1, math.ceil(patch * self.cfg.downsample_min_side)))
+            shrunk = torch.randint(smallest, patch + 1, (n, 2), device=device)
+            chosen = torch.rand(n, 2, device=device) < self.cfg.downsample_p
+            sides = torch.where(chosen, shrunk, patch)
+        return label, jitter, keep, noise, sides
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x = views[0]
         b, size = x.shape[0], x.shape[-1]
         patch = patch_side(size, self.cfg.patch_fraction, size_multiple(self.encoder))
         shift = int(size // GRID * self.cfg.jitter_fraction)
-        label, jitter, keep, noise = self.draw(b, shift, (x.shape[1], patch), x.device)
+        label, jitter, keep, noise, sides = self.draw(b, shift, (x.shape[1], patch), x.device)
         top, left = pair_positions(size, patch, label, jitter)
         patches = crop_patches(x, top, left, patch)  # [B,2,C,p,p]: centre, neighbour
+        if sides is not None:
+            patches = resample_patches(patches, sides, self._resampling(patch, x.device))
         if self.cfg.color_drop:
             patches = drop_colors(patches, keep, noise.to(patches.dtype))
         h = self.encoder(patches.flatten(0, 1))  # [B*2, D]
