@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sslcli import colour
-from sslcli.methods.inpainting import central_hole, overlap_band, random_blocks
+from sslcli.methods.inpainting import central_hole, overlap_band, random_blocks, random_shapes
 from sslcli.methods.spatial import feature_map
 
 # sRGB 8-bit -> CIE Lab (D65), the standard published values (e.g. Bruce Lindbloom's calculator).
@@ -129,6 +129,36 @@ def test_random_blocks_cover_at_most_a_quarter_and_follow_the_global_rng():
     coverage = a.mean(dim=(1, 2, 3))
     assert (coverage > 0).all() and (coverage <= 0.25).all()
     assert not torch.equal(a[0], a[1])  # per image
+
+
+def test_random_shapes_cover_their_share_in_curved_regions_and_follow_the_global_rng():
+    torch.manual_seed(4)
+    a = random_shapes(16, 32, 32, coverage=0.25, cells=4, device=torch.device("cpu"))
+    torch.manual_seed(4)
+    assert torch.equal(a, random_shapes(16, 32, 32, coverage=0.25, cells=4, device=torch.device("cpu")))
+    coverage = a.mean(dim=(1, 2, 3))
+    assert ((coverage - 0.25).abs() < 0.01).all()  # the quantile sets the share, image by image
+    assert not torch.equal(a[0], a[1])
+    # Not boxes: the hole fills clearly less than its bounding box in most images.
+    fill = []
+    for hole in a[:, 0]:
+        rows, cols = hole.any(dim=1).nonzero(), hole.any(dim=0).nonzero()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        fill.append(float(hole.sum() / box))
+    assert sum(f < 0.9 for f in fill) >= 12
+
+
+def test_inpainting_trains_with_every_region():
+    from tests.test_methods import images
+
+    for region in ("center", "blocks", "shapes"):
+        _, model, augment, _, _ = _build("inpainting", region=region)
+        hole = model.hole(augment(images())[0])
+        assert 0 < hole.mean() <= 0.26, region
+        out = model(augment(images()), 0)
+        assert torch.isfinite(out.loss), region
+        out.loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters()), region
 
 
 def _build(name: str, **method):

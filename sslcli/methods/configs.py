@@ -487,12 +487,17 @@ class InpaintingConfig(MethodConfigBase):
     summary: ClassVar[str] = ("pretext: rebuild a masked region from its context, weighted L2 (+ optional "
                               "adversarial term) (Pathak et al. 2016)")
     name: Literal["inpainting"] = "inpainting"
-    region: Literal["center", "blocks"] = Field("center", description="the hole: a central square (paper's main "
-                                                "setting) or random blocks (paper section 3.3)")
+    region: Literal["center", "blocks", "shapes"] = Field("center", description="the hole: a central square "
+                                                          "(paper's main setting), random blocks (paper section "
+                                                          "3.3), or random smooth shapes covering hole_fraction^2 "
+                                                          "of the image (a stand-in for the paper's random "
+                                                          "regions, PASCAL VOC object outlines)")
     hole_fraction: float = Field(0.5, gt=0, lt=1, description="side of the central square / image side (paper: "
                                  "0.5, a quarter of the area)")
     num_blocks: int = Field(4, gt=0, description="random blocks, each a square of side hole_fraction / 2, so 4 "
                             "cover at most 1/4 of the image (paper: 'up to 1/4')")
+    shape_cells: int = Field(4, ge=2, description="region=shapes: the side of the noise grid the shapes come from "
+                             "(larger: more, smaller blobs)")
     overlap: int | None = Field(None, ge=0, description="px of context around the hole the decoder also predicts "
                                 "(paper: 7 at 128 px; default 7/128 of the side, at least 1)")
     overlap_weight: float = Field(10.0, ge=0, description="loss weight of that overlap band over the hole's (paper: 10)")

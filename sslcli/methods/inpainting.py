@@ -45,6 +45,19 @@ def random_blocks(n: int, height: int, width: int, count: int, side_fraction: fl
     return inside.any(dim=1, keepdim=True).float()
 
 
+def random_shapes(n: int, height: int, width: int, coverage: float, cells: int, device: torch.device) -> Tensor:
+    """[n, 1, H, W], 1 in the hole: per image, a random smooth region of `coverage` of its pixels, of any shape.
+
+    A cells x cells grid of uniform noise, enlarged bilinearly to the image, kept where it is above its own
+    (1 - coverage) quantile: one to a few blobs with curved borders, wherever the noise peaks. The paper's
+    random regions are PASCAL VOC object outlines pasted at random places; these are a stand-in of the same
+    kind (arbitrary shape, random place, a fixed share of the image), drawn with the global RNG on the device."""
+    noise = torch.rand(n, 1, cells, cells, device=device)
+    field = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
+    threshold = torch.quantile(field.flatten(1), 1 - coverage, dim=1)
+    return (field > threshold.view(n, 1, 1, 1)).float()
+
+
 def overlap_band(hole: Tensor, overlap: int) -> Tensor:
     """The context pixels within `overlap` px (chessboard distance) of the hole: its dilation less the hole.
     For the central hole this band and the hole make up the central square again."""
@@ -76,9 +89,9 @@ class Inpainting(MethodDefaults, nn.Module):
     upsampling stages rebuilds the image from the encoder's spatial feature map; the loss is the L2 over the
     hole and an overlap band of context around it, the band weighted 10x (paper section 5.1).
 
-    Holes: the central square (half the side, less the overlap: the paper's main setting) or random blocks
-    (section 3.3). The paper's random regions are shapes of PASCAL VOC segmentations, which sslcli does not
-    have: not offered. Deviation: no channel-wise fully connected layer between encoder and decoder (its
+    Holes: the central square (half the side, less the overlap: the paper's main setting), random blocks
+    (section 3.3), or random shapes (`random_shapes`: smooth regions of a quarter of the image, a stand-in for
+    the paper's random regions, which are PASCAL VOC object outlines sslcli does not have). Deviation: no channel-wise fully connected layer between encoder and decoder (its
     size depends on the feature map's, unknown until the first batch); a ResNet's last map at 32-128 px
     already spans the whole image.
 
@@ -105,6 +118,8 @@ class Inpainting(MethodDefaults, nn.Module):
         n, _, h, w = x.shape
         if self.cfg.region == "center":
             return central_hole(h, w, self.cfg.hole_fraction, self.overlap(h), x.device).expand(n, -1, -1, -1)
+        if self.cfg.region == "shapes":
+            return random_shapes(n, h, w, self.cfg.hole_fraction ** 2, self.cfg.shape_cells, x.device)
         return random_blocks(n, h, w, self.cfg.num_blocks, self.cfg.hole_fraction / 2, x.device)
 
     def overlap(self, side: int) -> int:
