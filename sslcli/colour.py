@@ -1,6 +1,7 @@
 """CIE Lab colour and the quantised ab space of Colorful Image Colorization (Zhang et al. 2016,
-https://arxiv.org/abs/1603.08511): sRGB (D65) -> Lab on a batch, on its device; the quantised ab bins (the paper's 313, or the 261 that sRGB reaches);
-the soft encoding of ab values over their nearest bins; the class-rebalancing weights.
+https://arxiv.org/abs/1603.08511): sRGB (D65) -> Lab on a batch, on its device; the quantised ab bins
+(the paper's 313, or the 261 that sRGB reaches); the soft encoding of ab values over their nearest bins;
+the class-rebalancing weights.
 
 Pure functions of tensors, no state: the colorization method keeps the running prior, this module computes.
 """

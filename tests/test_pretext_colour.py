@@ -137,7 +137,8 @@ def test_random_shapes_cover_their_share_in_curved_regions_and_follow_the_global
     torch.manual_seed(4)
     assert torch.equal(a, random_shapes(16, 32, 32, coverage=0.25, cells=4, device=torch.device("cpu")))
     coverage = a.mean(dim=(1, 2, 3))
-    assert ((coverage - 0.25).abs() < 0.01).all()  # the quantile sets the share, image by image
+    # A quarter of the 32 x 32 pixels, image by image; less only by ties on the field's flat rims.
+    assert ((coverage <= 0.25) & (coverage >= 0.24)).all() and (coverage == 0.25).sum() >= 8
     assert not torch.equal(a[0], a[1])
     # Not boxes: the hole fills clearly less than its bounding box in most images.
     fill = []

@@ -48,14 +48,15 @@ def random_blocks(n: int, height: int, width: int, count: int, side_fraction: fl
 def random_shapes(n: int, height: int, width: int, coverage: float, cells: int, device: torch.device) -> Tensor:
     """[n, 1, H, W], 1 in the hole: per image, a random smooth region of `coverage` of its pixels, of any shape.
 
-    A cells x cells grid of uniform noise, enlarged bilinearly to the image, kept where it is above its own
-    (1 - coverage) quantile: one to a few blobs with curved borders, wherever the noise peaks. The paper's
-    random regions are PASCAL VOC object outlines pasted at random places; these are a stand-in of the same
-    kind (arbitrary shape, random place, a fixed share of the image), drawn with the global RNG on the device."""
+    A cells x cells grid of uniform noise, enlarged bilinearly to the image, kept at its round(coverage x H x W)
+    highest pixels (fewer where values tie at the threshold, on the field's flat rims): one to a few blobs with curved borders, wherever the noise peaks. The paper's random
+    regions are PASCAL VOC object outlines pasted at random places; these are a stand-in of the same kind
+    (arbitrary shape, random place, a fixed share of the image), drawn with the global RNG on the device."""
     noise = torch.rand(n, 1, cells, cells, device=device)
-    field = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
-    threshold = torch.quantile(field.flatten(1), 1 - coverage, dim=1)
-    return (field > threshold.view(n, 1, 1, 1)).float()
+    field = F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False).flatten(1)
+    hole = min(field.shape[1] - 1, max(1, round(coverage * field.shape[1])))
+    outside = field.kthvalue(field.shape[1] - hole, dim=1).values  # the highest pixel left as context
+    return (field > outside[:, None]).float().view(n, 1, height, width)
 
 
 def overlap_band(hole: Tensor, overlap: int) -> Tensor:
@@ -91,9 +92,11 @@ class Inpainting(MethodDefaults, nn.Module):
 
     Holes: the central square (half the side, less the overlap: the paper's main setting), random blocks
     (section 3.3), or random shapes (`random_shapes`: smooth regions of a quarter of the image, a stand-in for
-    the paper's random regions, which are PASCAL VOC object outlines sslcli does not have). Deviation: no channel-wise fully connected layer between encoder and decoder (its
-    size depends on the feature map's, unknown until the first batch); a ResNet's last map at 32-128 px
-    already spans the whole image.
+    the paper's random regions, which are PASCAL VOC object outlines sslcli does not have).
+
+    Deviation: no channel-wise fully connected layer between encoder and decoder (its size depends on the
+    feature map's, unknown until the first batch); a ResNet's last map at 32-128 px already spans the whole
+    image.
 
     Adversarial term (adversarial_weight > 0): a discriminator learns real images from inpainted ones and
     the decoder is trained to fool it, in the same backward pass and optimizer step as the rest (the loop
