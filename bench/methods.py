@@ -126,7 +126,7 @@ def _print_row(row: dict, header: bool) -> None:
     ratio = row["knn_top1"] / max(row["knn_top1_random_init"], 1e-9)
     print(f"{row['method']:<15} {100 * row['knn_top1']:>9.2f}% {100 * row['knn_top1_random_init']:>11.2f}% "
           f"{ratio:>6.2f} {row['images_per_s']:>9.1f} {row['steps']:>7} {row['pretrain_s']:>8.0f} "
-          f"{row.get('command_s', float('nan')):>6.0f} "
+          f"{row['command_s']:>6.0f} "
           f"{row['budget_s']:>9.0f} {row['peak_rss_mb']:>13.0f}", flush=True)
 
 
