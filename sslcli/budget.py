@@ -8,6 +8,13 @@ speed drifts by +-15 % from one half-minute to the next, and 4 steps (5 s) sampl
 run then gets the number of steps that, with its evaluations, checkpoints and the closing linear probe,
 ends within the budget counted from the start of the command; warm-up, cosine, EMA and temperature
 schedules and freezes are laid out over those steps as for any run.
+
+A calibration measures one moment, and the speed of a shared machine drifts (a third between runs of the
+same command on the 2-core VM). So the run also keeps its pace (`Pacer`): at a quarter, half, three
+quarters and nine tenths of its plan it times the steps since the last such point and plans its total
+steps again for what is left of the budget; the schedules' remainders are then spread over the new
+total (schedules.stretch), continuous at the re-plan and ending at their final values on the new last
+step. The re-plans are recorded in the checkpoints, so a resume lays the schedules out the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +30,11 @@ import torch
 from sslcli import console, distributed
 from sslcli.durations import parse_duration  # noqa: F401 - the CLI's duration rule lives there
 from sslcli.errors import UsageError
-from sslcli.train import Batches, Events, LoopConfig, Step, fit
+from sslcli.train import Batches, Events, LoopConfig, Step, fit, sync
+
+# The points of its plan at which a --budget run times its recent steps and plans its total again.
+REPLAN_AT = (0.25, 0.5, 0.75, 0.9)
+REPLAN_MIN_STEPS = 4  # a window of fewer steps is too noisy to re-plan on
 
 # What the end of a run costs besides its last evaluation: the final checkpoint, report/ and the closing
 # linear probe (measured: 2-4 s on 2 CPU cores for the quickstart, under 1 s on a GPU).
@@ -63,10 +74,10 @@ def calibrate(make_step: Callable[[], tuple[Step, torch.optim.Optimizer]], batch
         def run(steps: int) -> float:
             loop = LoopConfig(**{**cfg.__dict__, **quiet, "epochs": 1, "steps_per_epoch": steps, "max_steps": None})
             schedule = torch.full((steps,), optimizer.param_groups[0]["lr"], dtype=torch.float64)
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             fit(step, batches, optimizer, schedule, loop, device, Events())
-            _sync(device)
+            sync(device)
             return time.perf_counter() - start
 
         run(warmup_steps)
@@ -87,22 +98,82 @@ def calibrate(make_step: Callable[[], tuple[Step, torch.optim.Optimizer]], batch
     return Calibration(step_s=measured[0], eval_s=measured[1])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def plan_steps(budget_s: float, elapsed_s: float, calibration: Calibration, steps_per_epoch: int,
                evaluations: Callable[[int], int], fixed_s: float) -> int:
     """The most steps whose training, evaluations (`evaluations(steps)` of them) and fixed costs (checkpoints,
     the closing probe) fit in what is left of the budget; at least one step."""
     left = budget_s - elapsed_s - fixed_s
-    steps = max(1, int(left / calibration.step_s))
-    for _ in range(3):  # the number of evaluations depends on the steps: converge in a few rounds
-        steps = max(1, int((left - evaluations(steps) * calibration.eval_s) / calibration.step_s))
+    steps = most_steps(left, calibration.step_s, lambda n: evaluations(n) * calibration.eval_s)
     if left <= calibration.step_s:
         raise UsageError(f"the budget of {budget_s:.0f} s is used up before training starts ({elapsed_s:.0f} s "
                          "of set-up and calibration); give a longer --budget")
     return steps
 
 
+
+
+def most_steps(seconds: float, step_s: float, evaluating_s: Callable[[int], float]) -> int:
+    """The most steps n (at least one) whose time, n x step_s plus the evaluations a run of n steps makes
+    (evaluating_s(n), which grows with n), fits in `seconds`: a bisection, as the two are not proportional."""
+    low, high = 1, max(1, int(seconds / max(step_s, 1e-9)))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if mid * step_s + evaluating_s(mid) <= seconds:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+@dataclass
+class Pacer:
+    """Keeps a --budget run to its deadline while it trains: at each point of REPLAN_AT (of the current
+    plan), the time of a step over the steps since the previous point (the online kNN's time left out: it
+    is planned on its own) gives the steps that fit in what is left. fit() calls due() after every step and
+    replan() when it says so; `history` holds the re-plans made, [at_step, new total], for the checkpoints.
+
+    Under torchrun every rank reaches the same points (the plan is the same everywhere) and rank 0's
+    clock decides the new total, which every rank then trains."""
+
+    deadline: float  # clock() time by which the whole command should have ended
+    eval_s: float  # one online-kNN evaluation (the calibration's)
+    closing_s: float  # the final checkpoint, report and closing probe
+    evaluations_left: Callable[[int, int], int]  # (step, total steps): evaluations still to come
+    device: torch.device
+    clock: Callable[[], float] = time.perf_counter
+    history: list[list[int]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.window_step, self.window_start, self.window_eval_s = 0, self.clock(), 0.0
+        self.next_point = 0
+
+    def start(self, step: int, evaluating_s: float = 0.0) -> None:
+        """The first window opens here: when training starts (after set-up, calibration and the first kNN)."""
+        self.window_step, self.window_start, self.window_eval_s = step, self.clock(), evaluating_s
+
+    def due(self, step: int, total_steps: int) -> bool:
+        while self.next_point < len(REPLAN_AT) and step >= REPLAN_AT[self.next_point] * total_steps:
+            if step - self.window_step >= REPLAN_MIN_STEPS and step < total_steps:
+                return True
+            self.next_point += 1  # too few steps since the last point, or the run is over: no re-plan here
+        return False
+
+    def replan(self, step: int, total_steps: int, evaluating_s: float) -> int:
+        """The new total steps, planned at `step` from the steps since the last point; `evaluating_s` is the
+        time spent in evaluations so far (left out of the time of a step)."""
+        now = self.clock()
+        step_s = (now - self.window_start - (evaluating_s - self.window_eval_s)) / (step - self.window_step)
+        self.window_step, self.window_start, self.window_eval_s = step, now, evaluating_s
+        self.next_point += 1
+        left = self.deadline - now - self.closing_s
+        total = step + most_steps(left, step_s, lambda n: self.evaluations_left(step, step + n) * self.eval_s)
+        # Rank 0's clock decides: every rank must train the same steps.
+        total = int(distributed.all_reduce_(torch.tensor(float(total if distributed.is_main() else 0),
+                                                         device=self.device)).item())
+        while self.next_point < len(REPLAN_AT) and REPLAN_AT[self.next_point] * total <= step:
+            self.next_point += 1  # points of the new plan that are already behind are not re-planned at
+        if total != total_steps:
+            self.history.append([step, total])
+            console.info(f"--budget: at step {step} a step takes {step_s:.3g} s and {max(left, 0):.0f} s are left: "
+                         f"re-planned from {total_steps} to {total} steps")
+        return total

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -367,7 +367,8 @@ def run_progress(run_dir: Path) -> tuple[int, int] | None:
         return None
     try:
         record = read_state_record(states[-1])
-        return int(record["step"]), int(record["fingerprint_parts"]["total steps"])
+        replans = record.get("replans") or [[0, record["fingerprint_parts"]["total steps"]]]
+        return int(record["step"]), int(replans[-1][1])  # the total of the last plan (--budget re-plans)
     except (UsageError, KeyError, TypeError, ValueError):
         return None
 
@@ -411,6 +412,9 @@ class Checkpointer:
     fingerprint: dict[str, Any]  # {"hash", "parts"} (resume.fingerprint)
     keep: int
     rng: Callable[[], dict[str, torch.Tensor]]
+    # A --budget run's re-plans so far, [at step, new total] (the pacer appends to this list): a resume
+    # lays its schedules out the same way.
+    replans: list[list[int]] = field(default_factory=list)
 
     def save(self, epoch: int, step: int) -> None:
         try:
@@ -432,6 +436,8 @@ class Checkpointer:
                            method=self.method_name, epoch=epoch, step=step)
         extra = {"spec": self.spec, "fingerprint": self.fingerprint["hash"],
                  "fingerprint_parts": self.fingerprint["parts"]}
+        if self.replans:
+            extra["replans"] = [list(r) for r in self.replans]
         save_train_state(self.run_dir / "checkpoints", step=step, epoch=epoch, model=self.method,
                          optimizer=self.optimizer, extra=extra, keep=self.keep, rng=self.rng(),
                          scaler=self.scaler.state_dict() or None)

@@ -152,6 +152,12 @@ class Progress:
         elif self.visible and fields and not _quiet and (step % self.every == 0 or step == self.total):
             _err(f"{self.unit} {step}/{self.total}  {status}")
 
+    def retotal(self, total_steps: int) -> None:
+        """The run was re-planned (--budget): its bar and lines count to the new total."""
+        self.total = total_steps
+        if self._bar is not None:
+            self._bar.update(self._task, total=total_steps)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()

@@ -188,6 +188,7 @@ class OnlineKnn:
         monitor = spec.monitor
         self.splits = (find_splits(spec.data.path, spec.data.val, monitor.knn_bank_max, monitor.knn_val_max,
                                    spec.train.seed) if monitor.knn_every else None)
+        self.final_epoch = spec.train.epochs  # always scored; a re-planned --budget run moves it
         self.last_top1: float | None = None
         self.start_top1: float | None = None  # at random init (at_start)
         self.last_result: KnnResult | None = None
@@ -208,7 +209,7 @@ class OnlineKnn:
             self.start_top1 = self.last_top1
 
     def at_epoch_end(self, epochs_done: int, step: int) -> None:
-        every, last = self.spec.monitor.knn_every, self.spec.train.epochs
+        every, last = self.spec.monitor.knn_every, self.final_epoch
         if self.splits is None or not (epochs_done % every == 0 or epochs_done == last):
             return
         self._evaluate(epochs_done, step)
@@ -245,6 +246,13 @@ class OnlineKnn:
         if self.splits is None or not every:
             return 0
         return 1 + epochs // every + (1 if epochs % every else 0)
+
+    def evaluations_after(self, epochs_done: int, epochs: int) -> int:
+        """How many evaluations a run of `epochs` epochs still makes after `epochs_done` whole epochs."""
+        every = self.spec.monitor.knn_every
+        if self.splits is None or not every or epochs <= epochs_done:
+            return 0
+        return epochs // every - epochs_done // every + (1 if epochs % every else 0)
 
     def linear_top1(self) -> float | None:
         """A linear probe on the last online-kNN features, for the closing summary (rank 0 only)."""

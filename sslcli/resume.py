@@ -90,7 +90,7 @@ def check_fingerprint(record: dict[str, Any], current: dict[str, Any], state: Pa
         return
     saved = record.get("fingerprint_parts") or {}
     changed = [k for k, v in current["parts"].items() if saved.get(k) != v]
-    if changed == ["total steps"] and not force and record.get("step") == saved.get("total steps"):
+    if changed == ["total steps"] and not force and record.get("step") == final_total(record):
         run_dir = Path(state).parent.parent
         raise UsageError(f"{run_dir} holds a finished run ({record['step']} steps) and a finished schedule is not "
                          f"extended (its learning rate has decayed): {checkpoint.further_training(run_dir)}")
@@ -100,6 +100,21 @@ def check_fingerprint(record: dict[str, Any], current: dict[str, Any], state: Pa
         return
     raise UsageError(f"{state} belongs to a different run: {what} changed since it was written; resume with the "
                      "original settings, start a new run (--init-from to reuse the weights), or pass --force")
+
+
+def recorded_replans(state: Path) -> list[list[int]]:
+    """The re-plans [at step, new total] a --budget run made before this state was written (none for others)."""
+    replans = checkpoint.read_state_record(state).get("replans") or []
+    if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) for v in r) for r in replans):
+        raise UsageError(f"{state} records re-plans it could not have written ({replans!r}); resume from an intact "
+                         "checkpoint or start a new run")
+    return replans
+
+
+def final_total(record: dict[str, Any]) -> int | None:
+    """The total steps a state's run was last planned for: its last re-plan's, or its fingerprint's."""
+    replans = record.get("replans") or []
+    return replans[-1][1] if replans else (record.get("fingerprint_parts") or {}).get("total steps")
 
 
 def init_from(encoder: torch.nn.Module, info, path: Path) -> None:

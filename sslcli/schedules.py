@@ -44,3 +44,22 @@ def linear_warmup_then_constant(start: float, end: float, warmup_steps: int, tot
     ramp = torch.linspace(start, end, warmup_steps, dtype=torch.float64) if warmup_steps > 1 else \
         torch.full((warmup_steps,), float(end), dtype=torch.float64)
     return torch.cat([ramp, torch.full((total_steps - warmup_steps,), float(end), dtype=torch.float64)])
+
+
+def stretch(values: torch.Tensor, at_step: int, total_steps: int) -> torch.Tensor:
+    """A per-step schedule re-laid over a run that now ends after `total_steps`, from `at_step` on (--budget's
+    re-plan): the steps before `at_step` keep their values, and the rest of the schedule (values[at_step:],
+    its end included) is spread evenly over steps at_step .. total_steps - 1, by linear interpolation. So
+    the schedule is continuous at the re-plan and still ends at its final value (the cosine reaches its
+    minimum, an EMA momentum 1) on the run's new last step."""
+    old_last, new_last = len(values) - 1, total_steps - 1
+    if not 0 <= at_step <= min(old_last, new_last):
+        raise ValueError(f"cannot re-plan a {len(values)}-step schedule to {total_steps} steps at step {at_step}")
+    i = torch.arange(at_step, total_steps, dtype=torch.float64)
+    position = at_step + (i - at_step) * (old_last - at_step) / max(new_last - at_step, 1)
+    position = position.clamp(max=old_last)
+    low = position.floor().long()
+    high = (low + 1).clamp(max=old_last)
+    frac = (position - low).to(values.dtype)
+    rest = values[low] + (values[high] - values[low]) * frac
+    return torch.cat([values[:at_step], rest])

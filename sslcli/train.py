@@ -15,12 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from sslcli import console, distributed
+from sslcli import console, distributed, schedules
 from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.guard import DeviceGuard, GuardReading
 
@@ -63,6 +63,18 @@ class Events:
     on_log: Callable[[dict[str, Any]], None] = _no_op  # each logged record, after it is written
     on_epoch_end: Callable[[int, int], None] = _no_op  # (epochs done, step): evaluation (online kNN, val score)
     on_checkpoint: Callable[[int, int], None] = _no_op  # (epoch, step): save; also at the end and on a stop
+    on_replan: Callable[[int, int], None] = _no_op  # (at step, new total steps): a --budget run re-planned
+
+
+class Replanner(Protocol):
+    """What fit() asks of --budget's pacer (budget.Pacer): whether to plan again after a step, and the
+    new total steps (given the seconds spent in evaluations so far)."""
+
+    def start(self, step: int, evaluating_s: float) -> None: ...
+
+    def due(self, step: int, total_steps: int) -> bool: ...
+
+    def replan(self, step: int, total_steps: int, evaluating_s: float) -> int: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -212,7 +224,7 @@ def _non_finite(step: int, epoch: int, loss: float, last_good: tuple[int, float]
 
 def fit(step_fn: Step, batches: Batches, optimizer: torch.optim.Optimizer, lr_schedule: torch.Tensor,
         cfg: LoopConfig, device: torch.device, events: Events | None = None, *, start_step: int = 0,
-        scaler: torch.amp.GradScaler | None = None) -> FitResult:
+        scaler: torch.amp.GradScaler | None = None, pacer: Replanner | None = None) -> FitResult:
     """Train for cfg.epochs; `batches(epoch, skip)` yields an epoch's batches from the skip-th on,
     `step_fn.loss(batch, step)` does the rest. A resumed run passes the step it continues from.
     Each full epoch calls events.on_epoch_end before that epoch's checkpoint.
@@ -228,6 +240,10 @@ def fit(step_fn: Step, batches: Batches, optimizer: torch.optim.Optimizer, lr_sc
 
     A batch is a tensor (uint8 images) or a tuple of tensors whose first is the images (e.g. images,
     labels for fine-tuning); fit moves it to the device and counts images by its first dimension.
+
+    With a `pacer` (--budget) the run may be re-planned after a step: cfg's epochs and max_steps change in
+    place, the lr schedule's remainder is stretched over the new total, and events.on_replan lets the caller
+    stretch its own schedules.
     """
     if len(lr_schedule) < cfg.total_steps:
         raise ValueError("the lr schedule is shorter than the run")
@@ -236,22 +252,27 @@ def fit(step_fn: Step, batches: Batches, optimizer: torch.optim.Optimizer, lr_sc
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     step_fn.model.to(device=device, memory_format=memory_format).train()
-    loop = _Loop(step_fn, optimizer, scaler, lr_schedule, cfg, device, events, start_step)
+    loop = _Loop(step_fn, optimizer, scaler, lr_schedule, cfg, device, events, start_step, pacer)
     first_epoch, skip = divmod(start_step, cfg.steps_per_epoch)
+    epoch = first_epoch
     with _stop_signals() as loop.stop:
         try:
-            for epoch in range(first_epoch, cfg.epochs):
+            while epoch < cfg.epochs:  # cfg.epochs changes when a --budget run is re-planned
                 for batch in _prefetched(batches(epoch, skip if epoch == first_epoch else 0), device, memory_format):
                     if loop.step >= cfg.total_steps or loop.step >= (epoch + 1) * cfg.steps_per_epoch:
                         break  # a loader that yields more batches than planned never runs past the schedule
                     loop.train_step(batch, epoch)
+                    loop.keep_pace(epoch)
                 # A whole epoch (not a loader that ran short), or the planned end inside the last one.
                 if loop.step == min((epoch + 1) * cfg.steps_per_epoch, cfg.total_steps):
                     loop.settle(epoch)
+                    evaluating = time.perf_counter()
                     events.on_epoch_end(epoch + 1, loop.step)
+                    loop.evaluating_s += time.perf_counter() - evaluating
                 if cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
                     loop.settle(epoch)
                     events.on_checkpoint(epoch + 1, loop.step)
+                epoch += 1
             loop.settle(cfg.epochs - 1)
         finally:
             loop.progress.close()
@@ -264,7 +285,8 @@ class _Loop:
     (on the host every step, or on the device with deferred reads)."""
 
     def __init__(self, step_fn: Step, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 lr_schedule: torch.Tensor, cfg: LoopConfig, device: torch.device, events: Events, start_step: int):
+                 lr_schedule: torch.Tensor, cfg: LoopConfig, device: torch.device, events: Events, start_step: int,
+                 pacer: Replanner | None = None):
         self.step_fn, self.optimizer, self.scaler, self.cfg, self.device = step_fn, optimizer, scaler, cfg, device
         self.events, self.lr_schedule = events, lr_schedule
         self.params = [p for p in step_fn.model.parameters() if p.requires_grad]
@@ -280,6 +302,9 @@ class _Loop:
         self.unread = False  # deferred steps the host has not checked yet
         self.stop = _StopRequest()
         self.watch = _SyncWatch(cfg.debug_sync and self.guard is not None)
+        self.pacer, self.evaluating_s = pacer, 0.0  # evaluating_s: time in on_epoch_end (the online kNN)
+        if pacer is not None:
+            pacer.start(start_step, 0.0)
 
     def result(self, epochs: int) -> FitResult:
         return FitResult(self.step, epochs, self.images, time.perf_counter() - self.start,
@@ -347,6 +372,18 @@ class _Loop:
             self.events.on_checkpoint(epoch, self.step)
             raise _interrupted(self.stop.signum or signal.SIGTERM, self.step, cfg.total_steps)
 
+    def keep_pace(self, epoch: int) -> None:
+        """--budget: at the pacer's points, plan the total steps again and lay the schedules over them."""
+        if self.pacer is None or not self.pacer.due(self.step, self.cfg.total_steps):
+            return
+        self.settle(epoch)  # the deferred steps have run, so the clock reads the time they took
+        sync(self.device)
+        total = self.pacer.replan(self.step, self.cfg.total_steps, self.evaluating_s)
+        if total != self.cfg.total_steps:
+            self.lr_schedule = follow_replan(self.cfg, self.lr_schedule, self.step, total)
+            self.progress.retotal(total)
+            self.events.on_replan(self.step, total)
+
     def settle(self, epoch: int) -> None:
         """Before an epoch end, a checkpoint or the end: the deferred steps are checked on the host."""
         if self.guard is not None and self.unread:
@@ -370,6 +407,20 @@ class _Loop:
             raise _non_finite(bad_step, (bad_step - 1) // cfg.steps_per_epoch, reading.first_bad_loss, before,
                               reading.first_bad_grad)
         return reading
+
+
+def follow_replan(cfg: LoopConfig, lr_schedule: torch.Tensor, at_step: int, total_steps: int) -> torch.Tensor:
+    """A re-plan of a --budget run applied to the loop: the epochs and max_steps of cfg (in place) and the lr
+    schedule stretched over the new total (returned). Also used by a resume to follow the recorded re-plans."""
+    planned = lr_schedule[:cfg.total_steps]  # a schedule may run past the plan; the plan's end is its end
+    cfg.max_steps = total_steps
+    cfg.epochs = math.ceil(total_steps / cfg.steps_per_epoch)
+    return schedules.stretch(planned, at_step, total_steps)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _forward_backward(batch: Any, step: int, step_fn: Step, optimizer: torch.optim.Optimizer,

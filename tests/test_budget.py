@@ -1,4 +1,5 @@
-"""--budget: durations, the step plan, and a calibrated quickstart run that keeps its plan on resume."""
+"""--budget: durations, the step plan, re-planning as the run goes, and a calibrated quickstart run that keeps
+its plan on resume."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
-from sslcli.budget import Calibration, plan_steps
+from sslcli import checkpoint
+from sslcli.budget import REPLAN_AT, Calibration, Pacer, plan_steps
 from sslcli.durations import parse_duration
+from sslcli.encoders import build_encoder
 from sslcli.errors import UsageError
+from sslcli.methods import CONFIGS, method_class
+from sslcli.methods.base import Budget
+from sslcli.schedules import stretch, warmup_cosine
+from sslcli.train import Events, LoopConfig, Step, StepOut, fit, follow_replan
 from tests.test_cli import assert_one_clean_error, sslcli_run
+from tests.test_methods import tiny_spec
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5m", 300), ("2h", 7200), ("1h30m", 5400),
@@ -106,18 +116,133 @@ def test_a_budget_run_plans_its_steps_trains_them_and_keeps_the_plan_on_resume(c
     proc = sslcli_run(*args, "--budget", "40s")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    planned = summary["planned_steps"]
-    plan_line = next(line for line in proc.stderr.splitlines() if line.startswith("--budget"))
+    planned, replans = summary["planned_steps"], summary["replans"]
+    plan_line = next(line for line in proc.stderr.splitlines() if line.startswith("--budget "))
     assert f"{planned} steps" in plan_line and "a step takes" in plan_line and "online kNN" in plan_line
-    assert summary["steps"] == planned and summary["budget_s"] == 40
+    # Each re-plan (made when the speed measured while training differs from the calibration's) is one line,
+    # at a point of the plan then current, and the run trains the last plan.
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("--budget: at step")]
+    assert len(lines) == len(replans) <= len(REPLAN_AT)
+    totals = [planned] + [total for _, total in replans]
+    for (at, total), before, line in zip(replans, totals[:-1], lines, strict=True):
+        assert f"at step {at} " in line and f"re-planned from {before} to {total} steps" in line
+        assert at < total and at >= REPLAN_AT[0] * before
+    assert summary["steps"] == totals[-1] and summary["budget_s"] == 40
     assert summary["wall_s"] < summary["command_s"], "the budget clock: the whole command, set-up and closing included"
     spec = json.loads((run / "spec.json").read_text())
     assert spec["train"]["max_steps"] == planned and spec["train"]["epochs"] == -(-planned // 8)  # 8 steps/epoch
-    # The online kNN ran after the last (possibly partial) epoch too.
+    # The online kNN ran after the last (possibly partial) epoch of the last plan too.
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r for r in records if "knn_top1" in r][-1]["step"] == planned
-    # Resuming the finished run with the same command keeps its plan instead of calibrating a new one.
+    assert [r for r in records if "knn_top1" in r][-1]["step"] == totals[-1]
+    # The checkpoints hold the re-plans, so a resume lays the schedules out as this run did.
+    state = checkpoint.complete_states(run / "checkpoints")[-1]
+    assert checkpoint.read_state_record(state).get("replans", []) == replans
+    assert checkpoint.run_progress(run) == (totals[-1], totals[-1])
+    # Resuming the finished run with the same command keeps its plan and re-plans instead of calibrating anew.
     again = sslcli_run(*args, "--budget", "40s", "--resume", "auto")
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["steps"] == planned and "finished run" in again.stderr
+    assert json.loads(again.stdout)["steps"] == totals[-1] and "finished run" in again.stderr
     assert not any(line.startswith("--budget") for line in again.stderr.splitlines())
+
+
+def test_a_stretched_schedule_keeps_its_past_and_ends_at_its_final_value():
+    lr = warmup_cosine(1.0, 100, 10, final=0.01)
+    for total in (40, 61, 100, 180):
+        new = stretch(lr, 30, total)
+        assert len(new) == total
+        assert torch.equal(new[:31], lr[:31]), "the steps before the re-plan and the re-plan step keep their values"
+        assert new[-1] == pytest.approx(0.01) and bool((new[30:].diff() <= 1e-12).all()), "still a cosine down to final"
+    assert torch.equal(stretch(lr, 30, 100), lr), "the same total leaves the schedule as it was"
+    longer = stretch(lr, 30, 169)  # twice the intervals left (69 -> 138): every second step is an old one
+    assert torch.allclose(longer[30::2], lr[30:], atol=1e-12)
+    with pytest.raises(ValueError):
+        stretch(lr, 100, 120)  # the re-plan step must be a step of both plans
+
+
+def _pacer(clock: list[float], **kw) -> Pacer:
+    return Pacer(deadline=100.0, eval_s=kw.pop("eval_s", 0.0), closing_s=kw.pop("closing_s", 0.0),
+                 evaluations_left=kw.pop("evaluations_left", lambda step, total: 0), device=torch.device("cpu"),
+                 clock=lambda: clock[0], **kw)
+
+
+def test_the_pacer_plans_again_from_the_steps_since_its_last_point():
+    clock = [0.0]
+
+    def evaluations_left(step: int, total: int) -> int:  # one at every 10th step and at the end
+        return -(-total // 10) - step // 10
+
+    pacer = _pacer(clock, eval_s=3.0, closing_s=4.0, evaluations_left=evaluations_left)
+    pacer.start(0)
+    assert not pacer.due(24, 100) and pacer.due(25, 100)
+    clock[0] = 50.0  # 25 steps in 50 s, of which 10 s of evaluations: 1.6 s a step
+    total = pacer.replan(25, 100, evaluating_s=10.0)
+
+    def fits(t: int, at: int, step_s: float, left: float) -> bool:
+        return step_s * (t - at) + 3.0 * evaluations_left(at, t) <= left
+
+    # 46 s are left after the closing: the most steps that fit with the evaluations they bring.
+    assert total == 48 and fits(48, 25, 1.6, 46) and not fits(49, 25, 1.6, 46)
+    assert pacer.history == [[25, 48]]
+    # Half of the new plan (24) is behind: the next point is three quarters of it (36); the window opened at
+    # step 25, with the 10 s of evaluations already spent.
+    assert not pacer.due(35, 48) and pacer.due(36, 48)
+    clock[0] = 61.0  # 11 steps in 11 s: faster now
+    total = pacer.replan(36, 48, evaluating_s=10.0)
+    assert fits(total, 36, 1.0, 35) and not fits(total + 1, 36, 1.0, 35) and pacer.history[-1] == [36, total]
+    clock[0] = 200.0  # far past the deadline: one more step, and the run ends
+    assert pacer.due(total - 1, total) and pacer.replan(total - 1, total, evaluating_s=10.0) == total
+    assert not pacer.due(total, total + 10), "no point is left"
+
+
+def test_fit_re_plans_a_run_that_falls_behind_and_every_schedule_follows():
+    """A run planned for 40 steps whose steps take 2 s of its 100 s: at a quarter of its plan the pacer
+    re-plans it to 50 steps, the loop trains the new total, the lr reaches its final value on the new last
+    step, on_replan is told, and the re-plans laid out again (as a resume does) give the same schedule."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    clock = [0.0]
+
+    def loss(x: torch.Tensor, step: int) -> StepOut:
+        clock[0] += 2.0  # every step takes 2 s of the 100 s
+        return StepOut(loss=model(x.float()).pow(2).mean())
+
+    def batches(epoch: int, skip: int = 0):
+        for _ in range(10 - skip):
+            yield torch.ones(3, 4, dtype=torch.uint8)
+
+    lr = warmup_cosine(0.4, 40, 4, final=0.004)
+    cfg = LoopConfig(epochs=4, steps_per_epoch=10, max_steps=40, log_every=1)
+    pacer = _pacer(clock)
+    seen, replans, epochs = [], [], []
+    events = Events(on_step_end=lambda step: seen.append(opt.param_groups[0]["lr"]),
+                    on_replan=lambda at, total: replans.append((at, total)),
+                    on_epoch_end=lambda done, step: epochs.append((done, step)))
+    result = fit(Step(model, loss), batches, opt, lr, cfg, torch.device("cpu"), events, pacer=pacer)
+    assert replans == [(10, 50)] and pacer.history == [[10, 50]]  # 80 s left at step 10: 40 more steps
+    final = replans[-1][1]
+    assert result.steps == final == len(seen) and cfg.total_steps == final and cfg.epochs == -(-final // 10)
+    assert epochs[-1] == (cfg.epochs, final), "the last (possibly partial) epoch of the new plan is evaluated"
+    assert seen[:11] == pytest.approx(lr[:11].tolist()) and seen[-1] == pytest.approx(0.004)
+    # What a resume does with the recorded re-plans: the same lr at every step.
+    again = LoopConfig(epochs=4, steps_per_epoch=10, max_steps=40)
+    schedule = lr
+    for at, total in pacer.history:
+        schedule = follow_replan(again, schedule, at, total)
+    assert again.total_steps == final and schedule.tolist() == pytest.approx(seen)
+
+
+def test_every_per_step_schedule_of_a_method_is_re_planned():
+    """A method that lays a list over the run's steps names it in step_schedules, so a re-plan stretches it."""
+    total = 37
+    for name in CONFIGS:
+        spec = tiny_spec(name)
+        encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
+        method = method_class(name)(spec.method, encoder, info.feature_dim, Budget(total, 5, 40))
+        per_step = {k for k, v in vars(method).items() if isinstance(v, list) and len(v) == total}
+        assert per_step == set(method.step_schedules), name
+        before = {k: list(getattr(method, k)) for k in per_step}
+        method.replan(12, 20)
+        for k in per_step:
+            after = getattr(method, k)
+            assert len(after) == 20 and after[:13] == before[k][:13] and after[-1] == pytest.approx(before[k][-1])

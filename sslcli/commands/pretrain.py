@@ -42,6 +42,7 @@ from sslcli.train import (
     StepOut,
     build_optimizer,
     fit,
+    follow_replan,
     prepare_device,
     resolve_channels_last,
     resolve_device,
@@ -89,17 +90,20 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     prepare_device(device)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
     train_data = load_data(spec, device)
-    spec = plan_budget(spec, state, train_data, device, started)
+    spec, pacer = plan_budget(spec, state, train_data, device, started)
     loop = loop_config(spec, train_data.steps_per_epoch, device)
     model = build_model(spec, loop, train_data.steps_per_epoch, device, train_data.num_classes,
                         len(train_data.images))
     optimizer, lr_schedule = build_optimizer_and_schedule(spec, model.method, loop)
     scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
-    identity = resumption.fingerprint(spec, train_data.images, loop.total_steps)
-    start_step = 0
+    identity = resumption.fingerprint(spec, train_data.images, loop.total_steps)  # of the first plan
+    start_step, replans = 0, pacer.history if pacer is not None else []
     if state is not None:
         start_step = resumption.restore(state, spec, identity, force, model.method, optimizer, scaler,
                                         model.generator, model.augment, device)
+        if spec.train.budget is not None:  # a --budget run's own re-plans, made before this state
+            replans = resumption.recorded_replans(state)
+            lr_schedule = follow_replans(replans, loop, lr_schedule, model.method)
         if start_step >= loop.total_steps:
             console.info(f"{resume_dir} holds a finished run ({start_step}/{loop.total_steps} steps), so there is "
                          f"nothing to resume: {checkpoint.further_training(resume_dir)}")
@@ -109,13 +113,14 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
     run_dir = open_run_dir(spec, resume_dir, model.method)
     announce(spec, run_dir, train_data, loop, model, device)
     saver = checkpoint.Checkpointer(run_dir, model.method, optimizer, scaler, model.info, spec.method.name,
-                                    dump(spec), identity, spec.train.keep_checkpoints, lambda: rng_states(model, device))
+                                    dump(spec), identity, spec.train.keep_checkpoints, lambda: rng_states(model, device),
+                                    replans)
     result, knn, health = train(spec, run_dir, train_data, loop, model, optimizer, lr_schedule, scaler, saver,
-                                start_step, device)
+                                start_step, device, pacer)
     if not distributed.is_main():
         return {}  # rank 0 reports
     return summary(spec, run_dir, train_data, result, knn, health, start_step, device,
-                   command_s=time.perf_counter() - started)
+                   command_s=time.perf_counter() - started, replans=replans)
 
 
 def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
@@ -149,16 +154,17 @@ def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) 
 
 
 def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData, device: torch.device,
-                started: float) -> PretrainSpec:
-    """--budget: the spec with the epochs and max_steps a calibration says fit the budget (budget.py).
+                started: float) -> tuple[PretrainSpec, budget.Pacer | None]:
+    """--budget: the spec with the epochs and max_steps a calibration says fit the budget (budget.py), and the
+    pacer that plans again as the run goes (None without a budget).
 
-    A resumed run keeps the plan its first start made (recorded in its state), so it finishes the same
-    schedule instead of planning a new one."""
+    A resumed run keeps the plan its first start made (recorded in its state, with the re-plans that
+    follow_replans applies), so it finishes the same schedule instead of planning a new one."""
     if spec.train.budget is None:
-        return spec
+        return spec, None
     if state is not None:
         planned = checkpoint.read_state_record(state).get("spec", {}).get("train", {})
-        return _with_steps(spec, planned.get("epochs", spec.train.epochs), planned.get("max_steps"))
+        return _with_steps(spec, planned.get("epochs", spec.train.epochs), planned.get("max_steps")), None
     per_epoch = train_data.steps_per_epoch
     probe_loop = loop_config(spec, per_epoch, device)
     calibration_model: list[Model] = []
@@ -175,9 +181,9 @@ def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData
         knn = online_knn.OnlineKnn(spec, model.info, device, model.method, None, cache_policy(spec))
         if knn.splits is not None and spec.monitor.knn_every:
             knn.measure()
-            evaluations.append(knn.evaluations)
+            evaluations.extend([knn.evaluations, knn.evaluations_after])
 
-    evaluations: list = []
+    evaluations: list = []  # the calibration's OnlineKnn.evaluations and evaluations_after, when it evaluates
     warmup, timed = (15, 30) if device.type == "cuda" else (2, 4)
     calibration = budget.calibrate(make_step, train_data.batches, probe_loop, device, evaluate, warmup, timed,
                                    min_timed_s=budget.timed_seconds(spec.train.budget),
@@ -194,7 +200,21 @@ def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData
                  f"({probe_loop.precision}), an online kNN {calibration.eval_s:.1f} s: {steps} steps "
                  f"({steps / per_epoch:.2f} epochs of {per_epoch}), training for about "
                  f"{console.format_seconds(steps * calibration.step_s)}")
-    return _with_steps(spec, epochs, steps)
+    after = evaluations[1] if evaluations else (lambda epochs_done, epochs: 0)
+    pacer = budget.Pacer(deadline=started + spec.train.budget, eval_s=calibration.eval_s, closing_s=budget.CLOSING_S,
+                         evaluations_left=lambda step, total: after(step // per_epoch, math.ceil(total / per_epoch)),
+                         device=device)
+    return _with_steps(spec, epochs, steps), pacer
+
+
+def follow_replans(replans: list[list[int]], loop: LoopConfig, lr_schedule: torch.Tensor,
+                   method: Method) -> torch.Tensor:
+    """A resumed --budget run lays its schedules out as the first start did: each recorded re-plan
+    [at step, new total], in order, on the loop (epochs, max_steps), the lr schedule and the method's own."""
+    for at_step, total in replans:
+        lr_schedule = follow_replan(loop, lr_schedule, at_step, total)
+        method.replan(at_step, total)
+    return lr_schedule
 
 
 def _with_steps(spec: PretrainSpec, epochs: int, max_steps: int | None) -> PretrainSpec:
@@ -324,7 +344,7 @@ def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: to
 
 def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: LoopConfig, model: Model,
           optimizer: torch.optim.Optimizer, lr_schedule: torch.Tensor, scaler: torch.amp.GradScaler,
-          saver: checkpoint.Checkpointer, start_step: int, device: torch.device):
+          saver: checkpoint.Checkpointer, start_step: int, device: torch.device, pacer: budget.Pacer | None = None):
     """fit() with the run's events: checkpoints (and the report) from rank 0, the online kNN, the monitors."""
     main = distributed.is_main()
     step = step_function(spec, loop, model, device)
@@ -332,7 +352,12 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
         resumption.drop_metrics_after(run_dir / "metrics.jsonl", start_step)
     metrics = console.MetricsLog(run_dir / "metrics.jsonl") if main else None
     knn = online_knn.OnlineKnn(spec, model.info, device, model.method, metrics, cache_policy(spec))
+    knn.final_epoch = loop.epochs  # the plan's, re-planned or not
     health = monitors.CollapseWatch(metrics)
+
+    def replan(at_step: int, total: int) -> None:  # the loop has re-planned itself and its lr schedule
+        model.method.replan(at_step, total)
+        knn.final_epoch = loop.epochs
 
     def save(epoch: int, at_step: int) -> None:
         if not main:
@@ -344,10 +369,10 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
     if start_step == 0:
         knn.at_start()  # epoch 0: the random-init start of the curves (a resumed run has it already)
     events = Events(metrics=metrics, on_step_end=model.method.on_step_end, on_log=health.check,
-                    on_epoch_end=knn.at_epoch_end, on_checkpoint=save)
+                    on_epoch_end=knn.at_epoch_end, on_checkpoint=save, on_replan=replan)
     try:
         result = fit(step, train_data.batches, optimizer, lr_schedule, loop, device, events,
-                     start_step=start_step, scaler=scaler)
+                     start_step=start_step, scaler=scaler, pacer=pacer)
     except Interrupted as exc:
         raise Interrupted(f"{exc}; the weights and training state at this step were saved to {run_dir} "
                           f"(encoder.safetensors, checkpoints/); to continue, run the same command with "
@@ -374,7 +399,7 @@ def write_report(run_dir: Path, grid: online_knn.NeighbourGrid | None) -> None:
 
 def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result, knn: online_knn.OnlineKnn,
             health: monitors.CollapseWatch, start_step: int, device: torch.device,
-            command_s: float) -> dict[str, Any]:
+            command_s: float, replans: list[list[int]] | None = None) -> dict[str, Any]:
     if train_data.policy.summary():
         console.warn(train_data.policy.summary())
     return {
@@ -401,7 +426,9 @@ def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result,
         "knn_chance": 1 / len(knn.splits.classes) if knn.splits is not None and knn.splits.classes else None,
         "collapse_warnings": health.warnings,
         "budget_s": spec.train.budget,
+        # --budget: the steps planned after the calibration, and each re-plan [at step, new total] after.
         "planned_steps": spec.train.max_steps,
+        "replans": replans or [],
         "report": str(run_dir / "report") if spec.monitor.report else None,
         # Only the files that exist: neighbors.png needs a labeled eval split.
         "report_files": [name for name in report.FILES if (run_dir / "report" / name).is_file()]

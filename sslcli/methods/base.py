@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from sslcli.schedules import stretch
 from sslcli.train import StepOut
 
 if TYPE_CHECKING:
@@ -67,6 +68,10 @@ class Method(Protocol):
         """The backbone to save (DINO exports its teacher)."""
         ...
 
+    def replan(self, at_step: int, total_steps: int) -> None:
+        """A --budget run now ends after total_steps: spread the rest of the per-step schedules over them."""
+        ...
+
     def export_projector(self) -> tuple[nn.Module, MLPLayout] | None:
         """The projection head to save beside the encoder (projector.safetensors) with its layout, for
         `sslcli finetune --keep-projection-layers` (SimCLR v2); None for a method that saves none."""
@@ -83,6 +88,8 @@ class MethodDefaults:
     student encoder exported, no projection head saved beside it, no fixed-lr submodules."""
 
     fixed_lr_modules: ClassVar[tuple[str, ...]] = ()
+    # Attributes holding one value per step of the run (EMA momentum, teacher temperature), for replan().
+    step_schedules: ClassVar[tuple[str, ...]] = ()
     encoder: nn.Module
 
     def cancel_gradients(self, step: int) -> None:
@@ -93,6 +100,11 @@ class MethodDefaults:
 
     def export_encoder(self) -> nn.Module:
         return self.encoder
+
+    def replan(self, at_step: int, total_steps: int) -> None:
+        for name in self.step_schedules:
+            values = torch.tensor(getattr(self, name), dtype=torch.float64)
+            setattr(self, name, stretch(values, at_step, total_steps).tolist())
 
     def export_projector(self) -> tuple[nn.Module, MLPLayout] | None:
         return None

@@ -22,6 +22,8 @@ class BYOL(MethodDefaults, nn.Module):
     """Online encoder -> projector -> predictor regresses the target (EMA) encoder -> projector of the
     other view; the loss is symmetrised (L + L~, eq. 2) as 2 - 2 cos per pair."""
 
+    step_schedules = ("momentum",)
+
     def __init__(self, cfg: BYOLConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
         self.cfg = cfg

@@ -25,6 +25,8 @@ class DINO(MethodDefaults, nn.Module):
     the step, as in the official code's update_center); the teacher's backbone is what gets exported,
     since it is the better encoder (paper section 5.2)."""
 
+    step_schedules = ("momentum", "teacher_temperature")
+
     def __init__(self, cfg: DINOConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
         self.cfg = cfg

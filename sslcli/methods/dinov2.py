@@ -95,6 +95,8 @@ class DINOv2(MethodDefaults, nn.Module):
     exported, as DINOv2 evaluates and releases it (its train.py do_test saves the teacher).
     """
 
+    step_schedules = ("momentum", "teacher_temperature")
+
     def __init__(self, cfg: DINOv2Config, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
         if not isinstance(encoder, VisionTransformer):

@@ -32,6 +32,8 @@ class MoCoV2(MethodDefaults, nn.Module):
     torchrun BN stays per rank (sync_bn off by default) and keys are not shuffled across ranks either.
     """
 
+    step_schedules = ("momentum",)
+
     # The paper shuffles BN across GPUs instead of synchronising it; sslcli keeps BN per rank (see above).
 
     def __init__(self, cfg: MoCoV2Config, encoder: nn.Module, feature_dim: int, budget: Budget):

@@ -27,6 +27,8 @@ class MoCoV3(MethodDefaults, nn.Module):
     affine-free BN, as in the official code.
     """
 
+    step_schedules = ("momentum",)
+
     def __init__(self, cfg: MoCoV3Config, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
         self.cfg = cfg
