@@ -36,9 +36,16 @@ from sslcli.train import Batches, Events, LoopConfig, Step, fit, sync
 REPLAN_AT = (0.25, 0.5, 0.75, 0.9)
 REPLAN_MIN_STEPS = 4  # a window of fewer steps is too noisy to re-plan on
 
-# What the end of a run costs besides its last evaluation: the final checkpoint, report/ and the closing
-# linear probe (measured: 2-4 s on 2 CPU cores for the quickstart, under 1 s on a GPU).
-CLOSING_S = 4.0
+# What the end of a run costs besides its last evaluation (2 CPU cores, the quickstart, 2026-11-30; well under
+# these on a GPU machine): the closing linear probe (2.3-4.0 s), the final checkpoint (0.4 s) and, with
+# monitor.report on, drawing report/ (4.1-4.4 s). While the run goes, its pacer replaces the last two with
+# what its latest save took.
+PROBE_S, SAVE_S, REPORT_S = 4.0, 0.5, 4.5
+
+
+def closing_seconds(report: bool, probe: bool) -> float:
+    """The end of a run, with or without report/ and the closing probe (which needs the online kNN)."""
+    return (PROBE_S if probe else 0.0) + SAVE_S + (REPORT_S if report else 0.0)
 # The timed part of a calibration: at least this share of the budget, within these bounds (seconds).
 TIMED_SHARE, TIMED_MIN_S, TIMED_MAX_S = 0.03, 5.0, 60.0
 
@@ -136,8 +143,8 @@ class Pacer:
     clock decides the new total, which every rank then trains."""
 
     deadline: float  # clock() time by which the whole command should have ended
-    eval_s: float  # one online-kNN evaluation (the calibration's)
-    closing_s: float  # the final checkpoint, report and closing probe
+    eval_s: float  # one online-kNN evaluation: the calibration's, then the run's own (at its start, in windows)
+    closing_s: float  # the final checkpoint, report and closing probe (re-measured at each save by pretrain)
     evaluations_left: Callable[[int, int], int]  # (step, total steps): evaluations still to come
     device: torch.device
     clock: Callable[[], float] = time.perf_counter
@@ -162,7 +169,11 @@ class Pacer:
         """The new total steps, planned at `step` from the steps since the last point; `evaluating_s` is the
         time spent in evaluations so far (left out of the time of a step)."""
         now = self.clock()
-        step_s = (now - self.window_start - (evaluating_s - self.window_eval_s)) / (step - self.window_step)
+        window_eval_s = evaluating_s - self.window_eval_s
+        step_s = (now - self.window_start - window_eval_s) / (step - self.window_step)
+        evaluated = self.evaluations_left(self.window_step, total_steps) - self.evaluations_left(step, total_steps)
+        if evaluated > 0:  # the evaluations of this window time the ones to come better than the calibration
+            self.eval_s = window_eval_s / evaluated
         self.window_step, self.window_start, self.window_eval_s = step, now, evaluating_s
         self.next_point += 1
         left = self.deadline - now - self.closing_s

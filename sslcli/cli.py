@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ def pretrain(
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
     if dry_run:
         return _dry_run(spec, json_out)
-    _run("pretrain", spec, json_out, resume=resume, force=force)
+    _run("pretrain", spec, json_out, resume=resume, force=force, started=_started)
 
 
 @app.command(cls=Command)
@@ -314,8 +315,13 @@ def methods(json_out: bool = JsonOption, quiet: bool = QuietOption) -> None:
     _run("methods", None, json_out)
 
 
+_started = time.perf_counter()  # when the command started: --budget counts its loading of torch too
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every failure into one line and an exit code."""
+    global _started
+    _started = time.perf_counter()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="sslcli", standalone_mode=False)

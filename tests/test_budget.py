@@ -171,26 +171,26 @@ def test_the_pacer_plans_again_from_the_steps_since_its_last_point():
     def evaluations_left(step: int, total: int) -> int:  # one at every 10th step and at the end
         return -(-total // 10) - step // 10
 
+    def fits(total: int, at: int, step_s: float, eval_s: float, left: float) -> bool:
+        return step_s * (total - at) + eval_s * evaluations_left(at, total) <= left
+
     pacer = _pacer(clock, eval_s=3.0, closing_s=4.0, evaluations_left=evaluations_left)
     pacer.start(0)
     assert not pacer.due(24, 100) and pacer.due(25, 100)
-    clock[0] = 50.0  # 25 steps in 50 s, of which 10 s of evaluations: 1.6 s a step
+    clock[0] = 50.0  # 25 steps in 50 s, of which 10 s in the evaluations at steps 10 and 20: 1.6 s a step
     total = pacer.replan(25, 100, evaluating_s=10.0)
-
-    def fits(t: int, at: int, step_s: float, left: float) -> bool:
-        return step_s * (t - at) + 3.0 * evaluations_left(at, t) <= left
-
-    # 46 s are left after the closing: the most steps that fit with the evaluations they bring.
-    assert total == 48 and fits(48, 25, 1.6, 46) and not fits(49, 25, 1.6, 46)
-    assert pacer.history == [[25, 48]]
-    # Half of the new plan (24) is behind: the next point is three quarters of it (36); the window opened at
-    # step 25, with the 10 s of evaluations already spent.
-    assert not pacer.due(35, 48) and pacer.due(36, 48)
-    clock[0] = 61.0  # 11 steps in 11 s: faster now
-    total = pacer.replan(36, 48, evaluating_s=10.0)
-    assert fits(total, 36, 1.0, 35) and not fits(total + 1, 36, 1.0, 35) and pacer.history[-1] == [36, total]
+    # The window's evaluations took 5 s each (the calibration said 3 s), and 46 s are left after the closing:
+    # the most steps that fit with the evaluations they bring.
+    assert pacer.eval_s == 5.0 and pacer.history == [[25, total]]
+    assert total == 44 and fits(44, 25, 1.6, 5.0, 46) and not fits(45, 25, 1.6, 5.0, 46)
+    # Half of the new plan (22) is behind: the next point is three quarters of it (33).
+    assert not pacer.due(32, 44) and pacer.due(33, 44)
+    clock[0] = 50.0 + 8 * 1.0 + 2.0  # 8 steps of 1 s (faster now) and a 2 s evaluation at step 30
+    total = pacer.replan(33, 44, evaluating_s=12.0)
+    assert pacer.eval_s == 2.0 and pacer.history[-1] == [33, total]
+    assert fits(total, 33, 1.0, 2.0, 36) and not fits(total + 1, 33, 1.0, 2.0, 36)
     clock[0] = 200.0  # far past the deadline: one more step, and the run ends
-    assert pacer.due(total - 1, total) and pacer.replan(total - 1, total, evaluating_s=10.0) == total
+    assert pacer.due(total - 1, total) and pacer.replan(total - 1, total, evaluating_s=12.0) == total
     assert not pacer.due(total, total + 10), "no point is left"
 
 

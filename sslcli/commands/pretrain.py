@@ -75,13 +75,16 @@ class Model:
     sync_bn: bool
 
 
-def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> dict[str, Any]:
+def run(spec: PretrainSpec, resume: str | None = None, force: bool = False,
+        started: float | None = None) -> dict[str, Any]:
     """Pretrain an encoder as the spec says; returns the summary printed by the CLI.
 
     resume: None (a new run), "auto" (continue --out from its newest intact checkpoint, or start it),
-    a run folder or a state file. force: resume even when the spec fingerprint differs.
+    a run folder or a state file. force: resume even when the spec fingerprint differs. started: the
+    time.perf_counter() at which the command started (the CLI's, so --budget counts the loading of torch
+    and the spec's resolution); now when not given.
     """
-    started = time.perf_counter()  # --budget counts from here
+    started = time.perf_counter() if started is None else started  # --budget counts from here
     if spec.data.image_size == "auto":  # spec.resolve chooses it from DATA's images; none could be read there
         training_images(spec)  # says what is wrong with DATA
         raise UsageError("data.image_size=auto: no image of DATA could be measured; set --set data.image_size=N")
@@ -119,8 +122,7 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False) -> d
                                 start_step, device, pacer)
     if not distributed.is_main():
         return {}  # rank 0 reports
-    return summary(spec, run_dir, train_data, result, knn, health, start_step, device,
-                   command_s=time.perf_counter() - started, replans=replans)
+    return summary(spec, run_dir, train_data, result, knn, health, start_step, device, started, replans)
 
 
 def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
@@ -189,9 +191,9 @@ def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData
                                    min_timed_s=budget.timed_seconds(spec.train.budget),
                                    first_step=spec.method.untrained_epochs() * per_epoch)
     count = evaluations[0] if evaluations else (lambda epochs: 0)
+    closing_s = budget.closing_seconds(spec.monitor.report, probe=bool(evaluations))
     steps = budget.plan_steps(spec.train.budget, time.perf_counter() - started, calibration, per_epoch,
-                              lambda steps: count(math.ceil(steps / per_epoch)),
-                              fixed_s=calibration.eval_s + budget.CLOSING_S)
+                              lambda steps: count(math.ceil(steps / per_epoch)), fixed_s=calibration.eval_s + closing_s)
     # Each rank counted the time already spent on its own clock: rank 0's plan is the run's, so that every
     # rank trains the same steps (a rank with one step more would wait forever in its all-reduce).
     steps = int(distributed.all_reduce_(torch.tensor(float(steps if distributed.is_main() else 0), device=device)).item())
@@ -201,7 +203,8 @@ def plan_budget(spec: PretrainSpec, state: Path | None, train_data: TrainingData
                  f"({steps / per_epoch:.2f} epochs of {per_epoch}), training for about "
                  f"{console.format_seconds(steps * calibration.step_s)}")
     after = evaluations[1] if evaluations else (lambda epochs_done, epochs: 0)
-    pacer = budget.Pacer(deadline=started + spec.train.budget, eval_s=calibration.eval_s, closing_s=budget.CLOSING_S,
+    pacer = budget.Pacer(deadline=started + spec.train.budget, eval_s=calibration.eval_s,
+                         closing_s=closing_s,
                          evaluations_left=lambda step, total: after(step // per_epoch, math.ceil(total / per_epoch)),
                          device=device)
     return _with_steps(spec, epochs, steps), pacer
@@ -362,12 +365,19 @@ def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: Loo
     def save(epoch: int, at_step: int) -> None:
         if not main:
             return
+        began = time.perf_counter()
         saver.save(epoch, at_step)
         if spec.monitor.report:
             write_report(run_dir, knn.new_grid())
+        if pacer is not None:  # the run's last save costs what this one did (report/ takes seconds on a CPU)
+            probe_s = budget.PROBE_S if knn.splits is not None else 0.0
+            pacer.closing_s = probe_s + time.perf_counter() - began
 
     if start_step == 0:
+        began = time.perf_counter()
         knn.at_start()  # epoch 0: the random-init start of the curves (a resumed run has it already)
+        if pacer is not None and knn.splits is not None:  # the calibration's kNN also built its decode caches
+            pacer.eval_s = time.perf_counter() - began
     events = Events(metrics=metrics, on_step_end=model.method.on_step_end, on_log=health.check,
                     on_epoch_end=knn.at_epoch_end, on_checkpoint=save, on_replan=replan)
     try:
@@ -399,10 +409,10 @@ def write_report(run_dir: Path, grid: online_knn.NeighbourGrid | None) -> None:
 
 def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result, knn: online_knn.OnlineKnn,
             health: monitors.CollapseWatch, start_step: int, device: torch.device,
-            command_s: float, replans: list[list[int]] | None = None) -> dict[str, Any]:
+            started: float, replans: list[list[int]] | None = None) -> dict[str, Any]:
     if train_data.policy.summary():
         console.warn(train_data.policy.summary())
-    return {
+    out = {
         "run_dir": str(run_dir),
         "encoder": str(run_dir / "encoder.safetensors"),
         "method": spec.method.name,
@@ -416,8 +426,6 @@ def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result,
         "final_loss": result.last_loss,
         "images_per_s": round(result.images_per_s, 2),
         "wall_s": round(result.wall_s, 2),
-        # The budget's clock: the whole command (set-up, calibration, training, evaluations, closing), this process.
-        "command_s": round(command_s, 2),
         "device": str(device),
         "processes": distributed.world_size(),
         "knn_top1": knn.last_top1,
@@ -434,6 +442,10 @@ def summary(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, result,
         "report_files": [name for name in report.FILES if (run_dir / "report" / name).is_file()]
         if spec.monitor.report else [],
     }
+    # The budget's clock: the whole command (set-up, calibration, training, evaluations and the closing
+    # linear probe above), this process; read last, so that it counts everything.
+    out["command_s"] = round(time.perf_counter() - started, 2)
+    return out
 
 
 def format_text(s: dict[str, Any]) -> str:
