@@ -13,6 +13,13 @@ with the logged values, every train.log_every steps, at epoch ends, checkpoints 
 Under on_nan=stop the first bad step halts the run on the device: that step and every later one are
 undone, and the next read raises the same error as the synchronous loop, naming that step. Under
 on_nan=skip bad steps are undone and counted; one past max_nan_skips halts the run likewise.
+Under fp16 the GradScaler skips a step whose scaled gradients overflowed (a normal event while it
+lowers its scale) and keeps the rest of that step (BN statistics, EMA targets, queues). torch's
+GradScaler.step reads its overflow flag on the host to do so; here the gradients are unscaled, the
+optimizer steps regardless, and undo_update() sets the parameters and the optimizer state (only them)
+back where the unscaled gradient norm is not finite, before the method's on_step_end, as the
+synchronous loop would have left them. Such a step is logged and counted as any other.
+
 One exception: optimizer state kept on the host (torch's AdamW on CUDA keeps its step count on the CPU
 unless fused; timm's LAMB keeps it in the param group) cannot be set back from the device: it advances
 by one on a skipped step, which changes only the bias correction of later steps, never lets the bad
@@ -70,7 +77,8 @@ class DeviceGuard:
                  max_skips: int):
         self.model, self.optimizer, self.device = model, optimizer, device
         self.skip, self.max_skips = skip, max_skips
-        self._mirrors: list[_Mirror] | None = None
+        self._mirrors: list[_Mirror] | None = None  # every mirrored tensor, the update's first
+        self._update_mirrors: list[_Mirror] = []
         self._state_size = 0
         zero = torch.zeros((), device=device)
         self.halted = torch.zeros((), dtype=torch.bool, device=device)
@@ -85,11 +93,25 @@ class DeviceGuard:
         """The optimizer creates its state at its first step; until then steps are checked on the host."""
         return bool(self.optimizer.state)
 
-    def _state(self) -> list[torch.Tensor]:
-        tensors = list(self.model.state_dict().values())  # detached, sharing storage with the model
+    def _state(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """What an update changes (the parameters and the optimizer's state), and the rest of the model's
+        state (buffers: BN statistics, EMA targets, queues, centers); detached, sharing storage."""
+        update = [p.detach() for p in self.model.parameters()]
         for state in self.optimizer.state.values():
-            tensors += [v for v in state.values() if torch.is_tensor(v)]
-        return [t for t in tensors if t.device == self.device and t.numel()]
+            update += [v for v in state.values() if torch.is_tensor(v)]
+        rest = list(self.model.buffers())
+
+        def here(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [t for t in tensors if t.device == self.device and t.numel()]
+
+        return here(update), here(rest)
+
+    @staticmethod
+    def _mirrored(tensors: list[torch.Tensor]) -> list[_Mirror]:
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        return [_Mirror(ts) for ts in by_dtype.values()]
 
     def begin(self) -> None:
         """Mirror the state before the step's forward (which already updates BN statistics)."""
@@ -98,12 +120,16 @@ class DeviceGuard:
         size = sum(len(state) for state in self.optimizer.state.values())
         if self._mirrors is None or size != self._state_size:
             self._state_size = size
-            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-            for t in self._state():
-                by_dtype.setdefault(t.dtype, []).append(t)
-            self._mirrors = [_Mirror(ts) for ts in by_dtype.values()]
+            update, rest = self._state()
+            self._update_mirrors = self._mirrored(update)
+            self._mirrors = self._update_mirrors + self._mirrored(rest)
         for mirror in self._mirrors:
             mirror.save()
+
+    def undo_update(self, undo: torch.Tensor) -> None:
+        """Set the parameters and optimizer state back where `undo` (an fp16 overflow) holds; buffers stay."""
+        for mirror in self._update_mirrors:
+            mirror.undo_where(undo)
 
     def settle(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, stop: torch.Tensor) -> None:
         """After the update and on_step_end of step index `step`: undo it on the device unless it was finite."""

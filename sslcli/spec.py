@@ -105,7 +105,7 @@ class TrainConfig(Strict):
 
     sync_free: bool | Literal["auto"] = Field("auto", description="check each step for a non-finite loss on the "
                                               "device and read it every log_every steps instead of every step "
-                                              "('auto': on for CUDA except fp16)")
+                                              "('auto': on for CUDA, off on CPU)")
     debug_sync: bool = Field(False, description="with sync_free on CUDA: fail on any host sync between two reads "
                              "(proves the loop is sync-free; for tests)")
 

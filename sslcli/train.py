@@ -108,12 +108,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def resolve_sync_free(setting: bool | str, device: torch.device, precision: str) -> bool:
-    """'auto': on for CUDA, where a per-step host read leaves the GPU idle; off for fp16, whose GradScaler
-    reads its own overflow flag every step anyway, and on CPU, where the read costs nothing."""
+def resolve_sync_free(setting: bool | str, device: torch.device) -> bool:
+    """'auto': on for CUDA (bf16, fp32 and fp16), where a per-step host read leaves the GPU idle; off on
+    CPU, where the read costs nothing."""
     if setting != "auto":
         return bool(setting)
-    return device.type == "cuda" and precision != "fp16"
+    return device.type == "cuda"
 
 
 def prepare_device(device: torch.device) -> None:
@@ -353,7 +353,12 @@ class _Loop:
             guard.begin()
             out, read = _forward_backward(batch, step, self.step_fn, self.optimizer, self.scaler, self.dtype,
                                           self.device, self.params, stop_requested=self.stop.signum is not None)
-            _update(self.optimizer, self.scaler, self.params, cfg.clip_grad)
+            if self.scaler.is_enabled():
+                overflow = _update_unchecked(self.optimizer, self.scaler, self.params, cfg.clip_grad)
+                if overflow is not None:  # what GradScaler.step would have skipped, without its host read
+                    guard.undo_update(overflow)
+            else:
+                _update(self.optimizer, self.scaler, self.params, cfg.clip_grad)
             self.events.on_step_end(step)  # undone on the device with the update if the step was not finite
             world = distributed.world_size()
             guard.settle(step, read[0] / world, read[1] / world, read[2])
@@ -458,6 +463,23 @@ def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, para
         torch.nn.utils.clip_grad_norm_(params, clip_grad)
     scaler.step(optimizer)
     scaler.update()
+
+
+def _update_unchecked(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
+                      clip_grad: float | None) -> torch.Tensor | None:
+    """The fp16 update of the sync-free step: unscale, clip, step and update the scale as _update does, but
+    step whether or not the gradients overflowed (GradScaler.step reads that on the host); returns the
+    device flag of an overflow, for the guard to undo the update with (None when there was no update)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    scaler.unscale_(optimizer)  # records the overflow for scaler.update() on the device
+    overflow = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
+    if clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    optimizer.step()
+    scaler.update()
+    return overflow
 
 
 def _train_step(batch: Any, step: int, epoch: int, step_fn: Step,

@@ -86,10 +86,10 @@ def test_every_cpu_preset_trains_on_cuda_in_bf16(method: str, cifar_small: Path,
 SYNC_FREE_SCRIPT = textwrap.dedent("""
     import sys
     from sslcli.cli import main
-    data, out, preset, epochs = sys.argv[1:5]
+    data, out, preset, epochs, *more = sys.argv[1:]
     main(["pretrain", data, "--preset", preset, "--epochs", epochs, "--batch-size", "64", "--out", out,
           "--set", "train.device=cuda", "--set", "data.max_images=512", "--set", "monitor.knn_every=0",
-          "--set", "train.log_every=1000", "--set", "train.debug_sync=true", "--json"])
+          "--set", "train.log_every=1000", "--set", "train.debug_sync=true", "--json", *more])
 """)
 
 
@@ -115,6 +115,20 @@ def test_pretraining_steps_make_no_host_synchronisation(preset: str, cifar_small
     assert summary["device"].startswith("cuda") and summary["steps"] == steps and summary["skipped_steps"] == 0
     if epochs == 2:
         assert summary["final_loss"] > 0, "the second epoch trained against the filled bank (the first's loss is 0)"
+
+
+def test_fp16_steps_with_their_grad_scaler_make_no_host_synchronisation(cifar_small: Path, tmp_path: Path):
+    """fp16: the GradScaler's unscale, overflow check and scale update stay on the device (GradScaler.step,
+    which reads the overflow on the host, is not called): the quickstart's steps under debug_sync."""
+    steps = min(512, sum(1 for f in (cifar_small / "train").rglob("*") if f.is_file())) // 64
+    env = {**os.environ, "SSLCLI_DEBUG": "1"}
+    env.setdefault("OMP_NUM_THREADS", "4")
+    proc = subprocess.run([sys.executable, "-c", SYNC_FREE_SCRIPT, str(cifar_small), str(tmp_path / "run"),
+                           "quickstart", "1", "--set", "train.precision=fp16"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["device"].startswith("cuda") and summary["steps"] == steps and summary["final_loss"] > 0
 
 
 def test_deepcluster_memory_kmeans_and_steps_make_no_host_synchronisation(cifar_small: Path, tmp_path: Path):

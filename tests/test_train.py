@@ -97,9 +97,11 @@ def test_a_step_whose_gradients_the_method_dropped_leaves_the_weights_even_under
     fit(Step(model, compute_loss, cancel_gradients=drop), batches, opt, torch.full((2,), 1.0, dtype=torch.float64),
         LoopConfig(epochs=1, steps_per_epoch=2, precision="fp16"), torch.device("cpu"))
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)) and not opt.state
-    # Negative control: with the gradients kept, the same run moves them.
+    # Negative control: with the gradients kept, the same run moves them (a loss scale whose scaled gradients
+    # fit in fp16: at the default 2**16 they overflow for some initial weights, and the scaler skips both steps).
     fit(Step(model, compute_loss), batches, opt, torch.full((2,), 1.0, dtype=torch.float64),
-        LoopConfig(epochs=1, steps_per_epoch=2, precision="fp16"), torch.device("cpu"))
+        LoopConfig(epochs=1, steps_per_epoch=2, precision="fp16"), torch.device("cpu"),
+        scaler=torch.amp.GradScaler("cpu", init_scale=2.0**4))
     assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
@@ -109,7 +111,8 @@ OPTIMIZERS = ["sgd", "lars", "adamw", "lamb"]
 
 
 def _mlp_run(optimizer: str, sync_free: bool, losses_at: dict[int, float] | None = None, on_nan: str = "stop",
-             steps: int = 6, max_nan_skips: int = 10, batch_norm: bool = False):
+             steps: int = 6, max_nan_skips: int = 10, batch_norm: bool = False, precision: str = "fp32",
+             scaler: torch.amp.GradScaler | None = None):
     """A small seeded model trained by fit; losses_at forces the loss of some steps (e.g. to NaN)."""
     from sslcli.train import build_optimizer
 
@@ -136,11 +139,11 @@ def _mlp_run(optimizer: str, sync_free: bool, losses_at: dict[int, float] | None
             yield (data[epoch * 3 + i], torch.zeros(5))
 
     cfg = LoopConfig(epochs=steps // 3, steps_per_epoch=3, log_every=4, on_nan=on_nan,
-                     max_nan_skips=max_nan_skips, sync_free=sync_free)
+                     max_nan_skips=max_nan_skips, sync_free=sync_free, precision=precision)
     schedule = torch.linspace(0.05, 0.01, 6, dtype=torch.float64)[:steps]
     try:
         result = fit(Step(model, loss), batches, opt, schedule, cfg, torch.device("cpu"),
-                     Events(on_step_end=on_step_end))
+                     Events(on_step_end=on_step_end), scaler=scaler)
         error = None
     except RunError as exc:
         result, error = None, str(exc)
@@ -195,3 +198,51 @@ def test_sync_free_undoes_batch_norm_statistics_of_a_bad_step():
     assert error is not None and "at step 4 " in error
     assert torch.equal(model[1].running_mean, clean[1].running_mean)
     assert torch.equal(model[1].running_var, clean[1].running_var)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_sync_free_fp16_skips_overflowing_steps_as_the_grad_scaler_does(optimizer: str):
+    """fp16 (CPU autocast here, CUDA's in use): steps 2 and 3 scale the loss so that the scaled gradients
+    overflow in fp16 while the loss stays finite. The GradScaler skips those updates (and halves its scale),
+    keeping their BN statistics and the on_step_end work; the sync-free step, which never reads the overflow
+    on the host, ends with the same weights, buffers and scale."""
+    overflow = {2: 3e4, 3: 3e4}
+    runs = {}
+    for sync_free in (False, True):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+        runs[sync_free] = (*_mlp_run(optimizer, sync_free=sync_free, losses_at=overflow, batch_norm=True,
+                                     precision="fp16", scaler=scaler), scaler.get_scale())
+    (sync_model, sync_ema, sync_result, sync_error, sync_scale) = runs[False]
+    (model, ema, result, error, scale) = runs[True]
+    assert sync_error is None and error is None and result.skipped_steps == sync_result.skipped_steps == 0
+    assert scale == sync_scale == 2.0**8, "the scaler halved its scale at each of the two overflows, in both loops"
+    for (name, a), b in zip(sync_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.isfinite(b).all(), name
+        if optimizer == "lamb":  # its step count lives on the host: it advanced on the two skipped steps, which
+            torch.testing.assert_close(a, b, rtol=0.25, atol=1e-2)  # moves the bias correction of steps 4 and 5
+        else:
+            assert torch.equal(a, b), name
+    if optimizer == "lamb":
+        torch.testing.assert_close(sync_ema, ema, rtol=1e-3, atol=1e-3)
+    else:
+        assert torch.equal(sync_ema, ema) and sync_result.last_loss == result.last_loss
+    # Negative control: without the overflows the weights end elsewhere, so the skips above were real.
+    clean, *_ = _mlp_run(optimizer, sync_free=True, batch_norm=True, precision="fp16",
+                         scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000))
+    assert not torch.equal(clean[0].weight, model[0].weight)
+
+
+@pytest.mark.parametrize("on_nan", ["stop", "skip"])
+def test_sync_free_fp16_still_stops_or_skips_a_non_finite_loss(on_nan: str):
+    bad = {4: float("nan")}
+    sync = _mlp_run("sgd", sync_free=False, losses_at=bad, on_nan=on_nan, precision="fp16",
+                    scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    free = _mlp_run("sgd", sync_free=True, losses_at=bad, on_nan=on_nan, precision="fp16",
+                    scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    assert free[3] == sync[3], "the same error (stop) or none (skip)"
+    if on_nan == "stop":
+        assert "at step 5 " in free[3]
+    else:
+        assert free[2].skipped_steps == sync[2].skipped_steps == 1
+    for (name, a), b in zip(sync[0].state_dict().items(), free[0].state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -199,7 +199,7 @@ def _loop_config(spec: FinetuneSpec, steps_per_epoch: int, device: torch.device,
     precision = resolve_precision(spec.train.precision, device)
     return LoopConfig(
         epochs=spec.train.epochs, steps_per_epoch=steps_per_epoch, precision=precision,
-        sync_free=resolve_sync_free(spec.train.sync_free, device, precision),
+        sync_free=resolve_sync_free(spec.train.sync_free, device),
         channels_last=resolve_channels_last(spec.train.channels_last, device),
         clip_grad=spec.optim.clip_grad, log_every=spec.train.log_every,
         checkpoint_every=0,  # the classifier is written at the end (or when a signal stops the run)

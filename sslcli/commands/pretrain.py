@@ -149,7 +149,7 @@ def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) 
         description=f"{spec.method.name} {spec.encoder.name}",
         on_nan=spec.train.on_nan,
         max_nan_skips=spec.train.max_nan_skips,
-        sync_free=resolve_sync_free(spec.train.sync_free, device, precision),
+        sync_free=resolve_sync_free(spec.train.sync_free, device),
         debug_sync=spec.train.debug_sync,
         max_steps=spec.train.max_steps,
     )
