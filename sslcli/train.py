@@ -52,6 +52,9 @@ class Step:
     model: nn.Module
     loss: Callable[[Any, int], StepOut]
     cancel_gradients: Callable[[int], None] = _no_op  # after backward: drop gradients of parameters frozen now
+    # The part of a step that reads only its batch (pretraining's augmentation): loss() gets its output.
+    # On CUDA fit runs it for the next batch on a side stream while this one trains; elsewhere just before.
+    prepare: Callable[[Any], Any] | None = None
 
 
 @dataclass
@@ -258,10 +261,11 @@ def fit(step_fn: Step, batches: Batches, optimizer: torch.optim.Optimizer, lr_sc
     with _stop_signals() as loop.stop:
         try:
             while epoch < cfg.epochs:  # cfg.epochs changes when a --budget run is re-planned
-                for batch in _prefetched(batches(epoch, skip if epoch == first_epoch else 0), device, memory_format):
+                epoch_batches = batches(epoch, skip if epoch == first_epoch else 0)
+                for batch, size in _prefetched(epoch_batches, device, memory_format, step_fn.prepare, loop.watch):
                     if loop.step >= cfg.total_steps or loop.step >= (epoch + 1) * cfg.steps_per_epoch:
                         break  # a loader that yields more batches than planned never runs past the schedule
-                    loop.train_step(batch, epoch)
+                    loop.train_step(batch, epoch, size)
                     loop.keep_pace(epoch)
                 # A whole epoch (not a loader that ran short), or the planned end inside the last one.
                 if loop.step == min((epoch + 1) * cfg.steps_per_epoch, cfg.total_steps):
@@ -310,10 +314,10 @@ class _Loop:
         return FitResult(self.step, epochs, self.images, time.perf_counter() - self.start,
                          self.last_good[1] if self.last_good else None, self.skipped)
 
-    def train_step(self, batch: Any, epoch: int) -> None:
+    def train_step(self, batch: Any, epoch: int, size: int) -> None:
         cfg, step = self.cfg, self.step
         _set_lr(self.optimizer, float(self.lr_schedule[step]), self.peak_lr)
-        self.images += (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+        self.images += size
         if self.guard is not None and self.guard.ready:
             self._deferred_step(batch, epoch)
             return
@@ -560,20 +564,56 @@ def _interrupted(signum: int, step: int, total: int) -> Interrupted:
     return Interrupted(f"stopped by {name} at step {step}/{total}", signum)
 
 
-def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: torch.memory_format):
-    """Batches on the device; on CUDA the next one is pinned and copied asynchronously before this one trains."""
+def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: torch.memory_format,
+                prepare: Callable[[Any], Any] | None, watch: _SyncWatch):
+    """(batch on the device, its number of images), the batch prepared (Step.prepare) when there is one.
+
+    On CUDA the next batch is pinned, copied and prepared on a side stream before this one trains, so its
+    copy and augmentation overlap this step's kernels; an event orders each batch before the step that
+    uses it, and record_stream keeps its memory from being reused before that step is done."""
+    def ready(batch: Any) -> Any:
+        with watch.checking():
+            batch = _to_device(batch, device, memory_format)
+            return batch if prepare is None else prepare(batch)
+
     if device.type != "cuda":
         for batch in batches:
-            yield _to_device(batch, device, memory_format)
+            yield ready(batch), _size(batch)
         return
+    side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+
+    def ahead(batch: Any) -> tuple[Any, int, torch.cuda.Event]:
+        pinned = _pinned(batch)
+        with torch.cuda.stream(side):
+            out = ready(pinned)
+            done = torch.cuda.Event()
+            done.record(side)
+        return out, _size(batch), done
+
     iterator = iter(batches)
-    upcoming = next(iterator, None)
-    upcoming = None if upcoming is None else _to_device(_pinned(upcoming), device, memory_format)
+    following = next(iterator, None)
+    upcoming = None if following is None else ahead(following)
     while upcoming is not None:
-        current = upcoming
+        current, size, done = upcoming
         following = next(iterator, None)
-        upcoming = None if following is None else _to_device(_pinned(following), device, memory_format)
-        yield current
+        upcoming = None if following is None else ahead(following)
+        main.wait_event(done)
+        _record_stream(current, main)
+        yield current, size
+
+
+def _size(batch: Any) -> int:
+    """The images in a batch: a tensor of images, or a tuple whose first item is."""
+    return (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+
+
+def _record_stream(batch: Any, stream: torch.cuda.Stream) -> None:
+    """Tell the caching allocator that `stream` uses these side-stream tensors (see _prefetched)."""
+    if torch.is_tensor(batch):
+        batch.record_stream(stream)
+    elif isinstance(batch, (tuple, list)):
+        for item in batch:
+            _record_stream(item, stream)
 
 
 def _pinned(batch: Any) -> Any:

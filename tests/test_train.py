@@ -34,6 +34,27 @@ def test_lr_schedule_is_applied_every_step():
     assert result.steps == 4 and result.images == 12
 
 
+def test_a_prepared_step_gets_its_batch_prepared_and_counts_the_batch_images():
+    """Step.prepare (pretraining's augmentation) runs on each batch before its loss, which gets what it
+    returned; the images are counted from the batch itself."""
+    model, opt, _, batches = _toy([1.0] * 4)
+    calls = []
+
+    def prepare(x: torch.Tensor) -> list[torch.Tensor]:
+        calls.append(("prepare", x.shape[0]))
+        return [x.float() * 2, x.float() * 3]  # two "views"
+
+    def loss(views: list[torch.Tensor], step: int) -> StepOut:
+        calls.append(("loss", step))
+        assert isinstance(views, list) and torch.equal(views[1], torch.full((3, 4), 3.0))
+        return StepOut(loss=sum(model(v).pow(2).mean() for v in views))
+
+    result = fit(Step(model, loss, prepare=prepare), batches, opt, torch.full((4,), 0.1, dtype=torch.float64),
+                 LoopConfig(epochs=2, steps_per_epoch=2), torch.device("cpu"))
+    assert calls == [c for step in range(4) for c in (("prepare", 3), ("loss", step))]
+    assert result.steps == 4 and result.images == 12
+
+
 def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint():
     model, opt, compute_loss, batches = _toy([1.0, 0.5, float("nan"), 1.0])
     checkpoints = []

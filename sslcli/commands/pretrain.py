@@ -6,10 +6,11 @@ rank 0 alone writes the run folder and reports.
 
 from __future__ import annotations
 
+import collections
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,9 @@ class Model:
     augment: Augmenter
     generator: torch.Generator
     sync_bn: bool
+    # The augmentation generators' states before each batch augmented but not yet trained (at most one:
+    # the batch prepared ahead on CUDA), oldest first.
+    ahead: collections.deque = field(default_factory=collections.deque)
 
 
 def run(spec: PretrainSpec, resume: str | None = None, force: bool = False,
@@ -314,24 +318,36 @@ def trained_images(train_data: TrainingData) -> int:
     return len(train_data.images) - train_data.policy.count
 
 
+def augment_states(model: Model) -> dict[str, torch.Tensor]:
+    return {"augment": model.generator.get_state(), "augment_order": model.augment.order_generator.get_state()}
+
+
 def rng_states(model: Model, device: torch.device) -> dict[str, torch.Tensor]:
-    """The generators a checkpoint must hold for an exact resume."""
-    rng = {"augment": model.generator.get_state(), "augment_order": model.augment.order_generator.get_state()}
+    """The generators a checkpoint must hold for an exact resume: the augmentation's as they were before the
+    next batch to train was augmented (on CUDA that batch is already augmented, ahead of its step)."""
+    rng = dict(model.ahead[0]) if model.ahead else augment_states(model)
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
     return rng
 
 
 def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: torch.device) -> Step:
-    """views -> method forward, plus the label-free monitors on the steps that are logged."""
+    """views (prepared ahead of the step on CUDA) -> method forward, plus the label-free monitors on the
+    steps that are logged."""
     method = model.method
     memory_format = torch.channels_last if loop.channels_last else torch.contiguous_format
     parallel = distributed.wrap(method, device)  # DDP under torchrun, the method itself otherwise
     forward = torch.compile(parallel) if spec.train.compile else parallel
 
-    def loss(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None], step: int) -> StepOut:
+    def prepare(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]):
         x, labels, indices = batch if isinstance(batch, tuple) else (batch, None, None)
+        model.ahead.append(augment_states(model))  # what a checkpoint taken before this batch trains holds
         views = [v.contiguous(memory_format=memory_format) for v in model.augment(x)]
+        return views, labels, indices
+
+    def loss(prepared: tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None], step: int) -> StepOut:
+        views, labels, indices = prepared
+        model.ahead.popleft()
         out = forward(views, step) if indices is None else forward(views, step, indices)
         if labels is not None:  # data.label_fraction (S4L): the supervised term on the labeled images
             out = semi_supervised.add_supervised_term(out, method, labels, spec.train.supervised_weight)
@@ -342,7 +358,7 @@ def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: to
                     out.logs.update(monitors.measure(views, kind))
         return out
 
-    return Step(model=method, loss=loss, cancel_gradients=method.cancel_gradients)
+    return Step(model=method, loss=loss, cancel_gradients=method.cancel_gradients, prepare=prepare)
 
 
 def train(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: LoopConfig, model: Model,
