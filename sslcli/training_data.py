@@ -102,6 +102,10 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
 
         batches, steps = streamed, len(loader)
     if steps == 0:
+        if policy.count:  # the decode cache met the unreadable ones: say so, not that the batch is too large
+            raise UsageError(f"only {len(images) - policy.count} of the {len(images)} images found could be read "
+                             f"({policy.count} unreadable: not images, or broken links), fewer than one batch of "
+                             f"{batch_size}; check the files under {images.root} or lower --batch-size")
         raise UsageError(f"batch size {batch_size} is larger than the {len(images)} images found; lower --batch-size")
     return batches, steps
 

@@ -134,6 +134,20 @@ def _folder_with_one_bad_image(root: Path) -> Path:
     return root
 
 
+def test_a_folder_of_unreadable_images_says_so_rather_than_blaming_the_batch_size(tmp_path: Path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.jpg").write_bytes(b"not a jpeg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "missing.jpg")  # a broken link, as a moved dataset leaves
+    proc = sslcli_run("pretrain", str(folder), "--preset", "quickstart", "--epochs", "1", "--batch-size", "4",
+                      "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0]  # progress lines may precede it
+    assert "only 0 of the 7 images found could be read (7 unreadable" in errors[0] and "larger than" not in errors[0]
+
+
 def test_bad_images_are_skipped_and_reported_or_fatal_on_request(tmp_path: Path):
     images = _folder_with_one_bad_image(tmp_path / "images")
     common = ["--preset", "quickstart", "--epochs", "1", "--batch-size", "4", "--set", "method.proj_hidden_dim=64"]
