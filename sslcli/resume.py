@@ -103,11 +103,18 @@ def check_fingerprint(record: dict[str, Any], current: dict[str, Any], state: Pa
 
 
 def recorded_replans(state: Path) -> list[list[int]]:
-    """The re-plans [at step, new total] a --budget run made before this state was written (none for others)."""
-    replans = checkpoint.read_state_record(state).get("replans") or []
-    if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) for v in r) for r in replans):
-        raise UsageError(f"{state} records re-plans it could not have written ({replans!r}); resume from an intact "
-                         "checkpoint or start a new run")
+    """The re-plans [at step, new total] a --budget run made before this state was written (none for others);
+    each at a step of the plan before it, in order, and no later than the state's own step."""
+    record = checkpoint.read_state_record(state)
+    replans = record.get("replans") or []
+    total, previous_at = (record.get("fingerprint_parts") or {}).get("total steps"), 0
+    for replan in replans:
+        if not (isinstance(replan, list) and len(replan) == 2 and all(type(v) is int for v in replan)
+                and isinstance(total, int) and previous_at <= replan[0] < min(total, replan[1])
+                and replan[0] <= record.get("step", 0)):
+            raise UsageError(f"{state} records re-plans it could not have written ({replans!r}); resume from an "
+                             "intact checkpoint or start a new run")
+        previous_at, total = replan
     return replans
 
 

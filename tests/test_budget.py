@@ -246,3 +246,18 @@ def test_every_per_step_schedule_of_a_method_is_re_planned():
         for k in per_step:
             after = getattr(method, k)
             assert len(after) == 20 and after[:13] == before[k][:13] and after[-1] == pytest.approx(before[k][-1])
+
+
+@pytest.mark.parametrize("replans", [[[30, 20]], [[50, 60]], [[10, 40], [5, 45]], [[10, "40"]], [[10]], "x",
+                                     [[90, 120]]])
+def test_a_state_whose_re_plans_could_not_have_been_made_is_refused(replans, monkeypatch: pytest.MonkeyPatch):
+    """A re-plan lies at a step of the plan before it (a 40-step first plan here), after the previous one and
+    no later than the state's step (80); anything else is an altered state, refused before any schedule."""
+    from sslcli import resume
+
+    record = {"step": 80, "fingerprint_parts": {"total steps": 40}}
+    monkeypatch.setattr(checkpoint, "read_state_record", lambda state: {**record, "replans": replans})
+    with pytest.raises(UsageError, match="could not have written"):
+        resume.recorded_replans(Path("state"))
+    monkeypatch.setattr(checkpoint, "read_state_record", lambda state: {**record, "replans": [[10, 50], [30, 90]]})
+    assert resume.recorded_replans(Path("state")) == [[10, 50], [30, 90]]
