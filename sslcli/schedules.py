@@ -60,6 +60,5 @@ def stretch(values: torch.Tensor, at_step: int, total_steps: int) -> torch.Tenso
     position = position.clamp(max=old_last)
     low = position.floor().long()
     high = (low + 1).clamp(max=old_last)
-    frac = (position - low).to(values.dtype)
-    rest = values[low] + (values[high] - values[low]) * frac
+    rest = torch.lerp(values[low], values[high], (position - low).to(values.dtype))
     return torch.cat([values[:at_step], rest])

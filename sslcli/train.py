@@ -581,6 +581,7 @@ def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: tor
             yield ready(batch), _size(batch)
         return
     side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    side.wait_stream(main)  # whatever the main stream made so far (the augmentation's constants) is ready
 
     def ahead(batch: Any) -> tuple[Any, int, torch.cuda.Event]:
         pinned = _pinned(batch)
