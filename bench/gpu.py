@@ -175,6 +175,9 @@ def report(args: argparse.Namespace, throughput: dict | None, summary: dict, pro
             print(f"{'(a) with the online kNN and monitors on':<52} {throughput['sslcli_monitors_images_per_s']:>10.0f}")
         if "sslcli_compile_images_per_s" in throughput:
             print(f"{'(a) with train.compile=true':<52} {throughput['sslcli_compile_images_per_s']:>10.0f}")
+        if "sslcli_prefetch_images_per_s" in throughput:
+            print(f"{'(a) with train.prefetch=true (opt-in side stream)':<52} "
+                  f"{throughput['sslcli_prefetch_images_per_s']:>10.0f} {throughput['prefetch_speedup']:>9.2f}x")
         print(f"{'a/b':<52} {throughput['ratio_a_b']:>10.2f} {'>= 3':>10}")
         print(f"{'a/c':<52} {throughput['ratio_a_c']:>10.2f} {'>= 0.85':>10}")
     print(f"{f'time to quality: {PRESET}, --budget {args.budget}':<52} {'value':>10} {'goal':>10}")

@@ -83,12 +83,13 @@ def settings(args: argparse.Namespace) -> dict:
 
 
 def spec_for(api: SimpleNamespace, args: argparse.Namespace, cfg: dict, out: Path, monitors: bool = False,
-             compile: bool = False):
+             compile: bool = False, prefetch: bool = False):
     """The quickstart recipe with this benchmark's encoder, batch and length; monitors off unless asked."""
     sets = [f"encoder.name={cfg['encoder']}", f"encoder.small_stem={json.dumps(cfg['small_stem'])}",
             f"train.batch_size={cfg['batch']}", f"train.epochs={cfg['epochs']}", f"train.device={args.device}",
             f"data.max_images={cfg['images']}", f"train.log_every={cfg['warmup']}",
-            "train.checkpoint_every=0", f"train.compile={json.dumps(compile)}"]
+            "train.checkpoint_every=0", f"train.compile={json.dumps(compile)}",
+            f"train.prefetch={json.dumps(prefetch)}"]
     if not monitors:
         sets += MONITORS_OFF
     return api.resolve(api.PretrainSpec, preset="quickstart",
@@ -111,12 +112,13 @@ def steady_rate(metrics_path: Path, warmup: int, batch: int) -> dict:
     return {"images_per_s": steps * batch / max(seconds, 1e-9), "timed_steps": steps, "timed_s": round(seconds, 2)}
 
 
-def measure_sslcli(args: argparse.Namespace, cfg: dict, monitors: bool = False, compile: bool = False) -> dict:
+def measure_sslcli(args: argparse.Namespace, cfg: dict, monitors: bool = False, compile: bool = False,
+                   prefetch: bool = False) -> dict:
     api = sslcli_api()
     api.console.configure(quiet=True)
-    tag = "-monitors" if monitors else "-compile" if compile else ""
+    tag = "-monitors" if monitors else "-compile" if compile else "-prefetch" if prefetch else ""
     out = Path(args.workdir) / f"sslcli{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    summary = api.run(spec_for(api, args, cfg, out, monitors=monitors, compile=compile))
+    summary = api.run(spec_for(api, args, cfg, out, monitors=monitors, compile=compile, prefetch=prefetch))
     if summary["steps"] != cfg["total_steps"]:
         raise SystemExit(f"sslcli ran {summary['steps']} steps, expected {cfg['total_steps']} (too few images in "
                          f"{args.data}/train for {cfg['steps_per_epoch']} steps of {cfg['batch']} per epoch?)")
@@ -224,6 +226,7 @@ PHASES = {
     "sslcli": measure_sslcli,
     "sslcli-monitors": lambda a, c: measure_sslcli(a, c, monitors=True),
     "sslcli-compile": lambda a, c: measure_sslcli(a, c, compile=True),
+    "sslcli-prefetch": lambda a, c: measure_sslcli(a, c, prefetch=True),
     "lightly": measure_lightly,
     "model": measure_model_only,
 }
@@ -264,6 +267,8 @@ def main() -> None:
             common += [flag, str(value)]
     names = ("sslcli", "lightly", "model") + (() if args.no_monitors else ("sslcli-monitors",))
     names += ("sslcli-compile",) if args.compile else ()
+    # The side-stream prefetch of the next batch is a CUDA path: measured there, beside (a) without it.
+    names += ("sslcli-prefetch",) if _device_type(args.device) == "cuda" else ()
     results = {name: run_phase("bench.throughput", name, common) for name in names}
     report(args, settings(args), results)
 
@@ -282,6 +287,8 @@ def report(args: argparse.Namespace, cfg: dict, results: dict) -> None:
             ("(c) model only (views already on the device)", "model")]
     if "sslcli-compile" in results:
         rows.append(("(a) with train.compile=true", "sslcli-compile"))
+    if "sslcli-prefetch" in results:
+        rows.append(("(a) with train.prefetch=true (next batch on a side stream)", "sslcli-prefetch"))
     if "sslcli-monitors" in results:
         rows.append((f"(a) monitors on: {cfg['knn_in_window']} online kNN, embeddings every {cfg['warmup']}",
                      "sslcli-monitors"))
@@ -304,6 +311,10 @@ def report(args: argparse.Namespace, cfg: dict, results: dict) -> None:
         compiled = results["sslcli-compile"]["images_per_s"]
         print(f"{'compile speed-up: (a) compiled / (a)':<62} {compiled / a:>9.2f}")
         figures.update({"sslcli_compile_images_per_s": round(compiled, 1), "compile_speedup": round(compiled / a, 2)})
+    if "sslcli-prefetch" in results:
+        ahead = results["sslcli-prefetch"]["images_per_s"]
+        print(f"{'prefetch speed-up: (a) prefetch / (a)':<62} {ahead / a:>9.2f}")
+        figures.update({"sslcli_prefetch_images_per_s": round(ahead, 1), "prefetch_speedup": round(ahead / a, 2)})
     print(f"{'a/b (target >= ' + str(targets['a_b']) + ')':<62} {a / b:>9.2f}")
     print(f"{'a/c' + (' (target >= ' + str(targets['a_c']) + ')' if 'a_c' in targets else ''):<62} {a / c:>9.2f}")
     met = a / b >= targets["a_b"] and a / c >= targets.get("a_c", 0)

@@ -108,6 +108,8 @@ class TrainConfig(Strict):
                                               "('auto': on for CUDA, off on CPU)")
     debug_sync: bool = Field(False, description="with sync_free on CUDA: fail on any host sync between two reads "
                              "(proves the loop is sync-free; for tests)")
+    prefetch: bool = Field(False, description="on CUDA: copy and augment the next batch on a side stream while "
+                           "this one trains (opt-in until a GPU run has shown it correct and faster)")
 
 
 class MonitorConfig(Strict):

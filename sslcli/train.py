@@ -53,7 +53,8 @@ class Step:
     loss: Callable[[Any, int], StepOut]
     cancel_gradients: Callable[[int], None] = _no_op  # after backward: drop gradients of parameters frozen now
     # The part of a step that reads only its batch (pretraining's augmentation): loss() gets its output.
-    # On CUDA fit runs it for the next batch on a side stream while this one trains; elsewhere just before.
+    # With LoopConfig.prefetch on CUDA, fit runs it for the next batch on a side stream while this one trains;
+    # otherwise just before the step.
     prepare: Callable[[Any], Any] | None = None
 
 
@@ -187,6 +188,7 @@ class LoopConfig:
     max_nan_skips: int = 10
     sync_free: bool = False  # resolved: check steps on the device, read every log_every steps (guard.py)
     debug_sync: bool = False  # with sync_free on CUDA: any other host sync raises (a test of the loop)
+    prefetch: bool = False  # on CUDA: the next batch copied and prepared on a side stream during this step
 
     max_steps: int | None = None  # a run planned by --budget ends inside its last epoch
 
@@ -262,7 +264,8 @@ def fit(step_fn: Step, batches: Batches, optimizer: torch.optim.Optimizer, lr_sc
         try:
             while epoch < cfg.epochs:  # cfg.epochs changes when a --budget run is re-planned
                 epoch_batches = batches(epoch, skip if epoch == first_epoch else 0)
-                for batch, size in _prefetched(epoch_batches, device, memory_format, step_fn.prepare, loop.watch):
+                for batch, size in _prefetched(epoch_batches, device, memory_format, step_fn.prepare, loop.watch,
+                                               ahead=cfg.prefetch):
                     if loop.step >= cfg.total_steps or loop.step >= (epoch + 1) * cfg.steps_per_epoch:
                         break  # a loader that yields more batches than planned never runs past the schedule
                     loop.train_step(batch, epoch, size)
@@ -565,10 +568,10 @@ def _interrupted(signum: int, step: int, total: int) -> Interrupted:
 
 
 def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: torch.memory_format,
-                prepare: Callable[[Any], Any] | None, watch: _SyncWatch):
+                prepare: Callable[[Any], Any] | None, watch: _SyncWatch, ahead: bool = False):
     """(batch on the device, its number of images), the batch prepared (Step.prepare) when there is one.
 
-    On CUDA the next batch is pinned, copied and prepared on a side stream before this one trains, so its
+    With `ahead` on CUDA (train.prefetch) the next batch is pinned, copied and prepared on a side stream before this one trains, so its
     copy and augmentation overlap this step's kernels; an event orders each batch before the step that
     uses it, and record_stream keeps its memory from being reused before that step is done."""
     def ready(batch: Any) -> Any:
@@ -576,7 +579,7 @@ def _prefetched(batches: Iterable[Any], device: torch.device, memory_format: tor
             batch = _to_device(batch, device, memory_format)
             return batch if prepare is None else prepare(batch)
 
-    if device.type != "cuda":
+    if device.type != "cuda" or not ahead:
         for batch in batches:
             yield ready(batch), _size(batch)
         return

@@ -176,7 +176,7 @@ def test_debug_sync_catches_a_hidden_host_read():
 
 def test_batches_prepared_ahead_on_a_side_stream_train_in_order_and_checkpoint_the_right_rng(cifar_small: Path,
                                                                                             tmp_path: Path):
-    """On CUDA the next batch is copied and augmented on a side stream while this one trains. Each step must
+    """With train.prefetch on CUDA the next batch is copied and augmented on a side stream while this one trains. Each step must
     train the views of its own batch (in order), and a checkpoint between two steps must hold the augmentation
     generator as it was before the next batch was augmented (that batch is already augmented by then), so a
     resume draws what the run would have drawn."""
@@ -184,7 +184,8 @@ def test_batches_prepared_ahead_on_a_side_stream_train_in_order_and_checkpoint_t
     from sslcli.train import Events, fit
     from tests.test_resume import spec_for
 
-    spec = spec_for(cifar_small, tmp_path / "run", **{"train.device": "cuda", "train.log_every": "100"})
+    spec = spec_for(cifar_small, tmp_path / "run", **{"train.device": "cuda", "train.log_every": "100",
+                                                       "train.prefetch": "true"})
     device = torch.device("cuda")
     train_data = pretrain.load_data(spec, device)
     loop = pretrain.loop_config(spec, train_data.steps_per_epoch, device)

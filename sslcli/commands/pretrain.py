@@ -75,7 +75,7 @@ class Model:
     generator: torch.Generator
     sync_bn: bool
     # The augmentation generators' states before each batch augmented but not yet trained (at most one:
-    # the batch prepared ahead on CUDA), oldest first.
+    # the batch prepared ahead with train.prefetch on CUDA), oldest first.
     ahead: collections.deque = field(default_factory=collections.deque)
 
 
@@ -155,6 +155,7 @@ def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) 
         max_nan_skips=spec.train.max_nan_skips,
         sync_free=resolve_sync_free(spec.train.sync_free, device),
         debug_sync=spec.train.debug_sync,
+        prefetch=spec.train.prefetch,
         max_steps=spec.train.max_steps,
     )
 
@@ -332,7 +333,7 @@ def rng_states(model: Model, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: torch.device) -> Step:
-    """views (prepared ahead of the step on CUDA) -> method forward, plus the label-free monitors on the
+    """views (prepared ahead of the step with train.prefetch on CUDA) -> method forward, plus the label-free monitors on the
     steps that are logged."""
     method = model.method
     memory_format = torch.channels_last if loop.channels_last else torch.contiguous_format
