@@ -48,7 +48,7 @@ def sslcli_api() -> SimpleNamespace:
     from sslcli.commands import pretrain
     from sslcli.encoders import build_encoder
     from sslcli.methods.base import Budget
-    from sslcli.methods.simclr import SimCLR
+    from sslcli.methods.simclr.model import SimCLR
     from sslcli.spec import PretrainSpec, resolve
     from sslcli.train import (
         PRECISIONS,

@@ -57,6 +57,12 @@ DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
 INTERRUPTED = "interrupted: stopped at once (Ctrl-C); nothing was saved at this point"
 
 
+def _method_names() -> str:
+    """The methods, one package each under sslcli/methods/, listed without importing them (--help stays fast)."""
+    folder = Path(__file__).resolve().parent / "methods"
+    return ", ".join(sorted(path.parent.name for path in folder.glob("*/config.py")))
+
+
 def set_option(example: str) -> Any:
     return typer.Option(None, "--set", metavar="KEY=VALUE", help=f"override any spec key, repeatable: --set {example}")
 
@@ -128,9 +134,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def pretrain(
     data: Path = typer.Argument(..., metavar="DATA", help="folder of images (ImageFolder or any nested folder); "
                                 "train/ is used if present"),
-    method: str = typer.Option(None, "--method", "-m", help="simclr (default), mocov2, mocov3, byol, simsiam, swav, "
-                               "deepcluster, barlow, vicreg, dino, dinov2, mae, rotation, jigsaw, relpos, colorization, inpainting, cpc, "
-                               "instdisc or cmc (sslcli methods)"),
+    method: str = typer.Option(None, "--method", "-m", help=f"{_method_names()} (default simclr; sslcli methods)"),
     preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
     encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),
     epochs: int = EpochsOption,

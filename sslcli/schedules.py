@@ -62,3 +62,15 @@ def stretch(values: torch.Tensor, at_step: int, total_steps: int) -> torch.Tenso
     high = (low + 1).clamp(max=old_last)
     rest = torch.lerp(values[low], values[high], (position - low).to(values.dtype))
     return torch.cat([values[:at_step], rest])
+
+
+class StepSchedule(list):
+    """A value per step of the run (an EMA momentum, a teacher temperature), read with at(step): a run that
+    goes past the schedule's end (a resumed run with more steps) keeps its last value. A method's
+    StepSchedule attributes are stretched when a --budget run is re-planned (MethodDefaults.replan)."""
+
+    def at(self, step: int) -> float:
+        return self[min(step, len(self) - 1)]
+
+    def stretched(self, at_step: int, total_steps: int) -> StepSchedule:
+        return StepSchedule(stretch(torch.tensor(self, dtype=torch.float64), at_step, total_steps).tolist())

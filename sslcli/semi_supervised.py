@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sslcli.losses import supervised_ce
-from sslcli.train import StepOut
+from sslcli.step import StepOut
 
 HEAD = "supervised_head"
 

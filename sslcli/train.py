@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 from sslcli import console, distributed, schedules
 from sslcli.errors import Interrupted, RunError, UsageError
 from sslcli.guard import DeviceGuard, GuardReading
+from sslcli.step import StepOut
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,17 +33,6 @@ Batches = Callable[[int, int], Iterable[Any]]
 
 def _no_op(*args: Any) -> None:
     return None
-
-
-@dataclass
-class StepOut:
-    """What one forward pass gives the loop: the loss to minimise and tensors worth logging."""
-
-    loss: torch.Tensor
-    logs: dict[str, torch.Tensor] = field(default_factory=dict)
-    # Embeddings the label-free monitors read on logged steps: {"features": (h1, h2), "projections": (z1, z2)}
-    # (one tensor per view; one view is enough for std and rank, two also give alignment). No copies are made.
-    embeddings: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
 
 
 @dataclass

@@ -13,8 +13,8 @@ from sslcli import checkpoint
 from sslcli.augment import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
 from sslcli.encoders import build_encoder
 from sslcli.errors import UsageError
-from sslcli.methods.configs import CPCConfig
-from sslcli.methods.cpc import TURNS, augment_patches, cut_grid, grid_geometry, rotate_and_shear
+from sslcli.methods.cpc.config import CPCConfig
+from sslcli.methods.cpc.model import TURNS, augment_patches, cut_grid, grid_geometry, rotate_and_shear
 from sslcli.methods.pretext import drop_colors
 from sslcli.spec import PretrainSpec, resolve
 from tests.test_methods import build

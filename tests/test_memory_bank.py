@@ -43,7 +43,7 @@ def test_bank_loss_matches_lemniscate_with_fixed_negatives():
             p = e[i][j] / z
             expected -= math.log(p / (p + k_pn)) if j == 0 else math.log(k_pn / (p + k_pn))
     assert bank_loss(bank, v, indices, draws, t, "nce").item() == pytest.approx(expected / 3, rel=1e-4)
-    assert bank._pending_z.item() == pytest.approx(z, rel=1e-5), "Z is staged for the step's commit"
+    assert bank.staged("z").args[0].item() == pytest.approx(z, rel=1e-5), "Z is staged for the step's commit"
 
     # softmax over the positive and the K drawn entries (CMC's NCESoftmaxLoss): target column 0
     sampled = sum(-math.log(e[i][0] / sum(e[i])) for i in range(3)) / 3
@@ -173,7 +173,7 @@ def test_a_memory_bank_method_needs_the_training_set_size():
 
 def test_cmc_splits_each_view_into_l_and_ab_for_two_encoders():
     from sslcli import checkpoint, colour
-    from sslcli.methods.cmc import AB_MEAN, AB_STD
+    from sslcli.methods.cmc.model import AB_MEAN, AB_STD
     from sslcli.spec import dump
 
     spec, model, augment, _, info = build("cmc")

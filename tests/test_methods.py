@@ -189,7 +189,7 @@ def test_mocov2_queue_takes_each_steps_keys_after_the_step():
     _, model, augment, optimizer, _ = build("mocov2")
     initial = model.queue.clone()
     out = model(augment(images()), 0)
-    keys = model._pending_keys.clone()
+    keys = model.staged("queue").args[-1].clone()
     assert torch.equal(model.queue, initial), "the queue must not change before the update is applied"
     optimizer.zero_grad()
     out.loss.backward()
@@ -210,7 +210,7 @@ def test_dino_center_is_an_ema_of_teacher_means_and_last_layer_is_frozen_for_an_
     for step in range(STEPS_PER_EPOCH):
         center = model.center.clone()
         out = model(augment(images(step)), step)
-        batch_mean = model._pending_center.clone()
+        batch_mean = model.staged("center").args[0].clone()
         optimizer.zero_grad()
         out.loss.backward()
         model.cancel_gradients(step)
@@ -397,7 +397,7 @@ def neighbours_masked(masks: torch.Tensor) -> float:
 def test_dinov2_block_masks_follow_the_reference_generator_and_the_stratified_ratios():
     import random
 
-    from sslcli.methods.dinov2 import block_masks, mask_targets, random_masks
+    from sslcli.methods.dinov2.model import block_masks, mask_targets, random_masks
 
     torch.manual_seed(0)
     targets, bound = mask_targets(400, 64, 0.5, (0.1, 0.5), torch.device("cpu"))

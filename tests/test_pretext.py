@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslcli.methods.jigsaw import GRID, cut_tiles, permutation_set, shuffle_tiles
+from sslcli.methods.jigsaw.model import GRID, cut_tiles, permutation_set, shuffle_tiles
 from sslcli.methods.pretext import (
     RotationPretext,
     add_rotation_loss,
@@ -22,7 +22,7 @@ from sslcli.methods.pretext import (
     resampling_table,
     rotate_batch,
 )
-from sslcli.methods.relpos import NEIGHBOURS, pair_positions
+from sslcli.methods.relpos.model import NEIGHBOURS, pair_positions
 from tests.test_methods import build, images
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sslcli import colour
-from sslcli.methods.inpainting import central_hole, overlap_band, random_blocks, random_shapes
+from sslcli.methods.inpainting.model import central_hole, overlap_band, random_blocks, random_shapes
 from sslcli.methods.spatial import feature_map
 
 # sRGB 8-bit -> CIE Lab (D65), the standard published values (e.g. Bruce Lindbloom's calculator).
@@ -203,7 +203,7 @@ def test_colorization_predicts_over_the_bins_its_config_names():
 
 def test_colorization_metadata_says_what_the_encoder_saw(tmp_path):
     from sslcli import checkpoint
-    from sslcli.methods.configs import ColorizationConfig
+    from sslcli.methods.colorization.config import ColorizationConfig
 
     _, model, _, _, info = _build("colorization")
     meta = checkpoint.encoder_metadata(info, method="colorization", epoch=1, step=1, spec={})

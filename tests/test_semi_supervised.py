@@ -14,7 +14,7 @@ from sslcli import checkpoint, data, semi_supervised
 from sslcli.commands import pretrain
 from sslcli.errors import UsageError
 from sslcli.spec import PretrainSpec, resolve
-from sslcli.train import StepOut
+from sslcli.step import StepOut
 from sslcli.training_data import semi_supervised_labels
 from tests.test_cli import assert_one_clean_error, sslcli_run
 

@@ -8,7 +8,7 @@ from sslcli.methods import CONFIGS, PRESET_FAMILIES
 
 
 def run() -> dict[str, Any]:
-    return {name: {"summary": cfg.summary, "paper": cfg.paper,
+    return {name: {"summary": cfg.summary, "paper": cfg.paper, "family": cfg.family,
                    "preset_families": [family for family, method in PRESET_FAMILIES.items() if method == name]}
             for name, cfg in CONFIGS.items()}
 

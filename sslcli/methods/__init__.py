@@ -1,108 +1,68 @@
-"""The registry of methods. Adding a method is one file in this folder, its config in configs.py and one
-line in each table below.
+"""The registry of methods, found by discovery: every sub-package of this folder with a config.py is a method.
 
-This module and configs.py import no torch: listing methods, validating a spec and `--dry-run` stay fast.
-`method_class(name)` imports the chosen method's module (and torch with it) only when a run builds it.
+A method is one package, `sslcli/methods/<name>/`: `config.py` holds its pydantic config (torch-free: settings,
+paper, summary, spec defaults, test-size settings) and `model.py` its nn.Module (torch, imported only when a
+run builds it). Adding a method is adding its package and its presets; nothing here, in the CLI or in the
+tests names it.
+
+The configs import no torch: listing methods, validating a spec and `--dry-run` stay fast.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
-from sslcli.methods.configs import (
-    BarlowConfig,
-    BYOLConfig,
-    CMCConfig,
-    ColorizationConfig,
-    CPCConfig,
-    DeepClusterConfig,
-    DINOConfig,
-    DINOv2Config,
-    InpaintingConfig,
-    InstDiscConfig,
-    JigsawConfig,
-    MAEConfig,
-    MethodConfigBase,
-    MoCoV2Config,
-    MoCoV3Config,
-    RelPosConfig,
-    RotationConfig,
-    SimCLRConfig,
-    SimSiamConfig,
-    SwAVConfig,
-    VICRegConfig,
-)
+from sslcli.methods.config_base import FAMILIES, MethodConfigBase
 
 if TYPE_CHECKING:
     from sslcli.methods.base import Method
 
-# name -> the method's config (its settings, paper, summary and spec defaults)
-CONFIGS: dict[str, type[MethodConfigBase]] = {
-    "simclr": SimCLRConfig,
-    "mocov2": MoCoV2Config,
-    "mocov3": MoCoV3Config,
-    "byol": BYOLConfig,
-    "simsiam": SimSiamConfig,
-    "swav": SwAVConfig,
-    "deepcluster": DeepClusterConfig,
-    "barlow": BarlowConfig,
-    "vicreg": VICRegConfig,
-    "dino": DINOConfig,
-    "dinov2": DINOv2Config,
-    "mae": MAEConfig,
-    "rotation": RotationConfig,
-    "jigsaw": JigsawConfig,
-    "relpos": RelPosConfig,
-    "colorization": ColorizationConfig,
-    "inpainting": InpaintingConfig,
-    "cpc": CPCConfig,
-    "instdisc": InstDiscConfig,
-    "cmc": CMCConfig,
-}
-
-# name -> "module:class" of its nn.Module, imported on first use
-_CLASSES: dict[str, str] = {
-    "simclr": "simclr:SimCLR",
-    "mocov2": "mocov2:MoCoV2",
-    "mocov3": "mocov3:MoCoV3",
-    "byol": "byol:BYOL",
-    "simsiam": "simsiam:SimSiam",
-    "swav": "swav:SwAV",
-    "deepcluster": "deepcluster:DeepClusterV2",
-    "barlow": "barlow:Barlow",
-    "vicreg": "vicreg:VICReg",
-    "dino": "dino:DINO",
-    "dinov2": "dinov2:DINOv2",
-    "mae": "mae:MAE",
-    "rotation": "rotation:Rotation",
-    "jigsaw": "jigsaw:Jigsaw",
-    "relpos": "relpos:RelPos",
-    "colorization": "colorization:Colorization",
-    "inpainting": "inpainting:Inpainting",
-    "cpc": "cpc:CPC",
-    "instdisc": "instdisc:InstDisc",
-    "cmc": "cmc:CMC",
-}
-
 DEFAULT_METHOD = "simclr"
+
+
+def method_packages() -> list[str]:
+    """The method packages' names, found without importing them (what `--help` lists)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
+
+
+def _config_of(package: str) -> type[MethodConfigBase]:
+    """The one MethodConfigBase subclass that a package's config.py defines, checked against its folder."""
+    module = importlib.import_module(f"{__name__}.{package}.config")
+    found = [value for value in vars(module).values()
+             if isinstance(value, type) and issubclass(value, MethodConfigBase)
+             and value.__module__ == module.__name__ and "name" in value.model_fields]
+    if len(found) != 1:
+        raise ImportError(f"{module.__name__} must define exactly one method config (a MethodConfigBase subclass "
+                          f"with a `name` field); found {[c.__name__ for c in found]}")
+    config = found[0]
+    if config.model_fields["name"].default != package:
+        raise ImportError(f"{config.__name__}.name is {config.model_fields['name'].default!r}, but its package is "
+                          f"{package!r}: a method's name is its folder's")
+    if getattr(config, "family", None) not in FAMILIES:
+        raise ImportError(f"{config.__name__}.family must be one of {FAMILIES}")
+    return config
+
+
+def _discover() -> dict[str, type[MethodConfigBase]]:
+    configs = {package: _config_of(package) for package in method_packages()}
+    return dict(sorted(configs.items(), key=lambda item: (FAMILIES.index(item[1].family), item[0])))
+
+
+# name -> the method's config (its settings, paper and summary), grouped by family, by name within one.
+CONFIGS: dict[str, type[MethodConfigBase]] = _discover()
 
 # Published methods that are one of the above with their own recipe, offered as presets (<name>-cpu, -cifar10,
 # -imagenette): the name -> the method its presets run.
-PRESET_FAMILIES: dict[str, str] = {
-    "mocov1": "mocov2",  # MoCo v1: a linear head, temperature 0.07, v1's augmentation
-    "infomin": "mocov2",  # InfoMin: the InfoMin augmentation (augment.randaugment_ops), temperature 0.15
-    "invariantspread": "simclr",  # InvariantSpread: a linear 128-d embedding, method.loss=invariant_spread
-    "simclrv2": "simclr",  # SimCLR v2: a 3-layer head; finetune --keep-projection-layers 1
-}
+PRESET_FAMILIES: dict[str, str] = {recipe: name for name, config in CONFIGS.items() for recipe in config.recipes}
 
 
 def method_class(name: str) -> type[Method]:
-    """The method's nn.Module class (imports its module, and torch)."""
-    module, cls = _CLASSES[name].split(":")
-    return getattr(importlib.import_module(f"sslcli.methods.{module}"), cls)
+    """The method's nn.Module class (imports its model.py, and torch)."""
+    return getattr(importlib.import_module(f"{__name__}.{name}.model"), CONFIGS[name].model)
 
 
 def _method_name(value: Any) -> str:
@@ -117,4 +77,5 @@ MethodConfig = Annotated[
     Discriminator(_method_name),
 ]
 
-__all__ = ["CONFIGS", "DEFAULT_METHOD", "PRESET_FAMILIES", "MethodConfig", "MethodConfigBase", "method_class"]
+__all__ = ["CONFIGS", "DEFAULT_METHOD", "PRESET_FAMILIES", "MethodConfig", "MethodConfigBase", "method_class",
+           "method_packages"]

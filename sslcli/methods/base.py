@@ -10,17 +10,19 @@ settings, paper and spec defaults are its config, in configs.py (torch-free).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from sslcli.schedules import stretch
-from sslcli.train import StepOut
+from sslcli.methods.momentum import MomentumTargets
+from sslcli.methods.staging import Staging
+from sslcli.schedules import StepSchedule, linear_warmup_then_constant
+from sslcli.step import StepOut
 
 if TYPE_CHECKING:
     from sslcli.heads import MLPLayout
-    from sslcli.methods.configs import MethodConfigBase
+    from sslcli.methods.config_base import MethodConfigBase
     from sslcli.views import ViewConfig
 
 __all__ = ["Budget", "Method", "MethodDefaults", "StepOut", "enqueue", "views_by_size"]
@@ -83,31 +85,52 @@ class Method(Protocol):
     def train(self, mode: bool = True) -> nn.Module: ...
 
 
-class MethodDefaults:
-    """The hooks a method need not write: no frozen parameters, nothing to update after a step, the
-    student encoder exported, no projection head saved beside it, no fixed-lr submodules."""
+class MethodDefaults(Staging, MomentumTargets):
+    """The hooks a method need not write: no frozen parameters, the staged buffer updates and the momentum
+    targets (if any) moved after each applied step, the student encoder exported, no projection head saved
+    beside it, no fixed-lr submodules, every StepSchedule attribute stretched by a re-plan."""
 
     fixed_lr_modules: ClassVar[tuple[str, ...]] = ()
-    # Attributes holding one value per step of the run (EMA momentum, teacher temperature), for replan().
-    step_schedules: ClassVar[tuple[str, ...]] = ()
     encoder: nn.Module
 
     def cancel_gradients(self, step: int) -> None:
         pass
 
+    @torch.no_grad()
     def on_step_end(self, step: int) -> None:
-        pass
+        """After an applied step: the staged updates (staging.py) of the method, then of its submodules that
+        stage their own (memory banks), then the momentum targets."""
+        if "_staging_modules" not in self.__dict__:  # the module tree is fixed once the method is built
+            self.__dict__["_staging_modules"] = [m for m in self.modules() if isinstance(m, Staging)]  # type: ignore[attr-defined]
+        for module in self.__dict__["_staging_modules"]:
+            module.commit_staged()
+        self.update_momentum_targets(step)
 
     def export_encoder(self) -> nn.Module:
         return self.encoder
 
     def replan(self, at_step: int, total_steps: int) -> None:
-        for name in self.step_schedules:
-            values = torch.tensor(getattr(self, name), dtype=torch.float64)
-            setattr(self, name, stretch(values, at_step, total_steps).tolist())
+        for name, value in list(vars(self).items()):
+            if isinstance(value, StepSchedule):
+                setattr(self, name, value.stretched(at_step, total_steps))
 
     def export_projector(self) -> tuple[nn.Module, MLPLayout] | None:
         return None
+
+
+def teacher_temperatures(cfg: Any, budget: Budget) -> StepSchedule:
+    """DINO's teacher temperature per step: linear from warmup_teacher_temperature to teacher_temperature over
+    warmup_teacher_temperature_epochs, then constant (DINO, DINOv2)."""
+    warmup = budget.epochs_to_steps(cfg.warmup_teacher_temperature_epochs)
+    return StepSchedule(linear_warmup_then_constant(cfg.warmup_teacher_temperature, cfg.teacher_temperature, warmup,
+                                                    budget.total_steps).tolist())
+
+
+def drop_gradients(module: nn.Module) -> None:
+    """Frozen for this step: the module's parameters lose their gradient after backward, so the optimizer
+    leaves them as they are (a requires_grad toggle would change the parameter set DDP reduces)."""
+    for p in module.parameters():
+        p.grad = None
 
 
 def views_by_size(views: list[Tensor]) -> list[list[Tensor]]:

@@ -17,13 +17,16 @@ positive) and with entries drawn from the bank at random (the negatives), as the
   of the paper's proximal regularisation (section 3.3), m = 0.5.
 
 The bank and Z are registered buffers, so checkpoints hold them and a resume continues them bit for bit.
-Both change only in `commit`, which the method calls from on_step_end: a skipped step leaves them as they were.
+Both change only in staged updates (staging.py), which the method's on_step_end commits after an applied step:
+a skipped step leaves them as they were.
 Under torchrun every rank's embeddings and indices are gathered before the update, and Z is estimated over
 the global batch, so the bank is the same on every rank (and the same as one process with the global batch).
 Negatives are drawn from torch's default generator of the device (checkpointed), so a resume draws the same.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,7 @@ from torch import Tensor, nn
 from sslcli import distributed
 from sslcli.errors import UsageError
 from sslcli.losses import full_precision, nce, non_parametric_softmax
+from sslcli.methods.staging import Staging
 
 
 def score_every_entry(size: int, dim: int, batch: int, columns: int) -> bool:
@@ -41,7 +45,7 @@ def score_every_entry(size: int, dim: int, batch: int, columns: int) -> bool:
     return size * (dim + batch) <= batch * columns * dim
 
 
-class MemoryBank(nn.Module):
+class MemoryBank(Staging, nn.Module):
     """N unit vectors of `dim`, one per training image, with the NCE normalisation constant Z of its scores."""
 
     def __init__(self, size: int, dim: int, momentum: float, method: str):
@@ -54,8 +58,6 @@ class MemoryBank(nn.Module):
         self.register_buffer("memory", F.normalize(torch.randn(size, dim), dim=1))
         # Z of NCE (lemniscate's params[2]): -1 until the first applied step sets it.
         self.register_buffer("z", torch.full((), -1.0))
-        self._pending: tuple[Tensor, Tensor, float] | None = None
-        self._pending_z: Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -92,25 +94,19 @@ class MemoryBank(nn.Module):
         e = torch.exp(scores.float() / temperature)
         mean = distributed.all_reduce_(e.detach().mean()) / distributed.world_size()  # equal shares per rank
         z = torch.where(self.z > 0, self.z, mean * self.size)
-        self._pending_z = z
+        self.stage("z", partial(self.z.copy_, z))
         return e / z
 
-    def stage(self, v: Tensor, indices: Tensor, replace: bool = False) -> None:
+    def write(self, v: Tensor, indices: Tensor, replace: bool = False) -> None:
         """Keep this step's embeddings (every rank's) for the update after the optimizer step; with `replace`,
         they replace their entries outright (momentum 0: InstDisc's bank_fill_epochs)."""
         momentum = 0.0 if replace else self.momentum
-        self._pending = (distributed.gather(v.detach().float()), distributed.gather(indices), momentum)
+        self.stage("entries", partial(self.update, distributed.gather(v.detach().float()), distributed.gather(indices),
+                                      momentum))
 
     @torch.no_grad()
-    def commit(self) -> None:
-        """The proximal update of the staged entries, and Z once it was estimated; nothing when none is staged."""
-        if self._pending_z is not None:
-            self.z.copy_(self._pending_z)
-            self._pending_z = None
-        if self._pending is None:
-            return
-        v, indices, momentum = self._pending
-        self._pending = None
+    def update(self, v: Tensor, indices: Tensor, momentum: float) -> None:
+        """The proximal update of the entries at `indices` with the embeddings v (after an applied step)."""
         updated = self.memory[indices] * momentum + v * (1 - momentum)
         self.memory.index_copy_(0, indices, F.normalize(updated, dim=1))
 
