@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sslcli.augment import Augmenter, ViewConfig
+from sslcli.methods import CONFIGS, PRESET_FAMILIES
 
 pytestmark = pytest.mark.gpu
 
@@ -73,8 +74,7 @@ def test_compile_on_cuda(cifar_small: Path, tmp_path: Path):
     assert json.loads(proc.stdout)["final_loss"] > 0
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "deepcluster", "barlow",
-                                    "vicreg", "dino", "dinov2", "mae", "instdisc", "cmc"])
+@pytest.mark.parametrize("method", [*CONFIGS, *PRESET_FAMILIES])
 def test_every_cpu_preset_trains_on_cuda_in_bf16(method: str, cifar_small: Path, tmp_path: Path):
     proc = gpu_run("pretrain", str(cifar_small), "--preset", f"{method}-cpu", "--epochs", "2", "--batch-size",
                    "64", "--out", str(tmp_path / "run"), *CHEAP, "--json")

@@ -1,4 +1,5 @@
-"""The method contract, checked for every method in CONFIGS with tiny encoders on CPU."""
+"""The method contract, checked for every discovered method (CONFIGS) with tiny encoders on CPU: a new method
+package is tested here without editing this file."""
 
 from __future__ import annotations
 
@@ -18,40 +19,16 @@ from sslcli.methods.base import Budget
 from sslcli.spec import PretrainSpec, dump, list_presets, resolve
 from sslcli.train import build_optimizer
 
-# Small heads so a step takes milliseconds; everything else is the method's default.
-TINY = {
-    "simclr": {"proj_hidden_dim": 64, "proj_out_dim": 32},
-    "mocov2": {"proj_hidden_dim": 64, "proj_out_dim": 32, "queue_size": 20},
-    "mocov3": {"proj_hidden_dim": 64, "proj_out_dim": 32, "pred_hidden_dim": 64},
-    "byol": {"proj_hidden_dim": 64, "proj_out_dim": 32, "pred_hidden_dim": 64},
-    "simsiam": {"proj_dim": 64, "pred_hidden_dim": 16},
-    "swav": {"proj_hidden_dim": 64, "proj_out_dim": 32, "num_prototypes": 20, "num_local_crops": 2,
-             "queue_length": 16, "queue_start_epoch": 0},
-    "deepcluster": {"proj_hidden_dim": 64, "proj_out_dim": 32, "num_prototypes": [4, 3], "num_local_crops": 2},
-    "barlow": {"proj_dim": 64},
-    "vicreg": {"proj_dim": 64},
-    "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "num_local_crops": 2},
-    "dinov2": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16, "ibot_out_dim": 48, "ibot_hidden_dim": 64,
-               "ibot_bottleneck_dim": 16, "num_local_crops": 2},
-    "mae": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
-    "rotation": {},
-    "jigsaw": {"num_permutations": 10, "tile_dim": 16, "hidden_dim": 32},
-    "relpos": {"patch_dim": 16, "hidden_dim": 32},
-    "colorization": {"decoder_dim": 16},
-    "inpainting": {"decoder_dim": 16},
-    "cpc": {"context_blocks": 1, "context_dim": 16, "target_dim": 16},
-    "instdisc": {"embedding_dim": 16, "num_negatives": 8},
-    "cmc": {"embedding_dim": 16, "num_negatives": 8},
-}
 BATCH, STEPS_PER_EPOCH = 8, 2
 NUM_IMAGES = BATCH * STEPS_PER_EPOCH  # a memory bank's size (uses_indices): each step's batch is its own images
-VIT_ONLY = {"mae", "dinov2"}  # methods that need a timm ViT
 
 
 def tiny_spec(name: str, **method) -> PretrainSpec:
+    """The method at test size: its config's `tiny` settings (small heads, so a step takes milliseconds) on a
+    tiny encoder of the kind it trains (a 2-block ViT, or resnet10t)."""
     sets = [f"method.{k}={v}" if not isinstance(v, (list, tuple)) else f"method.{k}={list(v)}"
-            for k, v in {**TINY[name], **method}.items()]
-    if name in VIT_ONLY:
+            for k, v in {**CONFIGS[name].tiny, **method}.items()]
+    if CONFIGS[name].encoder_kind == "vit":
         sets += ["encoder.name=vit_tiny_patch16_224",
                  'encoder.kwargs={"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}']
     else:
@@ -427,7 +404,7 @@ def test_dinov2_shares_the_dino_head_on_request_and_refuses_a_non_vit():
     out = train_step(model, augment, optimizer, 0)
     assert torch.isfinite(out.loss) and out.logs["ibot_loss"] > 0
     spec = resolve(PretrainSpec, options={"method.name": "dinov2", "data.image_size": 16},
-                   sets=["encoder.name=resnet10t", *(f"method.{k}={v}" for k, v in TINY["dinov2"].items())])
+                   sets=["encoder.name=resnet10t", *(f"method.{k}={v}" for k, v in CONFIGS["dinov2"].tiny.items())])
     encoder, info = build_encoder("resnet10t", 16, False)
     with pytest.raises(UsageError, match="dinov2 needs a timm ViT"):
         method_class("dinov2")(spec.method, encoder, info.feature_dim, Budget(8, 2))
@@ -488,7 +465,7 @@ def test_vit_encoders_take_multi_crop_views_of_every_size(name: str):
     spec = resolve(PretrainSpec, options={"method.name": name, "data.image_size": 16}, sets=[
         "encoder.name=vit_tiny_patch16_224",
         'encoder.kwargs={"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2}',
-        *(f"method.{k}={v}" for k, v in TINY[name].items())])
+        *(f"method.{k}={v}" for k, v in CONFIGS[name].tiny.items())])
     encoder, info = build_encoder(spec.encoder.name, 16, spec.encoder.small_stem, spec.encoder.kwargs)
     assert info.kwargs["dynamic_img_size"] is True  # recorded, so the export rebuilds the same way
     model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(8, 2))
