@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real datasets: ../shared/data beside the repository, or $SSLCLI_SHARED_DATA (the tests read the same).
+SHARED_DATA = Path(os.environ.get("SSLCLI_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def random_init_encoder(spec, folder: Path) -> Path:
-    """The spec's encoder exactly as pretraining starts it (same seed), saved like a trained one."""
+def save_random_encoder(path: Path, name: str, image_size: int, small_stem: bool | str = "auto", *,
+                        kwargs: dict[str, Any] | None = None, seed: int = 0, spec: dict[str, Any] | None = None) -> Path:
+    """An encoder.safetensors at a seeded random init, written exactly as pretraining writes one."""
     import torch
 
     from sslcli import checkpoint
     from sslcli.encoders import build_encoder
+
+    torch.manual_seed(seed)
+    model, info = build_encoder(name, image_size, small_stem, kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = checkpoint.encoder_metadata(info, method="random-init", epoch=0, step=0, spec=spec or {"note": "random init"})
+    checkpoint.save_encoder(path, model, meta)
+    return path
+
+
+def random_init_encoder(spec, folder: Path) -> Path:
+    """The spec's encoder exactly as pretraining starts it (same seed), saved like a trained one."""
     from sslcli.spec import dump
 
-    torch.manual_seed(spec.train.seed)
-    model, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem, spec.encoder.kwargs)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "encoder.safetensors"
-    checkpoint.save_encoder(path, model, checkpoint.encoder_metadata(info, method="random-init", epoch=0, step=0,
-                                                                     spec=dump(spec)))
-    return path
+    return save_random_encoder(folder / "encoder.safetensors", spec.encoder.name, spec.data.image_size,
+                               spec.encoder.small_stem, kwargs=spec.encoder.kwargs, seed=spec.train.seed,
+                               spec=dump(spec))
 
 
 def peak_rss_mb() -> float:

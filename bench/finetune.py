@@ -29,7 +29,7 @@ FINETUNE_SETS = ["train.epochs=20", "train.batch_size=64", "train.eval_every=10"
 
 
 def finetune_run(encoder: Path, data: Path, out: Path, fraction: float, sets: list[str]) -> dict:
-    options = {"encoder": str(encoder), "data.train": str(data), "data.label_fraction": fraction, "out": str(out)}
+    options = {"encoder": str(encoder), "data.path": str(data), "data.label_fraction": fraction, "out": str(out)}
     return finetune.run(resolve(FinetuneSpec, options=options, sets=FINETUNE_SETS + sets))
 
 

@@ -1,4 +1,4 @@
-"""make bench-gpu: one CUDA GPU measured in one command (issue 13), in under 8 minutes on one H200.
+"""make bench-gpu: one CUDA GPU measured in one command, in under 8 minutes on one H200.
 
 1. Steady-state throughput: `python -m bench.throughput --device cuda` (SimCLR, ResNet-18 small stem,
    batch 512, bf16; warm-up excluded): (a) sslcli, (b) lightly, (c) model only, the monitors' cost.

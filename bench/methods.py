@@ -40,10 +40,10 @@ def _spec(method: str, out: Path, sets: list[str]):
 
 def _knn(encoder: Path) -> dict:
     from sslcli import cache, checkpoint, data
+    from sslcli.device import resolve_device
     from sslcli.evaluate import knn_evaluate
     from sslcli.features import extract_features
     from sslcli.splits import labeled_images, match_classes
-    from sslcli.train import resolve_device
 
     device = resolve_device("auto")
     model, info, _ = checkpoint.load_encoder(encoder)

@@ -39,7 +39,7 @@ def main() -> None:
 
     results = {}
     for name, encoder in (("trained", Path(summary["encoder"])), ("random_init", baseline)):
-        results[name] = probe.run(ProbeSpec(encoder=encoder, data=args.data, seed=spec.train.seed))
+        results[name] = probe.run(ProbeSpec(encoder=encoder, data={"path": args.data}, probe={"seed": spec.train.seed}))
 
     trained, random = results["trained"], results["random_init"]
     print(f"{'quickstart on ' + str(args.data):<44} {'trained':>10} {'random init':>12} {'difference':>11}")

@@ -46,17 +46,12 @@ def sslcli_api() -> SimpleNamespace:
     `run(spec)` is the one pretraining call; it returns the summary (run_dir, steps, images_per_s, ...)."""
     from sslcli import console
     from sslcli.commands import pretrain
+    from sslcli.device import PRECISIONS, resolve_channels_last, resolve_device, resolve_precision
     from sslcli.encoders import build_encoder
     from sslcli.methods.base import Budget
     from sslcli.methods.simclr.model import SimCLR
+    from sslcli.pretraining import build_optimizer
     from sslcli.spec import PretrainSpec, resolve
-    from sslcli.train import (
-        PRECISIONS,
-        build_optimizer,
-        resolve_channels_last,
-        resolve_device,
-        resolve_precision,
-    )
 
     return SimpleNamespace(console=console, run=pretrain.run, resolve=resolve, PretrainSpec=PretrainSpec,
                            build_encoder=build_encoder, Budget=Budget, SimCLR=SimCLR, PRECISIONS=PRECISIONS,
@@ -132,8 +127,7 @@ def _model(api: SimpleNamespace, spec, device: torch.device, head: torch.nn.Modu
     method = api.SimCLR(spec.method, encoder, info.feature_dim, api.Budget(total_steps=1, steps_per_epoch=1))
     if head is not None:
         method.projector = head
-    optimizer = api.build_optimizer(method, spec.optim.name, spec.scaled_lr(), spec.optim.weight_decay,
-                                    spec.optim.momentum, spec.optim.trust_coeff)
+    optimizer = api.build_optimizer(method, spec.optim, spec.scaled_lr())
     memory_format = torch.channels_last if api.resolve_channels_last("auto", device) else torch.contiguous_format
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the references at their best; its autotuning is in the warm-up

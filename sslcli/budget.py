@@ -24,13 +24,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from sslcli import console, distributed
-from sslcli.durations import parse_duration  # noqa: F401 - the CLI's duration rule lives there
+from sslcli import checkpoint, console, distributed, online_knn, pretraining
+from sslcli.device import sync
 from sslcli.errors import UsageError
-from sslcli.train import Batches, Events, LoopConfig, Step, fit, sync
+from sslcli.methods.base import Method
+from sslcli.spec import PretrainSpec
+from sslcli.train import Batches, Events, LoopConfig, Step, fit, follow_replan
+from sslcli.training_data import cache_policy
 
 # The points of its plan at which a --budget run times its recent steps and plans its total again.
 REPLAN_AT = (0.25, 0.5, 0.75, 0.9)
@@ -46,6 +50,8 @@ PROBE_S, SAVE_S, REPORT_S = 4.0, 0.5, 4.5
 def closing_seconds(report: bool, probe: bool) -> float:
     """The end of a run, with or without report/ and the closing probe (which needs the online kNN)."""
     return (PROBE_S if probe else 0.0) + SAVE_S + (REPORT_S if report else 0.0)
+
+
 # The timed part of a calibration: at least this share of the budget, within these bounds (seconds).
 TIMED_SHARE, TIMED_MIN_S, TIMED_MAX_S = 0.03, 5.0, 60.0
 
@@ -61,35 +67,45 @@ class Calibration:
     eval_s: float  # one online-kNN evaluation (0 when there is none)
 
 
-def calibrate(make_step: Callable[[], tuple[Step, torch.optim.Optimizer]], batches: Batches, cfg: LoopConfig,
-              device: torch.device, evaluate: Callable[[], None] | None, warmup_steps: int,
-              timed_steps: int, *, min_timed_s: float = 0.0, first_step: int = 0) -> Calibration:
-    """Time at least `timed_steps` steps, and more until `min_timed_s` seconds are timed, after
-    `warmup_steps` (cuDNN autotuning, worker start-up, caches) on the fresh model `make_step` builds, and one
-    evaluation. The method sees the steps as steps `first_step` on (the first that trains: a memory-filling
-    epoch's steps are cheaper). The global and CUDA RNG states are restored after, so the run that follows
-    is the run that would have run without a budget."""
+@dataclass
+class Timing:
+    """How a calibration times: warm-up steps first (cuDNN autotuning, worker start-up, caches), then at least
+    `steps` timed steps and more until `min_s` seconds are timed; the method sees them as steps `first_step`
+    on (the first that trains: a memory-filling epoch's steps are cheaper)."""
+
+    warmup: int
+    steps: int
+    min_s: float = 0.0
+    first_step: int = 0
+
+
+def calibrate(make_step: Callable[[], Step], batches: Batches, cfg: LoopConfig, device: torch.device,
+              evaluate: Callable[[], None] | None, timing: Timing) -> Calibration:
+    """Time the steps of the fresh model `make_step` builds as `timing` says, and one evaluation. The global
+    and CUDA RNG states are restored after, so the run that follows is the run that would have run without
+    a budget."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), console.hushed():
-        step, optimizer = make_step()
-        if first_step:
-            base = step
-            step = dataclasses.replace(base, loss=lambda batch, i: base.loss(batch, i + first_step),
-                                       cancel_gradients=lambda i: base.cancel_gradients(i + first_step))
+        step = make_step()
+        if timing.first_step:
+            base, first = step, timing.first_step
+            step = dataclasses.replace(base, loss=lambda batch, i: base.loss(batch, i + first),
+                                       cancel_gradients=lambda i: base.cancel_gradients(i + first))
         quiet = dict(log_every=10**9, checkpoint_every=0, checkpoint_every_steps=0, description="calibration")
 
         def run(steps: int) -> float:
             loop = LoopConfig(**{**cfg.__dict__, **quiet, "epochs": 1, "steps_per_epoch": steps, "max_steps": None})
-            schedule = torch.full((steps,), optimizer.param_groups[0]["lr"], dtype=torch.float64)
+            lr = step.optimizer.param_groups[0]["lr"]
+            timed_step = dataclasses.replace(step, lr_schedule=torch.full((steps,), lr, dtype=torch.float64))
             sync(device)
             start = time.perf_counter()
-            fit(step, batches, optimizer, schedule, loop, device, Events())
+            fit(timed_step, batches, loop, device, Events())
             sync(device)
             return time.perf_counter() - start
 
-        run(warmup_steps)
-        timed, elapsed = timed_steps, run(timed_steps)
-        more = max(0, math.ceil((min_timed_s - elapsed) / (elapsed / timed)))
+        run(timing.warmup)
+        timed, elapsed = timing.steps, run(timing.steps)
+        more = max(0, math.ceil((timing.min_s - elapsed) / (elapsed / timed)))
         # Under torchrun every rank must run the same steps (each all-reduces): the most any rank wants.
         more = int(distributed.all_reduce_(torch.tensor(float(more), device=device), op="max").item())
         if more:
@@ -115,8 +131,6 @@ def plan_steps(budget_s: float, elapsed_s: float, calibration: Calibration, step
         raise UsageError(f"the budget of {budget_s:.0f} s is used up before training starts ({elapsed_s:.0f} s "
                          "of set-up and calibration); give a longer --budget")
     return steps
-
-
 
 
 def most_steps(seconds: float, step_s: float, evaluating_s: Callable[[int], float]) -> int:
@@ -188,3 +202,72 @@ class Pacer:
             console.info(f"--budget: at step {step} a step takes {step_s:.3g} s and {max(left, 0):.0f} s are left: "
                          f"re-planned from {total_steps} to {total} steps")
         return total
+
+
+def plan(spec: PretrainSpec, state: Path | None, train_data: pretraining.TrainingData, device: torch.device,
+         started: float) -> tuple[PretrainSpec, Pacer | None]:
+    """--budget: the spec with the epochs and max_steps a calibration says fit the budget, and the pacer that
+    plans again as the run goes (None without a budget).
+
+    A resumed run keeps the plan its first start made (recorded in its state, with the re-plans that
+    follow_replans applies), so it finishes the same schedule instead of planning a new one."""
+    if spec.train.budget is None:
+        return spec, None
+    if state is not None:
+        planned = checkpoint.read_state_record(state).get("spec", {}).get("train", {})
+        return _with_steps(spec, planned.get("epochs", spec.train.epochs), planned.get("max_steps")), None
+    per_epoch = train_data.steps_per_epoch
+    probe_loop = pretraining.loop_config(spec, per_epoch, device)
+    calibration_model: list[pretraining.Model] = []
+
+    def make_step() -> Step:
+        model = pretraining.build_model(spec, probe_loop, device, train_data.num_classes, len(train_data.images))
+        calibration_model.append(model)
+        optimizer, schedule = pretraining.optimizer_and_schedule(spec, model.method, probe_loop)
+        return pretraining.step_function(spec, probe_loop, model, device, optimizer, schedule)
+
+    evaluations: list = []  # the calibration's OnlineKnn.evaluations and evaluations_after, when it evaluates
+
+    def evaluate() -> None:
+        model = calibration_model[0]
+        knn = online_knn.OnlineKnn(spec, model.info, device, model.method, None, cache_policy(spec))
+        if knn.splits is not None and spec.monitor.knn_every:
+            knn.measure()
+            evaluations.extend([knn.evaluations, knn.evaluations_after])
+
+    warmup, timed = (15, 30) if device.type == "cuda" else (2, 4)
+    timing = Timing(warmup, timed, min_s=timed_seconds(spec.train.budget),
+                    first_step=spec.method.untrained_epochs() * per_epoch)
+    calibration = calibrate(make_step, train_data.batches, probe_loop, device, evaluate, timing)
+    count = evaluations[0] if evaluations else (lambda epochs: 0)
+    closing_s = closing_seconds(spec.monitor.report, probe=bool(evaluations))
+    steps = plan_steps(spec.train.budget, time.perf_counter() - started, calibration, per_epoch,
+                       lambda steps: count(math.ceil(steps / per_epoch)), fixed_s=calibration.eval_s + closing_s)
+    # Each rank counted the time already spent on its own clock: rank 0's plan is the run's, so that every
+    # rank trains the same steps (a rank with one step more would wait forever in its all-reduce).
+    steps = int(distributed.all_reduce_(torch.tensor(float(steps if distributed.is_main() else 0), device=device)).item())
+    epochs = math.ceil(steps / per_epoch)
+    console.info(f"--budget {console.format_seconds(spec.train.budget)}: a step takes {calibration.step_s:.3g} s "
+                 f"({probe_loop.precision}), an online kNN {calibration.eval_s:.1f} s: {steps} steps "
+                 f"({steps / per_epoch:.2f} epochs of {per_epoch}), training for about "
+                 f"{console.format_seconds(steps * calibration.step_s)}")
+    after = evaluations[1] if evaluations else (lambda epochs_done, epochs: 0)
+    pacer = Pacer(deadline=started + spec.train.budget, eval_s=calibration.eval_s, closing_s=closing_s,
+                  evaluations_left=lambda step, total: after(step // per_epoch, math.ceil(total / per_epoch)),
+                  device=device)
+    return _with_steps(spec, epochs, steps), pacer
+
+
+def follow_replans(replans: list[list[int]], loop: LoopConfig, lr_schedule: torch.Tensor,
+                   method: Method) -> torch.Tensor:
+    """A resumed --budget run lays its schedules out as the first start did: each recorded re-plan
+    [at step, new total], in order, on the loop (epochs, max_steps), the lr schedule and the method's own."""
+    for at_step, total in replans:
+        lr_schedule = follow_replan(loop, lr_schedule, at_step, total)
+        method.replan(at_step, total)
+    return lr_schedule
+
+
+def _with_steps(spec: PretrainSpec, epochs: int, max_steps: int | None) -> PretrainSpec:
+    train = spec.train.model_copy(update={"epochs": epochs, "max_steps": max_steps})
+    return spec.model_copy(update={"train": train})

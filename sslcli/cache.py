@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sslcli import console, data
-from sslcli.checkpoint import atomic_write_json
+from sslcli.files import atomic_write_json
 
 CACHE_VERSION = 1
 _announced: set[Path] = set()  # arrays whose reuse was already reported

@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from torch import nn
 from sslcli import __version__, console
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import RunError, UsageError
+from sslcli.files import atomic_write_bytes, atomic_write_json
 from sslcli.headers import (
     ENCODER_EXPECTED,
     ENCODER_FORMAT,
@@ -39,47 +38,6 @@ from sslcli.headers import (
     read_metadata,
 )
 from sslcli.heads import MLPLayout
-from sslcli.methods import CONFIGS
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _default_mode())  # mkstemp makes 0600 files; artifacts get the usual umask mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,11 +48,13 @@ def _plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
 # ---------------------------------------------------------------- encoder
 
 
-def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, spec: dict[str, Any]) -> dict[str, str]:
+def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, spec: dict[str, Any],
+                     trained_input: str | None = None) -> dict[str, str]:
+    """The metadata of an encoder file: what rebuilds it (timm name, kwargs, stem, size, normalisation), how it
+    was trained (method, step, spec) and, for a method whose encoder did not see the augmented RGB views,
+    what it did see (`trained_input`, the method config's encoder_input)."""
     import timm
 
-    config = CONFIGS.get(method)
-    trained_input = {"trained_input": config.encoder_input} if config is not None and config.encoder_input else {}
     return {
         "format": "pt",  # lets tools that expect a PyTorch state dict accept the file
         "sslcli_format": ENCODER_FORMAT,
@@ -112,7 +72,7 @@ def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, s
         "epoch": str(epoch),
         "step": str(step),
         "spec": json.dumps(spec, sort_keys=True),
-        **trained_input,
+        **({"trained_input": trained_input} if trained_input else {}),
     }
 
 
@@ -415,6 +375,7 @@ class Checkpointer:
     # A --budget run's re-plans so far, [at step, new total] (the pacer appends to this list): a resume
     # lays its schedules out the same way.
     replans: list[list[int]] = field(default_factory=list)
+    trained_input: str | None = None  # the method's encoder_input, written into the encoder's metadata
 
     def save(self, epoch: int, step: int) -> None:
         try:
@@ -425,7 +386,8 @@ class Checkpointer:
                            "again with --resume auto") from None
 
     def _write(self, epoch: int, step: int) -> None:
-        meta = encoder_metadata(self.info, method=self.method_name, epoch=epoch, step=step, spec=self.spec)
+        meta = encoder_metadata(self.info, method=self.method_name, epoch=epoch, step=step, spec=self.spec,
+                                trained_input=self.trained_input)
         projector = self.method.export_projector()
         if projector is not None:
             meta["projector"] = PROJECTOR_FILE

@@ -91,6 +91,8 @@ def _run(command: str, spec: Any, json_out: bool, **options: Any) -> None:
     if not _reporting_rank():
         return
     console.result_json(result) if json_out else console.result(module.format_text(result))
+    if hasattr(module, "finish"):  # what a command writes after its result is out (probe's JSON file)
+        module.finish(result)
 
 
 def _dry_run(spec: Any, json_out: bool) -> None:
@@ -185,7 +187,8 @@ def probe(
     on_bad_image: str = BadImageOption,
     baseline: bool = typer.Option(None, "--baseline/--no-baseline", help="also score the same architecture at a "
                                   "seeded random init (default: on; about doubles the time)"),
-    sets: list[str] = set_option("knn_k=[10,20]"),
+    out: Path = out_option(False, "result JSON file (default: probe-<eval split>.json beside ENCODER)"),
+    sets: list[str] = set_option("probe.knn_k=[10,20]"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -194,8 +197,9 @@ def probe(
     console.configure(quiet=quiet)
     from sslcli.spec import ProbeSpec, resolve
 
-    options = {"encoder": _encoder(encoder), "data": str(data), "val": _path(val), "on_bad_image": on_bad_image,
-               "label_fraction": label_fraction, "baseline": baseline}
+    options = {"encoder": _encoder(encoder), "data.path": str(data), "data.val": _path(val),
+               "data.on_bad_image": on_bad_image, "data.label_fraction": label_fraction, "probe.baseline": baseline,
+               "out": _path(out)}
     _run("probe", resolve(ProbeSpec, options=options, sets=sets), json_out)
 
 
@@ -225,7 +229,7 @@ def finetune(
     from sslcli.spec import FinetuneSpec, resolve
 
     options: dict[str, Any] = {
-        "encoder": _encoder(encoder), "data.train": str(data), "data.val": _path(val),
+        "encoder": _encoder(encoder), "data.path": str(data), "data.val": _path(val),
         "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": _path(out), "baseline": baseline,
         "keep_projection_layers": keep_projection_layers,

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +118,6 @@ class Progress:
         self.total = total_steps
         self.unit = unit
         self.every = max(1, every)
-        self.start_time = time.perf_counter()
-        self.start_step = start_step
         self._bar = None
         self.visible = visible and not _hushed
         visible = self.visible

@@ -28,6 +28,7 @@ step reach the weights.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -160,3 +161,22 @@ class DeviceGuard:
                             first_bad_loss=bad_loss, first_bad_grad=bad_grad, last_good_step=int(good_step),
                             last_good_loss=good_loss, latest_loss=latest_loss, latest_applied=bool(applied),
                             stop=bool(stop))
+
+
+class SyncWatch:
+    """train.debug_sync: inside checking(), every host synchronisation raises (torch's sync debug mode),
+    which proves that the deferred steps between two reads are free of them."""
+
+    def __init__(self, active: bool):
+        self.active = active and torch.cuda.is_available()
+
+    @contextlib.contextmanager
+    def checking(self):
+        if not self.active:
+            yield
+            return
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(0)

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sslcli import checkpoint, console, data
+from sslcli import console, data
+from sslcli.files import atomic_write_json
 
 if TYPE_CHECKING:
     from sslcli.online_knn import NeighbourGrid
@@ -173,7 +174,7 @@ def write(run_dir: Path, grid: NeighbourGrid | None = None) -> dict[str, Any]:
     elif (report / "neighbors.png").exists():  # a curves-only refresh keeps the grid's numbers
         neighbours = _previous_neighbours(report)
     summary = summarize(run_dir, records, spec, neighbours)
-    checkpoint.atomic_write_json(report / "summary.json", summary)
+    atomic_write_json(report / "summary.json", summary)
     return summary
 
 

@@ -34,6 +34,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ScaledLr:
+    """The learning-rate rule of every training spec: lr = optim.base_lr x train.batch_size / 256."""
+
+    optim: Any
+    train: Any
+
+    def scaled_lr(self) -> float:
+        return self.optim.base_lr * self.train.batch_size / 256
+
+
 class DataConfig(Strict):
     path: Path | None = Field(None, description="folder of images (DATA); train/ is used when it holds splits")
     val: Path | None = Field(None, description="labeled eval split for the online kNN (default: DATA's val/ or test/)")
@@ -123,7 +133,7 @@ class MonitorConfig(Strict):
     report: bool = Field(True, description="write report/ (curves.png, neighbors.png, summary.json)")
 
 
-class PretrainSpec(Strict):
+class PretrainSpec(ScaledLr, Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     method: MethodConfig = Field(default_factory=lambda: CONFIGS[DEFAULT_METHOD]())
@@ -144,9 +154,6 @@ class PretrainSpec(Strict):
         self.augment = self.augment.model_copy(update={"size": self.data.image_size})
         return self
 
-    def scaled_lr(self) -> float:
-        return self.optim.base_lr * self.train.batch_size / 256
-
 
 CacheMode = Literal["auto", "on", "off"]
 
@@ -156,29 +163,41 @@ def _cache_mode(value: Any) -> Any:
     return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
-class ProbeSpec(Strict):
-    encoder: Path
-    data: Path = Field(description="labeled train split (or a folder holding train/ and val/ or test/)")
+class ProbeData(Strict):
+    path: Path = Field(description="labeled train split (or a folder holding train/ and val/ or test/)")
     val: Path | None = Field(None, description="labeled eval split")
-    knn_k: list[int] = Field(default_factory=lambda: [20, 200])
-    knn_temperature: float = Field(0.07, gt=0)
-    linear_weight_decays: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
-    batch_size: int = Field(256, gt=0)
-    num_workers: int | Literal["auto"] = "auto"
-    device: str = "auto"
-    seed: int = 0
+    label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
+    num_workers: int | Literal["auto"] = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = "skip"
     cache: CacheMode = Field("auto", description="decode the images once into the decode cache ('auto': when "
                              "they fit 16 GB; false or 'off' decodes on the fly)")
-    label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
-    baseline: bool = Field(True, description="also score the same architecture at a seeded random init (the "
-                           "reference the training is measured against; about as long as the probe itself)")
 
     _cache_from_bool = field_validator("cache", mode="before")(_cache_mode)
 
 
+class ProbeConfig(Strict):
+    knn_k: list[int] = Field(default_factory=lambda: [20, 200], description="neighbours of the weighted kNN")
+    knn_temperature: float = Field(0.07, gt=0, description="t of the kNN vote weights exp(sim / t)")
+    linear_weight_decays: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+                                              description="the linear probe's weight decays, one picked on a "
+                                              "held-out part of the train split")
+    batch_size: int = Field(256, gt=0, description="images per forward pass of the feature extraction")
+    device: str = "auto"
+    seed: int = Field(0, description="of the label fraction, the held-out part and the random-init baseline")
+    baseline: bool = Field(True, description="also score the same architecture at a seeded random init (the "
+                           "reference the training is measured against; about as long as the probe itself)")
+
+
+class ProbeSpec(Strict):
+    encoder: Path
+    data: ProbeData
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    out: Path | None = Field(None, description="where the result is written as JSON (default: probe-<eval data>.json "
+                             "beside the encoder)")
+
+
 class FinetuneData(Strict):
-    train: Path | None = Field(None, description="labeled train split (or a folder holding train/ and val/ or test/)")
+    path: Path | None = Field(None, description="labeled train split (or a folder holding train/ and val/ or test/)")
     val: Path | None = Field(None, description="labeled eval split, evaluated after every epoch")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
     num_workers: int | Literal["auto"] = "auto"
@@ -220,7 +239,7 @@ class FinetuneTrain(Strict):
     sync_free: bool | Literal["auto"] = Field("auto", description="as train.sync_free of pretrain")
 
 
-class FinetuneSpec(Strict):
+class FinetuneSpec(ScaledLr, Strict):
     encoder: Path | None = Field(None, description="an encoder.safetensors written by sslcli")
     keep_projection_layers: int = Field(0, ge=0, description="SimCLR v2's fine-tuning from a projection layer "
                                         "(arXiv 2006.10029; its paper: 1 of 3): keep this many layers of the "
@@ -234,9 +253,6 @@ class FinetuneSpec(Strict):
     out: Path | None = Field(None, description="output folder (default: finetune-<timestamp> beside the encoder)")
     baseline: bool = Field(False, description="then fine-tune the same architecture from a seeded random init with "
                            "the same recipe: the reference the pretraining is measured against (doubles the time)")
-
-    def scaled_lr(self) -> float:
-        return self.optim.base_lr * self.train.batch_size / 256
 
 
 class EmbedSpec(Strict):
@@ -320,10 +336,27 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
-    """The preset's spec values; its [preset] table (description, sources, expected results) is metadata."""
-    values = _read_toml(find_preset(name_or_path))
-    values.pop("preset", None)
-    return values
+    """The preset's spec values; its [preset] table (description, sources, expected results) is metadata.
+
+    A preset may name a base (`extends = "base/cpu"` or another preset's name, or a .toml path relative to
+    the preset's own folder) and hold only what differs: its values are merged over the base's, section by
+    section. The metadata is the preset's own (a base's expected figure is not its heir's)."""
+    return _values_with_bases(find_preset(name_or_path), ())
+
+
+def _values_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    values = _read_toml(path)
+    base = values.pop("preset", {}).get("extends")
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"preset {path}: extends must name a preset (e.g. extends = \"simclr-cpu\"), got {base!r}")
+    base_path = (path.parent / base) if base.endswith(".toml") else presets_dir() / f"{base}.toml"
+    if not base_path.is_file():
+        raise UsageError(f"preset {path} extends '{base}', which does not exist (sslcli presets lists the names)")
+    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise UsageError(f"preset {path} extends '{base}', which extends it in turn: a preset cannot be its own base")
+    return merge(_values_with_bases(base_path, (*chain, path)), values)
 
 
 # ---------------------------------------------------------------- precedence
@@ -363,6 +396,25 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Keys that moved when every command's spec took one shape (data.* for the images, a section for the run):
+# the old spelling is refused with the new one.
+MOVED: dict[str, dict[str, str]] = {
+    "ProbeSpec": {**{key: f"data.{key}" for key in ("val", "label_fraction", "num_workers", "on_bad_image", "cache")},
+                  **{key: f"probe.{key}" for key in ("knn_k", "knn_temperature", "linear_weight_decays", "batch_size",
+                                                     "device", "seed", "baseline")}},
+    "FinetuneSpec": {"data.train": "data.path"},
+}
+
+
+def _refuse_moved(model: type[BaseModel], tree: dict[str, Any]) -> None:
+    for old, new in MOVED.get(model.__name__, {}).items():
+        section, _, key = old.rpartition(".")
+        node = tree.get(section) if section else tree
+        if isinstance(node, dict) and key in node and not (not section and isinstance(node[key], dict)):
+            raise UsageError(f"spec error: '{old}' is now '{new}' (every command: data.* for where the images come "
+                             f"from, one section for the run's settings); e.g. --set {new}=...")
+
+
 def resolve(model: type[SpecT], preset: str | None = None, options: dict[str, Any] | None = None,
             sets: list[str] | None = None) -> SpecT:
     """Build a spec from the layers, lowest first. `options` maps dotted keys to typed-option values."""
@@ -379,6 +431,7 @@ def resolve(model: type[SpecT], preset: str | None = None, options: dict[str, An
         set_dotted(tree, key, value)
     for key in replaced:
         tree["train"].pop(key, None)
+    _refuse_moved(model, tree)
     if model is PretrainSpec:
         resolve_image_size(tree)
         tree = merge(method_defaults(tree), tree)

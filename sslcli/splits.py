@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from sslcli import data
 from sslcli.errors import UsageError
 
@@ -24,7 +26,7 @@ def labeled_images(folder: Path, role: str, option: str = "--data") -> data.Imag
     """The labeled images of a split; errors name the option that gave the folder (--data or --val)."""
     images = data.find_images(folder, name=option)
     if images.labels is None:
-        raise UsageError(f"the {role} folder {folder} is not labeled: probing needs one sub-folder per class")
+        raise UsageError(f"the {role} folder {folder} is not labeled: probe and finetune need one sub-folder per class")
     return images
 
 
@@ -36,3 +38,15 @@ def match_classes(train: data.ImageSet, val: data.ImageSet) -> list[int]:
         raise UsageError(f"eval classes not in the train split: {', '.join(unknown[:5])}; "
                          "both folders need the same class sub-folders")
     return [index[val.classes[label]] for label in val.labels]
+
+
+def labeled_splits(train: Path, val: Path | None, label_fraction: float | None,
+                   seed: int) -> tuple[data.ImageSet, data.ImageSet, torch.Tensor]:
+    """What probe and finetune train and score on: (the train split, optionally a seeded class-balanced
+    `label_fraction` of it; the eval split; the eval labels in the train split's class indices)."""
+    train_dir, val_dir = eval_splits(train, val)
+    train_set = labeled_images(train_dir, "train")
+    val_set = labeled_images(val_dir, "eval", "--val" if val is not None else "--data")
+    if label_fraction is not None:
+        train_set = data.subset(train_set, data.label_fraction_subset(train_set.labels, label_fraction, seed))
+    return train_set, val_set, torch.tensor(match_classes(train_set, val_set))

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("SSLCLI_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from bench.common import SHARED_DATA, linked_subset, save_random_encoder
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Without the real data the suite stops at once with one line, not a traceback per test."""
+    if not (SHARED_DATA / "cifar10").is_dir():
+        raise pytest.UsageError(f"the shared datasets are missing: {SHARED_DATA / 'cifar10'} is not a folder; clone "
+                                "the repository beside ../shared or set SSLCLI_SHARED_DATA to the data folder")
 
 
 @pytest.fixture(autouse=True)
@@ -23,20 +29,10 @@ def cifar10() -> Path:
     return root
 
 
-def link_subset(src: Path, dst: Path, per_class: int) -> Path:
-    """An ImageFolder of symlinks to the first `per_class` files of each class (nothing is copied)."""
-    for class_dir in sorted(p for p in src.iterdir() if p.is_dir()):
-        out = dst / class_dir.name
-        out.mkdir(parents=True)
-        for file in sorted(class_dir.iterdir())[:per_class]:
-            (out / file.name).symlink_to(file)
-    return dst
-
-
 def cifar_subset(cifar10: Path, root: Path, train: int, test: int) -> Path:
     """CIFAR-10 with train/ (`train` per class) and test/ (`test` per class), as symlinks to the real files."""
-    link_subset(cifar10 / "train", root / "train", train)
-    link_subset(cifar10 / "test", root / "test", test)
+    linked_subset(cifar10 / "train", root / "train", train)
+    linked_subset(cifar10 / "test", root / "test", test)
     return root
 
 
@@ -52,30 +48,18 @@ def cifar_tiny(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cifar_subset(cifar10, tmp_path_factory.mktemp("cifar_tiny"), 10, 5)
 
 
-def save_random_encoder(path: Path, name: str, image_size: int, small_stem: bool | str = "auto") -> Path:
-    """An encoder.safetensors at random init (seeded), written exactly as pretraining writes one."""
-    import torch
-
-    from sslcli import checkpoint
-    from sslcli.encoders import build_encoder
-
-    torch.manual_seed(0)
-    model, info = build_encoder(name, image_size, small_stem)
-    meta = checkpoint.encoder_metadata(info, method="random-init", epoch=0, step=0, spec={"note": "test"})
-    checkpoint.save_encoder(path, model, meta)
-    return path
-
-
 @pytest.fixture(scope="session")
 def resnet10t_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """timm resnet10t (deep stem, not torchvision-compatible) at 32 px with the standard stem."""
-    return save_random_encoder(tmp_path_factory.mktemp("r10t") / "encoder.safetensors", "resnet10t", 32, False)
+    return save_random_encoder(tmp_path_factory.mktemp("r10t") / "encoder.safetensors", "resnet10t", 32, False,
+                               spec={"note": "test"})
 
 
 @pytest.fixture(scope="session")
 def resnet18_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """timm resnet18 at 32 px, so with the small-image stem."""
-    return save_random_encoder(tmp_path_factory.mktemp("r18") / "encoder.safetensors", "resnet18", 32)
+    return save_random_encoder(tmp_path_factory.mktemp("r18") / "encoder.safetensors", "resnet18", 32,
+                               spec={"note": "test"})
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sslcli import checkpoint
-from sslcli.budget import REPLAN_AT, Calibration, Pacer, plan_steps
+from sslcli.budget import REPLAN_AT, Calibration, Pacer, Timing, plan_steps
 from sslcli.durations import parse_duration
 from sslcli.encoders import build_encoder
 from sslcli.errors import UsageError
@@ -62,11 +62,11 @@ def test_calibration_times_steps_that_train_for_at_least_its_share_of_the_budget
             time.sleep(0.005)
             return StepOut(loss=model(batch.float()).sum(), logs={})
 
-        make_step = lambda: (Step(model=model, loss=loss, cancel_gradients=cancelled.append),  # noqa: E731
-                             torch.optim.SGD(model.parameters(), lr=0.1))
+        make_step = lambda: Step(model=model, loss=loss, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),  # noqa: E731
+                                 lr_schedule=torch.zeros(1), cancel_gradients=cancelled.append)
         batches = lambda epoch, skip=0: (torch.ones(4, 2) for _ in range(10**6))  # noqa: E731
         calibration = calibrate(make_step, batches, LoopConfig(epochs=1, steps_per_epoch=10), torch.device("cpu"),
-                                None, warmup_steps=2, timed_steps=4, min_timed_s=min_timed_s, first_step=first_step)
+                                None, Timing(2, 4, min_s=min_timed_s, first_step=first_step))
         assert calibration.step_s >= 0.005 and calibration.eval_s == 0
         return seen, cancelled
 
@@ -218,7 +218,8 @@ def test_fit_re_plans_a_run_that_falls_behind_and_every_schedule_follows():
     events = Events(on_step_end=lambda step: seen.append(opt.param_groups[0]["lr"]),
                     on_replan=lambda at, total: replans.append((at, total)),
                     on_epoch_end=lambda done, step: epochs.append((done, step)))
-    result = fit(Step(model, loss), batches, opt, lr, cfg, torch.device("cpu"), events, pacer=pacer)
+    events.pacer = pacer
+    result = fit(Step(model, loss, opt, lr), batches, cfg, torch.device("cpu"), events)
     assert replans == [(10, 50)] and pacer.history == [[10, 50]]  # 80 s left at step 10: 40 more steps
     final = replans[-1][1]
     assert result.steps == final == len(seen) and cfg.total_steps == final and cfg.epochs == -(-final // 10)

@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -10,8 +9,10 @@ from torch import nn
 from sslcli import checkpoint
 from sslcli.encoders import build_encoder
 from sslcli.errors import UsageError
-from sslcli.train import build_optimizer
+from sslcli.pretraining import build_optimizer
+from sslcli.spec import OptimConfig
 
+LARS = OptimConfig(name="lars", weight_decay=1e-4, momentum=0.9, trust_coeff=0.02)
 
 def _saved_encoder(tmp_path: Path, name: str = "resnet18", size: int = 32):
     model, info = build_encoder(name, size)
@@ -33,19 +34,25 @@ def test_encoder_round_trip_gives_the_same_features(tmp_path: Path):
     assert not list(tmp_path.glob("*.tmp")), "the temporary file of the atomic write was left behind"
 
 
-def test_encoder_loads_into_timm_from_metadata_alone(tmp_path: Path):
-    """What the README documents for users without sslcli."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+def _docs_snippet(heading: str) -> str:
+    """The first python block under `heading` in docs/artifacts.md, as users read it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "artifacts.md").read_text()
+    section = text[text.index(heading):]
+    return section[section.index("```python\n") + 10:section.index("\n```", section.index("```python"))]
 
-    _, _, path = _saved_encoder(tmp_path)
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    model = timm.create_model(meta["encoder"], num_classes=0, **json.loads(meta["encoder_kwargs"]))
-    if json.loads(meta["small_stem"]):
-        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
-        model.maxpool = nn.Identity()
-    model.load_state_dict(load_file(path), strict=True)
+
+@pytest.mark.parametrize(("name", "size", "stem"), [("resnet18", 32, "plain 7x7 conv"), ("resnet10t", 32, "deep stem"),
+                                                    ("resnet18", 96, "no small stem")])
+def test_encoder_loads_into_timm_from_metadata_alone(tmp_path: Path, name: str, size: int, stem: str):
+    """The docs' lines for users without sslcli, run as written: the model they build gives sslcli's features."""
+    snippet = _docs_snippet("### Load it with timm alone")
+    model, info, path = _saved_encoder(tmp_path, name, size)
+    assert info.small_stem == (size <= 64), stem
+    scope: dict = {}
+    exec(snippet.replace('"runs/simclr/encoder.safetensors"', repr(str(path))), scope)  # noqa: S102
+    x = torch.randn(2, 3, size, size)
+    model.eval(), scope["model"].eval()
+    torch.testing.assert_close(scope["model"](x), model(x))
 
 
 def test_not_an_encoder_is_refused_clearly(tmp_path: Path):
@@ -82,14 +89,14 @@ def _train_one_step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
 
 def test_train_state_round_trip(tmp_path: Path):
     model, _ = build_encoder("resnet10t", 32, small_stem=False)
-    opt = build_optimizer(model, "lars", 0.1, 1e-4, 0.9, 0.02)
+    opt = build_optimizer(model, LARS, 0.1)
     _train_one_step(model, opt)
     folder = tmp_path / "checkpoints"
     path = checkpoint.save_train_state(folder, step=1, epoch=1, model=model, optimizer=opt, extra={"note": "x"})
     rng_after_save = torch.rand(3)
 
     fresh, _ = build_encoder("resnet10t", 32, small_stem=False)
-    fresh_opt = build_optimizer(fresh, "lars", 0.1, 1e-4, 0.9, 0.02)
+    fresh_opt = build_optimizer(fresh, LARS, 0.1)
     torch.rand(7)  # move the global RNG away from the saved state
     record, rng = checkpoint.load_train_state(path, fresh, fresh_opt)
     assert rng == {}

@@ -150,7 +150,8 @@ def test_cpc_defaults_to_a_layer_norm_encoder_unless_one_is_chosen():
     assert norms and all(m.num_groups == 1 for m in norms)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
     # The norm layer travels in the encoder's metadata, and the metadata says it was trained on patches.
-    meta = checkpoint.encoder_metadata(info, method="cpc", epoch=0, step=0, spec={})
+    meta = checkpoint.encoder_metadata(info, method="cpc", epoch=0, step=0, spec={},
+                                       trained_input=CPCConfig.encoder_input)
     assert '"norm_layer": "groupnorm1"' in meta["encoder_kwargs"] and "patches" in meta["trained_input"]
 
 

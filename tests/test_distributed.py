@@ -119,7 +119,7 @@ def test_torchrun_pretrain_writes_one_run_folder_that_probes_and_finetunes(cifar
     encoder = runs[0] / "encoder.safetensors"
 
     # probe under torchrun: each rank extracts half the features; the scores equal a one-process probe
-    probe_args = ["probe", str(encoder), "--data", str(cifar_small), "--json", "--set", "knn_k=[20]", "--no-baseline"]
+    probe_args = ["probe", str(encoder), "--data", str(cifar_small), "--json", "--set", "probe.knn_k=[20]", "--no-baseline"]
     distributed_probe = torchrun("-m", "sslcli", *probe_args, cwd=tmp_path)
     assert distributed_probe.returncode == 0, distributed_probe.stderr[-3000:]
     single_probe = sslcli(*probe_args, cwd=tmp_path)

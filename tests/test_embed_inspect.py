@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+import sslcli
 from sslcli import checkpoint, data
 from sslcli.features import extract_features
 from tests.test_cli import assert_one_clean_error, sslcli_run
@@ -37,6 +38,11 @@ def test_embed_equals_probe_features_with_an_index(tmp_path: Path, resnet10t_enc
     described = json.loads(shown.stdout)
     assert described["kind"] == "embeddings" and described["embeddings_shape"] == [200, 512]
     assert described["metadata"]["source_encoder"] == str(resnet10t_encoder)
+    # The version that wrote the file is this one; the encoder's own is kept apart.
+    encoder_version = json.loads(sslcli_run("inspect", str(resnet10t_encoder), "--json").stdout)["metadata"].get(
+        "sslcli_version", "")
+    assert described["metadata"]["sslcli_version"] == sslcli.__version__
+    assert described["metadata"]["source_sslcli_version"] == encoder_version
 
 
 def test_inspect_prints_metadata_readably_and_literally(tmp_path: Path, resnet10t_encoder: Path):

@@ -88,9 +88,12 @@ def test_probe_reports_knn_and_linear(pretrained, cifar_small: Path):
         assert 0.0 <= scores["top1"] <= scores["top5"] <= 1.0
     # Even a barely trained encoder separates CIFAR classes better than chance (10 %).
     assert result["linear"]["top1"] > 0.15
-    assert json.loads((run / "probe.json").read_text()) == result
+    # Printed first, then written beside the encoder under a name that says which data it scored.
+    written = run / f"probe-{cifar_small.name}-test.json"
+    assert result["out"] == str(written) and json.loads(written.read_text()) == result
     table = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_small))
     assert "kNN k=20" in table.stdout and "linear" in table.stdout
+    assert json.loads(written.read_text())["spec"] == result["spec"], "the same probe again replaces its own file"
 
 
 def test_max_images_is_a_seeded_subset_of_the_train_split(cifar_small: Path):
@@ -143,7 +146,7 @@ def command_lines(run: Path, data: Path, tmp: Path) -> dict[str, list[str]]:
         "pretrain": ["pretrain", str(data), "--preset", "quickstart", "--epochs", "1", "--batch-size", "128",
                      "--set", "method.proj_hidden_dim=64", "--out", str(tmp / "pretrain"),
                      "--set", "optim.warmup_epochs=0", "--set", "train.log_every=1"],  # long enough not to warn
-        "probe": ["probe", encoder, "--data", str(data), "--set", "knn_k=[20]", "--no-baseline"],
+        "probe": ["probe", encoder, "--data", str(data), "--set", "probe.knn_k=[20]", "--no-baseline"],
         "finetune": ["finetune", encoder, "--data", str(data), "--epochs", "1", "--batch-size", "4",
                      "--out", str(tmp / "ft")],  # 100 steps: long enough not to warn
         "export": ["export", encoder, "--to", "timm", "--out", str(tmp / "export")],

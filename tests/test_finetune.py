@@ -12,10 +12,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sslcli import checkpoint, data
-from sslcli.commands.finetune import build_classifier, head_keys, labeled_splits, make_optimizer
 from sslcli.errors import RunError, UsageError
 from sslcli.features import eval_view
+from sslcli.finetuning import build_classifier, head_keys, kept_layers, kept_projection, make_optimizer
 from sslcli.spec import FinetuneSpec
+from sslcli.splits import labeled_splits
 from tests.test_cli import sslcli_run
 
 
@@ -72,7 +73,7 @@ def test_finetune_needs_labeled_data(tmp_path: Path, cifar_small: Path):
     for p in data.find_images(cifar_small / "test").paths[:4]:
         (flat / p.name).symlink_to(p)
     with pytest.raises(UsageError, match="not labeled"):
-        labeled_splits(FinetuneSpec(data={"train": flat, "val": cifar_small / "test"}))
+        labeled_splits(flat, cifar_small / "test", None, 0)
 
 
 # ---------------------------------------------------------------- SimCLR v2: fine-tuning from a projection layer
@@ -115,12 +116,12 @@ def test_finetune_keeps_the_first_projection_layer_and_its_classifier_loads_back
     from sslcli.heads import MLPLayout, attach_projection
 
     encoder_path = simclr_run / "encoder.safetensors"
-    spec = FinetuneSpec(encoder=encoder_path, keep_projection_layers=1, data={"train": cifar_tiny, "num_workers": 0},
+    spec = FinetuneSpec(encoder=encoder_path, keep_projection_layers=1, data={"path": cifar_tiny, "num_workers": 0},
                         train={"epochs": 1, "batch_size": 32}, out=tmp_path / "ft")
     # The classifier starts from the pretrained layer: Linear + BN (+ ReLU) of the head, then a fresh Linear.
     encoder, info, _ = checkpoint.load_encoder(encoder_path)
-    head, layout = finetune.kept_projection(spec)
-    model = build_classifier(info, encoder, 10, finetune._kept(head, layout, spec))
+    head, layout = kept_projection(spec)
+    model = build_classifier(info, encoder, 10, kept_layers(head, layout, spec.keep_projection_layers))
     state = load_file(str(checkpoint.complete_states(simclr_run / "checkpoints")[-1]))
     for key in ("0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var"):
         assert torch.equal(model.state_dict()[f"fc.{key}"], state[f"model/projector.{key}"]), key
@@ -147,7 +148,6 @@ def test_keep_projection_layers_needs_a_head_that_fits_its_encoder(simclr_run: P
                                                                    cifar_tiny: Path, tmp_path: Path):
     from safetensors.torch import save_file
 
-    from sslcli.commands import finetune
 
     # A plain encoder (no projector beside it): one line, exit 2, before any work.
     proc = sslcli_run("finetune", str(resnet10t_encoder), "--data", str(cifar_tiny), "--keep-projection-layers", "1",
@@ -156,7 +156,7 @@ def test_keep_projection_layers_needs_a_head_that_fits_its_encoder(simclr_run: P
     assert "carries no projection head" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "plain").exists()
     with pytest.raises(UsageError, match="the projection head beside .* has 3 layers"):
-        finetune.kept_projection(FinetuneSpec(encoder=simclr_run / "encoder.safetensors", keep_projection_layers=4))
+        kept_projection(FinetuneSpec(encoder=simclr_run / "encoder.safetensors", keep_projection_layers=4))
     # The head is bound to the encoder weights it was saved with: other weights under the same name are refused.
     moved = tmp_path / "moved"
     moved.mkdir()

@@ -1,4 +1,4 @@
-"""The first hour of a new user (issue 17): messages that are true, every score with its baseline, runs that
+"""The first hour of a new user: messages that are true, every score with its baseline, runs that
 explain themselves. One test per message: the exact situation, the one line, the exit code."""
 
 from __future__ import annotations
@@ -157,14 +157,14 @@ def test_probe_prints_chance_and_a_seeded_random_init_baseline(encoder_file: Pat
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(encoder_file, run / "encoder.safetensors")  # a resnet10t at random init, seed 0
-    proc = sslcli_run("probe", str(run), "--data", str(cifar_tiny), "--set", "knn_k=[20]", "--json")
+    proc = sslcli_run("probe", str(run), "--data", str(cifar_tiny), "--set", "probe.knn_k=[20]", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["chance"] == 0.1
     # The baseline is the same architecture at seed 0: here that is the very encoder probed, score for score.
     assert result["baseline"]["knn"] == result["knn"] and result["baseline"]["linear"] == result["linear"]
     assert result["baseline"]["seed"] == 0
-    text = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_tiny), "--set", "knn_k=[20]")
+    text = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_tiny), "--set", "probe.knn_k=[20]")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert lines[0].split()[-3:] == ["random", "init", "top-1"]
@@ -172,7 +172,7 @@ def test_probe_prints_chance_and_a_seeded_random_init_baseline(encoder_file: Pat
     assert lines[1].split() == ["kNN", "k=20", f"{100 * knn:.2f}%", f"{100 * result['knn']['k20']['top5']:.2f}%",
                                 f"{100 * knn:.2f}%"]
     assert lines[3] == "chance 10.00 % (1 / 10 classes)"
-    off = sslcli_run("probe", str(run), "--data", str(cifar_tiny), "--set", "knn_k=[20]", "--no-baseline", "--json")
+    off = sslcli_run("probe", str(run), "--data", str(cifar_tiny), "--set", "probe.knn_k=[20]", "--no-baseline", "--json")
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["baseline"] is None and json.loads(off.stdout)["knn"] == result["knn"]
 
@@ -208,7 +208,7 @@ def test_a_second_ctrl_c_says_what_was_kept(cifar_small: Path, tmp_path: Path, m
     from sslcli.errors import Interrupted
     from tests.test_resume import spec_for
 
-    real, calls = train._train_step, {"n": 0}
+    real, calls = train._Loop.synchronous_step, {"n": 0}
 
     def second_ctrl_c(*args, **kwargs):  # what train.py's handler does on a second SIGINT
         calls["n"] += 1
@@ -216,7 +216,7 @@ def test_a_second_ctrl_c_says_what_was_kept(cifar_small: Path, tmp_path: Path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_train_step", second_ctrl_c)
+    monkeypatch.setattr(train._Loop, "synchronous_step", second_ctrl_c)
     run = tmp_path / "run"
     with pytest.raises(Interrupted) as stopped:
         pretrain.run(spec_for(cifar_small, run))  # a checkpoint after epoch 1 (step 4), stopped in step 6
@@ -262,7 +262,7 @@ def test_restart_without_checkpoint_and_resume_keep_one_history(cifar_small: Pat
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')  # an attempt killed early
-    real, calls = train._train_step, {"n": 0}
+    real, calls = train._Loop.synchronous_step, {"n": 0}
 
     def stop_at_6(*args, **kwargs):
         calls["n"] += 1
@@ -271,7 +271,7 @@ def test_restart_without_checkpoint_and_resume_keep_one_history(cifar_small: Pat
         return real(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(train, "_train_step", stop_at_6)
+        m.setattr(train._Loop, "synchronous_step", stop_at_6)
         with pytest.raises(Interrupted):
             pretrain.run(spec_for(cifar_small, run), resume="auto")  # no checkpoint: starts afresh
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -345,7 +345,7 @@ def test_finetune_baseline_is_the_same_recipe_from_a_seeded_random_init(encoder_
     save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in tensors.items()}, str(pretrained), meta)
 
     def tune(encoder: Path, out: str, baseline: bool) -> dict:
-        spec = resolve(FinetuneSpec, options={"encoder": str(encoder), "data.train": str(cifar_small),
+        spec = resolve(FinetuneSpec, options={"encoder": str(encoder), "data.path": str(cifar_small),
                                               "train.epochs": 1, "train.batch_size": 64, "out": str(tmp_path / out),
                                               "baseline": baseline}, sets=["data.num_workers=0"])
         return finetune.run(spec)

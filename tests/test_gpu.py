@@ -171,7 +171,7 @@ def test_debug_sync_catches_a_hidden_host_read():
 
     cfg = LoopConfig(epochs=1, steps_per_epoch=4, log_every=100, sync_free=True, debug_sync=True)
     with pytest.raises(RuntimeError, match="synchroniz"):
-        fit(Step(model, loss), batches, optimizer, torch.full((4,), 0.01, dtype=torch.float64), cfg, device, Events())
+        fit(Step(model, loss, optimizer, torch.full((4,), 0.01, dtype=torch.float64)), batches, cfg, device, Events())
 
 
 def test_batches_prepared_ahead_on_a_side_stream_train_in_order_and_checkpoint_the_right_rng(cifar_small: Path,
@@ -180,18 +180,18 @@ def test_batches_prepared_ahead_on_a_side_stream_train_in_order_and_checkpoint_t
     train the views of its own batch (in order), and a checkpoint between two steps must hold the augmentation
     generator as it was before the next batch was augmented (that batch is already augmented by then), so a
     resume draws what the run would have drawn."""
-    from sslcli.commands import pretrain
+    from sslcli import pretraining
     from sslcli.train import Events, fit
     from tests.test_resume import spec_for
 
     spec = spec_for(cifar_small, tmp_path / "run", **{"train.device": "cuda", "train.log_every": "100",
                                                        "train.prefetch": "true"})
     device = torch.device("cuda")
-    train_data = pretrain.load_data(spec, device)
-    loop = pretrain.loop_config(spec, train_data.steps_per_epoch, device)
-    model = pretrain.build_model(spec, loop, train_data.steps_per_epoch, device)
-    optimizer, lr_schedule = pretrain.build_optimizer_and_schedule(spec, model.method, loop)
-    step = pretrain.step_function(spec, loop, model, device)
+    train_data = pretraining.load_data(spec, device)
+    loop = pretraining.loop_config(spec, train_data.steps_per_epoch, device)
+    model = pretraining.build_model(spec, loop, device)
+    optimizer, lr_schedule = pretraining.optimizer_and_schedule(spec, model.method, loop)
+    step = pretraining.step_function(spec, loop, model, device, optimizer, lr_schedule)
     before_augmenting, trained, saved = [], [], []
     prepare, loss = step.prepare, step.loss
 
@@ -210,8 +210,8 @@ def test_batches_prepared_ahead_on_a_side_stream_train_in_order_and_checkpoint_t
         return loss(prepared, i)
 
     step.prepare, step.loss = recording_prepare, checked_loss
-    events = Events(on_step_end=lambda i: saved.append(pretrain.rng_states(model, device)["augment"]))
-    fit(step, train_data.batches, optimizer, lr_schedule, loop, device, events)
+    events = Events(on_step_end=lambda i: saved.append(pretraining.rng_states(model, device)["augment"]))
+    fit(step, train_data.batches, loop, device, events)
     steps = loop.total_steps
     assert trained == list(range(steps)), "each step trained the views of its own batch, in order"
     # After step i (0-based) the next batch to train is i + 1: its pre-augmentation state, not the live one.

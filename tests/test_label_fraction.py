@@ -37,8 +37,7 @@ def test_subset_of_a_real_split_is_balanced(cifar_small: Path):
 
 
 def test_probe_trains_on_the_fraction_only(cifar_small: Path, resnet10t_encoder: Path):
-    spec = ProbeSpec(encoder=resnet10t_encoder, data=cifar_small, label_fraction=0.1, num_workers=0, knn_k=[5],
-                     baseline=False,
-                     linear_weight_decays=[1e-3])
+    spec = ProbeSpec(encoder=resnet10t_encoder, data={"path": cifar_small, "label_fraction": 0.1, "num_workers": 0},
+                     probe={"knn_k": [5], "baseline": False, "linear_weight_decays": [1e-3]})
     result = probe.run(spec)
     assert result["n_train"] == 40 and result["n_eval"] == 200 and result["label_fraction"] == 0.1

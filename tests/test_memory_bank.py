@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sslcli.methods import CONFIGS
 from sslcli.methods.memory_bank import MemoryBank, bank_loss
 from tests.test_methods import NUM_IMAGES, batch_indices, build, forward, images, train_step
 
@@ -118,7 +119,7 @@ def test_instdisc_bank_takes_the_steps_embeddings_after_the_optimizer_step():
 
 
 def test_instdisc_bank_fill_epochs_write_the_untrained_embeddings_and_train_nothing():
-    from sslcli.commands import pretrain
+    from sslcli import pretraining
     from sslcli.train import LoopConfig
     from tests.test_methods import STEPS_PER_EPOCH, tiny_spec
 
@@ -151,7 +152,7 @@ def test_instdisc_bank_fill_epochs_write_the_untrained_embeddings_and_train_noth
                                F.normalize(0.5 * initial[batch_indices(0)] + 0.5 * v, dim=1))
     # pretrain warns a run that ends within the fill, as DeepCluster v2's memory pass.
     spec = tiny_spec("instdisc", bank_fill_epochs=1)
-    warned = [pretrain.short_run_warnings(spec, LoopConfig(epochs=e, steps_per_epoch=5)) for e in (1, 2)]
+    warned = [pretraining.short_run_warnings(spec, LoopConfig(epochs=e, steps_per_epoch=5)) for e in (1, 2)]
     assert any("filling its memory" in line for line in warned[0])
     assert not any("filling its memory" in line for line in warned[1])
 
@@ -192,7 +193,8 @@ def test_cmc_splits_each_view_into_l_and_ab_for_two_encoders():
     later_l, later_ab = model.encoder.layer1[0].conv1.weight, model.ab_encoder.layer1[0].conv1.weight
     assert later_l.shape == later_ab.shape and not torch.equal(later_l, later_ab)
     assert model.export_encoder() is model.encoder
-    meta = checkpoint.encoder_metadata(info, method="cmc", epoch=1, step=1, spec=dump(spec))
+    meta = checkpoint.encoder_metadata(info, method="cmc", epoch=1, step=1, spec=dump(spec),
+                                       trained_input=CONFIGS["cmc"].encoder_input)
     assert "grey" in meta["trained_input"] and "ab encoder is not exported" in meta["trained_input"]
 
 

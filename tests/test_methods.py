@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslcli import checkpoint
+from sslcli import checkpoint, pretraining
 from sslcli.augment import Augmenter
 from sslcli.commands import pretrain
 from sslcli.encoders import build_encoder
 from sslcli.methods import CONFIGS, PRESET_FAMILIES, method_class
 from sslcli.methods.base import Budget
+from sslcli.pretraining import build_optimizer
 from sslcli.spec import PretrainSpec, dump, list_presets, resolve
-from sslcli.train import build_optimizer
 
 BATCH, STEPS_PER_EPOCH = 8, 2
 NUM_IMAGES = BATCH * STEPS_PER_EPOCH  # a memory bank's size (uses_indices): each step's batch is its own images
@@ -45,8 +45,7 @@ def build(name: str, prime: bool = True, **method):
     model = method_class(name)(spec.method, encoder, info.feature_dim,
                                Budget(4 * STEPS_PER_EPOCH, STEPS_PER_EPOCH, NUM_IMAGES))
     augment = Augmenter(model.views(spec.augment), info.mean, info.std, torch.Generator().manual_seed(0))
-    optimizer = build_optimizer(model, spec.optim.name, 0.05, spec.optim.weight_decay, spec.optim.momentum,
-                                spec.optim.trust_coeff, spec.optim.betas, getattr(model, "fixed_lr_modules", ()))
+    optimizer = build_optimizer(model, spec.optim, 0.05, getattr(model, "fixed_lr_modules", ()))
     model.train()
     if prime:
         for step in range(first_step(name)):
@@ -278,10 +277,10 @@ def test_pretrain_warns_when_a_deepcluster_run_ends_within_its_memory_pass():
     from sslcli.train import LoopConfig
 
     spec = tiny_spec("deepcluster")
-    one, two = (pretrain.short_run_warnings(spec, LoopConfig(epochs=e, steps_per_epoch=5)) for e in (1, 2))
+    one, two = (pretraining.short_run_warnings(spec, LoopConfig(epochs=e, steps_per_epoch=5)) for e in (1, 2))
     assert any("filling its memory" in line and "stays at its initialisation" in line for line in one)
     assert not any("filling its memory" in line for line in two)
-    assert not any("filling its memory" in line for line in pretrain.short_run_warnings(
+    assert not any("filling its memory" in line for line in pretraining.short_run_warnings(
         tiny_spec("swav"), LoopConfig(epochs=1, steps_per_epoch=5)))
 
 
@@ -443,8 +442,11 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path
                                           "out": str(tmp_path / "run")}, sets=sets)
     summary = pretrain.run(spec)
     assert summary["steps"] == 2 and summary["method"] == name
-    result = probe.run(ProbeSpec(encoder=Path(summary["encoder"]), data=cifar_tiny, knn_k=[5], baseline=False,
-                                 linear_weight_decays=[1e-4], num_workers=0))
+    # The encoder's metadata says what it saw when that was not the augmented RGB views (the config's word).
+    meta = checkpoint.load_encoder(summary["encoder"])[2]
+    assert meta.get("trained_input") == CONFIGS[name].encoder_input
+    result = probe.run(ProbeSpec(encoder=Path(summary["encoder"]), data={"path": cifar_tiny, "num_workers": 0},
+                                 probe={"knn_k": [5], "baseline": False, "linear_weight_decays": [1e-4]}))
     # The probe loaded this run's encoder and scored every one of the 50 eval images.
     assert result["method"] == name and result["n_eval"] == 50
     top1, top5 = result["knn"]["k5"]["top1"], result["knn"]["k5"]["top5"]

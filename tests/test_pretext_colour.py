@@ -206,7 +206,8 @@ def test_colorization_metadata_says_what_the_encoder_saw(tmp_path):
     from sslcli.methods.colorization.config import ColorizationConfig
 
     _, model, _, _, info = _build("colorization")
-    meta = checkpoint.encoder_metadata(info, method="colorization", epoch=1, step=1, spec={})
+    meta = checkpoint.encoder_metadata(info, method="colorization", epoch=1, step=1, spec={},
+                                       trained_input=ColorizationConfig.encoder_input)
     assert meta["trained_input"] == ColorizationConfig.encoder_input and "grey" in meta["trained_input"]
     assert "trained_input" not in checkpoint.encoder_metadata(info, method="simclr", epoch=1, step=1, spec={})
     # The exported encoder takes RGB: 3 input channels, as built.

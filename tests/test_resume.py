@@ -54,7 +54,7 @@ def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = Fa
 
 def stop_after(monkeypatch: pytest.MonkeyPatch, stop_step: int) -> None:
     """Send this process SIGUSR1 during step `stop_step`: the loop stops after it, like a pre-emption."""
-    real = train._train_step
+    real = train._Loop.synchronous_step
     calls = {"n": 0}
 
     def step(*args, **kwargs):
@@ -63,7 +63,7 @@ def stop_after(monkeypatch: pytest.MonkeyPatch, stop_step: int) -> None:
             os.kill(os.getpid(), signal.SIGUSR1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_train_step", step)
+    monkeypatch.setattr(train._Loop, "synchronous_step", step)
 
 
 def final_state(run: Path) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ import pytest
 
 from sslcli.errors import UsageError
 from sslcli.methods import PRESET_FAMILIES
-from sslcli.spec import PretrainSpec, ProbeSpec, list_presets, parse_set, resolve
+from sslcli.spec import FinetuneSpec, PretrainSpec, ProbeSpec, list_presets, parse_set, resolve
 
 
 def test_defaults_are_valid_simclr():
@@ -106,6 +106,57 @@ def test_every_shipped_preset_is_a_valid_spec():
 
 def test_probe_spec_requires_encoder_and_data():
     with pytest.raises(UsageError, match="encoder"):
-        resolve(ProbeSpec, options={"data": "x"})
-    spec = resolve(ProbeSpec, options={"encoder": "e.safetensors", "data": "d"})
-    assert spec.knn_k == [20, 200] and spec.knn_temperature == 0.07
+        resolve(ProbeSpec, options={"data.path": "x"})
+    spec = resolve(ProbeSpec, options={"encoder": "e.safetensors", "data.path": "d"})
+    assert spec.probe.knn_k == [20, 200] and spec.probe.knn_temperature == 0.07
+
+
+@pytest.mark.parametrize(("model", "old", "new"), [(ProbeSpec, "knn_k=[5]", "probe.knn_k"),
+                                                   (ProbeSpec, "cache=off", "data.cache"),
+                                                   (ProbeSpec, "seed=3", "probe.seed"),
+                                                   (FinetuneSpec, "data.train=x", "data.path")])
+def test_the_old_spelling_of_a_moved_key_is_refused_with_the_new_one(model, old: str, new: str):
+    """One shape for every command: data.* for the images, a section for the run's settings."""
+    options = {"encoder": "e.safetensors", "data.path": "d"}
+    with pytest.raises(UsageError, match=f"is now '{new}'"):
+        resolve(model, options=options, sets=[old])
+    assert resolve(model, options=options, sets=[f"{new}={old.split('=')[1]}"])  # the new spelling is taken
+
+
+def test_a_preset_extends_a_base_and_holds_only_what_differs(tmp_path: Path):
+    from sslcli.spec import load_preset
+
+    user = tmp_path / "mine.toml"  # a user's preset on a shipped one, by name
+    user.write_text('[preset]\nextends = "simclr-cpu"\ndescription = "mine"\n[train]\nepochs = 2\n'
+                    '[method]\ntemperature = 0.5\n')
+    base, mine = load_preset("simclr-cpu"), load_preset(str(user))
+    assert mine["train"]["epochs"] == 2 and mine["method"]["temperature"] == 0.5  # its own values win
+    assert mine["method"]["proj_hidden_dim"] == base["method"]["proj_hidden_dim"]  # the rest is the base's
+    assert mine["encoder"] == base["encoder"] == {"name": "resnet10t", "small_stem": False}  # from base/cpu
+    spec = resolve(PretrainSpec, preset=str(user))
+    assert (spec.train.epochs, spec.method.temperature, spec.train.log_every) == (2, 0.5, 20)
+    # A path ending in .toml is read relative to the extending file; a base's metadata is not inherited.
+    (tmp_path / "child.toml").write_text('[preset]\nextends = "mine.toml"\n[train]\nseed = 9\n')
+    child = load_preset(str(tmp_path / "child.toml"))
+    assert child["train"] == {**mine["train"], "seed": 9} and "preset" not in child
+
+
+@pytest.mark.parametrize(("extends", "message"), [('"nope"', "extends 'nope', which does not exist"),
+                                                  ('"a.toml"', "which extends it in turn"),
+                                                  ("3", "extends must name a preset")])
+def test_a_bad_base_is_one_usage_error(tmp_path: Path, extends: str, message: str):
+    (tmp_path / "a.toml").write_text(f'[preset]\nextends = {extends}\n')
+    with pytest.raises(UsageError, match=message):
+        resolve(PretrainSpec, preset=str(tmp_path / "a.toml"))
+
+
+def test_shipped_presets_inherit_their_shared_blocks():
+    """No shipped preset repeats the blocks its base holds: each extends a base (or its method's preset), and
+    its own [data] and [encoder] hold only what differs from it."""
+    from sslcli.spec import presets_dir
+
+    for path in sorted(presets_dir().glob("*.toml")):
+        text = path.read_text()
+        assert 'extends = "' in text, f"{path.name} extends no base"
+    assert "max_images = 20000" not in (presets_dir() / "simclr-cpu.toml").read_text()  # in base/cpu only
+    assert all("base" not in name for name, _ in list_presets()), "bases are not offered as presets"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +48,45 @@ def import_graph() -> dict[str, set[str]]:
 
 def is_command(name: str) -> bool:
     return name in ("sslcli.cli", "sslcli.__main__") or name.startswith("sslcli.commands")
+
+
+# The library's layers, lowest first: a module imports only modules of its own layer or a lower one. Every
+# module is named here (a new one must be placed), the method packages by their prefix.
+LAYERS: dict[str, set[str]] = {
+    "core": {"sslcli", "errors", "console", "durations", "files", "device", "distributed", "schedules", "step",
+             "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock"},
+    "data and models": {"data", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate", "features",
+                        "checkpoint"},
+    "methods": {"methods"},
+    "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
+               "report", "resume", "semi_supervised", "training_data"},
+    "commands": {"commands", "cli", "__main__"},
+}
+
+
+def layer_of(module: str) -> int:
+    short = module.removeprefix("sslcli.") if module != "sslcli" else "sslcli"
+    top = short.split(".")[0]
+    for index, (_, names) in enumerate(LAYERS.items()):
+        if short in names or top in names:
+            return index
+    raise AssertionError(f"{module} is in no layer of tests/test_structure.py LAYERS: place it")
+
+
+def test_every_module_imports_only_its_own_layer_or_lower_ones():
+    upward = sorted((module, dep) for module, deps in import_graph().items() for dep in deps
+                    if layer_of(dep) > layer_of(module))
+    names = list(LAYERS)
+    assert not upward, "upward imports: " + ", ".join(
+        f"{m} ({names[layer_of(m)]}) -> {d} ({names[layer_of(d)]})" for m, d in upward)
+
+
+def test_the_layer_check_finds_an_upward_import():
+    # The negative control: a data module importing the training loop is reported.
+    assert layer_of("sslcli.cache") < layer_of("sslcli.train") < layer_of("sslcli.commands.probe")
+    assert layer_of("sslcli.methods.simclr.model") == layer_of("sslcli.methods")
+    with pytest.raises(AssertionError, match="in no layer"):
+        layer_of("sslcli.not_placed")
 
 
 def test_library_modules_never_import_a_command():
@@ -128,3 +169,53 @@ def test_a_file_that_is_not_an_encoder_is_refused_before_torch_is_imported(comma
     lines = proc.stderr.strip().splitlines()
     assert lines[0].startswith(f"error: {not_encoder} is not a safetensors file (it is JSON text)"), proc.stderr
     assert json.loads(lines[-1]) == [], f"{command} imported {lines[-1]} before refusing the file"
+
+
+def test_the_suite_without_the_shared_data_stops_with_one_line(tmp_path: Path):
+    env = {**os.environ, "SSLCLI_SHARED_DATA": str(tmp_path / "absent")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist",
+                           str(Path(__file__).parent / "test_spec.py")], capture_output=True, text=True, env=env,
+                          cwd=PACKAGE.parent, timeout=120)
+    output = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert [line for line in output if "shared datasets are missing" in line] == [
+        f"ERROR: the shared datasets are missing: {tmp_path / 'absent' / 'cifar10'} is not a folder; clone the "
+        "repository beside ../shared or set SSLCLI_SHARED_DATA to the data folder"], output
+
+
+def test_a_new_method_is_one_package_and_its_presets(tmp_path: Path):
+    """Adding a method touches nothing else: a copy of the repository gets one more method package (SimCLR's,
+    renamed) and its three presets, and the registry, the CLI and the method contract tests pick it up."""
+    import shutil
+
+    root = PACKAGE.parent
+    for folder in ("sslcli", "tests", "presets", "bench"):
+        shutil.copytree(root / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "pyproject.toml", tmp_path)
+    package = tmp_path / "sslcli" / "methods" / "toysimclr"
+    shutil.copytree(root / "sslcli" / "methods" / "simclr", package, ignore=shutil.ignore_patterns("__pycache__"))
+    config = (package / "config.py").read_text()
+    (package / "config.py").write_text(config.replace('Literal["simclr"] = "simclr"', 'Literal["toysimclr"] = "toysimclr"')
+                                       .replace("SimCLRConfig", "ToySimCLRConfig").replace("recipes: ClassVar", "_: ClassVar"))
+    model = (package / "model.py").read_text()
+    (package / "model.py").write_text(model.replace("sslcli.methods.simclr.config", "sslcli.methods.toysimclr.config")
+                                      .replace("SimCLRConfig", "ToySimCLRConfig"))
+    for kind in ("cpu", "cifar10", "imagenette"):
+        preset = (root / "presets" / f"simclr-{kind}.toml").read_text()
+        (tmp_path / "presets" / f"toysimclr-{kind}.toml").write_text(preset.replace('name = "simclr"',
+                                                                                  'name = "toysimclr"'))
+    from bench.common import SHARED_DATA
+
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SSLCLI_SHARED_DATA": str(SHARED_DATA)}
+    listed = subprocess.run([sys.executable, "-m", "sslcli", "methods", "--json"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
+    assert "toysimclr" in json.loads(listed.stdout)
+    helped = subprocess.run([sys.executable, "-m", "sslcli", "pretrain", "--help"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
+    assert "toysimclr" in helped.stdout
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                            "tests/test_methods.py", "-k", "toysimclr or every_method_has"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=600)
+    assert tests.returncode == 0, tests.stdout[-3000:]
+    passed = int(re.search(r"(\d+) passed", tests.stdout).group(1))
+    assert passed >= 6, tests.stdout[-2000:]  # the contract tests ran on the new method

@@ -27,7 +27,7 @@ def test_lr_schedule_is_applied_every_step():
     model, opt, compute_loss, batches = _toy([1.0] * 4)
     seen = []
     schedule = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
-    result = fit(Step(model, compute_loss), batches, opt, schedule,
+    result = fit(Step(model, compute_loss, opt, schedule), batches,
                  LoopConfig(epochs=2, steps_per_epoch=2, log_every=1), torch.device("cpu"),
                  Events(on_step_end=lambda step: seen.append(opt.param_groups[0]["lr"])))
     assert seen == pytest.approx([0.4, 0.3, 0.2, 0.1])
@@ -49,7 +49,7 @@ def test_a_prepared_step_gets_its_batch_prepared_and_counts_the_batch_images():
         assert isinstance(views, list) and torch.equal(views[1], torch.full((3, 4), 3.0))
         return StepOut(loss=sum(model(v).pow(2).mean() for v in views))
 
-    result = fit(Step(model, loss, prepare=prepare), batches, opt, torch.full((4,), 0.1, dtype=torch.float64),
+    result = fit(Step(model, loss, opt, torch.full((4,), 0.1, dtype=torch.float64), prepare=prepare), batches,
                  LoopConfig(epochs=2, steps_per_epoch=2), torch.device("cpu"))
     assert calls == [c for step in range(4) for c in (("prepare", 3), ("loss", step))]
     assert result.steps == 4 and result.images == 12
@@ -64,7 +64,7 @@ def test_non_finite_loss_stops_before_the_update_and_keeps_the_checkpoint():
         weights[step] = model.weight.detach().clone()
 
     with pytest.raises(RunError) as err:
-        fit(Step(model, compute_loss), batches, opt, torch.full((4,), 0.1, dtype=torch.float64),
+        fit(Step(model, compute_loss, opt, torch.full((4,), 0.1, dtype=torch.float64)), batches,
             LoopConfig(epochs=2, steps_per_epoch=2, checkpoint_every=1), torch.device("cpu"),
             Events(on_step_end=remember, on_checkpoint=lambda epoch, step: checkpoints.append((epoch, step))))
     message = str(err.value)
@@ -85,7 +85,7 @@ def test_non_finite_gradients_with_a_finite_loss_stop_before_the_update():
 
     before = {}
     with pytest.raises(RunError, match="gradients became inf .* at step 2"):
-        fit(Step(model, compute_loss), batches, opt, torch.full((4,), 0.1, dtype=torch.float64),
+        fit(Step(model, compute_loss, opt, torch.full((4,), 0.1, dtype=torch.float64)), batches,
             LoopConfig(epochs=2, steps_per_epoch=2), torch.device("cpu"),
             Events(on_step_end=lambda step: before.update(w=model.weight.detach().clone())))
     assert torch.isfinite(model.weight).all()
@@ -97,7 +97,7 @@ def test_gradient_clipping_bounds_the_update():
     with torch.no_grad():
         model.weight.fill_(100.0)
     before = model.weight.detach().clone()
-    fit(Step(model, compute_loss), batches, opt, torch.full((2,), 1.0, dtype=torch.float64),
+    fit(Step(model, compute_loss, opt, torch.full((2,), 1.0, dtype=torch.float64)), batches,
         LoopConfig(epochs=1, steps_per_epoch=1, clip_grad=0.5), torch.device("cpu"))
     # One SGD step with lr 1 moves the parameters by at most the clipped gradient norm.
     moved = torch.cat([(model.weight - before).flatten()]).norm()
@@ -115,14 +115,14 @@ def test_a_step_whose_gradients_the_method_dropped_leaves_the_weights_even_under
         for p in model.parameters():
             p.grad = None
 
-    fit(Step(model, compute_loss, cancel_gradients=drop), batches, opt, torch.full((2,), 1.0, dtype=torch.float64),
+    fit(Step(model, compute_loss, opt, torch.full((2,), 1.0, dtype=torch.float64), cancel_gradients=drop), batches,
         LoopConfig(epochs=1, steps_per_epoch=2, precision="fp16"), torch.device("cpu"))
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)) and not opt.state
     # Negative control: with the gradients kept, the same run moves them (a loss scale whose scaled gradients
     # fit in fp16: at the default 2**16 they overflow for some initial weights, and the scaler skips both steps).
-    fit(Step(model, compute_loss), batches, opt, torch.full((2,), 1.0, dtype=torch.float64),
-        LoopConfig(epochs=1, steps_per_epoch=2, precision="fp16"), torch.device("cpu"),
-        scaler=torch.amp.GradScaler("cpu", init_scale=2.0**4))
+    fit(Step(model, compute_loss, opt, torch.full((2,), 1.0, dtype=torch.float64),
+             scaler=torch.amp.GradScaler("cpu", init_scale=2.0**4)), batches,
+        LoopConfig(epochs=1, steps_per_epoch=2, precision="fp16"), torch.device("cpu"))
     assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
@@ -135,12 +135,13 @@ def _mlp_run(optimizer: str, sync_free: bool, losses_at: dict[int, float] | None
              steps: int = 6, max_nan_skips: int = 10, batch_norm: bool = False, precision: str = "fp32",
              scaler: torch.amp.GradScaler | None = None):
     """A small seeded model trained by fit; losses_at forces the loss of some steps (e.g. to NaN)."""
-    from sslcli.train import build_optimizer
+    from sslcli.pretraining import build_optimizer
+    from sslcli.spec import OptimConfig
 
     torch.manual_seed(0)
     layers = [nn.Linear(8, 16)] + ([nn.BatchNorm1d(16)] if batch_norm else []) + [nn.ReLU(), nn.Linear(16, 4)]
     model = nn.Sequential(*layers)
-    opt = build_optimizer(model, optimizer, 0.05, 1e-4, 0.9, 0.02)
+    opt = build_optimizer(model, OptimConfig(name=optimizer, weight_decay=1e-4, momentum=0.9, trust_coeff=0.02), 0.05)
     data = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(1))[:steps]
     # A buffer standing for an EMA target, queue or center: changed in on_step_end, as methods do.
     model.register_buffer("ema", torch.zeros(()))
@@ -163,8 +164,8 @@ def _mlp_run(optimizer: str, sync_free: bool, losses_at: dict[int, float] | None
                      max_nan_skips=max_nan_skips, sync_free=sync_free, precision=precision)
     schedule = torch.linspace(0.05, 0.01, 6, dtype=torch.float64)[:steps]
     try:
-        result = fit(Step(model, loss), batches, opt, schedule, cfg, torch.device("cpu"),
-                     Events(on_step_end=on_step_end), scaler=scaler)
+        result = fit(Step(model, loss, opt, schedule, scaler=scaler), batches, cfg, torch.device("cpu"),
+                     Events(on_step_end=on_step_end))
         error = None
     except RunError as exc:
         result, error = None, str(exc)

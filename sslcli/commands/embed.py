@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_bytes
 
-from sslcli import checkpoint, console, data
+from sslcli import __version__, checkpoint, console, data
+from sslcli.device import resolve_device
 from sslcli.errors import UsageError
 from sslcli.features import extract_features
+from sslcli.files import atomic_write_bytes
 from sslcli.spec import EmbedSpec
-from sslcli.train import resolve_device
 
 EMBEDDINGS_FORMAT = "sslcli.embeddings.v1"
 
@@ -59,8 +60,9 @@ def run(spec: EmbedSpec) -> dict[str, Any]:
     metadata = {
         "format": "pt",
         "sslcli_format": EMBEDDINGS_FORMAT,
-        "sslcli_version": meta.get("sslcli_version", ""),
+        "sslcli_version": __version__,  # the writer's; the encoder's own is source_sslcli_version
         "source_encoder": str(encoder),
+        "source_sslcli_version": meta.get("sslcli_version", ""),
         "encoder": info.name,
         "method": meta.get("method", ""),
         "feature_dim": str(features.shape[1]),
@@ -70,8 +72,8 @@ def run(spec: EmbedSpec) -> dict[str, Any]:
         "classes": json.dumps(images.classes),
         "index": index_path(out).name,
     }
-    checkpoint.atomic_write_bytes(out, save_bytes(tensors, metadata=metadata))
-    checkpoint.atomic_write_bytes(index_path(out), index_csv(images, kept).encode())
+    atomic_write_bytes(out, save_bytes(tensors, metadata=metadata))
+    atomic_write_bytes(index_path(out), index_csv(images, kept).encode())
     if policy.summary():
         console.warn(policy.summary())
     return {"embeddings": str(out), "index": str(index_path(out)), "count": len(kept),

@@ -1,7 +1,14 @@
-"""`sslcli probe`: frozen features extracted once, then weighted kNN and a linear probe on them."""
+"""`sslcli probe`: frozen features extracted once, then weighted kNN and a linear probe on them.
+
+The result is printed first, then written as JSON (`finish`): where --out says, by default beside the encoder
+under a name that says which data it scored (probe-<eval split>.json), never over another probe's result.
+A folder that cannot be written costs the file, not the printed scores.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -9,40 +16,37 @@ from typing import Any
 import torch
 
 from sslcli import cache, checkpoint, console, data, distributed
+from sslcli.device import resolve_device
 from sslcli.encoders import rebuild_encoder
 from sslcli.evaluate import knn_evaluate, linear_probe
 from sslcli.features import extract_features
-from sslcli.spec import ProbeSpec
-from sslcli.splits import eval_splits, labeled_images, match_classes
-from sslcli.train import resolve_device
+from sslcli.files import atomic_write_json
+from sslcli.spec import ProbeSpec, dump
+from sslcli.splits import eval_splits, labeled_splits
 
 
 def run(spec: ProbeSpec) -> dict[str, Any]:
     start = time.perf_counter()
-    device = distributed.init(resolve_device(spec.device))  # under torchrun the ranks share the extraction
+    settings = spec.probe
+    device = distributed.init(resolve_device(settings.device))  # under torchrun the ranks share the extraction
     model, info, meta = checkpoint.load_encoder(spec.encoder)
-    train_dir, val_dir = eval_splits(spec.data, spec.val)
-    train_set = labeled_images(train_dir, "train")
-    val_set = labeled_images(val_dir, "eval", "--val" if spec.val is not None else "--data")
-    if spec.label_fraction is not None:
-        train_set = data.subset(train_set, data.label_fraction_subset(train_set.labels, spec.label_fraction,
-                                                                      spec.seed))
-    val_labels_all = torch.tensor(match_classes(train_set, val_set))
+    train_set, val_set, val_labels_all = labeled_splits(spec.data.path, spec.data.val, spec.data.label_fraction,
+                                                        settings.seed)
     num_classes = len(train_set.classes or [])
-    policy = data.BadImagePolicy(spec.on_bad_image)
-    workers = data.default_workers(spec.num_workers)
+    policy = data.BadImagePolicy(spec.data.on_bad_image)
+    workers = data.default_workers(spec.data.num_workers)
     console.info(f"extracting features: {len(train_set)} train and {len(val_set)} eval images, "
                  f"{info.name} at {info.image_size} px on {device}")
-    common = dict(batch_size=spec.batch_size, num_workers=workers, device=device, policy=policy,
-                  caching=cache.CachePolicy(spec.cache))
+    common = dict(batch_size=settings.batch_size, num_workers=workers, device=device, policy=policy,
+                  caching=cache.CachePolicy(spec.data.cache))
     train_f, train_kept = extract_features(model, info, train_set.paths, **common)
     val_f, val_kept = extract_features(model, info, val_set.paths, **common)
     baseline_f = None
-    if spec.baseline:
+    if settings.baseline:
         # The same architecture (kwargs, small stem) at a seeded random init: what the training added is the
         # difference. Its images come from the decode cache the first extraction filled.
-        console.info(f"random-init baseline: the same {info.name} at seed {spec.seed}, features again")
-        torch.manual_seed(spec.seed)
+        console.info(f"random-init baseline: the same {info.name} at seed {settings.seed}, features again")
+        torch.manual_seed(settings.seed)
         random_init = rebuild_encoder(info)
         baseline_f = (extract_features(random_init, info, train_set.paths, **common)[0],
                       extract_features(random_init, info, val_set.paths, **common)[0])
@@ -56,36 +60,83 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     baseline = None
     if baseline_f is not None:
         base_knn, base_linear = _scores(spec, baseline_f[0], train_y, baseline_f[1], val_y, num_classes)
-        baseline = {"knn": base_knn, "linear": base_linear, "seed": spec.seed}
+        baseline = {"knn": base_knn, "linear": base_linear, "seed": settings.seed}
     if policy.summary():
         console.warn(policy.summary())
-    result = {
+    return {
         "encoder": str(spec.encoder),
         "method": meta.get("method"),
         "encoder_name": info.name,
         "knn": knn,
-        "knn_k": list(spec.knn_k),
-        "knn_temperature": spec.knn_temperature,
+        "knn_k": list(settings.knn_k),
+        "knn_temperature": settings.knn_temperature,
         "linear": linear,
         "chance": 1 / max(1, num_classes),
         "baseline": baseline,
-        "label_fraction": spec.label_fraction,
+        "label_fraction": spec.data.label_fraction,
         "n_train": int(train_y.numel()),
         "n_eval": int(val_y.numel()),
         "num_classes": num_classes,
         "feature_dim": int(train_f.shape[1]),
         "seconds": round(time.perf_counter() - start, 2),
+        "spec": dump(spec),
+        "out": str(result_path(spec)),
     }
-    checkpoint.atomic_write_json(Path(spec.encoder).parent / "probe.json", result)
-    return result
+
+
+def result_path(spec: ProbeSpec) -> Path:
+    """--out, or probe-<eval split>[-<label fraction>].json beside the encoder: a second probe on other data
+    gets its own file. The eval split is named by its last two folders (cifar10-test)."""
+    if spec.out is not None:
+        return Path(spec.out)
+    _, val_dir = eval_splits(spec.data.path, spec.data.val)
+    parts = [p for p in Path(val_dir).resolve().parts[-2:] if p not in ("/", "")]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)) or "data"
+    if spec.data.label_fraction is not None:
+        name += f"-labels{spec.data.label_fraction:g}"
+    encoder = Path(spec.encoder)
+    return (encoder if encoder.is_dir() else encoder.parent) / f"probe-{name}.json"
+
+
+def finish(result: dict[str, Any]) -> None:
+    """After the result is printed: write it where result["out"] says. A default-named file that holds
+    another probe's result (other data or settings) is not overwritten: the result goes to the next free
+    name. A file that cannot be written is a warning; the scores were printed."""
+    if not result:
+        return
+    path = Path(result["out"])
+    previous = _read_json(path)
+    if previous is not None and previous.get("spec") != result["spec"]:
+        if result["spec"].get("out") is None:  # a default name: keep the other probe's file
+            stem, n = path.stem, 2
+            while path.exists():
+                path, n = path.with_name(f"{stem}-{n}.json"), n + 1
+        else:
+            console.warn(f"{path} held another probe's result; replaced as --out asks")
+    try:
+        atomic_write_json(path, {**result, "out": str(path)})
+    except OSError as exc:
+        console.warn(f"the result could not be written to {path} ({exc.strerror or exc}); the scores above are "
+                     "all there is: rerun with --out FILE in a folder you can write")
+        return
+    console.info(f"result written to {path}")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _scores(spec: ProbeSpec, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor,
             val_y: torch.Tensor, num_classes: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Weighted kNN at every k and the linear probe on one set of features."""
-    knn = knn_evaluate(train_f, train_y, val_f, val_y, num_classes, ks=spec.knn_k, temperature=spec.knn_temperature)
-    linear = linear_probe(train_f, train_y, val_f, val_y, num_classes, weight_decays=spec.linear_weight_decays,
-                          seed=spec.seed)
+    settings = spec.probe
+    knn = knn_evaluate(train_f, train_y, val_f, val_y, num_classes, ks=settings.knn_k,
+                       temperature=settings.knn_temperature)
+    linear = linear_probe(train_f, train_y, val_f, val_y, num_classes, weight_decays=settings.linear_weight_decays,
+                          seed=settings.seed)
     return knn, {"top1": linear["top1"], "top5": linear["top5"], "weight_decay": linear["weight_decay"]}
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from sslcli import checkpoint, console, data, online_knn, report
+from sslcli.device import resolve_device
 from sslcli.errors import UsageError
 from sslcli.spec import PretrainSpec, ReportSpec
-from sslcli.train import resolve_device
 
 
 def run(spec: ReportSpec) -> dict[str, Any]:

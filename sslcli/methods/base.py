@@ -93,6 +93,18 @@ class MethodDefaults(Staging, MomentumTargets):
     fixed_lr_modules: ClassVar[tuple[str, ...]] = ()
     encoder: nn.Module
 
+    cfg: MethodConfigBase
+
+    def views(self, augment: ViewConfig) -> list[ViewConfig]:
+        """The method's views, as its config describes them (config_base.py)."""
+        return self.cfg.views(augment)
+
+    def project_views(self, views: list[Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The two views through the encoder in one pass (batch norm sees the 2N batch, as the papers'
+        implementations) and through the projector: (features h [2N, D], (z1, z2))."""
+        h = self.encoder(torch.cat(views[:2]))
+        return h, self.projector(h).chunk(2)
+
     def cancel_gradients(self, step: int) -> None:
         pass
 

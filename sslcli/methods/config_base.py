@@ -51,6 +51,12 @@ class MethodConfigBase(BaseModel):
     # Settings that make the method test-sized (small heads, few prototypes): the contract tests build every
     # discovered method with them, so a new method is tested without editing the tests.
     tiny: ClassVar[dict[str, Any]] = {}
+    num_views: ClassVar[int] = 2  # views drawn per image, each with the spec's augmentation
+
+    def views(self, augment: ViewConfig) -> list[ViewConfig]:
+        """The augmentation recipe of each view, from the spec's augment section: num_views alike by default;
+        the mixins below give BYOL's asymmetric views and multi-crop's local views."""
+        return [augment] * self.num_views
 
     def untrained_epochs(self) -> int:
         """The epochs at the start of a run that train nothing with these settings (memory_pass_epochs, or a
@@ -77,7 +83,7 @@ class AsymmetricViews(BaseModel):
     view_solarize_p: tuple[float, float] = Field((0.0, 0.2), description="solarize odds of view 1 / view 2 "
                                                  "(BYOL: 0 / 0.2)")
 
-    def asymmetric(self, augment: ViewConfig) -> list[ViewConfig]:
+    def views(self, augment: ViewConfig) -> list[ViewConfig]:
         """The two views: the spec's augmentation with each view's blur and solarize odds."""
         return asymmetric_views(augment, self.view_blur_p, self.view_solarize_p)
 
@@ -101,10 +107,16 @@ class MultiCrop(BaseModel):
             return max(8, round(image_size * 3 / 7))
         return patch * max(1, round(image_size * 3 / 7 / patch))
 
-    def with_local_crops(self, global_views: list[ViewConfig], side: int,
-                         local_blur_p: float | None = None) -> list[ViewConfig]:
-        """The global views, then num_local_crops local ones of `side` px (views.multi_crop)."""
-        return multi_crop(global_views, self.num_local_crops, side, self.local_crop_scale, local_blur_p=local_blur_p)
+    def with_local_crops(self, global_views: list[ViewConfig], side: int) -> list[ViewConfig]:
+        """The global views, then num_local_crops local ones of `side` px (views.multi_crop), blurred with
+        local_blur_p where the method has one (DINO)."""
+        return multi_crop(global_views, self.num_local_crops, side, self.local_crop_scale,
+                          local_blur_p=getattr(self, "local_blur_p", None))
+
+    def views(self, augment: ViewConfig) -> list[ViewConfig]:
+        """The global views of the classes after this one in the method's bases (two alike, or BYOL's
+        asymmetric pair), then the local crops."""
+        return self.with_local_crops(super().views(augment), self.local_side(augment.size))  # type: ignore[misc]
 
 
 class MemoryBankContrast(MethodConfigBase):

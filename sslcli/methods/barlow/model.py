@@ -5,7 +5,6 @@ Zbontar et al. 2021, https://arxiv.org/abs/2103.03230
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from sslcli import distributed
@@ -13,7 +12,6 @@ from sslcli.heads import mlp
 from sslcli.losses import barlow_twins
 from sslcli.methods.barlow.config import BarlowConfig
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
-from sslcli.views import ViewConfig
 
 
 class Barlow(MethodDefaults, nn.Module):
@@ -26,12 +24,8 @@ class Barlow(MethodDefaults, nn.Module):
         self.encoder = encoder
         self.projector = mlp(feature_dim, cfg.proj_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
 
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return self.cfg.asymmetric(augment)
-
     def forward(self, views: list[Tensor], step: int) -> StepOut:
-        h = self.encoder(torch.cat(views[:2]))
-        z1, z2 = self.projector(h).chunk(2)
+        h, (z1, z2) = self.project_views(views)
         # Under torchrun the cross-correlation (and its batch normalisation) covers the global batch.
         loss = self.cfg.scale_loss * barlow_twins(distributed.gather(z1), distributed.gather(z2), self.cfg.lambd)
         return StepOut(loss=loss, logs={"loss": loss.detach()},

@@ -13,7 +13,6 @@ from sslcli.losses import negative_cosine
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.byol.config import BYOLConfig
 from sslcli.methods.pretext import add_rotation_loss, s4l_rotation
-from sslcli.views import ViewConfig
 
 
 class BYOL(MethodDefaults, nn.Module):
@@ -29,9 +28,6 @@ class BYOL(MethodDefaults, nn.Module):
         self.rotation = s4l_rotation(feature_dim, cfg.rotation_weight)  # S4L, off by default
         self.add_momentum_targets({"target_encoder": "encoder", "target_projector": "projector"}, cfg.momentum,
                                   cfg.final_momentum, budget.total_steps)
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return self.cfg.asymmetric(augment)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x = torch.cat(views[:2])

@@ -15,6 +15,7 @@ class CMCConfig(MemoryBankContrast):
     paper: ClassVar[str] = "https://arxiv.org/abs/1906.05849"
     summary: ClassVar[str] = ("contrastive multiview: an L encoder and an ab encoder of Lab colour contrasted, "
                               "memory banks and NCE or in-batch negatives (Tian et al. 2019)")
+    num_views: ClassVar[int] = 1
     model: ClassVar[str] = "CMC"
     tiny: ClassVar[dict[str, Any]] = {"embedding_dim": 16, "num_negatives": 8}
     encoder_input: ClassVar[str] = ("CMC's L encoder: trained on grey images (the neutral grey of each pixel's Lab "

@@ -18,7 +18,6 @@ from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.cmc.config import CMCConfig
 from sslcli.methods.memory_bank import MemoryBank, bank_loss
 from sslcli.methods.spatial import Pixels
-from sslcli.views import ViewConfig
 
 # The official code's normalisation of the ab channels (train_CMC.py): the centre and half-range of a and b
 # over sRGB, so each lands in about [-1, 1].
@@ -82,9 +81,6 @@ class CMC(MethodDefaults, nn.Module):
         if cfg.negatives == "bank":
             self.bank_l = MemoryBank(budget.num_images, cfg.embedding_dim, cfg.bank_momentum, "cmc")
             self.bank_ab = MemoryBank(budget.num_images, cfg.embedding_dim, cfg.bank_momentum, "cmc")
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return [augment]
 
     def draw(self, n: int, device: torch.device) -> tuple[Tensor | None]:
         """The negatives' draws [n, K] (MemoryBank.draw; None: every entry), the same for both banks, as the

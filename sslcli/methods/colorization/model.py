@@ -15,7 +15,6 @@ from sslcli.losses import rebalanced_soft_ce
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.colorization.config import ColorizationConfig
 from sslcli.methods.spatial import Pixels, UpsamplingDecoder, feature_map, output_stride, require_convnet
-from sslcli.views import ViewConfig
 
 
 class Colorization(MethodDefaults, nn.Module):
@@ -49,9 +48,6 @@ class Colorization(MethodDefaults, nn.Module):
         self.register_buffer("prior_batches", torch.zeros(()))
         upscale = max(1, output_stride(encoder) // cfg.target_stride)
         self.decoder = UpsamplingDecoder(feature_dim, cfg.decoder_dim, len(bins), upscale)
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return [augment]
 
     def encoder_input(self, lab: Tensor) -> Tensor:
         """The grey image of the lightness, normalised like any view: what the encoder sees."""

@@ -15,6 +15,7 @@ class CPCConfig(MethodConfigBase):
                               "predicts the patches further down, InfoNCE against every patch of the batch "
                               "(CPC v2, Henaff et al. 2019)")
     family: ClassVar[str] = "contrastive"
+    num_views: ClassVar[int] = 1  # colour is augmented per patch in forward
     model: ClassVar[str] = "CPC"
     tiny: ClassVar[dict[str, Any]] = {"context_blocks": 1, "context_dim": 16, "target_dim": 16}
     encoder_input: ClassVar[str] = ("trained on patches: a grid_size x grid_size grid of half-overlapping patches of "

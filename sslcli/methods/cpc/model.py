@@ -32,7 +32,6 @@ from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.cpc.config import CPCConfig
 from sslcli.methods.pretext import drop_colors, size_multiple
 from sslcli.methods.spatial import Pixels
-from sslcli.views import ViewConfig
 
 # Quarter turns of the feature grid per direction: each direction's context network reads its rotated grid
 # top to bottom. 0: top-down (CPC v1), 2: bottom-up, 1 and 3: the two horizontal directions (CPC v2).
@@ -165,10 +164,6 @@ class CPC(MethodDefaults, nn.Module):
         self.target = nn.Linear(feature_dim, cfg.target_dim, bias=False) if cfg.target_dim else None
         self.heads = nn.ModuleList(Direction(feature_dim, cfg.context_dim, cfg.context_blocks, len(self.offsets),
                                              target_dim) for _ in TURNS[cfg.directions])
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        # One view; by the spec defaults a crop and a flip: colour is augmented per patch in forward.
-        return [augment]
 
     def draw(self, n: int, patches: int, side: int, device: torch.device) -> tuple:
         """Per-patch augmentation parameters for n images of `patches` patches (None for an op that is off):

@@ -19,7 +19,6 @@ from sslcli.heads import mlp
 from sslcli.losses import deepcluster_v2, kmeans_init, spherical_kmeans
 from sslcli.methods.base import Budget, MethodDefaults, StepOut, views_by_size
 from sslcli.methods.deepcluster.config import DeepClusterConfig
-from sslcli.views import ViewConfig
 
 
 class DeepClusterV2(MethodDefaults, nn.Module):
@@ -77,9 +76,6 @@ class DeepClusterV2(MethodDefaults, nn.Module):
         self.register_buffer("memory", torch.zeros(2, n, cfg.proj_out_dim))
         self.register_buffer("filled", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("assignments", torch.full((len(cfg.num_prototypes), n), -1, dtype=torch.long))
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return self.cfg.with_local_crops([augment, augment], self.cfg.local_side(augment.size))
 
     def forward(self, views: list[Tensor], step: int, indices: Tensor | None = None) -> StepOut:
         if indices is None:

@@ -13,7 +13,7 @@ from sslcli.methods.config_base import (
 )
 
 
-class DINOConfig(AsymmetricViews, MultiCrop, MethodConfigBase):
+class DINOConfig(MultiCrop, AsymmetricViews, MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/2104.14294"
     summary: ClassVar[str] = "self-distillation: EMA teacher, centering, sharpening, multi-crop (Caron et al. 2021)"
     family: ClassVar[str] = "distillation"

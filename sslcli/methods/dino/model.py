@@ -23,7 +23,6 @@ from sslcli.methods.base import (
     views_by_size,
 )
 from sslcli.methods.dino.config import DINOConfig
-from sslcli.views import ViewConfig
 
 
 class DINO(MethodDefaults, nn.Module):
@@ -43,10 +42,6 @@ class DINO(MethodDefaults, nn.Module):
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         self.teacher_temperature = teacher_temperatures(cfg, budget)
         self.freeze_steps = budget.epochs_to_steps(cfg.freeze_last_layer_epochs)
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return self.cfg.with_local_crops(self.cfg.asymmetric(augment), self.cfg.local_side(augment.size),
-                                         local_blur_p=self.cfg.local_blur_p)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         groups = views_by_size(views)

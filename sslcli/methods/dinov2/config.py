@@ -14,7 +14,7 @@ from sslcli.methods.config_base import (
 )
 
 
-class DINOv2Config(AsymmetricViews, MultiCrop, MethodConfigBase):
+class DINOv2Config(MultiCrop, AsymmetricViews, MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/2304.07193"
     summary: ClassVar[str] = ("self-distillation on a ViT: DINO class-token + iBOT masked-patch losses, Sinkhorn-Knopp "
                               "teacher, KoLeo (Oquab et al. 2023)")

@@ -23,6 +23,7 @@ from sslcli.methods.base import (
     teacher_temperatures,
     views_by_size,
 )
+from sslcli.methods.config_base import AsymmetricViews
 from sslcli.methods.dinov2.config import DINOv2Config
 from sslcli.views import ViewConfig
 
@@ -138,7 +139,7 @@ class DINOv2(MethodDefaults, nn.Module):
                 if side % patch:
                     raise UsageError(f"dinov2: {name} {side} px is not a multiple of the ViT's {patch} px patches; "
                                      f"set {name} to a multiple of {patch}")
-        return self.cfg.with_local_crops(self.cfg.asymmetric(augment), size, local_blur_p=self.cfg.local_blur_p)
+        return self.cfg.with_local_crops(AsymmetricViews.views(self.cfg, augment), size)
 
     def draw_masks(self, images: int, height: int, width: int, device: torch.device) -> tuple[Tensor, int]:
         """Masks [images, 2, height, width] of both global crops of every image, and the most patches they mask

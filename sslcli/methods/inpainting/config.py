@@ -14,6 +14,7 @@ class InpaintingConfig(MethodConfigBase):
     summary: ClassVar[str] = ("pretext: rebuild a masked region from its context, weighted L2 (+ optional "
                               "adversarial term) (Pathak et al. 2016)")
     family: ClassVar[str] = "pretext"
+    num_views: ClassVar[int] = 1
     model: ClassVar[str] = "Inpainting"
     encoder_kind: ClassVar[str] = "convnet"
     tiny: ClassVar[dict[str, Any]] = {"decoder_dim": 16}

@@ -13,7 +13,6 @@ from sslcli.losses import weighted_masked_l2
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.inpainting.config import InpaintingConfig
 from sslcli.methods.spatial import UpsamplingDecoder, feature_map, output_stride, require_convnet
-from sslcli.views import ViewConfig
 
 
 def default_overlap(side: int) -> int:
@@ -113,9 +112,6 @@ class Inpainting(MethodDefaults, nn.Module):
         self.encoder = encoder
         self.decoder = UpsamplingDecoder(feature_dim, cfg.decoder_dim, 3, output_stride(encoder))
         self.discriminator = Discriminator(cfg.discriminator_dim) if cfg.adversarial_weight > 0 else None
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return [augment]
 
     def hole(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape

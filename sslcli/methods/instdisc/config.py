@@ -15,6 +15,7 @@ class InstDiscConfig(MemoryBankContrast):
     paper: ClassVar[str] = "https://arxiv.org/abs/1805.01978"
     summary: ClassVar[str] = ("contrastive: each image its own class, a memory bank of 128-d embeddings, NCE "
                               "against 4096 drawn entries (Wu et al. 2018)")
+    num_views: ClassVar[int] = 1
     model: ClassVar[str] = "InstDisc"
     tiny: ClassVar[dict[str, Any]] = {"embedding_dim": 16, "num_negatives": 8}
     sync_bn: ClassVar[bool] = False  # lemniscate trains with DataParallel: BN statistics per GPU

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.instdisc.config import InstDiscConfig
 from sslcli.methods.memory_bank import MemoryBank, bank_loss
-from sslcli.views import ViewConfig
 
 
 class InstDisc(MethodDefaults, nn.Module):
@@ -41,9 +40,6 @@ class InstDisc(MethodDefaults, nn.Module):
         self.head = nn.Linear(feature_dim, cfg.embedding_dim)
         self.bank = MemoryBank(budget.num_images, cfg.embedding_dim, cfg.bank_momentum, "instdisc")
         self.fill_steps = budget.epochs_to_steps(cfg.bank_fill_epochs)
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return [augment]
 
     def draw(self, n: int, device: torch.device) -> tuple[Tensor | None]:
         """The negatives' draws [n, K] (MemoryBank.draw; None: every entry), from torch's generator of the device."""

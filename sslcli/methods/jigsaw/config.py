@@ -13,6 +13,7 @@ class JigsawConfig(MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/1603.09246"
     summary: ClassVar[str] = "pretext: reorder 9 shuffled tiles, classify which of N permutations (Noroozi & Favaro 2016)"
     family: ClassVar[str] = "pretext"
+    num_views: ClassVar[int] = 1  # a crop and a flip: the tiles carry the task
     model: ClassVar[str] = "Jigsaw"
     tiny: ClassVar[dict[str, Any]] = {"num_permutations": 10, "tile_dim": 16, "hidden_dim": 32}
     name: Literal["jigsaw"] = "jigsaw"

@@ -21,7 +21,6 @@ from sslcli.methods.pretext import (
     patch_side,
     size_multiple,
 )
-from sslcli.views import ViewConfig
 
 GRID = 3
 NUM_TILES = GRID * GRID
@@ -101,10 +100,6 @@ class Jigsaw(MethodDefaults, nn.Module):
         self.tile_layer = nn.Sequential(nn.Linear(feature_dim, cfg.tile_dim, bias=False),
                                         nn.BatchNorm1d(cfg.tile_dim), nn.ReLU())
         self.classifier = mlp(NUM_TILES * cfg.tile_dim, cfg.hidden_dim, cfg.num_permutations)
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        # One view: the spec defaults make it a crop and a flip, no colour changes (the tiles carry the task).
-        return [augment]
 
     def draw(self, n: int, max_offset: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The random gaps [n,9,2] in [0, max_offset] and permutation indices [n]: drawn on the device with

@@ -13,6 +13,7 @@ class MAEConfig(MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/2111.06377"
     summary: ClassVar[str] = "masked image modelling: ViT encodes 25 % of patches, decoder rebuilds pixels (He et al. 2021)"
     family: ClassVar[str] = "masked"
+    num_views: ClassVar[int] = 1
     model: ClassVar[str] = "MAE"
     encoder_kind: ClassVar[str] = "vit"
     tiny: ClassVar[dict[str, Any]] = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}

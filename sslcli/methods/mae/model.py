@@ -14,7 +14,6 @@ from sslcli.errors import UsageError
 from sslcli.losses import masked_mse
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.mae.config import MAEConfig
-from sslcli.views import ViewConfig
 
 
 class MAE(MethodDefaults, nn.Module):
@@ -42,9 +41,6 @@ class MAE(MethodDefaults, nn.Module):
                                        for _ in range(cfg.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
         self.decoder_pred = nn.Linear(cfg.decoder_dim, self.patch * self.patch * 3)
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return [augment]
 
     def patchify(self, x: Tensor) -> Tensor:
         """[B,3,H,W] -> [B, L, p*p*3], patches in row-major order, pixels (p, q, c) as in the official code."""

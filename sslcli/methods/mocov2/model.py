@@ -16,7 +16,6 @@ from sslcli.losses import info_nce
 from sslcli.methods.base import Budget, MethodDefaults, StepOut, enqueue
 from sslcli.methods.mocov2.config import MoCoV2Config
 from sslcli.methods.pretext import add_rotation_loss, s4l_rotation
-from sslcli.views import ViewConfig
 
 
 class MoCoV2(MethodDefaults, nn.Module):
@@ -46,9 +45,6 @@ class MoCoV2(MethodDefaults, nn.Module):
                                   cfg.final_momentum, budget.total_steps)
         self.register_buffer("queue", nn.functional.normalize(torch.randn(cfg.queue_size, cfg.proj_out_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return [augment, augment]
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x1, x2 = views

@@ -13,7 +13,6 @@ from sslcli.heads import mlp
 from sslcli.losses import info_nce
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.mocov3.config import MoCoV3Config
-from sslcli.views import ViewConfig
 
 
 class MoCoV3(MethodDefaults, nn.Module):
@@ -34,9 +33,6 @@ class MoCoV3(MethodDefaults, nn.Module):
         self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, num_layers=2)
         self.add_momentum_targets({"momentum_encoder": "encoder", "momentum_projector": "projector"}, cfg.momentum,
                                   cfg.final_momentum, budget.total_steps)
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return self.cfg.asymmetric(augment)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x = torch.cat(views[:2])

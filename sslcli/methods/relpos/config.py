@@ -13,6 +13,7 @@ class RelPosConfig(MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/1505.05192"
     summary: ClassVar[str] = "pretext: where is the second patch, which of the centre's 8 neighbours (Doersch et al. 2015)"
     family: ClassVar[str] = "pretext"
+    num_views: ClassVar[int] = 1  # the paper only rescales the image
     model: ClassVar[str] = "RelPos"
     tiny: ClassVar[dict[str, Any]] = {"patch_dim": 16, "hidden_dim": 32}
     name: Literal["relpos"] = "relpos"

@@ -22,7 +22,6 @@ from sslcli.methods.pretext import (
     size_multiple,
 )
 from sslcli.methods.relpos.config import RelPosConfig
-from sslcli.views import ViewConfig
 
 GRID = 3
 # The 8 neighbours of the centre cell as (row, column) offsets, in the row-major order of the paper's
@@ -69,11 +68,6 @@ class RelPos(MethodDefaults, nn.Module):
         if key not in self._tables:
             self._tables[key] = resampling_table(patch, device)
         return self._tables[key]
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        # One view: the paper only rescales the image before sampling; spec defaults give a mild crop
-        # and a flip with no colour changes (the patches' colours are handled by colour dropping).
-        return [augment]
 
     def draw(self, n: int, shift: int, shape: tuple[int, int], device: torch.device
              ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:

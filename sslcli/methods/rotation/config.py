@@ -13,6 +13,7 @@ class RotationConfig(MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/1803.07728"
     summary: ClassVar[str] = "pretext: predict which of 0/90/180/270 degrees each image was rotated by (Gidaris et al. 2018)"
     family: ClassVar[str] = "pretext"
+    num_views: ClassVar[int] = 1  # rotated four ways in forward
     model: ClassVar[str] = "Rotation"
     tiny: ClassVar[dict[str, Any]] = {}
     name: Literal["rotation"] = "rotation"

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.pretext import RotationPretext
 from sslcli.methods.rotation.config import RotationConfig
-from sslcli.views import ViewConfig
 
 
 class Rotation(MethodDefaults, nn.Module):
@@ -23,11 +22,6 @@ class Rotation(MethodDefaults, nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         self.rotation = RotationPretext(feature_dim, cfg.head_hidden_dim)
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        # One view. The paper augments with a random crop and a horizontal flip only (spec defaults: no
-        # colour jitter, grayscale or blur); the four rotations are made on the device in forward.
-        return [augment]
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x = views[0]

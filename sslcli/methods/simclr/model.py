@@ -14,7 +14,6 @@ from sslcli.losses import invariant_spread, nt_xent
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.pretext import add_rotation_loss, s4l_rotation
 from sslcli.methods.simclr.config import SimCLRConfig
-from sslcli.views import ViewConfig
 
 
 class SimCLR(MethodDefaults, nn.Module):
@@ -37,14 +36,9 @@ class SimCLR(MethodDefaults, nn.Module):
         self.projector = self.projector_layout.build()
         self.rotation = s4l_rotation(feature_dim, cfg.rotation_weight)  # S4L, off by default
 
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return [augment, augment]
-
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         x1, x2 = views
-        # One encoder pass over both views: BN sees the 2N batch, as in the paper's implementation.
-        h = self.encoder(torch.cat([x1, x2]))
-        z1, z2 = self.projector(h).chunk(2)
+        h, (z1, z2) = self.project_views(views)
         # Under torchrun the negatives are the global batch's, with gradients reaching every rank.
         z1_all, z2_all = distributed.gather(z1), distributed.gather(z2)
         if self.cfg.loss == "invariant_spread":

@@ -12,7 +12,6 @@ from sslcli.heads import mlp
 from sslcli.losses import negative_cosine
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.simsiam.config import SimSiamConfig
-from sslcli.views import ViewConfig
 
 
 class SimSiam(MethodDefaults, nn.Module):
@@ -27,12 +26,8 @@ class SimSiam(MethodDefaults, nn.Module):
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim, num_layers=2)
         self.fixed_lr_modules = ("predictor",) if cfg.fixed_predictor_lr else ()
 
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return [augment, augment]
-
     def forward(self, views: list[Tensor], step: int) -> StepOut:
-        h = self.encoder(torch.cat(views[:2]))
-        z1, z2 = self.projector(h).chunk(2)
+        h, (z1, z2) = self.project_views(views)
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
         loss = negative_cosine(p1, z2.detach()) / 2 + negative_cosine(p2, z1.detach()) / 2
         # The std of the normalised z (the paper's collapse indicator, fig. 2) is among the monitors.

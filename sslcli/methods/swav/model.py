@@ -15,7 +15,6 @@ from sslcli.heads import NormalizedLinear, mlp
 from sslcli.losses import sinkhorn, swapped_prediction
 from sslcli.methods.base import Budget, MethodDefaults, StepOut, enqueue, views_by_size
 from sslcli.methods.swav.config import SwAVConfig
-from sslcli.views import ViewConfig
 
 
 class SwAV(MethodDefaults, nn.Module):
@@ -38,9 +37,6 @@ class SwAV(MethodDefaults, nn.Module):
         if cfg.queue_length:
             self.register_buffer("queue", torch.zeros(2, cfg.queue_length, cfg.proj_out_dim))
             self.register_buffer("queue_ptr", torch.zeros(2, dtype=torch.long))
-
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return self.cfg.with_local_crops([augment, augment], self.cfg.local_side(augment.size))
 
     def queue_ready(self, step: int) -> bool:
         """The queue joins Sinkhorn once it has been filled entirely (a function of the step, so no host sync)."""

@@ -5,7 +5,6 @@ Bardes, Ponce, LeCun 2022, https://arxiv.org/abs/2105.04906
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from sslcli import distributed
@@ -13,7 +12,6 @@ from sslcli.heads import mlp
 from sslcli.losses import vicreg_terms
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.vicreg.config import VICRegConfig
-from sslcli.views import ViewConfig
 
 
 class VICReg(MethodDefaults, nn.Module):
@@ -26,12 +24,8 @@ class VICReg(MethodDefaults, nn.Module):
         self.encoder = encoder
         self.projector = mlp(feature_dim, cfg.proj_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
 
-    def views(self, augment: ViewConfig) -> list[ViewConfig]:
-        return self.cfg.asymmetric(augment)
-
     def forward(self, views: list[Tensor], step: int) -> StepOut:
-        h = self.encoder(torch.cat(views[:2]))
-        z1, z2 = self.projector(h).chunk(2)
+        h, (z1, z2) = self.project_views(views)
         # Under torchrun variance and covariance are the global batch's, as in the official code.
         invariance, variance, covariance = vicreg_terms(distributed.gather(z1), distributed.gather(z2))
         loss = self.cfg.sim_weight * invariance + self.cfg.var_weight * variance + self.cfg.cov_weight * covariance

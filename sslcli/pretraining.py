@@ -1,0 +1,206 @@
+"""What a pretraining run is built from: its data, its model (encoder + method + augmentation), its optimizer
+and lr schedule, and the step function train.fit calls. `sslcli pretrain` (commands/pretrain.py) puts them
+together with a run folder, checkpoints and the online evaluations; budget.py builds them for its calibration.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslcli import console, data, distributed, monitors, semi_supervised
+from sslcli.augment import Augmenter
+from sslcli.encoders import EncoderInfo, build_encoder
+from sslcli.methods import CONFIGS, method_class
+from sslcli.methods.base import Budget, Method
+from sslcli.resume import init_from
+from sslcli.schedules import warmup_cosine
+from sslcli.spec import OptimConfig, PretrainSpec
+from sslcli.step import StepOut
+from sslcli.train import Batches, LoopConfig, Step
+from sslcli.training_data import semi_supervised_labels, training_batches, training_images
+
+
+@dataclass
+class TrainingData:
+    images: data.ImageSet
+    batches: Batches
+    steps_per_epoch: int
+    policy: data.BadImagePolicy
+    labels: torch.Tensor | None = None  # data.label_fraction: each image's class, -1 when unlabeled
+
+    @property
+    def num_classes(self) -> int | None:
+        """The supervised head's classes in a semi-supervised run, else None."""
+        return len(self.images.classes) if self.labels is not None else None
+
+    @property
+    def trained_images(self) -> int:
+        """The images that train: those found less the unreadable ones skipped so far (all of them once decoded)."""
+        return len(self.images) - self.policy.count
+
+
+@dataclass
+class Model:
+    method: Method
+    info: EncoderInfo
+    augment: Augmenter
+    generator: torch.Generator
+    sync_bn: bool
+    # The augmentation generators' states before each batch augmented but not yet trained (at most one:
+    # the batch prepared ahead with train.prefetch on CUDA), oldest first.
+    ahead: collections.deque = field(default_factory=collections.deque)
+
+
+def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
+    images = training_images(spec)
+    policy = data.BadImagePolicy(spec.data.on_bad_image)
+    policy.hold()  # bad-image warnings wait until the run goes ahead (announce): a refused run prints none
+    labels = semi_supervised_labels(spec, images)
+    batches, steps_per_epoch = training_batches(spec, images, policy, device, labels,
+                                                with_indices=CONFIGS[spec.method.name].uses_indices)
+    return TrainingData(images, batches, steps_per_epoch, policy, labels)
+
+
+def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) -> LoopConfig:
+    return LoopConfig.from_spec(spec.train, spec.optim.clip_grad, steps_per_epoch, device,
+                                f"{spec.method.name} {spec.encoder.name}")
+
+
+def build_model(spec: PretrainSpec, loop: LoopConfig, device: torch.device, num_classes: int | None = None,
+                num_images: int = 0) -> Model:
+    """The encoder (optionally --init-from), the method around it, and the augmentation drawing its views;
+    with num_classes (data.label_fraction) the method also holds S4L's supervised head. num_images sizes
+    the memory bank of a method that keeps one (uses_indices)."""
+    encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
+                                  spec.encoder.kwargs)
+    if spec.init_from is not None:
+        init_from(encoder, info, spec.init_from)
+    method = method_class(spec.method.name)(spec.method, encoder, info.feature_dim,
+                                            Budget(loop.total_steps, loop.steps_per_epoch, num_images))
+    if num_classes is not None:
+        semi_supervised.attach_head(method, info.feature_dim, num_classes)
+    sync_bn = spec.train.sync_bn if spec.train.sync_bn is not None else CONFIGS[spec.method.name].sync_bn
+    if distributed.is_distributed() and sync_bn:
+        method = distributed.sync_batchnorm(method, device)
+    # On the device before the optimizer exists, so a restored optimizer state lands there too.
+    method.to(device=device, memory_format=torch.channels_last if loop.channels_last else torch.contiguous_format)
+    if distributed.rank():  # other ranks draw their own augmentations and masks
+        torch.manual_seed(distributed.seed_for_rank(spec.train.seed))
+    generator = torch.Generator(device=device).manual_seed(distributed.seed_for_rank(spec.train.seed))
+    augment = Augmenter(method.views(spec.augment), info.mean, info.std, generator)
+    return Model(method, info, augment, generator, sync_bn)
+
+
+def param_groups(model: nn.Module, weight_decay: float, fixed_lr_modules: tuple[str, ...] = ()) -> list[dict]:
+    """timm's weight-decay split, done here so it sees the whole method: biases, norm parameters and the
+    names any submodule lists in no_weight_decay() (a ViT's pos_embed and cls_token) get no decay, and so
+    no LARS adaptation. Parameters under fixed_lr_modules are tagged to keep the peak lr (SimSiam)."""
+    exempt: set[str] = set()
+    for prefix, module in model.named_modules():
+        names = getattr(module, "no_weight_decay", None)
+        if callable(names):
+            exempt |= {f"{prefix}.{n}" if prefix else n for n in names()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim <= 1 or name.endswith(".bias") or name in exempt)
+        fixed = any(name.startswith(m + ".") for m in fixed_lr_modules)
+        groups.setdefault((decay, fixed), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "fixed_lr": fixed}
+            for (decay, fixed), params in groups.items()]
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float,
+                    fixed_lr_modules: tuple[str, ...] = ()) -> torch.optim.Optimizer:
+    """timm's optimizers (LARS, SGD, AdamW, LAMB) over param_groups(model), as the spec's optim section says."""
+    from timm.optim import create_optimizer_v2
+
+    kwargs: dict[str, Any] = {}
+    if optim.name == "lars":
+        kwargs["trust_coeff"] = optim.trust_coeff
+    if optim.name in ("lars", "sgd"):
+        kwargs["momentum"] = optim.momentum
+    if optim.name in ("adamw", "lamb") and optim.betas is not None:
+        kwargs["betas"] = tuple(optim.betas)
+    groups = param_groups(model, optim.weight_decay, fixed_lr_modules)
+    return create_optimizer_v2(groups, opt=optim.name, lr=lr, weight_decay=optim.weight_decay, **kwargs)
+
+
+def optimizer_and_schedule(spec: PretrainSpec, method: Method,
+                           loop: LoopConfig) -> tuple[torch.optim.Optimizer, torch.Tensor]:
+    """The optimizer at lr = base_lr x batch / 256 and its per-step warm-up + cosine schedule."""
+    lr = spec.scaled_lr()
+    optimizer = build_optimizer(method, spec.optim, lr, method.fixed_lr_modules)
+    warmup_steps = round(spec.optim.warmup_epochs * loop.steps_per_epoch)
+    return optimizer, warmup_cosine(lr, loop.total_steps, warmup_steps, final=lr * spec.optim.min_lr_ratio)
+
+
+def augment_states(model: Model) -> dict[str, torch.Tensor]:
+    return {"augment": model.generator.get_state(), "augment_order": model.augment.order_generator.get_state()}
+
+
+def rng_states(model: Model, device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators a checkpoint must hold for an exact resume: the augmentation's as they were before the
+    next batch to train was augmented (with train.prefetch on CUDA that batch is already augmented)."""
+    rng = dict(model.ahead[0]) if model.ahead else augment_states(model)
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: torch.device,
+                  optimizer: torch.optim.Optimizer, lr_schedule: torch.Tensor) -> Step:
+    """views (prepared ahead of the step with train.prefetch on CUDA) -> method forward, plus the label-free
+    monitors on the steps that are logged."""
+    method = model.method
+    memory_format = torch.channels_last if loop.channels_last else torch.contiguous_format
+    parallel = distributed.wrap(method, device)  # DDP under torchrun, the method itself otherwise
+    forward = torch.compile(parallel) if spec.train.compile else parallel
+
+    def prepare(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]):
+        x, labels, indices = batch if isinstance(batch, tuple) else (batch, None, None)
+        model.ahead.append(augment_states(model))  # what a checkpoint taken before this batch trains holds
+        views = [v.contiguous(memory_format=memory_format) for v in model.augment(x)]
+        return views, labels, indices
+
+    def loss(prepared: tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None], step: int) -> StepOut:
+        views, labels, indices = prepared
+        model.ahead.popleft()
+        out = forward(views, step) if indices is None else forward(views, step, indices)
+        if labels is not None:  # data.label_fraction (S4L): the supervised term on the labeled images
+            out = semi_supervised.add_supervised_term(out, method, labels, spec.train.supervised_weight)
+        logged = (step + 1) % loop.log_every == 0 or step + 1 == loop.total_steps
+        if spec.monitor.embeddings and logged:
+            with torch.autocast(device.type, enabled=False):
+                for kind, views in out.embeddings.items():
+                    out.logs.update(monitors.measure(views, kind))
+        return out
+
+    return Step(model=method, loss=loss, optimizer=optimizer, lr_schedule=lr_schedule,
+                cancel_gradients=method.cancel_gradients, prepare=prepare)
+
+
+def short_run_warnings(spec: PretrainSpec, loop: LoopConfig) -> list[str]:
+    """What a run too short for its own settings should know before it starts."""
+    total, warmup = loop.total_steps, round(spec.optim.warmup_epochs * loop.steps_per_epoch)
+    lines = []
+    if warmup >= total:
+        lines.append(f"this run ({console.plural(total, 'step')}) is no longer than its warm-up ({warmup} steps: "
+                     f"optim.warmup_epochs {spec.optim.warmup_epochs:g} x {loop.steps_per_epoch} steps/epoch), so "
+                     "the learning rate never reaches its peak; train longer or lower optim.warmup_epochs")
+    untrained = spec.method.untrained_epochs() * loop.steps_per_epoch
+    if untrained and total <= untrained:
+        lines.append(f"{spec.method.name} spends its first {console.plural(untrained, 'step')} filling its memory "
+                     f"and trains from the next epoch on: this run ({console.plural(total, 'step')}) ends before, "
+                     "so its encoder stays at its initialisation; train for more epochs")
+    if total <= loop.log_every:
+        lines.append(f"this run ({console.plural(total, 'step')}) is no longer than train.log_every "
+                     f"({loop.log_every}): only its last step is logged and the curves will be single dots; "
+                     f"--set train.log_every={max(1, total // 20)} logs more")
+    return lines
