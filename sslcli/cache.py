@@ -107,7 +107,10 @@ def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, poli
            num_workers: int) -> dict:
     console.info(f"decode cache: decoding {len(paths)} images at {size} px into {array_path} "
                  "(once; later runs reuse it)")
-    fd, tmp = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.name}.", suffix=".tmp")
+    remove_stale_builds(array_path)
+    # The builder's PID in the name: a build killed outright (kill -9) leaves its file, which the next build
+    # of the same images recognises as stale; a build that is still running is left alone.
+    fd, tmp = tempfile.mkstemp(dir=array_path.parent, prefix=f".{array_path.name}.{os.getpid()}.", suffix=".tmp")
     os.fchmod(fd, 0o644)  # a shared cache folder: others may reuse it read-only
     os.close(fd)
     bad: list[tuple[int, str]] = []
@@ -133,6 +136,25 @@ def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, poli
     meta = {"version": CACHE_VERSION, "count": len(paths), "size": size, "bad": bad}
     atomic_write_json(meta_path, meta)  # written last: a cache is valid only once its JSON exists
     return meta
+
+
+def remove_stale_builds(array_path: Path) -> None:
+    """Delete the temporary arrays of earlier builds of this cache whose process is gone."""
+    for tmp in array_path.parent.glob(f".{array_path.name}.*.tmp"):
+        pid = tmp.name[len(array_path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            console.info(f"decode cache: removed {tmp.name}, left by a build that was killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:

@@ -158,6 +158,9 @@ def load_encoder(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
         if key in expected and value.dtype != expected[key].dtype:
             raise UsageError(f"{path}: tensor {key} is {value.dtype}, a {info.name} encoder holds "
                              f"{expected[key].dtype}; the file was altered or is not this encoder's")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UsageError(f"{path}: tensor {key} holds NaN or infinite values; these weights cannot give "
+                             "features (a run that diverged, or a damaged file)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -255,13 +258,16 @@ def newest_intact_state(folder: Path) -> Path | None:
     pointed = None
     with contextlib.suppress(OSError, ValueError, AttributeError):  # latest.json is a hint; the hashes decide
         pointed = json.loads((folder / "latest.json").read_text()).get("file")
+    skipped = []
     for path in reversed(complete_states(folder)):
         if state_is_intact(path):
+            for bad in skipped:  # said only where the run goes on from an older one (else the caller says why not)
+                console.warn(f"{bad} does not match its recorded sha256 (a torn or altered write); skipping it")
             if pointed and path.name != pointed:
                 console.warn(f"{folder / pointed} is missing or damaged; resuming from the previous good "
                              f"checkpoint {path.name}")
             return path
-        console.warn(f"{path} does not match its recorded sha256 (a torn or altered write); skipping it")
+        skipped.append(path)
     return None
 
 
@@ -378,14 +384,32 @@ class Checkpointer:
     trained_input: str | None = None  # the method's encoder_input, written into the encoder's metadata
 
     def save(self, epoch: int, step: int) -> None:
+        """The training state first, then the encoder: a write that fails half-way never leaves an encoder
+        newer than the newest intact checkpoint, and the error says which file holds which step."""
         try:
-            self._write(epoch, step)
+            self._write_state(epoch, step)
         except OSError as exc:
             raise RunError(f"could not write the checkpoint of step {step} to {self.run_dir} "
-                           f"({exc.strerror or exc}); the previous checkpoint is intact: free space, then run "
-                           "again with --resume auto") from None
+                           f"({exc.strerror or exc}); the previous checkpoint is intact, and so is encoder.safetensors, "
+                           "of the same step: free space, then run again with --resume auto") from None
+        try:
+            self._write_encoder(epoch, step)
+        except OSError as exc:
+            raise RunError(f"the checkpoint of step {step} was saved to {self.run_dir}, but encoder.safetensors "
+                           f"could not be written ({exc.strerror or exc}) and is still the previous save's: free "
+                           "space, then run again with --resume auto (it continues from step "
+                           f"{step} and writes the encoder again)") from None
 
-    def _write(self, epoch: int, step: int) -> None:
+    def _write_state(self, epoch: int, step: int) -> None:
+        extra = {"spec": self.spec, "fingerprint": self.fingerprint["hash"],
+                 "fingerprint_parts": self.fingerprint["parts"]}
+        if self.replans:
+            extra["replans"] = [list(r) for r in self.replans]
+        save_train_state(self.run_dir / "checkpoints", step=step, epoch=epoch, model=self.method,
+                         optimizer=self.optimizer, extra=extra, keep=self.keep, rng=self.rng(),
+                         scaler=self.scaler.state_dict() or None)
+
+    def _write_encoder(self, epoch: int, step: int) -> None:
         meta = encoder_metadata(self.info, method=self.method_name, epoch=epoch, step=step, spec=self.spec,
                                 trained_input=self.trained_input)
         projector = self.method.export_projector()
@@ -396,10 +420,3 @@ class Checkpointer:
             head, layout = projector
             save_projector(self.run_dir / PROJECTOR_FILE, head, layout, encoder_sha256=digest,
                            method=self.method_name, epoch=epoch, step=step)
-        extra = {"spec": self.spec, "fingerprint": self.fingerprint["hash"],
-                 "fingerprint_parts": self.fingerprint["parts"]}
-        if self.replans:
-            extra["replans"] = [list(r) for r in self.replans]
-        save_train_state(self.run_dir / "checkpoints", step=step, epoch=epoch, model=self.method,
-                         optimizer=self.optimizer, extra=extra, keep=self.keep, rng=self.rng(),
-                         scaler=self.scaler.state_dict() or None)

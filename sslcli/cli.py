@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import typer
 from typer.core import TyperCommand
 
 from sslcli import __version__, console
-from sslcli.errors import Interrupted, SslcliError
+from sslcli.errors import Interrupted, SslcliError, Terminated
 
 
 class Command(TyperCommand):
@@ -148,7 +151,9 @@ def pretrain(
     sets: list[str] = set_option("train.epochs=10"),
     resume: str = typer.Option(None, "--resume", help="auto (continue --out from its newest intact checkpoint, "
                                "or start it), a run folder, or a checkpoints/state-*.safetensors file"),
-    force: bool = typer.Option(False, "--force", help="resume even if the spec fingerprint differs"),
+    force: bool = typer.Option(False, "--force", help="resume although the spec changed (batch, seed, optimizer "
+                               "settings, augmentation: the new values take effect), or start over a run folder "
+                               "whose checkpoints are damaged"),
     init_from: Path = typer.Option(None, "--init-from", help="a new run starting from this encoder.safetensors"),
     on_nan: str = typer.Option(None, "--on-nan", help="stop (default) or skip steps with a non-finite loss"),
     val: Path = typer.Option(None, "--val", help="labeled eval split for the online kNN (default: DATA's val/ or test/)"),
@@ -326,17 +331,34 @@ def methods(json_out: bool = JsonOption, quiet: bool = QuietOption) -> None:
 _started = time.perf_counter()  # when the command started: --budget counts its loading of torch too
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM outside a training loop (which stops at a step boundary by itself): stop as Ctrl-C does, by an
+    exception, so what is half-written (a decode cache being built) is removed on the way out. A forked child
+    (a DataLoader worker) inherits the handler and ends as SIGTERM ends it by default."""
+    if os.getpid() != _main_pid:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise Terminated(f"stopped by {signal.Signals(signum).name}; nothing half-written was kept", signum)
+
+
+_main_pid = os.getpid()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every failure into one line and an exit code."""
-    global _started
-    _started = time.perf_counter()
+    global _started, _main_pid
+    _started, _main_pid = time.perf_counter(), os.getpid()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    _route_python_warnings()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="sslcli", standalone_mode=False)
     except KeyboardInterrupt:
         console.error(INTERRUPTED)
         sys.exit(130)
-    except Interrupted as exc:  # a clean stop after a checkpoint, not a failure
+    except (Interrupted, Terminated) as exc:  # a clean stop (after a checkpoint, or with nothing half-written)
         console.warn(str(exc))
         sys.exit(exc.exit_code)
     except SslcliError as exc:
@@ -362,6 +384,20 @@ def main(argv: list[str] | None = None) -> None:
         if "sslcli.distributed" in sys.modules:  # leave torchrun's process group cleanly, whatever happened
             sys.modules["sslcli.distributed"].shutdown()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _route_python_warnings() -> None:
+    """Python's warnings (from torch, numpy, PIL) as one line each, like sslcli's own, once per message."""
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        text = f"{category.__name__}: {str(message).strip().splitlines()[0] if str(message).strip() else ''}"
+        if text not in seen:
+            seen.add(text)
+            console.warn(text)
+
+    warnings.showwarning = show
 
 
 def _is_click_error(exc: Exception) -> bool:

@@ -56,10 +56,18 @@ def literal(text: object) -> str:
     return "".join(out)
 
 
+def name(value: object) -> str:
+    """A name from the file system or the user (a path, a class folder) for a message: every control
+    character escaped, the newline too, so a file called "x\\nerror: y" cannot print a line of its own."""
+    return "".join(ch if ch.isprintable() and ch != "\x1b" else ch.encode("unicode_escape").decode("ascii")
+                   for ch in str(value))
+
+
 def _err(line: str, always: bool = False) -> None:
+    """One message on stderr: each is one line (a newline inside becomes \\n), escape codes printed as text."""
     if _rank and not always:
         return
-    sys.stderr.write(literal(line) + "\n")
+    sys.stderr.write(literal(line).replace("\n", "\\n").replace("\r", "\\r") + "\n")
     sys.stderr.flush()
 
 

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sslcli import console
 from sslcli.errors import UsageError
-from sslcli.sizing import EXTENSIONS
+from sslcli.sizing import EXTENSIONS, is_special_file
 
 IMAGE_EXTENSIONS: frozenset[str] = EXTENSIONS  # one list, kept in the torch-free sizing.py
 
@@ -62,7 +62,13 @@ def _walk_images(root: Path) -> list[Path]:
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath, f) for f in filenames if _is_image_name(f))
-    return found
+    regular = [p for p in found if not is_special_file(p)]
+    if len(regular) < len(found):
+        special = sorted(set(found) - set(regular))
+        shown = ", ".join(console.name(p) for p in special[:3]) + (", ..." if len(special) > 3 else "")
+        console.warn(f"skipping {console.plural(len(special), 'entry', 'entries')} that {'is' if len(special) == 1 else 'are'} "
+                     f"not a regular file (a named pipe, device or socket would block or mislead the reader): {shown}")
+    return regular
 
 
 def find_images(root: Path | str, name: str = "DATA") -> ImageSet:
@@ -222,7 +228,7 @@ class BadImagePolicy:
 
     def record(self, path: Path, reason: str) -> None:
         if self.mode == "fail":
-            raise UsageError(f"cannot read image {path}: {reason} (remove it, or use --on-bad-image skip)")
+            raise UsageError(f"cannot read image {console.name(path)}: {reason} (remove it, or use --on-bad-image skip)")
         # Every epoch meets the same bad files again; count each file once so the summary is honest.
         if path in self._seen:
             return
@@ -230,14 +236,14 @@ class BadImagePolicy:
         self.count += 1
         if self.count <= self.show:
             self.first_paths.append(path)
-            line = f"skipping unreadable image {path}: {reason}"
+            line = f"skipping unreadable image {console.name(path)}: {reason}"
             self._held.append(line) if self._held is not None else console.warn(line)
 
     def summary(self) -> str | None:
         if self.count == 0:
             return None
         noun = "image" if self.count == 1 else "images"
-        shown = ", ".join(str(p) for p in self.first_paths[:3])
+        shown = ", ".join(console.name(p) for p in self.first_paths[:3])
         more = ", ..." if self.count > min(3, len(self.first_paths)) else ""
         first = f" (first: {shown}{more})" if shown else ""
         return f"skipped {self.count} unreadable {noun}{first}"

@@ -35,3 +35,13 @@ class Interrupted(SslcliError):
     def __init__(self, message: str, signum: int):
         super().__init__(message, exit_code=128 + signum)
         self.signum = signum
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a training loop. A BaseException, as KeyboardInterrupt is: no `except Exception` (a
+    decoder that records a bad image and goes on) may swallow it. Exit 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

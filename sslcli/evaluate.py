@@ -49,8 +49,10 @@ def knn_classify(
     """Weighted cosine kNN class scores: ``{k: scores [n_eval, num_classes]}``.
 
     Each of the k nearest training samples (cosine similarity) votes for its class with weight
-    ``exp(sim / temperature)``. A k larger than the training set is clamped to its size; the returned
-    dict is still keyed by the k that was asked for.
+    ``exp((sim - s_max) / temperature)``, s_max the row's highest similarity: the votes of exp(sim / t) scaled
+    by one factor per row, so the same ranking, but finite for any temperature (exp(1 / 1e-9) overflows).
+    A k larger than the training set is clamped to its size; the returned dict is still keyed by the k that
+    was asked for.
     """
     _check_pair(train_features, train_labels, "train")
     if not ks or min(ks) < 1:
@@ -67,7 +69,7 @@ def knn_classify(
         # One sorted topk for the largest k: every smaller k is a prefix of it.
         top_sim, top_idx = sim.topk(k_max, dim=1, largest=True, sorted=True)
         top_labels = labels[top_idx]
-        top_weights = (top_sim / temperature).exp()
+        top_weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         for k in ks:
             kk = min(k, k_max)
             scores[k][start : start + chunk_size].scatter_add_(1, top_labels[:, :kk], top_weights[:, :kk])

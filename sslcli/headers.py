@@ -4,11 +4,13 @@ torch, so `sslcli inspect` starts fast and every command refuses a wrong file wi
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
 from sslcli import console
+from sslcli.encoder_args import encoder_kwargs_problem, image_size_problem
 from sslcli.errors import UsageError
 
 ENCODER_FORMAT = "sslcli.encoder.v1"
@@ -36,11 +38,19 @@ def encoder_file(path: Path | str) -> Path:
 
 
 def check_encoder_format(meta: dict[str, str], path: Path) -> None:
-    """Refuse metadata that is not an sslcli encoder's, saying what the file is instead."""
+    """Refuse metadata that is not an sslcli encoder's, saying what the file is instead, and metadata whose
+    architecture arguments or input size no encoder may take (encoder_args.py): before timm or torch see them."""
     if meta.get("sslcli_format") != ENCODER_FORMAT:
         other = OTHER_KINDS.get(meta.get("sslcli_format", ""))
         what = f"it is an sslcli {other}" if other else f"its metadata has no '{ENCODER_FORMAT}' tag"
         raise UsageError(f"{path} is not an sslcli encoder ({what}); expected {ENCODER_EXPECTED}")
+    try:
+        kwargs, size = json.loads(meta.get("encoder_kwargs", "{}")), json.loads(meta.get("image_size", "0"))
+    except ValueError:
+        raise UsageError(f"{path} has damaged sslcli metadata (encoder_kwargs or image_size is not JSON)") from None
+    problem = encoder_kwargs_problem(kwargs) or image_size_problem(size)
+    if problem:
+        raise UsageError(f"{path} is refused: its metadata's {problem}")
 
 
 def checked_encoder(path: Path | str) -> Path:
@@ -79,6 +89,9 @@ def checked_projector(encoder: Path) -> tuple[Path, dict[str, str]]:
     return path, head
 
 
+TRUNCATED = "a damaged safetensors file"
+
+
 def what_it_is(path: Path) -> str | None:
     """What a file that is not safetensors looks like (from its first bytes), or None when it may be a damaged one.
 
@@ -91,8 +104,12 @@ def what_it_is(path: Path) -> str | None:
         return None
     if not head:
         return "an empty file"
-    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
-        return None  # safetensors in form: a damaged one, and the library's reason is the useful one
+    if len(head) > 8 and head[8:9] == b"{":
+        length = int.from_bytes(head[:8], "little")
+        if length <= size - 8:
+            return None  # safetensors in form: a damaged one, and the library's reason is the useful one
+        return (f"{TRUNCATED}: its header claims {length:,} bytes but the whole file holds {size:,} "
+                "(cut short by a copy or a full disk, or altered)")
     signatures = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
                   (b"BM", "a BMP image"), (b"PK\x03\x04", "a zip archive (a torch.save .pt/.pth file?)"),
                   (b"\x80", "a pickle (a torch.save .pt/.pth file?)"))
@@ -118,6 +135,8 @@ def _open(path: Path, expected: str = ARTIFACT_EXPECTED):
         return safe_open(str(path), framework="numpy")
     except (SafetensorError, OSError, ValueError) as exc:
         kind = what_it_is(path)
+        if kind is not None and kind.startswith(TRUNCATED):
+            raise UsageError(f"{path} is {kind}; expected {expected}") from None
         if kind is not None:
             raise UsageError(f"{path} is not a safetensors file (it is {kind}); expected {expected}") from None
         raise UsageError(f"{path} is not a readable safetensors file ({exc}); expected {expected}") from None

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from sslcli import cache, console, data, distributed
 from sslcli.encoders import EncoderInfo
+from sslcli.errors import UsageError
 from sslcli.evaluate import knn_evaluate, linear_probe, stratified_split
 from sslcli.features import extract_features
+from sslcli.splits import match_classes
 
 if TYPE_CHECKING:
     from sslcli.spec import PretrainSpec
@@ -87,18 +89,24 @@ def find_splits(data_path: Path | None, val: Path | None, bank_max: int, val_max
     if val_dir is None:
         console.info("online kNN off: DATA holds no train/ with val/ or test/ (pass --val DIR to turn it on)")
         return None
-    bank, evaluation = data.find_images(train_dir), data.find_images(val_dir)
+    bank = data.find_images(train_dir)
+    try:
+        evaluation = data.find_images(val_dir, name="--val" if val is not None else "DATA's eval split")
+    except UsageError as exc:  # an empty or missing eval split: the run trains, without the monitor
+        console.warn(f"online kNN off: {exc}")
+        return None
     if evaluation.labels is None:
         console.warn(f"online kNN off: {val_dir} is not labeled (one sub-folder per class is needed)")
         return None
     if bank.labels is None:  # unlabeled training images: the labeled split gives both bank and queries
         return _halves(evaluation, bank_max, val_max, seed)
     index = {name: i for i, name in enumerate(bank.classes or [])}
-    known = [i for i, label in enumerate(evaluation.labels) if (evaluation.classes or [])[label] in index]
-    if not known:
-        console.warn(f"online kNN off: no class of {val_dir} is among the classes of {train_dir}")
+    try:  # the rule of sslcli probe: every eval class must be a train class
+        match_classes(bank, evaluation)
+    except UsageError as exc:
+        console.warn(f"online kNN off: {exc}")
         return None
-    evaluation = _capped(data.subset(evaluation, known), val_max, seed)
+    evaluation = _capped(evaluation, val_max, seed)
     bank = _capped(bank, bank_max, seed)
     val_labels = torch.tensor([index[(evaluation.classes or [])[label]] for label in evaluation.labels])
     return KnnSplits(bank, torch.tensor(bank.labels), evaluation, val_labels, list(bank.classes or []))

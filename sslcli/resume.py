@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ from sslcli.spec import PretrainSpec
 
 def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> dict[str, Any]:
     """What must not change for a resume to continue the same run, part by part, plus one hash of it all."""
-    manifest = hashlib.sha256("\0".join(str(p) for p in images.paths).encode()).hexdigest()
+    # The paths' own bytes (os.fsencode): a file name that is not valid UTF-8 is hashed as it is on disk.
+    manifest = hashlib.sha256(b"\0".join(os.fsencode(p) for p in images.paths)).hexdigest()
     parts = {"method": spec.method.model_dump(mode="json"), "encoder": spec.encoder.model_dump(mode="json"),
              "data manifest": manifest, "image size": spec.data.image_size, "batch size": spec.train.batch_size,
-             "total steps": total_steps, "seed": spec.train.seed}
+             "total steps": total_steps, "seed": spec.train.seed, "optimizer": spec.optim.model_dump(mode="json"),
+             "augmentation": spec.augment.model_dump(mode="json")}
     if spec.data.label_fraction is not None:  # only then, so the runs without labels keep their fingerprints
         parts["semi-supervised"] = {"label fraction": spec.data.label_fraction,
                                     "supervised weight": spec.train.supervised_weight}
@@ -32,11 +35,23 @@ def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> 
     return {"hash": digest, "parts": parts}
 
 
-def resume_point(spec: PretrainSpec, resume: str | None) -> tuple[Path | None, Path | None]:
+def run_folder(spec: PretrainSpec, resume: str | None) -> Path | None:
+    """The folder a pretrain command will write: --out, or the run folder it resumes (None: a new folder it
+    names itself). Known before anything is read, so the command can hold the folder's lock from the start."""
+    if spec.out is not None:
+        return Path(spec.out)
+    if resume is None or resume == "auto":
+        return None
+    target = Path(resume)
+    return target if target.is_dir() else target.parent.parent
+
+
+def resume_point(spec: PretrainSpec, resume: str | None, force: bool = False) -> tuple[Path | None, Path | None]:
     """(run folder, state to load) for --resume auto|RUN_DIR|STATE_FILE; (None, None) for a fresh run.
 
     `auto` with no usable checkpoint yet starts the run in --out, so the same command can be repeated
-    after any interruption (idempotent).
+    after any interruption (idempotent). A folder whose checkpoints are all damaged, or that holds an encoder
+    but no checkpoint, is not started over unless `force` says so: that would replace the user's encoder.
     """
     if resume is None:
         return None, None
@@ -46,6 +61,7 @@ def resume_point(spec: PretrainSpec, resume: str | None) -> tuple[Path | None, P
         run_dir = Path(spec.out)
         state = checkpoint.newest_intact_state(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else None
         if state is None:
+            refuse_to_start_over(run_dir, force)
             console.info(f"no checkpoint in {run_dir} yet: starting the run there")
         return run_dir, state
     target = Path(resume)
@@ -60,6 +76,27 @@ def resume_point(spec: PretrainSpec, resume: str | None) -> tuple[Path | None, P
         raise UsageError(f"{target} does not match its recorded sha256 (torn or altered); resume from the run folder "
                          "to fall back to the previous good checkpoint")
     return (Path(spec.out) if spec.out else target.parent.parent), target
+
+
+def refuse_to_start_over(run_dir: Path, force: bool) -> None:
+    """--resume auto found no intact checkpoint: starting over is right for a folder that holds no run yet, and
+    wrong, unless forced, for one whose checkpoints are damaged or whose encoder would be replaced."""
+    damaged = checkpoint.complete_states(run_dir / "checkpoints") if (run_dir / "checkpoints").is_dir() else []
+    encoder = run_dir / "encoder.safetensors"
+    if not damaged and not encoder.exists():
+        return
+    if damaged:
+        what = (f"its checkpoint{'s' if len(damaged) > 1 else ''} ({', '.join(p.name for p in damaged)}) "
+                f"{'do' if len(damaged) > 1 else 'does'} not match the recorded sha256 (torn or altered)")
+    else:
+        what = "it holds encoder.safetensors but no checkpoint to continue from"
+    if force:
+        console.warn(f"{run_dir}: {what}; starting the run over there (--force): its encoder and checkpoints "
+                     "will be replaced")
+        return
+    kept = " encoder.safetensors is intact and stays as it is;" if encoder.exists() else ""
+    raise UsageError(f"{run_dir} cannot be resumed: {what};{kept} to start this run over deliberately add --force "
+                     "(its files are replaced), or choose another --out")
 
 
 def drop_metrics_after(path: Path, step: int) -> int:
@@ -85,11 +122,27 @@ def drop_metrics_after(path: Path, step: int) -> int:
     return dropped
 
 
+# Parts an older sslcli did not record: their absence from a checkpoint is no change.
+UNRECORDED_BEFORE = ("optimizer", "augmentation")
+
+
 def check_fingerprint(record: dict[str, Any], current: dict[str, Any], state: Path, force: bool) -> None:
+    """Refuse a state written by a different run: the parts that changed are named. A changed optimizer or
+    augmentation is accepted with --force and then takes effect (restore sets the spec's optimizer settings);
+    another optimizer is never accepted: its state does not carry over."""
     if record.get("fingerprint") == current["hash"]:
         return
     saved = record.get("fingerprint_parts") or {}
-    changed = [k for k, v in current["parts"].items() if saved.get(k) != v]
+    changed = [k for k, v in current["parts"].items()
+               if saved.get(k) != v and not (k in UNRECORDED_BEFORE and k not in saved)]
+    if not changed and saved:
+        return  # the hash differs only by parts this checkpoint's version did not record
+    old_optimizer = (saved.get("optimizer") or {}).get("name")
+    new_optimizer = current["parts"]["optimizer"]["name"]
+    if old_optimizer and old_optimizer != new_optimizer:
+        raise UsageError(f"{state} was trained with optimizer {old_optimizer}, and an optimizer's state does not "
+                         f"carry over to another ({new_optimizer}), even with --force; start a new run from its "
+                         f"weights: --init-from {Path(state).parent.parent / 'encoder.safetensors'} --out NEW_RUN_DIR")
     if changed == ["total steps"] and not force and record.get("step") == final_total(record):
         run_dir = Path(state).parent.parent
         raise UsageError(f"{run_dir} holds a finished run ({record['step']} steps) and a finished schedule is not "
@@ -150,8 +203,13 @@ def restore(state: Path, spec: PretrainSpec, identity: dict[str, Any], force: bo
 
     Weights, optimizer, scaler and every generator come back as they were, so rank 0 (and a one-process
     run) continues bit for bit; other ranks reseed from (seed, rank, step)."""
+    # The optimizer's settings are the spec's, the restored state only its buffers (momentum, Adam's moments):
+    # after a forced resume with another weight decay or momentum, what runs is what spec.json says.
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     record, rng = checkpoint.load_train_state(state, method, optimizer)
     check_fingerprint(record, identity, state, force)
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
     if not {"augment", "augment_order"} <= rng.keys() or not isinstance(record.get("step"), int):
         raise UsageError(f"{state} lacks the step or augmentation RNG state an exact resume needs (an older or "
                          "altered checkpoint); start a new run, with --init-from RUN/encoder.safetensors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import statistics
 from pathlib import Path
 
@@ -24,13 +25,23 @@ def size_for(shorter_side: float) -> int:
     return min(SIZES, key=lambda size: (abs(size - shorter_side), size))
 
 
+def is_special_file(path: Path) -> bool:
+    """A named pipe, device or socket (or a link to one): opening it can block forever or read something that
+    is no file. A broken link is not special: reading it fails, and the reader reports it as unreadable."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def image_files(folder: Path, limit: int = 100_000) -> list[Path]:
-    """Image files under folder in a fixed order (hidden names skipped), at most `limit` of them."""
+    """Image files under folder in a fixed order (hidden names and special files skipped), at most `limit`."""
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath, f) for f in sorted(filenames)
-                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in EXTENSIONS)
+                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in EXTENSIONS
+                     and not is_special_file(Path(dirpath, f)))
         if len(found) >= limit:
             break
     return found[:limit]

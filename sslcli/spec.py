@@ -13,8 +13,17 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from sslcli.encoder_args import MAX_IMAGE_SIZE, encoder_kwargs_problem
 from sslcli.errors import UsageError
 from sslcli.methods import CONFIGS, DEFAULT_METHOD, MethodConfig
 from sslcli.views import ViewConfig
@@ -31,7 +40,28 @@ LABEL_FRACTION_HELP = "train on a seeded class-balanced subset of the labeled sp
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are errors, and no number may be inf or NaN (a learning rate of Infinity validates otherwise).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ValueError(f"unknown device '{value}'; use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _encoder_kwargs(value: dict[str, Any]) -> dict[str, Any]:
+    problem = encoder_kwargs_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# Values every command checks the same way: a device name, a seed the RNGs take (seeds are combined with epochs
+# and ranks, so they stay below 2^32), a count of decoding processes.
+Device = Annotated[str, AfterValidator(_device), Field(description="'auto', 'cpu', 'cuda', 'cuda:1', ...")]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+Workers = Annotated[int, Field(ge=0, le=256)] | Literal["auto"]
 
 
 class ScaledLr:
@@ -47,7 +77,7 @@ class ScaledLr:
 class DataConfig(Strict):
     path: Path | None = Field(None, description="folder of images (DATA); train/ is used when it holds splits")
     val: Path | None = Field(None, description="labeled eval split for the online kNN (default: DATA's val/ or test/)")
-    image_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
+    image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
                                               "input size ('auto': from the median shorter side of a sample of "
                                               "DATA's images: 32 for CIFAR-sized, 96 for 96 px, up to 224)")
     max_images: int | None = Field(None, gt=0, description="train on a seeded random subset of this many images")
@@ -55,7 +85,7 @@ class DataConfig(Strict):
                                          "labels of a seeded class-balanced fraction of DATA's images train a "
                                          "linear head on the encoder's features, its cross entropy added to the "
                                          "method's loss (DATA must be class folders)")
-    num_workers: int | Literal["auto"] = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
+    num_workers: Workers = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = Field("skip", description="unreadable images: skip and report, or stop")
     cache: Literal["auto", "on", "off"] = Field(
         "auto", description="decode every image once into a memory-mapped array ('auto': when it fits cache_max_gb)")
@@ -66,7 +96,8 @@ class DataConfig(Strict):
 class EncoderConfig(Strict):
     name: str = Field("resnet18", description="any timm model name")
     small_stem: bool | Literal["auto"] = Field("auto", description="ResNet 3x3 stride-1 stem, no max-pool ('auto': inputs <= 64 px)")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model kwargs")
+    kwargs: Annotated[dict[str, Any], AfterValidator(_encoder_kwargs)] = Field(
+        default_factory=dict, description="extra timm.create_model architecture arguments (norm_layer, patch_size, ...)")
 
 
 class OptimConfig(Strict):
@@ -82,18 +113,18 @@ class OptimConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(100, gt=0)
+    epochs: int = Field(100, gt=0, le=100_000)
     budget: float | None = Field(None, gt=0, description="wall-clock budget in seconds ('5m', '90s', '2h' are "
                                  "read too): a calibration sets the steps that fit it, replacing epochs")
-    max_steps: int | None = Field(None, gt=0, description="stop after this many steps, inside the last epoch "
+    max_steps: int | None = Field(None, gt=0, le=10_000_000, description="stop after this many steps, inside the last epoch "
                                   "(--budget sets it and epochs)")
-    batch_size: int = Field(256, ge=2)
+    batch_size: int = Field(256, ge=2, le=65536)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32")
     channels_last: bool | Literal["auto"] = Field("auto", description="'auto': on for CUDA and oneDNN CPUs")
     compile: bool = Field(False, description="torch.compile the method")
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    seed: int = 0
+    device: Device = "auto"
+    seed: Seed = 0
     log_every: int = Field(50, gt=0, description="steps between logged lines")
     checkpoint_every: int = Field(10, ge=0, description="epochs between checkpoints (0: only at the end)")
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every this many steps (0: off)")
@@ -167,7 +198,7 @@ class ProbeData(Strict):
     path: Path = Field(description="labeled train split (or a folder holding train/ and val/ or test/)")
     val: Path | None = Field(None, description="labeled eval split")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
-    num_workers: int | Literal["auto"] = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
+    num_workers: Workers = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = "skip"
     cache: CacheMode = Field("auto", description="decode the images once into the decode cache ('auto': when "
                              "they fit 16 GB; false or 'off' decodes on the fly)")
@@ -176,14 +207,16 @@ class ProbeData(Strict):
 
 
 class ProbeConfig(Strict):
-    knn_k: list[int] = Field(default_factory=lambda: [20, 200], description="neighbours of the weighted kNN")
+    knn_k: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [20, 200], min_length=1,
+                                                     description="neighbours of the weighted kNN")
     knn_temperature: float = Field(0.07, gt=0, description="t of the kNN vote weights exp(sim / t)")
-    linear_weight_decays: list[float] = Field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+    linear_weight_decays: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1], min_length=1,
                                               description="the linear probe's weight decays, one picked on a "
                                               "held-out part of the train split")
-    batch_size: int = Field(256, gt=0, description="images per forward pass of the feature extraction")
-    device: str = "auto"
-    seed: int = Field(0, description="of the label fraction, the held-out part and the random-init baseline")
+    batch_size: int = Field(256, gt=0, le=65536, description="images per forward pass of the feature extraction")
+    device: Device = "auto"
+    seed: Seed = Field(0, description="of the label fraction, the held-out part and the random-init baseline")
     baseline: bool = Field(True, description="also score the same architecture at a seeded random init (the "
                            "reference the training is measured against; about as long as the probe itself)")
 
@@ -200,7 +233,7 @@ class FinetuneData(Strict):
     path: Path | None = Field(None, description="labeled train split (or a folder holding train/ and val/ or test/)")
     val: Path | None = Field(None, description="labeled eval split, evaluated after every epoch")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
-    num_workers: int | Literal["auto"] = "auto"
+    num_workers: Workers = "auto"
     on_bad_image: Literal["skip", "fail"] = "skip"
 
 
@@ -228,12 +261,12 @@ class FinetuneOptim(Strict):
 
 
 class FinetuneTrain(Strict):
-    epochs: int = Field(30, gt=0)
-    batch_size: int = Field(64, ge=2)
+    epochs: int = Field(30, gt=0, le=100_000)
+    batch_size: int = Field(64, ge=2, le=65536)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
-    device: str = "auto"
-    seed: int = 0
+    device: Device = "auto"
+    seed: Seed = 0
     log_every: int = Field(50, gt=0)
     eval_every: int = Field(1, gt=0, description="epochs between val evaluations (the last epoch is always scored)")
     sync_free: bool | Literal["auto"] = Field("auto", description="as train.sync_free of pretrain")
@@ -259,9 +292,9 @@ class EmbedSpec(Strict):
     encoder: Path = Field(description="an encoder.safetensors written by sslcli")
     data: Path = Field(description="folder of images (labeled or not)")
     out: Path = Field(description="embeddings file (.safetensors); the CSV index goes beside it")
-    batch_size: int = Field(256, gt=0)
-    num_workers: int | Literal["auto"] = "auto"
-    device: str = "auto"
+    batch_size: int = Field(256, gt=0, le=65536)
+    num_workers: Workers = "auto"
+    device: Device = "auto"
     on_bad_image: Literal["skip", "fail"] = "skip"
 
 
@@ -275,7 +308,7 @@ class ReportSpec(Strict):
     run_dir: Path = Field(description="a run folder written by sslcli pretrain")
     val: Path | None = Field(None, description="labeled eval split for neighbors.png (default: the run's --val or "
                              "DATA's val/ or test/)")
-    device: str = Field("auto", description="for the neighbour features")
+    device: Device = "auto"  # for the neighbour features
 
 
 class InspectSpec(Strict):
@@ -543,7 +576,8 @@ def format_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
         else:
             given = err.get("input")
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
-            lines.append(f"spec error: {key}: {err['msg']}{shown}")
+            message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own words
+            lines.append(f"spec error: {key}: {message}{shown}")
     return lines
 
 

@@ -14,7 +14,7 @@ _P = {"ge": 0.0, "le": 1.0}  # bounds shared by every probability field
 class ViewConfig(BaseModel):
     """How to draw one augmented view. Defaults are SimCLR's recipe at CIFAR size."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     size: int = Field(32, gt=0, description="Output side in pixels.")
     scale: tuple[float, float] = Field((0.08, 1.0), description="Crop area as a fraction of the image.")

@@ -37,8 +37,8 @@ def _naive_knn(train, train_labels, evals, num_classes, k, temperature):
             sims.append(dot / (math.sqrt(sum(a * a for a in e)) * math.sqrt(sum(b * b for b in t))))
         order = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
         row = [0.0] * num_classes
-        for i in order:
-            row[int(train_labels[i])] += math.exp(sims[i] / temperature)
+        for i in order:  # weights relative to the nearest neighbour's, exp((sim - max) / t)
+            row[int(train_labels[i])] += math.exp((sims[i] - max(sims)) / temperature)
         out.append(row)
     return torch.tensor(out)
 
@@ -61,10 +61,21 @@ def test_knn_hand_computed_toy():
     scores = knn_classify(
         train, labels, torch.tensor([[2.0, 0.0]]), num_classes=3, ks=(1, 3, 50), temperature=1.0
     )
-    torch.testing.assert_close(scores[1], torch.tensor([[math.e, 0.0, 0.0]]))
-    torch.testing.assert_close(scores[3], torch.tensor([[math.e, 1.0, 1 / math.e]]))
+    torch.testing.assert_close(scores[1], torch.tensor([[1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(scores[3], torch.tensor([[1.0, 1 / math.e, 1 / math.e**2]]))
     # k = 50 > n_train is clamped to 3, still keyed by 50.
     torch.testing.assert_close(scores[50], scores[3])
+
+
+def test_knn_is_finite_and_nearest_neighbour_at_a_tiny_temperature():
+    """t = 1e-9: exp(sim / t) overflows to inf (a garbage score below chance); the votes relative to the nearest
+    neighbour's stay finite, and the vote is the nearest neighbour's class, as t -> 0 says it should be."""
+    features, labels = _clusters(20, 3, 8, spread=1.5, seed=4)
+    train, train_y, evals = features[::2], labels[::2], features[1::2]
+    tiny = knn_classify(train, train_y, evals, num_classes=3, ks=(20,), temperature=1e-9)[20]
+    nearest = knn_classify(train, train_y, evals, num_classes=3, ks=(1,), temperature=0.07)[1]
+    assert torch.isfinite(tiny).all()
+    assert torch.equal(tiny.argmax(dim=1), nearest.argmax(dim=1))
 
 
 def test_knn_separable_vs_random_labels():

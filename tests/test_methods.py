@@ -92,17 +92,26 @@ def targets_of(model) -> list[tuple[str, str]]:
     return [(t, o) for t, o in pairs if getattr(model, t, None) is not None]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_a_step_is_finite_and_trains_the_encoder(name: str):
+def test_a_step_is_finite_and_trains_the_encoder(name: str, precision: str):
+    """In fp32 and in bf16 autocast as train.fit runs it on a CPU (emulated where the CPU has no bf16), so every
+    machine checks both: finite loss and gradients, a gradient that reaches the encoder, an update."""
+    from sslcli.onednn import bf16_conv_fallback
+
     _, model, augment, optimizer, _ = build(name)
     before = copy.deepcopy(model.encoder.state_dict())
     step = first_step(name)
-    out = forward(model, augment(images()), step)
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None), \
+            bf16_conv_fallback(torch.device("cpu"), dtype):
+        out = forward(model, augment(images()), step)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.loss.dtype == torch.float32
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads), "no gradient reached the encoder"
+    assert all(torch.isfinite(g).all() for g in grads)
     optimizer.step()
     model.on_step_end(step)
     changed = [k for k, v in model.encoder.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]

@@ -46,6 +46,10 @@ def run(spec: EmbedSpec) -> dict[str, Any]:
     encoder, data_dir, out = spec.encoder, spec.data, Path(spec.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must end in .safetensors (got {out}); the CSV index is written beside it")
+    for target in (out, index_path(out)):
+        if target.exists() and not target.is_file():
+            raise UsageError(f"{target} exists and is not a file; choose another --out (the embeddings go to "
+                             f"{out.name}, their index to {index_path(out).name})")
     model, info, meta = checkpoint.load_encoder(encoder)
     images = data.find_images(data_dir)
     policy = data.BadImagePolicy(spec.on_bad_image)
@@ -72,8 +76,15 @@ def run(spec: EmbedSpec) -> dict[str, Any]:
         "classes": json.dumps(images.classes),
         "index": index_path(out).name,
     }
+    # Both files or neither: each is made in memory first (a name that is not UTF-8 keeps its own bytes in
+    # the CSV), and the embeddings are removed again if the index cannot be written.
+    index = index_csv(images, kept).encode("utf-8", errors="surrogateescape")
     atomic_write_bytes(out, save_bytes(tensors, metadata=metadata))
-    atomic_write_bytes(index_path(out), index_csv(images, kept).encode())
+    try:
+        atomic_write_bytes(index_path(out), index)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
     if policy.summary():
         console.warn(policy.summary())
     return {"embeddings": str(out), "index": str(index_path(out)), "count": len(kept),

@@ -16,6 +16,7 @@ from torch import nn
 from sslcli import checkpoint, console, data
 from sslcli.encoders import EncoderInfo, apply_small_stem
 from sslcli.errors import UsageError
+from sslcli.files import atomic_write_bytes, atomic_write_json
 from sslcli.spec import ExportSpec
 
 # timm's plain ResNets use torchvision's layer names one for one; the d/t variants (deep stem, average-pool
@@ -25,9 +26,12 @@ TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet1
 
 def run(spec: ExportSpec) -> dict[str, Any]:
     encoder_path, to, out = spec.encoder, spec.to, Path(spec.out)
-    encoder, info, meta = checkpoint.load_encoder(encoder_path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; export writes a folder (model.safetensors and config.json): "
+                         "choose a new or empty folder")
     if (out / "model.safetensors").exists():
         raise UsageError(f"{out} already holds an exported model; choose another --out so nothing is overwritten")
+    encoder, info, meta = checkpoint.load_encoder(encoder_path)
     if to == "torchvision":
         check_torchvision_compatible(info)
     state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
@@ -37,8 +41,8 @@ def run(spec: ExportSpec) -> dict[str, Any]:
         config = torchvision_config(info, meta, encoder_path)
     # The exported folder holds the encoder alone: drop the pointer to a projection head left beside the source.
     exported_meta = {key: value for key, value in meta.items() if key != "projector"}
-    checkpoint.atomic_write_bytes(out / "model.safetensors", save_bytes(state, metadata=exported_meta))
-    checkpoint.atomic_write_json(out / "config.json", config)
+    atomic_write_bytes(out / "model.safetensors", save_bytes(state, metadata=exported_meta))
+    atomic_write_json(out / "config.json", config)
     load_timm(out) if to == "timm" else load_torchvision(out)  # proves the documented load works
     console.info(f"exported {info.name} for {to} to {out}")
     return {"to": to, "out": str(out), "weights": str(out / "model.safetensors"), "config": str(out / "config.json"),

@@ -6,6 +6,8 @@ resume.py, checkpoint.py). Under torchrun every rank runs them, rank 0 alone wri
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from sslcli.pretraining import (
     short_run_warnings,
     step_function,
 )
+from sslcli.run_lock import run_folder_lock
 from sslcli.spec import PretrainSpec, dump
 from sslcli.train import Events, FitResult, LoopConfig, Step, fit
 from sslcli.training_data import cache_policy, training_images
@@ -63,10 +66,19 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False,
     and the spec's resolution); now when not given.
     """
     started = time.perf_counter() if started is None else started  # --budget counts from here
+    folder = resumption.run_folder(spec, resume)  # None: a new folder, named (and locked) when it is made
+    with contextlib.ExitStack() as locks:
+        if folder is not None and int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes the run folder
+            locks.enter_context(run_folder_lock(folder))  # one process at a time in a run folder
+        return _run(spec, resume, force, started, locks)
+
+
+def _run(spec: PretrainSpec, resume: str | None, force: bool, started: float,
+         locks: contextlib.ExitStack) -> dict[str, Any]:
     if spec.data.image_size == "auto":  # spec.resolve chooses it from DATA's images; none could be read there
         training_images(spec)  # says what is wrong with DATA
         raise UsageError("data.image_size=auto: no image of DATA could be measured; set --set data.image_size=N")
-    resume_dir, state = resumption.resume_point(spec, resume)
+    resume_dir, state = resumption.resume_point(spec, resume, force)
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     prepare_device(device)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
@@ -92,6 +104,8 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False,
                     "method": spec.method.name, "steps": start_step, "already_complete": True}
         console.info(f"resuming from {state} at step {start_step}/{loop.total_steps}")
     run_dir = open_run_dir(spec, resume_dir, model.method)
+    if resume_dir is None and spec.out is None and distributed.is_main():
+        locks.enter_context(run_folder_lock(run_dir))
     announce(spec, run_dir, train_data, loop, model, device)
     saver = checkpoint.Checkpointer(run_dir, model.method, optimizer, step.scaler, model.info, spec.method.name,
                                     dump(spec), identity, spec.train.keep_checkpoints, lambda: rng_states(model, device),
@@ -150,7 +164,7 @@ def train(this: Run) -> tuple[FitResult, online_knn.OnlineKnn, monitors.Collapse
         knn.final_epoch = this.loop.epochs
 
     def save(epoch: int, at_step: int) -> None:
-        if not main:
+        if not main or at_step == 0:  # no step trained (no image could be read): no encoder to write
             return
         began = time.perf_counter()
         this.saver.save(epoch, at_step)
@@ -182,6 +196,10 @@ def train(this: Run) -> tuple[FitResult, online_knn.OnlineKnn, monitors.Collapse
         if metrics is not None:
             metrics.close()
     distributed.barrier()  # the run folder is complete before any rank returns
+    if result.steps == 0:
+        raise UsageError(f"no training step ran: none of the {len(this.data.images)} images under "
+                         f"{this.data.images.root} could be read ({this.data.policy.count} unreadable); no encoder "
+                         "was written: check the files, or that they are images")
     return result, knn, health
 
 

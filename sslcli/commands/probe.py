@@ -63,7 +63,7 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         baseline = {"knn": base_knn, "linear": base_linear, "seed": settings.seed}
     if policy.summary():
         console.warn(policy.summary())
-    return {
+    result = {
         "encoder": str(spec.encoder),
         "method": meta.get("method"),
         "encoder_name": info.name,
@@ -80,13 +80,15 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         "feature_dim": int(train_f.shape[1]),
         "seconds": round(time.perf_counter() - start, 2),
         "spec": dump(spec),
-        "out": str(result_path(spec)),
     }
+    result["out"] = str(result_path(spec, result["spec"]))
+    return result
 
 
-def result_path(spec: ProbeSpec) -> Path:
+def result_path(spec: ProbeSpec, settings: dict[str, Any]) -> Path:
     """--out, or probe-<eval split>[-<label fraction>].json beside the encoder: a second probe on other data
-    gets its own file. The eval split is named by its last two folders (cifar10-test)."""
+    gets its own file. The eval split is named by its last two folders (cifar10-test). A default-named file
+    that holds another probe's result (other data or settings) is kept: the next free name is taken."""
     if spec.out is not None:
         return Path(spec.out)
     _, val_dir = eval_splits(spec.data.path, spec.data.val)
@@ -95,26 +97,26 @@ def result_path(spec: ProbeSpec) -> Path:
     if spec.data.label_fraction is not None:
         name += f"-labels{spec.data.label_fraction:g}"
     encoder = Path(spec.encoder)
-    return (encoder if encoder.is_dir() else encoder.parent) / f"probe-{name}.json"
+    path, n = (encoder if encoder.is_dir() else encoder.parent) / f"probe-{name}.json", 2
+    while path.exists() and (_read_json(path) or {}).get("spec") != settings:
+        path, n = path.with_name(f"probe-{name}-{n}.json"), n + 1
+    return path
 
 
 def finish(result: dict[str, Any]) -> None:
-    """After the result is printed: write it where result["out"] says. A default-named file that holds
-    another probe's result (other data or settings) is not overwritten: the result goes to the next free
-    name. A file that cannot be written is a warning; the scores were printed."""
+    """After the result is printed: write it where result["out"] says (result_path chose it). A file that
+    cannot be written is a warning; the scores were printed."""
     if not result:
         return
     path = Path(result["out"])
+    if path.exists() and not path.is_file():  # a device (--out /dev/null) or a folder: never replaced
+        console.warn(f"the result was not written: {path} is not a file")
+        return
     previous = _read_json(path)
     if previous is not None and previous.get("spec") != result["spec"]:
-        if result["spec"].get("out") is None:  # a default name: keep the other probe's file
-            stem, n = path.stem, 2
-            while path.exists():
-                path, n = path.with_name(f"{stem}-{n}.json"), n + 1
-        else:
-            console.warn(f"{path} held another probe's result; replaced as --out asks")
+        console.warn(f"{path} held another probe's result; replaced as --out asks")
     try:
-        atomic_write_json(path, {**result, "out": str(path)})
+        atomic_write_json(path, result)
     except OSError as exc:
         console.warn(f"the result could not be written to {path} ({exc.strerror or exc}); the scores above are "
                      "all there is: rerun with --out FILE in a folder you can write")

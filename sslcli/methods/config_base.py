@@ -28,7 +28,7 @@ GEOMETRIC_VIEW = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0
 class MethodConfigBase(BaseModel):
     """A method's settings (the spec's `method` section) and its description."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     paper: ClassVar[str]
     summary: ClassVar[str]
