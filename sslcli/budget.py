@@ -32,7 +32,7 @@ from sslcli import checkpoint, console, distributed, online_knn, pretraining
 from sslcli.device import sync
 from sslcli.errors import UsageError
 from sslcli.methods.base import Method
-from sslcli.spec import PretrainSpec
+from sslcli.spec import MonitorConfig, PretrainSpec
 from sslcli.train import Batches, Events, LoopConfig, Step, fit, follow_replan
 from sslcli.training_data import cache_policy
 
@@ -213,9 +213,12 @@ def plan(spec: PretrainSpec, state: Path | None, train_data: pretraining.Trainin
     follow_replans applies), so it finishes the same schedule instead of planning a new one."""
     if spec.train.budget is None:
         return spec, None
-    if state is not None:
-        planned = checkpoint.read_state_record(state).get("spec", {}).get("train", {})
-        return _with_steps(spec, planned.get("epochs", spec.train.epochs), planned.get("max_steps")), None
+    if state is not None:  # the plan the first start made, as its checkpoints recorded it
+        recorded = checkpoint.read_state_record(state).get("spec", {})
+        planned = {key: recorded.get("train", {})[key] for key in PLANNED if key in recorded.get("train", {})}
+        monitor = spec.monitor.model_copy(update={key: value for key, value in recorded.get("monitor", {}).items()
+                                                  if key in MONITOR_PLANNED})
+        return spec.model_copy(update={"train": spec.train.model_copy(update=planned), "monitor": monitor}), None
     per_epoch = train_data.steps_per_epoch
     probe_loop = pretraining.loop_config(spec, per_epoch, device)
     calibration_model: list[pretraining.Model] = []
@@ -226,36 +229,78 @@ def plan(spec: PretrainSpec, state: Path | None, train_data: pretraining.Trainin
         optimizer, schedule = pretraining.optimizer_and_schedule(spec, model.method, probe_loop)
         return pretraining.step_function(spec, probe_loop, model, device, optimizer, schedule)
 
-    evaluations: list = []  # the calibration's OnlineKnn.evaluations and evaluations_after, when it evaluates
+    measured: list[bool] = []  # whether the calibration evaluated (the online kNN is on and has splits)
 
     def evaluate() -> None:
         model = calibration_model[0]
         knn = online_knn.OnlineKnn(spec, model.info, device, model.method, None, cache_policy(spec))
         if knn.splits is not None and spec.monitor.knn_every:
             knn.measure()
-            evaluations.extend([knn.evaluations, knn.evaluations_after])
+            measured.append(True)
 
     warmup, timed = (15, 30) if device.type == "cuda" else (2, 4)
     timing = Timing(warmup, timed, min_s=timed_seconds(spec.train.budget),
                     first_step=spec.method.untrained_epochs() * per_epoch)
     calibration = calibrate(make_step, train_data.batches, probe_loop, device, evaluate, timing)
-    count = evaluations[0] if evaluations else (lambda epochs: 0)
-    closing_s = closing_seconds(spec.monitor.report, probe=bool(evaluations))
-    steps = plan_steps(spec.train.budget, time.perf_counter() - started, calibration, per_epoch,
-                       lambda steps: count(math.ceil(steps / per_epoch)), fixed_s=calibration.eval_s + closing_s)
+    closing_s = closing_seconds(spec.monitor.report, probe=bool(measured))
+    monitor, eval_s = spec.monitor, calibration.eval_s
+    for _ in range(2):  # the steps for the monitoring's cost, then the monitoring for those steps, then again
+        every = monitor.knn_every if measured else 0
+        timed = Calibration(calibration.step_s, eval_s)
+        steps = plan_steps(spec.train.budget, time.perf_counter() - started, timed, per_epoch,
+                           lambda n, every=every: online_knn.evaluation_count(math.ceil(n / per_epoch), every),
+                           fixed_s=eval_s + closing_s)
+        if measured:
+            monitor, eval_s = monitoring_within(spec, calibration.eval_s, math.ceil(steps / per_epoch))
     # Each rank counted the time already spent on its own clock: rank 0's plan is the run's, so that every
     # rank trains the same steps (a rank with one step more would wait forever in its all-reduce).
     steps = int(distributed.all_reduce_(torch.tensor(float(steps if distributed.is_main() else 0), device=device)).item())
     epochs = math.ceil(steps / per_epoch)
+    images = steps * spec.train.batch_size
     console.info(f"--budget {console.format_seconds(spec.train.budget)}: a step takes {calibration.step_s:.3g} s "
-                 f"({probe_loop.precision}), an online kNN {calibration.eval_s:.1f} s: {steps} steps "
-                 f"({steps / per_epoch:.2f} epochs of {per_epoch}), training for about "
+                 f"({probe_loop.precision}): {steps} steps of {spec.train.batch_size}, {images:,} images "
+                 f"({steps / per_epoch:.2f} epochs of {len(train_data.images):,}), training for about "
                  f"{console.format_seconds(steps * calibration.step_s)}")
-    after = evaluations[1] if evaluations else (lambda epochs_done, epochs: 0)
-    pacer = Pacer(deadline=started + spec.train.budget, eval_s=calibration.eval_s, closing_s=closing_s,
-                  evaluations_left=lambda step, total: after(step // per_epoch, math.ceil(total / per_epoch)),
+    every = monitor.knn_every if measured else 0
+    if measured:
+        count = online_knn.evaluation_count(epochs, every)
+        console.info(f"--budget: the online kNN {count} times, on {monitor.knn_bank_max:,} bank and "
+                     f"{monitor.knn_val_max:,} eval images (about {count * eval_s:.0f} s, "
+                     f"{100 * count * eval_s / spec.train.budget:.0f} % of the budget)")
+    pacer = Pacer(deadline=started + spec.train.budget, eval_s=eval_s, closing_s=closing_s,
+                  evaluations_left=lambda step, total: online_knn.evaluations_after(step // per_epoch,
+                                                                                    math.ceil(total / per_epoch), every),
                   device=device)
-    return _with_steps(spec, epochs, steps), pacer
+    # A length given in epochs keeps its share of the recipe's train.epochs; the curves get about 20 points.
+    train = spec.train.model_copy(update={"epochs": epochs, "max_steps": steps,
+                                          "schedule_epochs": spec.train.schedule_epochs or spec.train.epochs,
+                                          "log_every": min(spec.train.log_every, max(1, steps // 20))})
+    return spec.model_copy(update={"train": train, "monitor": monitor}), pacer
+
+
+# The share of a budget the online kNN's evaluations may take by default, and the smallest sets it shrinks to.
+MONITOR_SHARE = 0.10
+MIN_BANK, MIN_VAL = 500, 200
+
+
+def monitoring_within(spec: PretrainSpec, eval_s: float, epochs: int) -> tuple[MonitorConfig, float]:
+    """The online kNN of a --budget run sized to MONITOR_SHARE of the budget: first fewer evaluations (at the
+    start and after the last epoch only), then smaller bank and eval sets (an evaluation's time is about
+    proportional to their images); with the time of one evaluation."""
+    monitor, share = spec.monitor, MONITOR_SHARE * spec.train.budget
+    count = online_knn.evaluation_count(epochs, monitor.knn_every)
+    if count * eval_s <= share:
+        return monitor, eval_s
+    if count > 2:
+        monitor = monitor.model_copy(update={"knn_every": max(1, epochs)})
+        count = online_knn.evaluation_count(epochs, monitor.knn_every)
+    if count * eval_s > share:
+        scale = share / (count * eval_s)
+        bank = min(monitor.knn_bank_max, max(MIN_BANK, int(monitor.knn_bank_max * scale)))
+        val = min(monitor.knn_val_max, max(MIN_VAL, int(monitor.knn_val_max * scale)))
+        eval_s *= (bank + val) / (monitor.knn_bank_max + monitor.knn_val_max)
+        monitor = monitor.model_copy(update={"knn_bank_max": bank, "knn_val_max": val})
+    return monitor, eval_s
 
 
 def follow_replans(replans: list[list[int]], loop: LoopConfig, lr_schedule: torch.Tensor,
@@ -268,6 +313,34 @@ def follow_replans(replans: list[list[int]], loop: LoopConfig, lr_schedule: torc
     return lr_schedule
 
 
-def _with_steps(spec: PretrainSpec, epochs: int, max_steps: int | None) -> PretrainSpec:
-    train = spec.train.model_copy(update={"epochs": epochs, "max_steps": max_steps})
-    return spec.model_copy(update={"train": train})
+# The sizing a --budget run on a CPU gets where the user chose neither the encoder nor the batch: the
+# quickstart's (resnet10t at half width, the standard stem, batch 128), which takes hundreds of steps in minutes
+# on 2 cores where resnet18 at batch 256 takes a few dozen.
+CPU_ENCODER = {"name": "resnet10t", "small_stem": False, "kwargs": {"channels": [32, 64, 128, 256]}}
+CPU_BATCH_SIZE = 128
+
+
+def cpu_sizing(spec: PretrainSpec, device: torch.device) -> PretrainSpec:
+    """The rule above: a --budget run on a CPU with the default encoder (none given by a preset, an option or
+    the method) takes CPU_ENCODER, and with the default batch CPU_BATCH_SIZE; one line says so."""
+    if spec.train.budget is None or device.type != "cpu":
+        return spec
+    encoder_default = not spec.encoder.model_fields_set
+    batch_default = "batch_size" not in spec.train.model_fields_set
+    if not (encoder_default or batch_default):
+        return spec
+    chosen = []
+    if encoder_default:
+        spec = spec.model_copy(update={"encoder": spec.encoder.model_copy(update=CPU_ENCODER)})
+        chosen.append("resnet10t at half width (channels 32-256, the standard stem)")
+    if batch_default:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": CPU_BATCH_SIZE})})
+        chosen.append(f"batch {CPU_BATCH_SIZE}")
+    console.info(f"--budget on a CPU: {' and '.join(chosen)}, the quickstart's sizing, so that minutes train "
+                 "hundreds of steps (--encoder / --batch-size choose otherwise)")
+    return spec
+
+
+# What a --budget plan sets, and a resume takes back from the checkpoint's spec.
+PLANNED = ("epochs", "max_steps", "schedule_epochs", "log_every")
+MONITOR_PLANNED = ("knn_every", "knn_bank_max", "knn_val_max")

@@ -186,6 +186,18 @@ def grid_from(result: KnnResult, classes: list[str], image_size: int, bank_from_
         bank_name="images of the other half of --val" if bank_from_val else "train images")
 
 
+def evaluation_count(epochs: int, every: int) -> int:
+    """Evaluations of a run of `epochs` epochs: at the start, every `every` epochs and after the last."""
+    return 1 + epochs // every + (1 if epochs % every else 0) if every else 0
+
+
+def evaluations_after(epochs_done: int, epochs: int, every: int) -> int:
+    """The evaluations a run of `epochs` epochs still makes after `epochs_done` whole epochs."""
+    if not every or epochs <= epochs_done:
+        return 0
+    return epochs // every - epochs_done // every + (1 if epochs % every else 0)
+
+
 class OnlineKnn:
     """The online kNN before the first step (at_start), every monitor.knn_every epochs and after the last one."""
 
@@ -250,17 +262,13 @@ class OnlineKnn:
     def evaluations(self, epochs: int) -> int:
         """How many evaluations a new run of `epochs` epochs makes (at the start, every knn_every epochs and
         after the last)."""
-        every = self.spec.monitor.knn_every
-        if self.splits is None or not every:
-            return 0
-        return 1 + epochs // every + (1 if epochs % every else 0)
+        return evaluation_count(epochs, self.spec.monitor.knn_every) if self.splits is not None else 0
 
     def evaluations_after(self, epochs_done: int, epochs: int) -> int:
         """How many evaluations a run of `epochs` epochs still makes after `epochs_done` whole epochs."""
-        every = self.spec.monitor.knn_every
-        if self.splits is None or not every or epochs <= epochs_done:
+        if self.splits is None:
             return 0
-        return epochs // every - epochs_done // every + (1 if epochs % every else 0)
+        return evaluations_after(epochs_done, epochs, self.spec.monitor.knn_every)
 
     def linear_top1(self) -> float | None:
         """A linear probe on the last online-kNN features, for the closing summary (rank 0 only)."""

@@ -81,7 +81,8 @@ def build_model(spec: PretrainSpec, loop: LoopConfig, device: torch.device, num_
     if spec.init_from is not None:
         init_from(encoder, info, spec.init_from)
     method = method_class(spec.method.name)(spec.method, encoder, info.feature_dim,
-                                            Budget(loop.total_steps, loop.steps_per_epoch, num_images))
+                                            Budget(loop.total_steps, loop.steps_per_epoch, num_images,
+                                                   schedule_epoch_steps(spec, loop)))
     if num_classes is not None:
         semi_supervised.attach_head(method, info.feature_dim, num_classes)
     sync_bn = spec.train.sync_bn if spec.train.sync_bn is not None else CONFIGS[spec.method.name].sync_bn
@@ -132,13 +133,24 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, lr: float,
     return create_optimizer_v2(groups, opt=optim.name, lr=lr, weight_decay=optim.weight_decay, **kwargs)
 
 
+def schedule_epoch_steps(spec: PretrainSpec, loop: LoopConfig) -> float:
+    """The steps an epoch of the schedule's lengths (warm-up, freezes, temperature warm-ups) takes: an epoch of
+    data, except in a --budget run, where train.schedule_epochs epochs span the planned steps."""
+    if spec.train.schedule_epochs is None:
+        return float(loop.steps_per_epoch)
+    return loop.total_steps / spec.train.schedule_epochs
+
+
+def warmup_steps(spec: PretrainSpec, loop: LoopConfig) -> int:
+    return min(loop.total_steps, round(spec.optim.warmup_epochs * schedule_epoch_steps(spec, loop)))
+
+
 def optimizer_and_schedule(spec: PretrainSpec, method: Method,
                            loop: LoopConfig) -> tuple[torch.optim.Optimizer, torch.Tensor]:
     """The optimizer at lr = base_lr x batch / 256 and its per-step warm-up + cosine schedule."""
     lr = spec.scaled_lr()
     optimizer = build_optimizer(method, spec.optim, lr, method.fixed_lr_modules)
-    warmup_steps = round(spec.optim.warmup_epochs * loop.steps_per_epoch)
-    return optimizer, warmup_cosine(lr, loop.total_steps, warmup_steps, final=lr * spec.optim.min_lr_ratio)
+    return optimizer, warmup_cosine(lr, loop.total_steps, warmup_steps(spec, loop), final=lr * spec.optim.min_lr_ratio)
 
 
 def augment_states(model: Model) -> dict[str, torch.Tensor]:
@@ -188,7 +200,7 @@ def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: to
 
 def short_run_warnings(spec: PretrainSpec, loop: LoopConfig) -> list[str]:
     """What a run too short for its own settings should know before it starts."""
-    total, warmup = loop.total_steps, round(spec.optim.warmup_epochs * loop.steps_per_epoch)
+    total, warmup = loop.total_steps, round(spec.optim.warmup_epochs * schedule_epoch_steps(spec, loop))
     lines = []
     if warmup >= total:
         lines.append(f"this run ({console.plural(total, 'step')}) is no longer than its warm-up ({warmup} steps: "

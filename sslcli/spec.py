@@ -116,6 +116,11 @@ class TrainConfig(Strict):
     epochs: int = Field(100, gt=0, le=100_000)
     budget: float | None = Field(None, gt=0, description="wall-clock budget in seconds ('5m', '90s', '2h' are "
                                  "read too): a calibration sets the steps that fit it, replacing epochs")
+    schedule_epochs: float | None = Field(None, gt=0, le=100_000, description="the run length, in epochs, that "
+                                          "the lengths given in epochs (warm-up, freezes, temperature warm-ups) are "
+                                          "shares of: --budget sets it to train.epochs before its plan replaces "
+                                          "them, so a warm-up of 1 epoch in a 6-epoch recipe is a sixth of the "
+                                          "planned steps whatever the machine's speed (unset: epochs are epochs)")
     max_steps: int | None = Field(None, gt=0, le=10_000_000, description="stop after this many steps, inside the last epoch "
                                   "(--budget sets it and epochs)")
     batch_size: int = Field(256, ge=2, le=65536)

@@ -18,6 +18,7 @@ from sslcli.errors import UsageError
 from sslcli.methods import CONFIGS, method_class
 from sslcli.methods.base import Budget
 from sslcli.schedules import StepSchedule, stretch, warmup_cosine
+from sslcli.spec import PretrainSpec, resolve
 from sslcli.train import Events, LoopConfig, Step, StepOut, fit, follow_replan
 from tests.test_cli import assert_one_clean_error, sslcli_run
 from tests.test_methods import tiny_spec
@@ -118,7 +119,9 @@ def test_a_budget_run_plans_its_steps_trains_them_and_keeps_the_plan_on_resume(c
     summary = json.loads(proc.stdout)
     planned, replans = summary["planned_steps"], summary["replans"]
     plan_line = next(line for line in proc.stderr.splitlines() if line.startswith("--budget "))
-    assert f"{planned} steps" in plan_line and "a step takes" in plan_line and "online kNN" in plan_line
+    assert f"{planned} steps of 32, {planned * 32:,} images" in plan_line and "a step takes" in plan_line
+    assert any(line.startswith("--budget: the online kNN") and "% of the budget" in line
+               for line in proc.stderr.splitlines())
     # Each re-plan (made when the speed measured while training differs from the calibration's) is one line,
     # at a point of the plan then current, and the run trains the last plan.
     lines = [line for line in proc.stderr.splitlines() if line.startswith("--budget: at step")]
@@ -131,6 +134,8 @@ def test_a_budget_run_plans_its_steps_trains_them_and_keeps_the_plan_on_resume(c
     assert summary["wall_s"] < summary["command_s"], "the budget clock: the whole command, set-up and closing included"
     spec = json.loads((run / "spec.json").read_text())
     assert spec["train"]["max_steps"] == planned and spec["train"]["epochs"] == -(-planned // 8)  # 8 steps/epoch
+    # The schedule keeps the recipe's shape (the quickstart's 6 epochs), and the curves get about 20 points.
+    assert spec["train"]["schedule_epochs"] == 6 and spec["train"]["log_every"] == min(20, max(1, planned // 20))
     # The online kNN ran after the last (possibly partial) epoch of the last plan too.
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r for r in records if "knn_top1" in r][-1]["step"] == totals[-1]
@@ -264,3 +269,50 @@ def test_a_state_whose_re_plans_could_not_have_been_made_is_refused(replans, mon
         resume.recorded_replans(Path("state"))
     monkeypatch.setattr(checkpoint, "read_state_record", lambda state: {**record, "replans": [[10, 50], [30, 90]]})
     assert resume.recorded_replans(Path("state")) == [[10, 50], [30, 90]]
+
+
+def test_a_budget_run_s_warm_up_and_freezes_are_shares_of_its_plan_and_follow_a_re_plan():
+    """--budget keeps a recipe's shape: a warm-up of 1 epoch in a 6-epoch recipe is a sixth of the planned steps
+    (here 60, where one epoch of data is 78 steps: the old rule never reached the peak), and a re-plan stretches
+    the lr and a method's freeze with the rest of the run, continuous at the re-plan."""
+    from sslcli import pretraining
+
+    spec = resolve(PretrainSpec, preset="quickstart", sets=["data.image_size=16", "train.schedule_epochs=6",
+                                                            "train.max_steps=60", "train.epochs=1"])
+    loop = LoopConfig(epochs=1, steps_per_epoch=78, max_steps=60)
+    assert pretraining.warmup_steps(spec, loop) == 10
+    lr = warmup_cosine(1.0, loop.total_steps, pretraining.warmup_steps(spec, loop), final=0.0)
+    assert float(lr.max()) == pytest.approx(1.0) and int(lr.argmax()) == 9, "the peak is reached, at the sixth"
+    stretched = follow_replan(loop, lr, 30, 90)
+    assert torch.equal(stretched[:31], lr[:31]) and stretched[-1] == pytest.approx(0.0) and len(stretched) == 90
+    # Without a budget, an epoch is an epoch of data, as before.
+    fixed = resolve(PretrainSpec, preset="simclr-cpu", sets=["data.image_size=16"])
+    assert pretraining.warmup_steps(fixed, LoopConfig(epochs=15, steps_per_epoch=78)) == 78
+    # A freeze of 1 schedule epoch (DINO's last layer) in a 6-epoch recipe planned at 60 steps: 10 steps; when the
+    # plan nearly doubles at step 5, the 5 frozen steps still ahead take 10 (a mask that stretches with the run).
+    budget = Budget(60, 78, 0, schedule_epoch_steps=10.0)
+    frozen = budget.until(1)
+    assert [frozen.at(s) > 0.5 for s in (9, 10)] == [True, False]
+    longer = frozen.stretched(5, 115)
+    assert [longer.at(s) > 0.5 for s in (14, 15)] == [True, False] and len(longer) == 115
+
+
+def test_a_budget_on_a_cpu_with_the_default_encoder_takes_the_quickstart_sizing(capsys):
+    """The rule: --budget on a CPU, encoder and batch not chosen, gives resnet10t at half width and batch 128;
+    anything chosen (by a preset, an option or the method) is kept, and without a budget or on CUDA nothing
+    changes."""
+    from sslcli.budget import CPU_BATCH_SIZE, CPU_ENCODER, cpu_sizing
+
+    cpu = torch.device("cpu")
+    plain = cpu_sizing(resolve(PretrainSpec, sets=["train.budget=4m", "data.image_size=96"]), cpu)
+    assert plain.encoder.model_dump() == {**CPU_ENCODER} and plain.train.batch_size == CPU_BATCH_SIZE
+    assert "--budget on a CPU: resnet10t at half width" in capsys.readouterr().err
+    chosen = resolve(PretrainSpec, options={"encoder.name": "resnet18", "train.batch_size": 64},
+                     sets=["train.budget=4m", "data.image_size=96"])
+    assert cpu_sizing(chosen, cpu) == chosen
+    mae = resolve(PretrainSpec, options={"method.name": "mae"}, sets=["train.budget=4m", "data.image_size=32"])
+    assert cpu_sizing(mae, cpu).encoder == mae.encoder, "the method's own encoder (a ViT) is kept"
+    no_budget = resolve(PretrainSpec, sets=["data.image_size=96"])
+    assert cpu_sizing(no_budget, cpu) == no_budget
+    assert cpu_sizing(resolve(PretrainSpec, sets=["train.budget=4m", "data.image_size=96"]),
+                      torch.device("cuda")).encoder.name == "resnet18"

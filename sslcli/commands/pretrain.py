@@ -82,6 +82,7 @@ def _run(spec: PretrainSpec, resume: str | None, force: bool, started: float,
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     prepare_device(device)
     torch.manual_seed(spec.train.seed)  # the same initial weights on every rank
+    spec = budget.cpu_sizing(spec, device)
     train_data = load_data(spec, device)
     spec, pacer = budget.plan(spec, state, train_data, device, started)
     loop = loop_config(spec, train_data.steps_per_epoch, device)

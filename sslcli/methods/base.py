@@ -33,11 +33,25 @@ class Budget:
     """How long the run is, for methods whose schedules or freezes are counted in steps or epochs."""
 
     total_steps: int
-    steps_per_epoch: int
+    steps_per_epoch: int  # batches in one pass over the data
     num_images: int = 0  # the training images: the size of a per-image memory bank (InstDisc, DeepCluster v2)
+    # Steps per epoch of the schedule's lengths (warm-ups, freezes): steps_per_epoch, except in a --budget run,
+    # where a length in epochs keeps its share of the run its train.epochs describe (schedules.schedule_epoch_steps).
+    schedule_epoch_steps: float = 0.0
 
     def epochs_to_steps(self, epochs: float) -> int:
+        """A schedule length given in epochs (a warm-up, a freeze), in steps of this run."""
+        return min(self.total_steps, round(epochs * (self.schedule_epoch_steps or self.steps_per_epoch)))
+
+    def data_epochs_to_steps(self, epochs: float) -> int:
+        """Passes over the data (a memory bank's filling epochs), in steps: never rescaled."""
         return min(self.total_steps, round(epochs * self.steps_per_epoch))
+
+    def until(self, epochs: float) -> StepSchedule:
+        """1 for the steps of the first `epochs` (schedule epochs), 0 after: a freeze or a start, re-planned with
+        the run (StepSchedule); read as `.at(step) > 0.5`."""
+        end = self.epochs_to_steps(epochs)
+        return StepSchedule([1.0] * end + [0.0] * (self.total_steps - end))
 
 
 class Method(Protocol):

@@ -41,7 +41,7 @@ class DINO(MethodDefaults, nn.Module):
                                   cfg.final_momentum, budget.total_steps)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         self.teacher_temperature = teacher_temperatures(cfg, budget)
-        self.freeze_steps = budget.epochs_to_steps(cfg.freeze_last_layer_epochs)
+        self.frozen = budget.until(cfg.freeze_last_layer_epochs)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         groups = views_by_size(views)
@@ -65,7 +65,7 @@ class DINO(MethodDefaults, nn.Module):
 
     def cancel_gradients(self, step: int) -> None:
         """The last layer loses its gradient for the first epoch (the official cancel_gradients_last_layer)."""
-        if step < self.freeze_steps:
+        if self.frozen.at(step) > 0.5:
             drop_gradients(self.head.last_layer)
 
     def export_encoder(self) -> nn.Module:

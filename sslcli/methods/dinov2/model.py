@@ -120,7 +120,7 @@ class DINOv2(MethodDefaults, nn.Module):
                                    "teacher_ibot_head": "ibot_head"}, cfg.momentum, cfg.final_momentum,
                                   budget.total_steps)
         self.teacher_temperature = teacher_temperatures(cfg, budget)
-        self.freeze_steps = budget.epochs_to_steps(cfg.freeze_last_layer_epochs)
+        self.frozen = budget.until(cfg.freeze_last_layer_epochs)
 
     def train(self, mode: bool = True) -> DINOv2:
         """The teacher stays in eval mode (SSLMetaArch.train): drop path or dropout, if the encoder has them,
@@ -213,7 +213,7 @@ class DINOv2(MethodDefaults, nn.Module):
 
     def cancel_gradients(self, step: int) -> None:
         """The heads' last layers get no update for the first epoch (DINOv2's last_layer_lr_schedule at 0)."""
-        if step < self.freeze_steps:
+        if self.frozen.at(step) > 0.5:
             for head in (self.head, self.ibot_head):
                 if head is not None:
                     drop_gradients(head.last_layer)

@@ -39,7 +39,7 @@ class InstDisc(MethodDefaults, nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(feature_dim, cfg.embedding_dim)
         self.bank = MemoryBank(budget.num_images, cfg.embedding_dim, cfg.bank_momentum, "instdisc")
-        self.fill_steps = budget.epochs_to_steps(cfg.bank_fill_epochs)
+        self.fill_steps = budget.data_epochs_to_steps(cfg.bank_fill_epochs)  # passes over the data, not a schedule
 
     def draw(self, n: int, device: torch.device) -> tuple[Tensor | None]:
         """The negatives' draws [n, K] (MemoryBank.draw; None: every entry), from torch's generator of the device."""

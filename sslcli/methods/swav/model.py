@@ -31,8 +31,8 @@ class SwAV(MethodDefaults, nn.Module):
         self.encoder = encoder
         self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim)
         self.prototypes = NormalizedLinear(cfg.proj_out_dim, cfg.num_prototypes)
-        self.freeze_steps = budget.epochs_to_steps(cfg.freeze_prototypes_epochs)
-        self.queue_start = budget.epochs_to_steps(cfg.queue_start_epoch)
+        self.frozen = budget.until(cfg.freeze_prototypes_epochs)
+        self.queue_closed = budget.until(cfg.queue_start_epoch)
         self.batch_size: int | None = None
         if cfg.queue_length:
             self.register_buffer("queue", torch.zeros(2, cfg.queue_length, cfg.proj_out_dim))
@@ -43,7 +43,7 @@ class SwAV(MethodDefaults, nn.Module):
         if not self.cfg.queue_length or self.batch_size is None:
             return False
         steps_to_fill = -(-self.cfg.queue_length // self.batch_size)
-        return step - self.queue_start >= steps_to_fill
+        return step >= steps_to_fill and self.queue_closed.at(step - steps_to_fill) < 0.5
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
         with torch.no_grad():  # the prototypes stay on the unit sphere (the paper normalises them every step)
@@ -61,7 +61,7 @@ class SwAV(MethodDefaults, nn.Module):
                 # With a queue the codes are computed over queue + batch; the batch's are the last rows.
                 codes.append(sinkhorn(s, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-z[i].shape[0]:])
         loss = swapped_prediction(scores, codes, self.cfg.temperature)
-        if self.cfg.queue_length and step >= self.queue_start:
+        if self.cfg.queue_length and self.queue_closed.at(step) < 0.5:
             self.stage("queue", partial(self.enqueue, torch.stack([z[0].detach(), z[1].detach()])))
         global_h = h[0].chunk(len(views_by_size(views)[0]))  # the first group holds the two global crops
         return StepOut(loss=loss, logs={"loss": loss.detach()},
@@ -70,7 +70,7 @@ class SwAV(MethodDefaults, nn.Module):
     def cancel_gradients(self, step: int) -> None:
         """Frozen prototypes lose their gradient after backward, so the optimizer leaves them as they are
         (the official code's way; a requires_grad toggle would change the parameter set DDP reduces)."""
-        if step < self.freeze_steps:
+        if self.frozen.at(step) > 0.5:
             self.prototypes.weight.grad = None
 
     def enqueue(self, z: Tensor) -> None:
