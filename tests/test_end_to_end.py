@@ -66,7 +66,9 @@ def test_encoder_file_has_the_documented_metadata(pretrained):
     assert meta["method"] == "simclr" and meta["encoder"] == "resnet10t" and meta["epoch"] == "2"
     assert json.loads(meta["spec"])["train"]["epochs"] == 2
     model, info, _ = checkpoint.load_encoder(run / "encoder.safetensors")
-    assert info.feature_dim == 512
+    # The quickstart's resnet10t at half width (channels 32-64-128-256): 256 features, recorded as such.
+    assert info.feature_dim == 256 == int(meta["feature_dim"])
+    assert json.loads(meta["encoder_kwargs"]) == {"channels": [32, 64, 128, 256]}
     # The weights moved during training: the final encoder differs from the one in epoch 1's training state.
     first_state = checkpoint.complete_states(run / "checkpoints")[0]
     with safe_open(str(first_state), "pt") as f:
@@ -82,7 +84,7 @@ def test_probe_reports_knn_and_linear(pretrained, cifar_small: Path):
     proc = sslcli_run("probe", str(run / "encoder.safetensors"), "--data", str(cifar_small), "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["n_train"] == 400 and result["n_eval"] == 200 and result["feature_dim"] == 512
+    assert result["n_train"] == 400 and result["n_eval"] == 200 and result["feature_dim"] == 256
     assert set(result["knn"]) == {"k20", "k200"}
     for scores in [*result["knn"].values(), result["linear"]]:
         assert 0.0 <= scores["top1"] <= scores["top5"] <= 1.0
