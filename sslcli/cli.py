@@ -55,6 +55,8 @@ EncoderArgument = typer.Argument(..., metavar="ENCODER", help="an encoder.safete
 LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ "
                                  "or test/)")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
+LogToOption = typer.Option(None, "--log-to", metavar="TRACKERS", help="also log to experiment trackers, comma-"
+                           "separated: tensorboard, mlflow, wandb (each an extra: pip install 'sslcli[mlflow]')")
 
 
 INTERRUPTED = "interrupted: stopped at once (Ctrl-C); nothing was saved at this point"
@@ -162,6 +164,7 @@ def pretrain(
     label_fraction: float = typer.Option(None, "--label-fraction", help="S4L semi-supervised: a seeded class-balanced "
                                          "fraction of DATA's labels (class folders) adds a supervised cross entropy "
                                          "on a linear head, e.g. 0.1"),
+    log_to: str = LogToOption,
     dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
@@ -175,7 +178,7 @@ def pretrain(
         "train.budget": budget,
         "train.batch_size": batch_size, "out": _path(out), "data.on_bad_image": on_bad_image,
         "init_from": _path(init_from), "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
-        "data.label_fraction": label_fraction,
+        "data.label_fraction": label_fraction, "logging.to": log_to,
     }
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
     if dry_run:
@@ -224,6 +227,7 @@ def finetune(
     keep_projection_layers: int = typer.Option(None, "--keep-projection-layers", metavar="N",
                                                help="SimCLR v2: keep the first N layers of the encoder's pretrained "
                                                "projection head between it and the classifier (SimCLR v2: 1)"),
+    log_to: str = LogToOption,
     sets: list[str] = set_option("train.epochs=10"),
     dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
@@ -237,7 +241,7 @@ def finetune(
         "encoder": _encoder(encoder), "data.path": str(data), "data.val": _path(val),
         "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": _path(out), "baseline": baseline,
-        "keep_projection_layers": keep_projection_layers,
+        "keep_projection_layers": keep_projection_layers, "logging.to": log_to,
     }
     spec = resolve(FinetuneSpec, preset=preset, options=options, sets=sets)
     if dry_run:

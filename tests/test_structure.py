@@ -59,7 +59,7 @@ LAYERS: dict[str, set[str]] = {
                         "checkpoint"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
-               "report", "resume", "semi_supervised", "training_data"},
+               "report", "resume", "semi_supervised", "training_data", "trackers"},
     "commands": {"commands", "cli", "__main__"},
 }
 
