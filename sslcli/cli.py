@@ -55,6 +55,8 @@ EncoderArgument = typer.Argument(..., metavar="ENCODER", help="an encoder.safete
 LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ "
                                  "or test/)")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
+LogToOption = typer.Option(None, "--log-to", metavar="TRACKERS", help="also log to experiment trackers, comma-"
+                           "separated: tensorboard, mlflow, wandb (each an extra: pip install 'sslcli[mlflow]')")
 
 
 INTERRUPTED = "interrupted: stopped at once (Ctrl-C); nothing was saved at this point"
@@ -108,14 +110,6 @@ def _path(value: Path | None) -> str | None:
     return str(value) if value is not None else None
 
 
-def _encoder(value: Path) -> str:
-    """An encoder file, or a run folder's encoder.safetensors (said on stderr), checked from its header without
-    torch, so a wrong file is refused at once."""
-    from sslcli.headers import checked_encoder
-
-    return str(checked_encoder(value))
-
-
 def _artifact(value: Path) -> str:
     """Any sslcli artifact (inspect), or a run folder's encoder.safetensors."""
     from sslcli.headers import encoder_file
@@ -162,22 +156,19 @@ def pretrain(
     label_fraction: float = typer.Option(None, "--label-fraction", help="S4L semi-supervised: a seeded class-balanced "
                                          "fraction of DATA's labels (class folders) adds a supervised cross entropy "
                                          "on a linear head, e.g. 0.1"),
+    log_to: str = LogToOption,
     dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Pretrain an encoder with a self-supervised method; writes RUN/encoder.safetensors."""
     console.configure(quiet=quiet)
-    from sslcli.spec import PretrainSpec, resolve
+    from sslcli.command_specs import pretrain_spec
 
-    options: dict[str, Any] = {
-        "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
-        "train.budget": budget,
-        "train.batch_size": batch_size, "out": _path(out), "data.on_bad_image": on_bad_image,
-        "init_from": _path(init_from), "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
-        "data.label_fraction": label_fraction,
-    }
-    spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
+    spec = pretrain_spec(data, method=method, preset=preset, encoder=encoder, epochs=epochs, budget=budget,
+                         batch_size=batch_size, out=out, on_bad_image=on_bad_image, init_from=init_from,
+                         on_nan=on_nan, val=val, sync_bn=sync_bn, label_fraction=label_fraction, log_to=log_to,
+                         sets=sets)
     if dry_run:
         return _dry_run(spec, json_out)
     _run("pretrain", spec, json_out, resume=resume, force=force, started=_started)
@@ -200,12 +191,11 @@ def probe(
     """Judge an encoder: weighted kNN (k=20, 200) and a linear probe on frozen features, beside chance and a
     random-init encoder of the same architecture."""
     console.configure(quiet=quiet)
-    from sslcli.spec import ProbeSpec, resolve
+    from sslcli.command_specs import probe_spec
 
-    options = {"encoder": _encoder(encoder), "data.path": str(data), "data.val": _path(val),
-               "data.on_bad_image": on_bad_image, "data.label_fraction": label_fraction, "probe.baseline": baseline,
-               "out": _path(out)}
-    _run("probe", resolve(ProbeSpec, options=options, sets=sets), json_out)
+    spec = probe_spec(encoder, data, val=val, label_fraction=label_fraction, on_bad_image=on_bad_image,
+                      baseline=baseline, out=out, sets=sets)
+    _run("probe", spec, json_out)
 
 
 @app.command(cls=Command)
@@ -224,6 +214,7 @@ def finetune(
     keep_projection_layers: int = typer.Option(None, "--keep-projection-layers", metavar="N",
                                                help="SimCLR v2: keep the first N layers of the encoder's pretrained "
                                                "projection head between it and the classifier (SimCLR v2: 1)"),
+    log_to: str = LogToOption,
     sets: list[str] = set_option("train.epochs=10"),
     dry_run: bool = DryRunOption,
     json_out: bool = JsonOption,
@@ -231,15 +222,11 @@ def finetune(
 ) -> None:
     """Fine-tune a classifier (the encoder plus a fresh head) on labeled images; writes classifier.safetensors."""
     console.configure(quiet=quiet)
-    from sslcli.spec import FinetuneSpec, resolve
+    from sslcli.command_specs import finetune_spec
 
-    options: dict[str, Any] = {
-        "encoder": _encoder(encoder), "data.path": str(data), "data.val": _path(val),
-        "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
-        "train.batch_size": batch_size, "out": _path(out), "baseline": baseline,
-        "keep_projection_layers": keep_projection_layers,
-    }
-    spec = resolve(FinetuneSpec, preset=preset, options=options, sets=sets)
+    spec = finetune_spec(encoder, data, val=val, epochs=epochs, batch_size=batch_size, label_fraction=label_fraction,
+                         preset=preset, out=out, on_bad_image=on_bad_image, baseline=baseline,
+                         keep_projection_layers=keep_projection_layers, log_to=log_to, sets=sets)
     if dry_run:
         return _dry_run(spec, json_out)
     if spec.keep_projection_layers and spec.encoder is not None:
@@ -259,9 +246,9 @@ def export(
 ) -> None:
     """Export an encoder for timm (create_model("local-dir:DIR")) or torchvision (resnet18/34/50/...)."""
     console.configure(quiet=quiet)
-    from sslcli.spec import ExportSpec, resolve
+    from sslcli.command_specs import export_spec
 
-    _run("export", resolve(ExportSpec, options={"encoder": _encoder(encoder), "to": to, "out": str(out)}), json_out)
+    _run("export", export_spec(encoder, to=to, out=out), json_out)
 
 
 @app.command(cls=Command)
@@ -277,11 +264,10 @@ def embed(
 ) -> None:
     """Write the encoder's features of every image: an [N, D] matrix in safetensors plus a CSV index."""
     console.configure(quiet=quiet)
-    from sslcli.spec import EmbedSpec, resolve
+    from sslcli.command_specs import embed_spec
 
-    options = {"encoder": _encoder(encoder), "data": str(data), "out": str(out), "batch_size": batch_size,
-               "device": device, "on_bad_image": on_bad_image}
-    _run("embed", resolve(EmbedSpec, options=options), json_out)
+    _run("embed", embed_spec(encoder, data, out=out, batch_size=batch_size, device=device,
+                             on_bad_image=on_bad_image), json_out)
 
 
 @app.command(cls=Command)

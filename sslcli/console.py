@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,15 +179,19 @@ def _fmt(value: Any) -> str:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per logged step or event, flushed as written."""
+    """metrics.jsonl: one JSON object per logged step or event, flushed as written. `also` gets each record
+    after it is written (the experiment trackers of --log-to), so they get exactly what the file gets."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, also: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
+        self.also = also
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
+        if self.also is not None:
+            self.also(record)
 
     def close(self) -> None:
         self._file.close()

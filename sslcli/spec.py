@@ -169,6 +169,28 @@ class MonitorConfig(Strict):
     report: bool = Field(True, description="write report/ (curves.png, neighbors.png, summary.json)")
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+def _tracker_list(value: Any) -> Any:
+    """--log-to tensorboard,mlflow (a comma list) or a TOML list; "" and "none" are no tracker."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if isinstance(value, list):
+        value = [v for v in value if v not in ("", "none")]
+        return list(dict.fromkeys(value))  # each tracker once, in the order given
+    return value
+
+
+class LoggingConfig(Strict):
+    to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers that get the metrics, the spec, the report and the "
+        "results (rank 0): tensorboard, mlflow, wandb (each an extra: pip install 'sslcli[mlflow]')")
+    experiment: str = Field("sslcli", min_length=1, description="the MLflow experiment and the W&B project")
+
+    _split = field_validator("to", mode="before")(_tracker_list)
+
+
 class PretrainSpec(ScaledLr, Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
@@ -177,6 +199,7 @@ class PretrainSpec(ScaledLr, Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     out: Path | None = Field(None, description="run folder (default runs/<method>-<timestamp>)")
     init_from: Path | None = Field(None, description="start from this encoder.safetensors (same architecture)")
 
@@ -288,6 +311,7 @@ class FinetuneSpec(ScaledLr, Strict):
     augment: FinetuneAugment = Field(default_factory=FinetuneAugment)
     optim: FinetuneOptim = Field(default_factory=FinetuneOptim)
     train: FinetuneTrain = Field(default_factory=FinetuneTrain)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     out: Path | None = Field(None, description="output folder (default: finetune-<timestamp> beside the encoder)")
     baseline: bool = Field(False, description="then fine-tune the same architecture from a seeded random init with "
                            "the same recipe: the reference the pretraining is measured against (doubles the time)")

@@ -53,14 +53,15 @@ def is_command(name: str) -> bool:
 # The library's layers, lowest first: a module imports only modules of its own layer or a lower one. Every
 # module is named here (a new one must be placed), the method packages by their prefix.
 LAYERS: dict[str, set[str]] = {
-    "core": {"sslcli", "errors", "console", "durations", "files", "device", "distributed", "schedules", "step",
+    "core": {"errors", "console", "durations", "files", "device", "distributed", "schedules", "step",
              "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args"},
     "data and models": {"data", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate", "features",
                         "checkpoint"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
-               "report", "resume", "semi_supervised", "training_data"},
+               "report", "resume", "semi_supervised", "training_data", "trackers", "command_specs"},
     "commands": {"commands", "cli", "__main__"},
+    "public API": {"sslcli", "api"},  # the package's face: sslcli.pretrain(...) runs the commands
 }
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslcli import checkpoint, console, data, distributed
+from sslcli import checkpoint, console, data, distributed, trackers
 from sslcli.augment import Augmenter
 from sslcli.device import PRECISIONS, prepare_device, resolve_device
 from sslcli.encoders import EncoderInfo, rebuild_encoder
@@ -72,6 +72,7 @@ class Job:
     device: torch.device
     baseline: bool = False  # the random-init reference run: its own metrics file, no classifier written
     projection: MLPLayout | None = None  # the layout of the projection head whose first layers the model keeps
+    tracking: trackers.Trackers | None = None  # --log-to: the fine-tune's metrics (not the baseline's) go there too
 
 
 def run(spec: FinetuneSpec) -> dict[str, Any]:
@@ -83,6 +84,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         raise UsageError("no labeled data given: sslcli finetune ENCODER --data DIR")
     if spec.keep_projection_layers:
         checked_projector(encoder_path(spec))  # a missing or mismatched head: one line, before any work
+    trackers.check_installed(spec.logging.to)
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     prepare_device(device)
     torch.manual_seed(spec.train.seed)  # the same fresh head on every rank
@@ -105,17 +107,31 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     out = output_dir(spec) if distributed.is_main() else Path(spec.out or ".")
     if distributed.is_main():
         atomic_write_json(out / "spec.json", dump(spec))
-    job = Job(spec, info, source, model, classes, train_set, loader, score, loop, out, device, projection=layout)
+    tracking = (trackers.open_trackers(spec.logging.to, out, dump(spec), spec.logging.experiment)
+                if distributed.is_main() else None)
+    job = Job(spec, info, source, model, classes, train_set, loader, score, loop, out, device, projection=layout,
+              tracking=tracking)
     announce(job, len(val_set))
-    result, history = _train(job)
-    summary = _summary(job, result, history, len(val_set)) if distributed.is_main() else {}
-    distributed.barrier()  # the classifier is written before any rank returns (and before a baseline starts)
+    status = "failed"
     try:
-        if spec.baseline:
-            summary["baseline"] = _train_baseline(job)
-    finally:  # once: with the baseline's figures, or without them when it was interrupted
-        if distributed.is_main():
-            atomic_write_json(out / "finetune.json", summary)
+        result, history = _train(job)
+        summary = _summary(job, result, history, len(val_set)) if distributed.is_main() else {}
+        distributed.barrier()  # the classifier is written before any rank returns (and before a baseline starts)
+        try:
+            if spec.baseline:
+                summary["baseline"] = _train_baseline(job)
+        finally:  # once: with the baseline's figures, or without them when it was interrupted
+            if distributed.is_main():
+                atomic_write_json(out / "finetune.json", summary)
+        if tracking is not None:
+            tracking.finish(summary, [out / "classifier.safetensors", out / "finetune.json"])
+        status = "finished"
+    except (Interrupted, KeyboardInterrupt):
+        status = "stopped"
+        raise
+    finally:
+        if tracking is not None and status != "finished":
+            tracking.close(status)
     return summary
 
 
@@ -175,7 +191,8 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
     policy = data.BadImagePolicy(spec.data.on_bad_image)
     criterion, mixup = make_criterion(spec, len(job.classes))
     history = []
-    metrics = (console.MetricsLog(job.out / ("baseline-metrics.jsonl" if job.baseline else "metrics.jsonl"))
+    also = job.tracking.record if job.tracking is not None and not job.baseline else None
+    metrics = (console.MetricsLog(job.out / ("baseline-metrics.jsonl" if job.baseline else "metrics.jsonl"), also)
                if distributed.is_main() else None)
     who = "baseline " if job.baseline else ""
     model.to(device=device, memory_format=torch.channels_last if job.loop.channels_last else torch.contiguous_format)

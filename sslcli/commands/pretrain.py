@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sslcli import budget, checkpoint, console, distributed, monitors, online_knn, report
+from sslcli import budget, checkpoint, console, distributed, monitors, online_knn, report, trackers
 from sslcli import resume as resumption
 from sslcli.device import prepare_device, resolve_device
 from sslcli.errors import Interrupted, UsageError
@@ -54,6 +54,7 @@ class Run:
     started: float  # time.perf_counter() when the command started: --budget counts from there
     start_step: int = 0  # a resumed run's
     pacer: budget.Pacer | None = None
+    tracking: trackers.Trackers | None = None  # --log-to: rank 0's experiment trackers
 
 
 def run(spec: PretrainSpec, resume: str | None = None, force: bool = False,
@@ -66,6 +67,7 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False,
     and the spec's resolution); now when not given.
     """
     started = time.perf_counter() if started is None else started  # --budget counts from here
+    trackers.check_installed(spec.logging.to)  # a tracker that is not installed: refused before any work
     folder = resumption.run_folder(spec, resume)  # None: a new folder, named (and locked) when it is made
     with contextlib.ExitStack() as locks:
         if folder is not None and int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes the run folder
@@ -115,7 +117,10 @@ def _run(spec: PretrainSpec, resume: str | None, force: bool, started: float,
     result, knn, health = train(this)
     if not distributed.is_main():
         return {}  # rank 0 reports
-    return summary(this, result, knn, health)
+    out = summary(this, result, knn, health)
+    if this.tracking is not None:
+        this.tracking.finish(out, [run_dir / "encoder.safetensors", run_dir / "projector.safetensors"])
+    return out
 
 
 def open_run_dir(spec: PretrainSpec, resume_dir: Path | None, method: torch.nn.Module) -> Path:
@@ -154,7 +159,13 @@ def train(this: Run) -> tuple[FitResult, online_knn.OnlineKnn, monitors.Collapse
     main = distributed.is_main()
     if main:  # records after the step this run continues from belong to a history that is being replaced
         resumption.drop_metrics_after(run_dir / "metrics.jsonl", this.start_step)
-    metrics = console.MetricsLog(run_dir / "metrics.jsonl") if main else None
+        this.tracking = trackers.open_trackers(spec.logging.to, run_dir, dump(spec), spec.logging.experiment,
+                                               this.start_step)
+    tracking = this.tracking
+    if tracking is not None and this.start_step > 0:
+        tracking.backfill(report.read_metrics(run_dir))  # a tracker new to a resumed run: the kept history
+    metrics = (console.MetricsLog(run_dir / "metrics.jsonl", also=tracking.record if tracking else None)
+               if main else None)
     knn = online_knn.OnlineKnn(spec, model.info, this.device, model.method, metrics, cache_policy(spec))
     knn.final_epoch = this.loop.epochs  # the plan's, re-planned or not
     health = monitors.CollapseWatch(metrics)
@@ -171,6 +182,9 @@ def train(this: Run) -> tuple[FitResult, online_knn.OnlineKnn, monitors.Collapse
         this.saver.save(epoch, at_step)
         if spec.monitor.report:
             write_report(run_dir, knn.new_grid())
+            if tracking is not None:
+                tracking.images([run_dir / "report" / name for name in report.FILES if name.endswith(".png")
+                                 and (run_dir / "report" / name).is_file()], at_step)
         if pacer is not None:  # the run's last save costs what this one did (report/ takes seconds on a CPU)
             probe_s = budget.PROBE_S if knn.splits is not None else 0.0
             pacer.closing_s = probe_s + time.perf_counter() - began
@@ -185,23 +199,35 @@ def train(this: Run) -> tuple[FitResult, online_knn.OnlineKnn, monitors.Collapse
     try:
         result = fit(this.step, this.data.batches, this.loop, this.device, events, start_step=this.start_step)
     except Interrupted as exc:
+        _close(tracking, "stopped")
         raise Interrupted(f"{exc}; the weights and training state at this step were saved to {run_dir} "
                           f"(encoder.safetensors, checkpoints/); to continue, run the same command with "
                           f"--out {run_dir} --resume auto", exc.signum) from None
     except KeyboardInterrupt:  # a second Ctrl-C: train.fit stops at once, without a checkpoint of this step
+        _close(tracking, "stopped")
         progress = checkpoint.run_progress(run_dir)
         kept = (f"the last checkpoint (step {progress[0]}) is intact; --out {run_dir} --resume auto continues from it"
                 if progress else f"no checkpoint was written yet; --out {run_dir} --resume auto starts the run again")
         raise Interrupted(f"interrupted again: stopped at once without a checkpoint; {kept}", signal.SIGINT) from None
+    except BaseException:
+        _close(tracking, "failed")
+        raise
     finally:
         if metrics is not None:
             metrics.close()
     distributed.barrier()  # the run folder is complete before any rank returns
     if result.steps == 0:
+        _close(tracking, "failed")
         raise UsageError(f"no training step ran: none of the {len(this.data.images)} images under "
                          f"{this.data.images.root} could be read ({this.data.policy.count} unreadable); no encoder "
                          "was written: check the files, or that they are images")
     return result, knn, health
+
+
+def _close(tracking: trackers.Trackers | None, status: str) -> None:
+    """The tracker runs end as the run did: stopped (a resumed run reopens them) or failed."""
+    if tracking is not None:
+        tracking.close(status)
 
 
 def write_report(run_dir: Path, grid: online_knn.NeighbourGrid | None) -> None:

@@ -1,0 +1,152 @@
+"""--log-to: TensorBoard, MLflow and W&B get the run's metrics, spec, report and results, read back with each
+tracker's own reader; a resumed run continues the same tracker run and sends no step twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sslcli.errors import Interrupted, UsageError
+from sslcli.spec import FinetuneSpec, PretrainSpec, resolve
+from tests.helpers import wandb_history
+from tests.test_resume import spec_for, stop_after
+
+ALL = "tensorboard,mlflow,wandb"
+
+
+@pytest.fixture(autouse=True)
+def _offline_trackers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No tracker reaches the network or the user's home: W&B offline, MLflow's default store in the run."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return scalars | {"_images": events.Tags()["images"], "_text": events.Tags()["tensors"]}
+
+
+def mlflow_client(run: Path):
+    import os
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow import MlflowClient
+
+    return MlflowClient((run / "mlruns").resolve().as_uri())
+
+
+def metrics_of(run: Path, key: str) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r[key]) for r in records if key in r]
+
+
+def test_log_to_is_a_comma_list_of_known_trackers():
+    spec = resolve(PretrainSpec, options={"logging.to": "tensorboard, wandb,tensorboard"})
+    assert spec.logging.to == ["tensorboard", "wandb"]
+    assert resolve(FinetuneSpec, sets=["logging.to=[\"mlflow\"]"]).logging.to == ["mlflow"]
+    assert resolve(PretrainSpec).logging.to == []
+    with pytest.raises(UsageError, match="logging.to"):
+        resolve(PretrainSpec, options={"logging.to": "tensorbord"})
+
+
+MISSING = """
+import sys
+sys.modules["mlflow"] = None  # as if the extra were not installed
+from sslcli.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_tracker_that_is_not_installed_is_one_line_and_exit_2_before_training(cifar_tiny: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", MISSING, "pretrain", str(cifar_tiny), "--out", str(out),
+                           "--log-to", "tensorboard,mlflow", "--epochs", "1"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith(("error", "warning"))] == [
+        "error: --log-to mlflow: the mlflow package is not installed; pip install 'sslcli[mlflow]'"]
+    assert not out.exists()  # refused before a run folder was made
+
+
+@pytest.mark.slow
+def test_every_tracker_gets_the_run_and_a_resume_continues_it_without_repeating_a_step(
+        cifar_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from sslcli import checkpoint
+    from sslcli.commands import pretrain
+
+    run = tmp_path / "run"
+    spec = spec_for(cifar_small, run, monitored=True, **{"logging.to": ALL})
+    with monkeypatch.context() as m:  # stopped during step 6 (SIGUSR1): a checkpoint at 6, the trackers hold 6
+        stop_after(m, 6)
+        with pytest.raises(Interrupted):
+            pretrain.run(spec)
+    first = json.loads((run / "trackers.json").read_text())
+    assert {name: first[name]["sent_to"] for name in first} == {"tensorboard": 6, "mlflow": 6, "wandb": 6}
+    # The newest checkpoint lost (a kill before it was written): the run continues from step 4, so steps 5 and 6
+    # are trained again, and the trackers, which hold them already, must not get them twice.
+    checkpoint.complete_states(run / "checkpoints")[-1].unlink()
+    result = pretrain.run(spec, resume="auto")
+    assert result["resumed_from_step"] == 4 and result["steps"] == 8
+    state = json.loads((run / "trackers.json").read_text())
+    assert {name: state[name]["run_id"] for name in state} == {name: first[name]["run_id"] for name in first}
+
+    losses = metrics_of(run, "loss")
+    assert [s for s, _ in losses] == list(range(1, 9))
+
+    scalars = tensorboard_scalars(run / "tensorboard")
+    assert [s for s, _ in scalars["loss"]] == list(range(1, 9))  # each step once, across both processes
+    assert [v for _, v in scalars["loss"]] == pytest.approx([v for _, v in losses], rel=1e-6)
+    assert [s for s, _ in scalars["knn_top1"]] == [s for s, _ in metrics_of(run, "knn_top1")] == [0, 4, 8]
+    assert {"lr", "images_per_s", "features_effective_rank", "final/knn_top1"} <= scalars.keys()
+    assert {"report/curves", "report/neighbors"} <= set(scalars["_images"])
+    assert "spec" in " ".join(scalars["_text"])
+
+    client = mlflow_client(run)
+    run_id = state["mlflow"]["run_id"]
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(1, 9))
+    finished = client.get_run(run_id)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.params["train.batch_size"] == "32" and finished.data.params["method.name"] == "simclr"
+    assert finished.data.metrics["final/steps"] == 8
+    artifacts = {f.path for folder in ("", "model", "report") for f in client.list_artifacts(run_id, folder)}
+    assert {"model/encoder.safetensors", "report/curves.png", "result.json", "spec.json"} <= artifacts
+
+    files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2  # one per process, the same run
+    steps = []
+    for file in files:
+        run_id, rows = wandb_history(file)
+        assert run_id == state["wandb"]["run_id"]
+        steps += [row["_step"] for row in rows if "loss" in row]
+    assert steps == list(range(1, 9))
+
+
+@pytest.mark.slow
+def test_finetune_logs_its_metrics_and_classifier(resnet10t_encoder: Path, cifar_tiny: Path, tmp_path: Path):
+    from sslcli.commands import finetune
+
+    out = tmp_path / "ft"
+    spec = resolve(FinetuneSpec, options={"encoder": str(resnet10t_encoder), "data.path": str(cifar_tiny),
+                                          "out": str(out), "logging.to": "tensorboard,mlflow"},
+                   sets=["train.epochs=2", "train.batch_size=25", "train.log_every=1", "data.num_workers=0"])
+    result = finetune.run(spec)
+    scalars = tensorboard_scalars(out / "tensorboard")
+    assert [s for s, _ in scalars["val_top1"]] == [h["step"] for h in result["history"]]
+    assert scalars["final/top1"][-1][1] == pytest.approx(result["top1"])
+    client = mlflow_client(out)
+    run_id = json.loads((out / "trackers.json").read_text())["mlflow"]["run_id"]
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [s for s, _ in metrics_of(out, "loss")]
+    assert "model/classifier.safetensors" in {f.path for f in client.list_artifacts(run_id, "model")}
