@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from sslcli.encoder_args import MAX_IMAGE_SIZE, encoder_kwargs_problem
+from sslcli.encoder_args import MAX_CHANNELS, MAX_IMAGE_SIZE, encoder_kwargs_problem
 from sslcli.errors import UsageError
 from sslcli.methods import CONFIGS, DEFAULT_METHOD, MethodConfig
 from sslcli.views import ViewConfig
@@ -75,8 +75,13 @@ class ScaledLr:
 
 
 class DataConfig(Strict):
-    path: Path | None = Field(None, description="folder of images (DATA); train/ is used when it holds splits")
-    val: Path | None = Field(None, description="labeled eval split for the online kNN (default: DATA's val/ or test/)")
+    path: Path | None = Field(None, description="folder of images, or a list file (.txt: one path per line; .csv: "
+                              "path[,label]) (DATA); train/ is used when a folder holds splits")
+    val: Path | None = Field(None, description="labeled eval split (folder or .csv list) for the online kNN "
+                             "(default: DATA's val/ or test/)")
+    channels: int = Field(3, ge=1, le=MAX_CHANNELS, description="image channels: 3 (RGB, every image converted), "
+                          "1 (greyscale: X-ray, medical) or N (multi-band TIFF, PNG with alpha, .npy stacks); not 3 "
+                          "turns off the RGB-only augmentations and normalises with 0.5/0.25 per channel")
     image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
                                               "input size ('auto': from the median shorter side of a sample of "
                                               "DATA's images: 32 for CIFAR-sized, 96 for 96 px, up to 224)")
@@ -183,6 +188,9 @@ class PretrainSpec(ScaledLr, Strict):
     @model_validator(mode="after")
     def _crop_size_is_image_size(self) -> PretrainSpec:
         # One source of truth for the input size: the views are cropped to data.image_size.
+        if self.data.channels != 3 and CONFIGS[self.method.name].rgb_only:
+            raise ValueError(f"method {self.method.name} works on the colour of RGB images (CIE Lab): it needs "
+                             f"data.channels=3, not {self.data.channels}")
         if self.data.image_size == "auto":  # left only when DATA could not be looked at (resolve): no size yet
             return self
         if "size" in self.augment.model_fields_set and self.augment.size != self.data.image_size:
