@@ -43,7 +43,13 @@ def read_pixels(path: Path, channels: int) -> np.ndarray:
 
 def _read_npy(path: Path) -> np.ndarray:
     # A memory map reads the header first, so a huge array is refused before anything is loaded.
-    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "object" in str(exc).lower():  # numpy's words for a pickled array, which allow_pickle=False refuses
+            raise ValueError("an array of Python objects, which would need unpickling: sslcli never unpickles; "
+                             "save the pixels as numbers") from None
+        raise
     _check_pixels(mapped.shape)
     return np.asarray(mapped)
 

@@ -208,8 +208,9 @@ def _cache_mode(value: Any) -> Any:
 
 
 class ProbeData(Strict):
-    path: Path = Field(description="labeled train split (or a folder holding train/ and val/ or test/)")
-    val: Path | None = Field(None, description="labeled eval split")
+    path: Path = Field(description="labeled train split (class folders, a folder holding train/ and val/ or test/, "
+                       "or a .csv list: path,label)")
+    val: Path | None = Field(None, description="labeled eval split (class folders or a .csv list)")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
     num_workers: Workers = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = "skip"
@@ -243,8 +244,10 @@ class ProbeSpec(Strict):
 
 
 class FinetuneData(Strict):
-    path: Path | None = Field(None, description="labeled train split (or a folder holding train/ and val/ or test/)")
-    val: Path | None = Field(None, description="labeled eval split, evaluated after every epoch")
+    path: Path | None = Field(None, description="labeled train split (class folders, a folder holding train/ and "
+                              "val/ or test/, or a .csv list: path,label)")
+    val: Path | None = Field(None, description="labeled eval split (class folders or a .csv list), evaluated after "
+                             "every epoch")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
     num_workers: Workers = "auto"
     on_bad_image: Literal["skip", "fail"] = "skip"
@@ -303,7 +306,7 @@ class FinetuneSpec(ScaledLr, Strict):
 
 class EmbedSpec(Strict):
     encoder: Path = Field(description="an encoder.safetensors written by sslcli")
-    data: Path = Field(description="folder of images (labeled or not)")
+    data: Path = Field(description="folder of images (labeled or not) or a list file (.txt, .csv)")
     out: Path = Field(description="embeddings file (.safetensors); the CSV index goes beside it")
     batch_size: int = Field(256, gt=0, le=65536)
     num_workers: Workers = "auto"
