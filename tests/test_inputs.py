@@ -76,7 +76,7 @@ def test_a_listed_file_that_is_missing_follows_on_bad_image(mixed_list, capsys):
 
 def test_a_csv_label_column_gives_the_classes_not_the_folders(tmp_path: Path):
     flat = tmp_path / "all"
-    for i, label in enumerate(["zebra", "apple", "zebra", "mango"]):
+    for i in range(4):
         _png(flat / f"{i}.png", 40 * i)
     listed = tmp_path / "split.csv"
     listed.write_text("path,label\n" + "".join(f"all/{i}.png,{label}\n" for i, label in
