@@ -201,6 +201,22 @@ def test_the_encoder_file_records_its_channels_and_rebuilds_with_them(tmp_path: 
     assert loaded_info.channels == 1 and loaded(torch.zeros(2, 1, 32, 32)).shape == (2, info.feature_dim)
 
 
+@pytest.mark.parametrize("small_stem", [True, False])
+def test_a_one_channel_resnet18_exports_to_torchvision(tmp_path: Path, small_stem: bool):
+    from sslcli.commands import export
+    from sslcli.spec import ExportSpec
+
+    model, info = build_encoder("resnet18", 32, small_stem=small_stem, channels=1)
+    path = tmp_path / "encoder.safetensors"
+    checkpoint.save_encoder(path, model, checkpoint.encoder_metadata(info, method="simclr", epoch=1, step=1, spec={}))
+    export.run(resolve(ExportSpec, options={"encoder": str(path), "to": "torchvision", "out": str(tmp_path / "tv")}))
+    loaded = export.load_torchvision(tmp_path / "tv")
+    assert loaded.conv1.in_channels == 1
+    model.eval(), loaded.eval()
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
 def test_a_colour_method_refuses_other_channels_and_channels_have_bounds():
     with pytest.raises(UsageError, match="colorization .* needs data.channels=3"):
         resolve(PretrainSpec, options={"method.name": "colorization", "data.image_size": 32},
