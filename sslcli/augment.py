@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.ops import roi_align
 
-from sslcli.views import ViewConfig
+from sslcli.views import ViewConfig, without_rgb_ops
 
 
 def _per_sample(t: torch.Tensor) -> torch.Tensor:
@@ -385,20 +385,24 @@ def rand_augment(x: torch.Tensor, num_ops: int, magnitude: float, magnitude_std:
 
 
 class Augmenter:
-    """Turns a uint8 batch [B,3,H,W] into one normalised float32 view [B,3,size,size] per ViewConfig."""
+    """Turns a uint8 batch [B,C,H,W] into one normalised float32 view [B,C,size,size] per ViewConfig.
+
+    C is the number of mean (and std) values: 3 for RGB; other counts draw the views without the RGB-only
+    ops (without_rgb_ops)."""
 
     def __init__(
         self,
         views: list[ViewConfig],
-        mean: tuple[float, float, float],
-        std: tuple[float, float, float],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
         generator: torch.Generator,
     ):
         if not views:
             raise ValueError("Augmenter needs at least one ViewConfig")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={mean}, std={std}")
-        self.views = list(views)
+        if not mean or len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"mean and std need one value per channel each, std > 0; got mean={mean}, std={std}")
+        self.channels = len(mean)
+        self.views = without_rgb_ops(views, self.channels)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.generator = generator
@@ -409,8 +413,8 @@ class Augmenter:
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a uint8 batch [B,3,H,W], got {x.dtype} {tuple(x.shape)}")
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected a uint8 batch [B,{self.channels},H,W], got {x.dtype} {tuple(x.shape)}")
         if x.device.type != self.generator.device.type:
             raise ValueError(f"batch is on {x.device} but the generator is on {self.generator.device}")
         xf = x.to(torch.float32).div_(255.0)
@@ -451,13 +455,13 @@ class Augmenter:
         return (v - mean) / std
 
     def _mean(self, device: torch.device) -> torch.Tensor:
-        """The normalisation mean [3]: RandAugment's fill colour (InfoMin fills with the ImageNet mean)."""
-        return self._device_stats(device)[0].view(3)
+        """The normalisation mean [C]: RandAugment's fill colour (InfoMin fills with the ImageNet mean)."""
+        return self._device_stats(device)[0].view(-1)
 
     def _device_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Cached per device so the host-to-device copy of mean/std happens once, not every batch.
         if device not in self._stats:
-            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+            mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
             self._stats[device] = (mean, std)
         return self._stats[device]

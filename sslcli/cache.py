@@ -35,13 +35,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "sslcli"
 
 
-def array_bytes(count: int, size: int) -> int:
-    return count * 3 * size * size
+def array_bytes(count: int, size: int, channels: int = 3) -> int:
+    return count * channels * size * size
 
 
-def cache_key(paths: list[Path], size: int) -> str:
-    """sha256 of (path, bytes, mtime) for every file, the storage size and the cache format version."""
-    digest = hashlib.sha256(f"sslcli-decode-cache v{CACHE_VERSION} size={size}\n".encode())
+def cache_key(paths: list[Path], size: int, channels: int = 3) -> str:
+    """sha256 of (path, bytes, mtime) for every file, the storage size, the channels and the cache format version.
+
+    The file list is the folder's images or a list file's lines, so editing the list or any file it names
+    gives a new key. 3 channels add nothing to the key: the caches written before data.channels stay valid."""
+    head = f"sslcli-decode-cache v{CACHE_VERSION} size={size}" + (f" channels={channels}" if channels != 3 else "")
+    digest = hashlib.sha256(f"{head}\n".encode())
     for path in paths:
         try:
             st = os.stat(path)
@@ -54,7 +58,7 @@ def cache_key(paths: list[Path], size: int) -> str:
 
 @dataclass
 class DecodedImages:
-    """Decoded images [N,3,S,S] uint8 (a read-only memory map) and which of them decoded."""
+    """Decoded images [N,C,S,S] uint8 (a read-only memory map) and which of them decoded."""
 
     array: np.ndarray
     good: np.ndarray  # bool [N]
@@ -65,22 +69,23 @@ class DecodedImages:
         return np.flatnonzero(self.good)
 
 
-def fits(paths: list[Path], size: int, cache_dir: Path, max_bytes: float) -> bool:
+def fits(paths: list[Path], size: int, cache_dir: Path, max_bytes: float, channels: int = 3) -> bool:
     """Whether the array fits the size budget and the free space of the cache folder."""
-    needed = array_bytes(len(paths), size)
+    needed = array_bytes(len(paths), size, channels)
     cache_dir.mkdir(parents=True, exist_ok=True)
     return needed <= max_bytes and needed < shutil.disk_usage(cache_dir).free * 0.9
 
 
 def open_or_build(paths: list[Path], size: int, cache_dir: Path, policy: data.BadImagePolicy,
-                  num_workers: int) -> DecodedImages:
+                  num_workers: int, channels: int = 3) -> DecodedImages:
     """The cached array for these files at this size, decoding them first if no valid cache exists."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(paths, size)
+    key = cache_key(paths, size, channels)
     array_path, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
-    meta = _read_meta(meta_path, len(paths), size)
-    if meta is None or not array_path.is_file() or array_path.stat().st_size != array_bytes(len(paths), size):
-        meta = _build(paths, size, array_path, meta_path, policy, num_workers)
+    meta = _read_meta(meta_path, len(paths), size, channels)
+    expected = array_bytes(len(paths), size, channels)
+    if meta is None or not array_path.is_file() or array_path.stat().st_size != expected:
+        meta = _build(paths, size, array_path, meta_path, policy, num_workers, channels)
     else:
         if array_path not in _announced:  # once per process: the online kNN reopens its splits every epoch
             _announced.add(array_path)
@@ -89,22 +94,24 @@ def open_or_build(paths: list[Path], size: int, cache_dir: Path, policy: data.Ba
             policy.record(paths[index], reason)
     good = np.ones(len(paths), dtype=bool)
     good[[index for index, _ in meta["bad"]]] = False
-    array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(paths), 3, size, size))
+    array = np.memmap(array_path, dtype=np.uint8, mode="r", shape=(len(paths), channels, size, size))
     return DecodedImages(array=array, good=good, path=array_path)
 
 
-def _read_meta(meta_path: Path, count: int, size: int) -> dict | None:
+def _read_meta(meta_path: Path, count: int, size: int, channels: int = 3) -> dict | None:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return None
     if meta.get("version") != CACHE_VERSION or meta.get("count") != count or meta.get("size") != size:
         return None
+    if meta.get("channels", 3) != channels:
+        return None
     return meta
 
 
 def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, policy: data.BadImagePolicy,
-           num_workers: int) -> dict:
+           num_workers: int, channels: int = 3) -> dict:
     console.info(f"decode cache: decoding {len(paths)} images at {size} px into {array_path} "
                  "(once; later runs reuse it)")
     remove_stale_builds(array_path)
@@ -115,8 +122,9 @@ def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, poli
     os.close(fd)
     bad: list[tuple[int, str]] = []
     try:
-        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), 3, size, size))
-        loader = data.make_loader(paths, size, 256, shuffle=False, drop_last=False, num_workers=num_workers, seed=0)
+        array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), channels, size, size))
+        loader = data.make_loader(paths, size, 256, shuffle=False, drop_last=False, num_workers=num_workers, seed=0,
+                                  channels=channels)
         progress = console.Progress(len(loader), "decoding", every=max(1, len(loader) // 10), unit="decoding batch")
         for step, (images, indices, failures) in enumerate(loader, start=1):
             array[indices.numpy()] = images.numpy()
@@ -133,7 +141,8 @@ def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, poli
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    meta = {"version": CACHE_VERSION, "count": len(paths), "size": size, "bad": bad}
+    meta = {"version": CACHE_VERSION, "count": len(paths), "size": size, "bad": bad,
+            **({"channels": channels} if channels != 3 else {})}
     atomic_write_json(meta_path, meta)  # written last: a cache is valid only once its JSON exists
     return meta
 
@@ -164,7 +173,7 @@ def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
 
 def batches(images: DecodedImages, batch_size: int, seed: int, epoch: int, drop_last: bool = True, skip: int = 0,
             shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 [B,3,S,S], indices) for one shuffled epoch over the images that decoded, from batch `skip` on
+    """(uint8 [B,C,S,S], indices) for one shuffled epoch over the images that decoded, from batch `skip` on
     (a run resumed mid-epoch continues with exactly the batches it had not seen).
 
     shard=(rank, world): each global batch of batch_size images is cut into world equal slices and this
@@ -183,7 +192,7 @@ def batches(images: DecodedImages, batch_size: int, seed: int, epoch: int, drop_
 
 def in_order(images: DecodedImages, batch_size: int,
              indices: np.ndarray | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 [B,3,S,S], indices) over the images that decoded (or the given ones), in file order
+    """(uint8 [B,C,S,S], indices) over the images that decoded (or the given ones), in file order
     (for feature extraction)."""
     indices = images.good_indices if indices is None else indices
     for start in range(0, len(indices), batch_size):
@@ -200,18 +209,18 @@ class CachePolicy:
     folder: Path | None = None  # default: $SSLCLI_CACHE_DIR or ~/.cache/sslcli
     max_gb: float = 16.0
 
-    def folder_for(self, paths: list[Path], size: int) -> Path | None:
+    def folder_for(self, paths: list[Path], size: int, channels: int = 3) -> Path | None:
         """The cache folder to use for these images at this storage size, or None to decode on the fly."""
         if self.mode == "off":
             return None
         folder = Path(self.folder) if self.folder else default_cache_dir()
         try:
-            if self.mode == "on" or fits(paths, size, folder, self.max_gb * 2**30):
+            if self.mode == "on" or fits(paths, size, folder, self.max_gb * 2**30, channels):
                 return folder
         except OSError as exc:
             console.warn(f"decode cache disabled: cannot use {folder} ({exc}); set data.cache_dir to a writable folder")
             return None
-        console.info(f"decode cache off: {array_bytes(len(paths), size) / 2**30:.1f} GB is over the "
+        console.info(f"decode cache off: {array_bytes(len(paths), size, channels) / 2**30:.1f} GB is over the "
                      f"{self.max_gb:g} GB limit (data.cache_max_gb)")
         return None
 

@@ -23,6 +23,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from sslcli import __version__, console
+from sslcli.encoder_args import MAX_CHANNELS
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import RunError, UsageError
 from sslcli.files import atomic_write_bytes, atomic_write_json
@@ -69,6 +70,7 @@ def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, s
         "image_size": str(info.image_size),
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
+        "channels": str(info.channels),
         "epoch": str(epoch),
         "step": str(step),
         "spec": json.dumps(spec, sort_keys=True),
@@ -123,8 +125,12 @@ def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
             image_size=int(meta["image_size"]),
             mean=tuple(float(v) for v in json.loads(meta["mean"])),
             std=tuple(float(v) for v in json.loads(meta["std"])),
+            channels=int(meta.get("channels", "3")),  # files written before data.channels are RGB encoders
         )
-        if not isinstance(info.kwargs, dict) or len(info.mean) != 3 or len(info.std) != 3 or info.image_size <= 0:
+        if not 1 <= info.channels <= MAX_CHANNELS:
+            raise ValueError(f"channels {info.channels} is not 1 to {MAX_CHANNELS}")
+        if not isinstance(info.kwargs, dict) or len(info.mean) != info.channels or len(info.std) != info.channels \
+                or info.image_size <= 0:
             raise ValueError("encoder_kwargs, mean, std or image_size has the wrong shape")
     except (KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"{path} has damaged sslcli metadata ({exc!r}); re-export it from its run") from None

@@ -52,8 +52,8 @@ DryRunOption = typer.Option(False, "--dry-run", help="print the resolved spec an
 EpochsOption = typer.Option(None, "--epochs", help="training epochs")
 EncoderArgument = typer.Argument(..., metavar="ENCODER", help="an encoder.safetensors written by sslcli pretrain, "
                                 "or its run folder")
-LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ "
-                                 "or test/)")
+LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split: class folders, a folder with "
+                                 "train/ and val/ or test/, or a .csv list (path,label)")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
 LogToOption = typer.Option(None, "--log-to", metavar="TRACKERS", help="also log to experiment trackers, comma-"
                            "separated: tensorboard, mlflow, wandb (each an extra: pip install 'sslcli[mlflow]')")
@@ -131,8 +131,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @app.command(cls=Command)
 def pretrain(
-    data: Path = typer.Argument(..., metavar="DATA", help="folder of images (ImageFolder or any nested folder); "
-                                "train/ is used if present"),
+    data: Path = typer.Argument(..., metavar="DATA", help="folder of images (ImageFolder or any nested folder; "
+                                "train/ is used if present) or a list file (.txt: a path per line; .csv: path[,label])"),
     method: str = typer.Option(None, "--method", "-m", help=f"{_method_names()} (default simclr; sslcli methods)"),
     preset: str = typer.Option(None, "--preset", "-p", help="preset name (sslcli presets) or path to a .toml"),
     encoder: str = typer.Option(None, "--encoder", "-e", help="timm model name"),
@@ -150,7 +150,8 @@ def pretrain(
                                "whose checkpoints are damaged"),
     init_from: Path = typer.Option(None, "--init-from", help="a new run starting from this encoder.safetensors"),
     on_nan: str = typer.Option(None, "--on-nan", help="stop (default) or skip steps with a non-finite loss"),
-    val: Path = typer.Option(None, "--val", help="labeled eval split for the online kNN (default: DATA's val/ or test/)"),
+    val: Path = typer.Option(None, "--val", help="labeled eval split (folder or .csv) for the online kNN (default: "
+                             "DATA's val/ or test/)"),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="under torchrun: batch norm over the global "
                                  "batch (default: as the method's paper)"),
     label_fraction: float = typer.Option(None, "--label-fraction", help="S4L semi-supervised: a seeded class-balanced "
@@ -178,7 +179,7 @@ def pretrain(
 def probe(
     encoder: Path = EncoderArgument,
     data: Path = LabeledDataOption,
-    val: Path = typer.Option(None, "--val", help="labeled eval split"),
+    val: Path = typer.Option(None, "--val", help="labeled eval split (class folders or a .csv list)"),
     label_fraction: float = LabelFractionOption,
     on_bad_image: str = BadImageOption,
     baseline: bool = typer.Option(None, "--baseline/--no-baseline", help="also score the same architecture at a "
@@ -254,7 +255,7 @@ def export(
 @app.command(cls=Command)
 def embed(
     encoder: Path = EncoderArgument,
-    data: Path = typer.Option(..., "--data", "-d", help="folder of images (labeled or not)"),
+    data: Path = typer.Option(..., "--data", "-d", help="folder of images (labeled or not) or a list file (.txt, .csv)"),
     out: Path = out_option(True, "embeddings file (.safetensors); the CSV index goes beside it"),
     batch_size: int = batch_size_option(256, "images per forward pass"),
     device: str = DeviceOption,

@@ -21,6 +21,8 @@ from PIL import Image, UnidentifiedImageError
 
 from sslcli import console
 from sslcli.errors import UsageError
+from sslcli.image_lists import is_list_file, read_image_list
+from sslcli.pixels import ChannelError, read_pixels
 from sslcli.sizing import EXTENSIONS, is_special_file
 
 IMAGE_EXTENSIONS: frozenset[str] = EXTENSIONS  # one list, kept in the torch-free sizing.py
@@ -28,7 +30,9 @@ IMAGE_EXTENSIONS: frozenset[str] = EXTENSIONS  # one list, kept in the torch-fre
 
 @dataclass(frozen=True)
 class ImageSet:
-    """The images under one DATA folder, with labels when it is an ImageFolder tree."""
+    """The images of one DATA folder or list file, with labels when it is an ImageFolder tree or a labeled CSV.
+
+    `root` is the folder, or the list file the paths came from."""
 
     root: Path
     paths: list[Path]
@@ -72,13 +76,18 @@ def _walk_images(root: Path) -> list[Path]:
 
 
 def find_images(root: Path | str, name: str = "DATA") -> ImageSet:
-    """Images under root: an ImageFolder tree (class = top-level sub-folder) or unlabeled images.
+    """The images DATA (or --data, --val) names: the one place a command turns that value into
+    (paths, labels, classes), so every command takes folders and list files alike.
 
-    If any image sits directly in root the whole folder is unlabeled. Otherwise each top-level
-    sub-folder that holds images (at any depth) is a class, sorted by name as torchvision does.
-    `name` is how the user gave the folder (DATA, --data, --val): errors name it.
+    A folder is an ImageFolder tree (class = top-level sub-folder) or unlabeled images: if any image
+    sits directly in root the whole folder is unlabeled; otherwise each top-level sub-folder that holds
+    images (at any depth) is a class, sorted by name as torchvision does. A .txt or .csv file is a list
+    (image_lists.py): its paths in its order, classes the sorted label strings of a label column.
+    `name` is how the user gave the value (DATA, --data, --val): errors name it.
     """
     root = Path(root)
+    if is_list_file(root):
+        return images_from_list(root, name)
     if not root.exists():
         raise UsageError(f"data folder {root} does not exist: check the path given as {name}")
     if not root.is_dir():
@@ -97,6 +106,28 @@ def find_images(root: Path | str, name: str = "DATA") -> ImageSet:
     index = {name: i for i, name in enumerate(classes)}
     labels = [index[parts[0]] for parts, _ in rel]
     return ImageSet(root=root, paths=paths, labels=labels, classes=classes)
+
+
+def images_from_list(source: Path, name: str = "DATA") -> ImageSet:
+    """The images of a list file; labels index the sorted label strings (as ImageFolder sorts class folders)."""
+    listed = read_image_list(source, name)
+    paths, labels = listed.paths, listed.labels
+    regular = [i for i, p in enumerate(paths) if not is_special_file(p)]
+    if len(regular) < len(paths):
+        special = [paths[i] for i in sorted(set(range(len(paths))) - set(regular))]
+        shown = ", ".join(console.name(p) for p in special[:3]) + (", ..." if len(special) > 3 else "")
+        console.warn(f"{console.name(source)}: skipping {console.plural(len(special), 'entry', 'entries')} that "
+                     f"{'is' if len(special) == 1 else 'are'} not a regular file (a named pipe, device or socket "
+                     f"would block or mislead the reader): {shown}")
+        paths = [paths[i] for i in regular]
+        labels = [labels[i] for i in regular] if labels is not None else None
+        if not paths:
+            raise UsageError(f"{source} lists no regular files: give {name} a list of image files")
+    if labels is None:
+        return ImageSet(root=source, paths=paths, labels=None, classes=None)
+    classes = sorted(set(labels))
+    index = {label: i for i, label in enumerate(classes)}
+    return ImageSet(root=source, paths=paths, labels=[index[label] for label in labels], classes=classes)
 
 
 def split_folders(root: Path | str) -> tuple[Path, Path | None]:
@@ -162,6 +193,8 @@ def _reason(path: Path, exc: BaseException) -> str:
         return "file not found"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"too many pixels, possible decompression bomb ({exc})"
+    if isinstance(exc, ChannelError):
+        return str(exc)
     if isinstance(exc, UnidentifiedImageError):
         try:
             if path.stat().st_size == 0:
@@ -184,23 +217,32 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_image(path: Path, size: int) -> torch.Tensor:
-    """Decode, convert to RGB, resize the shorter side to `size`, center-crop: uint8 [3, size, size]."""
+def decode_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
+    """Decode, resize the shorter side to `size`, center-crop: uint8 [channels, size, size].
+
+    3 channels (the default): any Pillow mode becomes RGB (to_rgb). 1 or N channels, and .npy arrays: the
+    image's own channels (pixels.read_pixels), each resized the same way."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; such files are bad too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()  # decode everything now, so a truncated file fails here and not later
-                out = _resize_center_crop(to_rgb(img), size)
+            if channels == 3 and path.suffix.lower() != ".npy":
+                with Image.open(path) as img:
+                    img.load()  # decode everything now, so a truncated file fails here and not later
+                    out = np.asarray(_resize_center_crop(to_rgb(img), size), dtype=np.uint8)
+            else:
+                planes = read_pixels(path, channels)
+                # Pillow resizes one 8-bit plane at a time ("L"): the same filter as RGB images get.
+                out = np.stack([np.asarray(_resize_center_crop(Image.fromarray(planes[:, :, c]), size))
+                                for c in range(channels)], axis=2)
     except Exception as exc:
         # Pillow's format plugins raise a zoo of types on bad input (OSError, SyntaxError, ValueError,
         # struct.error, zlib.error, ...); every one of them means "this file is unreadable".
         raise BadImageError(path, _reason(path, exc)) from exc
     # HWC -> CHW in numpy: torch's .contiguous() goes through its intra-op thread pool, measured
     # 50x slower than this copy on a busy 2-core machine.
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
 class BadImagePolicy:
@@ -252,26 +294,27 @@ class BadImagePolicy:
 class ImageDataset(torch.utils.data.Dataset):
     """Decoded images by index; a bad file gives (None, i, reason) instead of raising in a worker."""
 
-    def __init__(self, paths: list[Path], size: int):
+    def __init__(self, paths: list[Path], size: int, channels: int = 3):
         self.paths = list(paths)
         self.size = size
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
         try:
-            return decode_image(self.paths[i], self.size), i, None
+            return decode_image(self.paths[i], self.size, self.channels), i, None
         except BadImageError as exc:
             return None, i, exc.reason
 
 
 def collate_images(
-    batch: list[tuple[torch.Tensor | None, int, str | None]], size: int = 0
+    batch: list[tuple[torch.Tensor | None, int, str | None]], size: int = 0, channels: int = 3
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
-    """Stack the good samples: (uint8 [b,3,S,S], int64 [b], [(index, reason), ...]); b may be 0.
+    """Stack the good samples: (uint8 [b,C,S,S], int64 [b], [(index, reason), ...]); b may be 0.
 
-    `size` only shapes the empty tensor of an all-bad batch (make_loader passes it).
+    `size` and `channels` only shape the empty tensor of an all-bad batch (make_loader passes them).
     """
     good = [(img, i) for img, i, _ in batch if img is not None]
     bad = [(i, reason) for img, i, reason in batch if img is None]
@@ -279,7 +322,7 @@ def collate_images(
         # numpy, not torch.stack: torch's thread pool made this ~30x slower in the main process.
         images = torch.from_numpy(np.stack([img.numpy() for img, _ in good]))
     else:
-        images = torch.empty((0, 3, size, size), dtype=torch.uint8)
+        images = torch.empty((0, channels, size, size), dtype=torch.uint8)
     indices = torch.tensor([i for _, i in good], dtype=torch.int64)
     return images, indices, bad
 
@@ -302,6 +345,7 @@ def make_loader(
     seed: int,
     pin_memory: bool = False,
     sampler: torch.utils.data.Sampler | None = None,
+    channels: int = 3,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of decoded uint8 batches; the shuffle order depends only on `seed` and the epoch.
 
@@ -309,13 +353,13 @@ def make_loader(
     # The sampler draws from this generator each epoch, so epoch k's order is the same in every run.
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        ImageDataset(paths, size),
+        ImageDataset(paths, size, channels),
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,
-        collate_fn=functools.partial(collate_images, size=size),
+        collate_fn=functools.partial(collate_images, size=size, channels=channels),
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         worker_init_fn=_worker_init if num_workers > 0 else None,

@@ -24,8 +24,15 @@ class EncoderInfo:
     small_stem: bool = False
     feature_dim: int = 0
     image_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    channels: int = 3  # input channels (data.channels): timm's in_chans; mean and std hold one value each
+
+
+# Normalisation of inputs that are not RGB (data.channels != 3): ImageNet's statistics describe RGB photos only.
+# 0.5 / 0.25 per channel maps 0..1 to -2..2; with 16-bit images stretched to their own range (pixels.py) it
+# fits any data set without a pass over it first, and every command reads it back from the encoder's metadata.
+OTHER_CHANNELS_MEAN, OTHER_CHANNELS_STD = 0.5, 0.25
 
 
 def is_resnet(model: nn.Module) -> bool:
@@ -52,18 +59,27 @@ def apply_small_stem(model: nn.Module) -> nn.Module:
     return model
 
 
-def _create(name: str, kwargs: dict[str, Any]) -> nn.Module:
+def _create(name: str, kwargs: dict[str, Any], channels: int = 3) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
         raise UsageError(f"unknown encoder '{name}'{hint}")
+    given = kwargs.get("in_chans", channels)
+    if given != channels:
+        raise UsageError(f"encoder kwargs in_chans={given!r} but the images have {channels} channels: set "
+                         "data.channels instead (--set data.channels=N)")
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        model = timm.create_model(name, pretrained=False, num_classes=0, **{**kwargs, "in_chans": channels})
     except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError, OverflowError) as exc:
         # kwargs come from specs and file metadata: a bad value is the user's input, not a crash.
         raise UsageError(f"encoder '{name}' cannot be built with kwargs {kwargs}: {exc}") from None
+    if channels != 3:
+        # timm keeps the RGB pretrained_cfg whatever in_chans is; normalisation() reads the statistics from here.
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
+                                "mean": (OTHER_CHANNELS_MEAN,) * channels, "std": (OTHER_CHANNELS_STD,) * channels}
+    return model
 
 
 def _accepts_dynamic_size(model: nn.Module) -> bool:
@@ -73,19 +89,22 @@ def _accepts_dynamic_size(model: nn.Module) -> bool:
 
 
 def build_encoder(name: str, image_size: int, small_stem: bool | str = "auto",
-                  kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, EncoderInfo]:
-    """A randomly initialised timm encoder for `image_size` inputs and what it takes to rebuild it."""
+                  kwargs: dict[str, Any] | None = None, channels: int = 3) -> tuple[nn.Module, EncoderInfo]:
+    """A randomly initialised timm encoder for `image_size` inputs of `channels` channels and what it takes to
+    rebuild it (the channels are EncoderInfo.channels, not a kwarg: every file records them the same way)."""
     kwargs = dict(kwargs or {})
-    model = _create(name, kwargs)
+    if kwargs.get("in_chans") == channels:
+        del kwargs["in_chans"]  # recorded once, as EncoderInfo.channels
+    model = _create(name, kwargs, channels)
     # ViT-family models fix their position embeddings to an input size; build them for ours.
     built_for = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if built_for is not None and "img_size" not in kwargs and tuple(built_for) != (image_size, image_size):
         kwargs["img_size"] = image_size
-        model = _create(name, kwargs)
+        model = _create(name, kwargs, channels)
     # ViTs take views of any size (multi-crop's local views) by interpolating their position embeddings.
     if _accepts_dynamic_size(model) and "dynamic_img_size" not in kwargs:
         kwargs["dynamic_img_size"] = True
-        model = _create(name, kwargs)
+        model = _create(name, kwargs, channels)
     use_stem = (is_resnet(model) and image_size <= SMALL_STEM_MAX_SIZE) if small_stem == "auto" else bool(small_stem)
     if use_stem:
         apply_small_stem(model)
@@ -98,6 +117,7 @@ def build_encoder(name: str, image_size: int, small_stem: bool | str = "auto",
         image_size=image_size,
         mean=mean,
         std=std,
+        channels=channels,
     )
     return model, info
 
@@ -114,7 +134,7 @@ def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
 
 def rebuild_encoder(info: EncoderInfo) -> nn.Module:
     """The same architecture again, from saved metadata (weights are loaded by the caller)."""
-    model = _create(info.name, dict(info.kwargs))
+    model = _create(info.name, dict(info.kwargs), info.channels)
     if info.small_stem:
         apply_small_stem(model)
     return model

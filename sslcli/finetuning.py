@@ -118,7 +118,8 @@ def train_loader(spec: FinetuneSpec, train_set: data.ImageSet, info: EncoderInfo
                                                       drop_last=True)
     loader = data.make_loader(train_set.paths, data.storage_size_for(info.image_size), batch // world, shuffle=True,
                               drop_last=True, num_workers=data.default_workers(spec.data.num_workers),
-                              seed=spec.train.seed, pin_memory=device.type == "cuda", sampler=sampler)
+                              seed=spec.train.seed, pin_memory=device.type == "cuda", sampler=sampler,
+                              channels=info.channels)
     return loader, batch
 
 
@@ -131,7 +132,7 @@ class Scorer:
         part = distributed.shard(len(val_set))  # this rank's share of the eval split
         self.paths, self.offset = val_set.paths[part.start:part.stop], part.start
         self.loader = data.make_loader(self.paths, data.storage_size_for(info.image_size), 256, shuffle=False,
-                                       drop_last=False, num_workers=0, seed=0)
+                                       drop_last=False, num_workers=0, seed=0, channels=info.channels)
         self.labels, self.info, self.device, self.dtype = val_labels, info, device, dtype
 
     @torch.no_grad()

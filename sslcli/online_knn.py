@@ -55,6 +55,7 @@ class NeighbourGrid:
     same_class: float  # over every eval image, not only the 8 drawn
     queries: int  # eval images it is measured over
     bank_name: str = "train images"
+    channels: int = 3  # of the images, as the encoder takes them (report.py shows 1 as grey, N by their first 3)
 
     @property
     def chance(self) -> float:
@@ -173,7 +174,8 @@ def same_class_fraction(result: KnnResult, k: int = 8, chunk: int = 1024) -> flo
     return hits / max(1, k * len(result.val_labels))
 
 
-def grid_from(result: KnnResult, classes: list[str], image_size: int, bank_from_val: bool = False) -> NeighbourGrid:
+def grid_from(result: KnnResult, classes: list[str], image_size: int, bank_from_val: bool = False,
+              channels: int = 3) -> NeighbourGrid:
     """The neighbour grid of an online-kNN result (features already extracted)."""
     queries, neighbours = nearest_neighbours(result)
     return NeighbourGrid(
@@ -183,7 +185,7 @@ def grid_from(result: KnnResult, classes: list[str], image_size: int, bank_from_
         neighbour_labels=[[int(result.bank_labels[j]) for j in row.tolist()] for row in neighbours],
         classes=classes, image_size=image_size, same_class=same_class_fraction(result),
         queries=len(result.val_labels),
-        bank_name="images of the other half of --val" if bank_from_val else "train images")
+        bank_name="images of the other half of --val" if bank_from_val else "train images", channels=channels)
 
 
 def evaluation_count(epochs: int, every: int) -> int:
@@ -245,7 +247,8 @@ class OnlineKnn:
         if self.metrics is not None:
             self.metrics.write({"step": step, "epoch": epochs_done, "knn_top1": result.top1, "knn_chance": chance})
         if distributed.is_main():
-            self.grid = grid_from(result, self.splits.classes, self.info.image_size, self.splits.bank_from_val)
+            self.grid = grid_from(result, self.splits.classes, self.info.image_size, self.splits.bank_from_val,
+                                  self.info.channels)
             self.grid_is_new = True
         when = "epoch 0 (random init)" if epochs_done == 0 else f"epoch {epochs_done}"
         console.info(f"{when}: online kNN top-1 {100 * result.top1:.2f} % (chance {100 * chance:.0f} %, "

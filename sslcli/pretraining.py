@@ -77,7 +77,7 @@ def build_model(spec: PretrainSpec, loop: LoopConfig, device: torch.device, num_
     with num_classes (data.label_fraction) the method also holds S4L's supervised head. num_images sizes
     the memory bank of a method that keeps one (uses_indices)."""
     encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
-                                  spec.encoder.kwargs)
+                                  spec.encoder.kwargs, spec.data.channels)
     if spec.init_from is not None:
         init_from(encoder, info, spec.init_from)
     method = method_class(spec.method.name)(spec.method, encoder, info.feature_dim,

@@ -86,6 +86,16 @@ def curves_png(records: list[dict[str, Any]], path: Path, title: str) -> None:
     _save(fig, path)
 
 
+def _show(ax, image) -> None:
+    """A decoded uint8 [C, H, W] image: RGB as it is, one channel (or two) as grey, N > 3 by its first three."""
+    if image.shape[0] == 3:
+        ax.imshow(image.permute(1, 2, 0).numpy())
+    elif image.shape[0] < 3:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image[:3].permute(1, 2, 0).numpy())
+
+
 def neighbours_png(grid: NeighbourGrid, path: Path, title: str) -> None:
     """One row per query: the query, then its neighbours framed green (same class) or red (another)."""
     plt = _pyplot()
@@ -105,7 +115,7 @@ def neighbours_png(grid: NeighbourGrid, path: Path, title: str) -> None:
                 continue
             file, label, same = cells[c]
             try:
-                ax.imshow(data.decode_image(file, storage).permute(1, 2, 0).numpy())
+                _show(ax, data.decode_image(file, storage, grid.channels))
             except data.BadImageError:
                 ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=6)
             colour = "black" if same is None else ("tab:green" if same else "tab:red")

@@ -28,6 +28,8 @@ def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> 
              "data manifest": manifest, "image size": spec.data.image_size, "batch size": spec.train.batch_size,
              "total steps": total_steps, "seed": spec.train.seed, "optimizer": spec.optim.model_dump(mode="json"),
              "augmentation": spec.augment.model_dump(mode="json")}
+    if spec.data.channels != 3:  # only then, so the RGB runs keep their fingerprints
+        parts["channels"] = spec.data.channels
     if spec.data.label_fraction is not None:  # only then, so the runs without labels keep their fingerprints
         parts["semi-supervised"] = {"label fraction": spec.data.label_fraction,
                                     "supervised weight": spec.train.supervised_weight}
@@ -180,10 +182,12 @@ def final_total(record: dict[str, Any]) -> int | None:
 def init_from(encoder: torch.nn.Module, info, path: Path) -> None:
     """--init-from: start a new run from an encoder.safetensors of the same architecture."""
     loaded, loaded_info, _ = checkpoint.load_encoder(path)
-    same = (loaded_info.name, loaded_info.kwargs, loaded_info.small_stem) == (info.name, info.kwargs, info.small_stem)
+    same = ((loaded_info.name, loaded_info.kwargs, loaded_info.small_stem, loaded_info.channels)
+            == (info.name, info.kwargs, info.small_stem, info.channels))
     if not same:
-        raise UsageError(f"--init-from {path} holds a {loaded_info.name} {loaded_info.kwargs} encoder, but this run "
-                         f"builds {info.name} {info.kwargs}; use the same encoder settings")
+        raise UsageError(f"--init-from {path} holds a {loaded_info.name} {loaded_info.kwargs} encoder of "
+                         f"{loaded_info.channels} channels, but this run builds {info.name} {info.kwargs} of "
+                         f"{info.channels}; use the same encoder settings and data.channels")
     encoder.load_state_dict(loaded.state_dict(), strict=True)
     console.info(f"encoder initialised from {path}")
 

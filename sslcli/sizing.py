@@ -11,10 +11,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from sslcli.image_lists import is_list_file, read_image_list
+
 SIZES = (32, 64, 96, 128, 160, 224)  # the sizes auto picks from; 224 is the cap
 SAMPLE = 64  # images whose header is read
 # The image files sslcli reads (data.IMAGE_EXTENSIONS is this set; it lives here, where no torch is imported).
-EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# .npy: NumPy arrays (H x W, H x W x C or C x H x W), for images of other than 3 channels (data.channels).
+EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".npy"})
 
 
 def size_for(shorter_side: float) -> int:
@@ -47,19 +50,36 @@ def image_files(folder: Path, limit: int = 100_000) -> list[Path]:
     return found[:limit]
 
 
+def shorter_side(path: Path) -> int:
+    """The shorter side of an image from its header alone (Pillow's, or a .npy file's: its spatial sides are
+    its two largest dimensions, the channels being the smallest)."""
+    if path.suffix.lower() == ".npy":
+        import numpy as np
+
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape  # a memory map reads the header only
+        if len(shape) not in (2, 3):
+            raise ValueError(f"array of shape {shape} is not an image")
+        return sorted(shape)[-2]
+    with Image.open(path) as img:  # the header only: no pixel is decoded
+        return min(img.size)
+
+
 def auto_image_size(folder: Path | str, seed: int = 0) -> tuple[int, float, int] | None:
-    """(chosen size, median shorter side, images measured) from a seeded sample of up to SAMPLE images, or
-    None when the folder holds no image whose header can be read (the data loader then says why)."""
+    """(chosen size, median shorter side, images measured) from a seeded sample of up to SAMPLE images of a
+    folder or list file, or None when it holds no image whose header can be read (the data loader then says
+    why)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if is_list_file(folder) and folder.is_file():
+        files = read_image_list(folder, warn=False).paths
+    elif folder.is_dir():
+        files = image_files(folder)
+    else:
         return None
-    files = image_files(folder)
     sample = random.Random(seed).sample(files, min(SAMPLE, len(files)))
     sides = []
     for path in sample:
         try:
-            with Image.open(path) as img:  # the header only: no pixel is decoded
-                sides.append(min(img.size))
+            sides.append(shorter_side(path))
         except Exception:  # noqa: BLE001 - an unreadable file says nothing about the size; data.py reports it
             continue
     if not sides:

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from sslcli.encoder_args import MAX_IMAGE_SIZE, encoder_kwargs_problem
+from sslcli.encoder_args import MAX_CHANNELS, MAX_IMAGE_SIZE, encoder_kwargs_problem
 from sslcli.errors import UsageError
 from sslcli.methods import CONFIGS, DEFAULT_METHOD, MethodConfig
 from sslcli.views import ViewConfig
@@ -75,8 +75,13 @@ class ScaledLr:
 
 
 class DataConfig(Strict):
-    path: Path | None = Field(None, description="folder of images (DATA); train/ is used when it holds splits")
-    val: Path | None = Field(None, description="labeled eval split for the online kNN (default: DATA's val/ or test/)")
+    path: Path | None = Field(None, description="folder of images, or a list file (.txt: one path per line; .csv: "
+                              "path[,label]) (DATA); train/ is used when a folder holds splits")
+    val: Path | None = Field(None, description="labeled eval split (folder or .csv list) for the online kNN "
+                             "(default: DATA's val/ or test/)")
+    channels: int = Field(3, ge=1, le=MAX_CHANNELS, description="image channels: 3 (RGB, every image converted), "
+                          "1 (greyscale: X-ray, medical) or N (multi-band TIFF, PNG with alpha, .npy stacks); not 3 "
+                          "turns off the RGB-only augmentations and normalises with 0.5/0.25 per channel")
     image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
                                               "input size ('auto': from the median shorter side of a sample of "
                                               "DATA's images: 32 for CIFAR-sized, 96 for 96 px, up to 224)")
@@ -206,6 +211,9 @@ class PretrainSpec(ScaledLr, Strict):
     @model_validator(mode="after")
     def _crop_size_is_image_size(self) -> PretrainSpec:
         # One source of truth for the input size: the views are cropped to data.image_size.
+        if self.data.channels != 3 and CONFIGS[self.method.name].rgb_only:
+            raise ValueError(f"method {self.method.name} works on the colour of RGB images (CIE Lab): it needs "
+                             f"data.channels=3, not {self.data.channels}")
         if self.data.image_size == "auto":  # left only when DATA could not be looked at (resolve): no size yet
             return self
         if "size" in self.augment.model_fields_set and self.augment.size != self.data.image_size:
@@ -223,8 +231,9 @@ def _cache_mode(value: Any) -> Any:
 
 
 class ProbeData(Strict):
-    path: Path = Field(description="labeled train split (or a folder holding train/ and val/ or test/)")
-    val: Path | None = Field(None, description="labeled eval split")
+    path: Path = Field(description="labeled train split (class folders, a folder holding train/ and val/ or test/, "
+                       "or a .csv list: path,label)")
+    val: Path | None = Field(None, description="labeled eval split (class folders or a .csv list)")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
     num_workers: Workers = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = "skip"
@@ -258,8 +267,10 @@ class ProbeSpec(Strict):
 
 
 class FinetuneData(Strict):
-    path: Path | None = Field(None, description="labeled train split (or a folder holding train/ and val/ or test/)")
-    val: Path | None = Field(None, description="labeled eval split, evaluated after every epoch")
+    path: Path | None = Field(None, description="labeled train split (class folders, a folder holding train/ and "
+                              "val/ or test/, or a .csv list: path,label)")
+    val: Path | None = Field(None, description="labeled eval split (class folders or a .csv list), evaluated after "
+                             "every epoch")
     label_fraction: float | None = Field(None, gt=0, le=1, description=LABEL_FRACTION_HELP)
     num_workers: Workers = "auto"
     on_bad_image: Literal["skip", "fail"] = "skip"
@@ -319,7 +330,7 @@ class FinetuneSpec(ScaledLr, Strict):
 
 class EmbedSpec(Strict):
     encoder: Path = Field(description="an encoder.safetensors written by sslcli")
-    data: Path = Field(description="folder of images (labeled or not)")
+    data: Path = Field(description="folder of images (labeled or not) or a list file (.txt, .csv)")
     out: Path = Field(description="embeddings file (.safetensors); the CSV index goes beside it")
     batch_size: int = Field(256, gt=0, le=65536)
     num_workers: Workers = "auto"

@@ -9,6 +9,7 @@ import torch
 
 from sslcli import data
 from sslcli.errors import UsageError
+from sslcli.image_lists import is_list_file
 
 
 def eval_splits(train: Path, val: Path | None) -> tuple[Path, Path]:
@@ -18,6 +19,8 @@ def eval_splits(train: Path, val: Path | None) -> tuple[Path, Path]:
     train_dir, eval_dir = data.split_folders(train)
     if eval_dir is None:
         data.find_images(train, name="--data")  # a folder with no images at all says so, not "no eval split"
+        if is_list_file(train):
+            raise UsageError(f"no eval split: {train} is a list of images; pass the eval images as --val LIST or DIR")
         raise UsageError(f"no eval split: {train} holds no train/ with val/ or test/; pass --val DIR")
     return train_dir, eval_dir
 
@@ -26,6 +29,9 @@ def labeled_images(folder: Path, role: str, option: str = "--data") -> data.Imag
     """The labeled images of a split; errors name the option that gave the folder (--data or --val)."""
     images = data.find_images(folder, name=option)
     if images.labels is None:
+        if is_list_file(folder):
+            raise UsageError(f"the {role} list {folder} has no labels: probe and finetune need a CSV with a label "
+                             "column (path,label)")
         raise UsageError(f"the {role} folder {folder} is not labeled: probe and finetune need one sub-folder per class")
     return images
 

@@ -15,7 +15,8 @@ from sslcli.train import Batches
 
 
 def training_images(spec: PretrainSpec) -> data.ImageSet:
-    """The images to train on: DATA, or DATA/train when DATA holds splits; optionally a seeded subset."""
+    """The images to train on: DATA (a folder or a list file), or DATA/train when DATA holds splits; optionally
+    a seeded subset."""
     if spec.data.path is None:
         raise UsageError("no DATA folder given: sslcli pretrain DATA ...")
     train_dir, _ = data.split_folders(spec.data.path)
@@ -72,10 +73,11 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
     workers = data.default_workers(spec.data.num_workers)
     batch_size, seed = spec.train.batch_size, spec.train.seed
     local_batch = rank_batch_size(batch_size)
-    folder = cache_policy(spec).folder_for(images.paths, storage_size)
+    channels = spec.data.channels
+    folder = cache_policy(spec).folder_for(images.paths, storage_size, channels)
     if folder is not None:
         with distributed.main_first():  # one process decodes; the others open what it wrote
-            decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers)
+            decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers, channels)
         part = (distributed.rank(), distributed.world_size())
 
         def cached(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
@@ -89,7 +91,8 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
             sampler = torch.utils.data.DistributedSampler(data.ImageDataset(images.paths, storage_size),
                                                           shuffle=True, seed=seed, drop_last=True)
         loader = data.make_loader(images.paths, storage_size, local_batch, shuffle=True, drop_last=True,
-                                  num_workers=workers, seed=seed, pin_memory=device.type == "cuda", sampler=sampler)
+                                  num_workers=workers, seed=seed, pin_memory=device.type == "cuda", sampler=sampler,
+                                  channels=channels)
 
         def streamed(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
             if sampler is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sslcli import console
+
 _P = {"ge": 0.0, "le": 1.0}  # bounds shared by every probability field
 
 
@@ -78,3 +80,19 @@ def multi_crop(global_views: list[ViewConfig], num_local: int, local_size: int,
     local = base.model_copy(update=update)
     ViewConfig.model_validate(local.model_dump())  # the scale range must still be valid
     return list(global_views) + [local] * num_local
+
+
+# The ops that read or change colour as RGB: off for images of other than 3 channels (data.channels).
+RGB_ONLY_OPS = {"jitter_p": 0.0, "gray_p": 0.0, "solarize_p": 0.0, "randaugment_ops": 0}
+
+
+def without_rgb_ops(views: list[ViewConfig], channels: int) -> list[ViewConfig]:
+    """The views for `channels`-channel images: as they are for 3, else without colour jitter, random
+    grayscale, solarize and RandAugment (saying so on stderr once when one of them was on). Crops, flips and
+    blur work on any channels."""
+    if channels == 3:
+        return list(views)
+    if any(getattr(view, key) for view in views for key in RGB_ONLY_OPS):
+        console.info(f"data.channels={channels}: colour jitter, random grayscale, solarize and RandAugment are off "
+                     "(they assume RGB colour); crops, flips and blur stay")
+    return [view.model_copy(update=RGB_ONLY_OPS) for view in views]

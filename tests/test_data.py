@@ -411,7 +411,7 @@ def test_real_cifar10_test_split():
 
 
 def test_extensions_constant():
-    expected = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+    expected = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".npy"}
     assert isinstance(data.IMAGE_EXTENSIONS, frozenset) and expected == data.IMAGE_EXTENSIONS
 
 

@@ -54,8 +54,10 @@ def is_command(name: str) -> bool:
 # module is named here (a new one must be placed), the method packages by their prefix.
 LAYERS: dict[str, set[str]] = {
     "core": {"errors", "console", "durations", "files", "device", "distributed", "schedules", "step",
-             "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args"},
-    "data and models": {"data", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate", "features",
+             "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args",
+             "image_lists"},
+    "data and models": {"data", "pixels", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate",
+                        "features",
                         "checkpoint"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",

@@ -67,9 +67,10 @@ def timm_config(info: EncoderInfo, meta: dict[str, str], encoder_path: Path,
         "architecture": info.name,
         "num_classes": 0,  # a feature extractor; pass num_classes=N to create_model for a fresh head
         "num_features": info.feature_dim,
-        "model_args": dict(info.kwargs),
+        # in_chans only for other than RGB, so RGB configs stay as they were.
+        "model_args": {**info.kwargs, **({"in_chans": info.channels} if info.channels != 3 else {})},
         "pretrained_cfg": {
-            "input_size": [3, size, size],
+            "input_size": [info.channels, size, size],
             "mean": list(info.mean),
             "std": list(info.std),
             "interpolation": "bilinear",
@@ -89,6 +90,7 @@ def torchvision_config(info: EncoderInfo, meta: dict[str, str], encoder_path: Pa
         "fc": "absent: set model.fc = torch.nn.Identity() before load_state_dict (the output is the feature vector)",
         "num_features": info.feature_dim,
         "image_size": info.image_size,
+        "in_channels": info.channels,
         "mean": list(info.mean),
         "std": list(info.std),
         "sslcli": _provenance(info, meta, encoder_path),
@@ -129,9 +131,12 @@ def load_torchvision(folder: Path) -> nn.Module:
     config = json.loads((folder / "config.json").read_text())
     model = getattr(torchvision.models, config["architecture"].rsplit(".", 1)[1])()
     model.fc = nn.Identity()
+    channels = config.get("in_channels", 3)
     if config["sslcli"]["small_stem"]:  # the CIFAR stem: 3x3 stride-1 conv1, no max-pool
-        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.conv1 = nn.Conv2d(channels, model.conv1.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
+    elif channels != 3:  # greyscale or multi-band: the same 7x7 stride-2 conv1 with other input channels
+        model.conv1 = nn.Conv2d(channels, model.conv1.out_channels, 7, 2, 3, bias=False)
     model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
     return model
 

@@ -37,7 +37,7 @@ def run(spec: ReportSpec) -> dict[str, Any]:
         encoder, info, _ = checkpoint.load_encoder(encoder_path)
         result = online_knn.evaluate(encoder, info, splits, k=monitor.knn_k, batch_size=256,
                                      num_workers=data.default_workers("auto"), device=resolve_device(spec.device))
-        grid = online_knn.grid_from(result, splits.classes, info.image_size, splits.bank_from_val)
+        grid = online_knn.grid_from(result, splits.classes, info.image_size, splits.bank_from_val, info.channels)
     elif not encoder_path.is_file():
         console.info(f"no encoder in {run_dir} yet: curves and summary only")
     return report.write(run_dir, grid)

@@ -43,6 +43,9 @@ class MethodConfigBase(BaseModel):
     # The method keeps one entry per training image (a memory bank): its forward also takes the batch's
     # dataset indices, and its Budget carries the number of training images.
     uses_indices: ClassVar[bool] = False
+    # The method works on colour itself (CIE Lab: colorization, CMC's L and ab views): RGB images only,
+    # data.channels = 3.
+    rgb_only: ClassVar[bool] = False
     # Epochs at the start that train nothing (DeepCluster v2 fills its memory first): a shorter run learns nothing.
     memory_pass_epochs: ClassVar[int] = 0
     # Published methods that are this one with their own recipe, offered as presets (<name>-cpu, -cifar10,

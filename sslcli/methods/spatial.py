@@ -43,8 +43,8 @@ class Pixels(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
         mean, std = normalisation(encoder)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def to_pixels(self, x: Tensor) -> Tensor:
         return (x.float() * self.std + self.mean).clamp(0, 1)

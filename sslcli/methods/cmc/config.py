@@ -17,6 +17,7 @@ class CMCConfig(MemoryBankContrast):
                               "memory banks and NCE or in-batch negatives (Tian et al. 2019)")
     num_views: ClassVar[int] = 1
     model: ClassVar[str] = "CMC"
+    rgb_only: ClassVar[bool] = True  # Lab colour of RGB images
     tiny: ClassVar[dict[str, Any]] = {"embedding_dim": 16, "num_negatives": 8}
     encoder_input: ClassVar[str] = ("CMC's L encoder: trained on grey images (the neutral grey of each pixel's Lab "
                                     "lightness, the same in all 3 channels); takes RGB normalised with mean/std "

@@ -14,6 +14,7 @@ class ColorizationConfig(MethodConfigBase):
     summary: ClassVar[str] = ("pretext: predict the ab colours of the L channel as a distribution over 313 ab bins, "
                               "class-rebalanced (Zhang et al. 2016)")
     family: ClassVar[str] = "pretext"
+    rgb_only: ClassVar[bool] = True  # Lab colour of RGB images
     num_views: ClassVar[int] = 1
     model: ClassVar[str] = "Colorization"
     encoder_kind: ClassVar[str] = "convnet"

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sslcli.encoders import normalisation
 from sslcli.losses import weighted_masked_l2
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.inpainting.config import InpaintingConfig
@@ -71,9 +72,9 @@ class Discriminator(nn.Module):
     """The adversarial term's critic: strided 4x4 convs with leaky ReLUs (DCGAN's, as the paper's), pooled to
     one real/fake logit per image. No batch norm: it is called on real, fake and frozen-weight fake batches."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, channels: int = 3):
         super().__init__()
-        layers, cin = [], 3
+        layers, cin = [], channels
         for i in range(3):
             layers += [nn.Conv2d(cin, width * 2 ** i, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
             cin = width * 2 ** i
@@ -110,8 +111,9 @@ class Inpainting(MethodDefaults, nn.Module):
         require_convnet(encoder, "inpainting")
         self.cfg = cfg
         self.encoder = encoder
-        self.decoder = UpsamplingDecoder(feature_dim, cfg.decoder_dim, 3, output_stride(encoder))
-        self.discriminator = Discriminator(cfg.discriminator_dim) if cfg.adversarial_weight > 0 else None
+        channels = len(normalisation(encoder)[0])  # one mean per input channel (data.channels)
+        self.decoder = UpsamplingDecoder(feature_dim, cfg.decoder_dim, channels, output_stride(encoder))
+        self.discriminator = Discriminator(cfg.discriminator_dim, channels) if cfg.adversarial_weight > 0 else None
 
     def hole(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape

@@ -40,10 +40,11 @@ class MAE(MethodDefaults, nn.Module):
         self.decoder = nn.Sequential(*[Block(cfg.decoder_dim, cfg.decoder_heads, mlp_ratio=4.0, qkv_bias=True)
                                        for _ in range(cfg.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
-        self.decoder_pred = nn.Linear(cfg.decoder_dim, self.patch * self.patch * 3)
+        channels = encoder.patch_embed.proj.in_channels  # data.channels: 3 for RGB, 1 for greyscale, ...
+        self.decoder_pred = nn.Linear(cfg.decoder_dim, self.patch * self.patch * channels)
 
     def patchify(self, x: Tensor) -> Tensor:
-        """[B,3,H,W] -> [B, L, p*p*3], patches in row-major order, pixels (p, q, c) as in the official code."""
+        """[B,C,H,W] -> [B, L, p*p*C], patches in row-major order, pixels (p, q, c) as in the official code."""
         b, c, h, w = x.shape
         p = self.patch
         x = x.reshape(b, c, h // p, p, w // p, p)
