@@ -155,6 +155,9 @@ def pretrain(
                                "settings, augmentation: the new values take effect), or start over a run folder "
                                "whose checkpoints are damaged"),
     init_from: Path = typer.Option(None, "--init-from", help="a new run starting from this encoder.safetensors"),
+    init: str = typer.Option(None, "--init", metavar="WEIGHTS", help="start from weights sslcli did not train: "
+                             "pretrained (timm's for --encoder, from the Hugging Face Hub cache), hf-hub:ORG/NAME, "
+                             "local-dir:DIR or a .safetensors FILE (timm or torchvision layout)"),
     on_nan: str = typer.Option(None, "--on-nan", help="stop (default) or skip steps with a non-finite loss"),
     val: Path = typer.Option(None, "--val", help="labeled eval split for the online kNN (default: DATA's val/ or test/)"),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="under torchrun: batch norm over the global "
@@ -174,7 +177,7 @@ def pretrain(
         "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
         "train.budget": budget,
         "train.batch_size": batch_size, "out": _path(out), "data.on_bad_image": on_bad_image,
-        "init_from": _path(init_from), "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
+        "init_from": _path(init_from), "encoder.init": init, "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
         "data.label_fraction": label_fraction,
     }
     spec = resolve(PretrainSpec, preset=preset, options=options, sets=sets)
