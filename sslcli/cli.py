@@ -193,8 +193,11 @@ def probe(
     val: Path = typer.Option(None, "--val", help="labeled eval split"),
     label_fraction: float = LabelFractionOption,
     on_bad_image: str = BadImageOption,
-    baseline: bool = typer.Option(None, "--baseline/--no-baseline", help="also score the same architecture at a "
-                                  "seeded random init (default: on; about doubles the time)"),
+    baseline: str = typer.Option(None, "--baseline", metavar="random|pretrained|WEIGHTS", help="the references "
+                                 "scored beside ENCODER: random (the same architecture at a seeded random init; the "
+                                 "default), pretrained (also the starting weights its --init recorded) or WEIGHTS "
+                                 "(also these: FILE, local-dir:DIR, hf-hub:ORG/NAME, pretrained:NAME)"),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="no random-init reference (about halves the time)"),
     out: Path = out_option(False, "result JSON file (default: probe-<eval split>.json beside ENCODER)"),
     sets: list[str] = set_option("probe.knn_k=[10,20]"),
     json_out: bool = JsonOption,
@@ -205,8 +208,10 @@ def probe(
     console.configure(quiet=quiet)
     from sslcli.spec import ProbeSpec, resolve
 
+    start = None if baseline in (None, "random", "none") else baseline
     options = {"encoder": _encoder(encoder), "data.path": str(data), "data.val": _path(val),
-               "data.on_bad_image": on_bad_image, "data.label_fraction": label_fraction, "probe.baseline": baseline,
+               "data.on_bad_image": on_bad_image, "data.label_fraction": label_fraction,
+               "probe.baseline": False if no_baseline or baseline == "none" else None, "probe.start": start,
                "out": _path(out)}
     _run("probe", resolve(ProbeSpec, options=options, sets=sets), json_out)
 

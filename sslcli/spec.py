@@ -245,6 +245,10 @@ class ProbeConfig(Strict):
     seed: Seed = Field(0, description="of the label fraction, the held-out part and the random-init baseline")
     baseline: bool = Field(True, description="also score the same architecture at a seeded random init (the "
                            "reference the training is measured against; about as long as the probe itself)")
+    start: Annotated[str, AfterValidator(_init_ref)] | None = Field(
+        None, description="also score the starting backbone: 'pretrained' (the --init weights the encoder's "
+        "metadata records) or weights given as FILE, local-dir:DIR, hf-hub:ORG/NAME or pretrained:NAME, loaded "
+        "into the encoder's architecture: random init vs starting weights vs after pretraining, in one table")
 
 
 class ProbeSpec(Strict):

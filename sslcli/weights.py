@@ -54,7 +54,7 @@ class WeightsSource:
 
     def record(self) -> dict[str, Any]:
         """What a run's metadata, spec.json and resume fingerprint keep of it."""
-        return {"kind": self.kind, "ref": self.ref, "file": str(self.file), "sha256": self.sha256,
+        return {"kind": self.kind, "ref": self.ref, "file": str(Path(self.file).resolve()), "sha256": self.sha256,
                 "architecture": self.architecture}
 
     @property
@@ -271,7 +271,7 @@ def build_from(source: WeightsSource, encoder_name: str, image_size: int | None,
     return model, info
 
 
-def load_into(model: nn.Module, source: WeightsSource) -> None:
+def load_into(model: nn.Module, source: WeightsSource, name: str | None = None) -> None:
     """The starting weights into an encoder already built for them (probe's pretrained baseline: the trained
     encoder's architecture, stem included)."""
     if source.kind == "sslcli":
@@ -280,7 +280,20 @@ def load_into(model: nn.Module, source: WeightsSource) -> None:
         state = load_encoder(source.file)[0].state_dict()
     else:
         state = read_state(source)
-    load_weights(model, state, source)
+    load_weights(model, state, source, name)
+
+
+def recorded_ref(init: dict[str, Any]) -> str:
+    """A reference that finds a recorded init again from any folder: its file for files and folders (absolute),
+    its model for timm's pretrained weights."""
+    kind, file = init.get("kind"), init.get("file") or ""
+    if kind in ("file", "sslcli"):
+        return file
+    if kind == "local-dir":
+        return f"local-dir:{Path(file).parent}"
+    if kind == "pretrained" and init.get("architecture"):
+        return f"pretrained:{init['architecture']}"
+    return str(init.get("ref"))
 
 
 def check_unchanged(source: WeightsSource, recorded: dict[str, Any]) -> None:
