@@ -51,7 +51,8 @@ LabelFractionOption = typer.Option(None, "--label-fraction", help="train on a se
 DryRunOption = typer.Option(False, "--dry-run", help="print the resolved spec and exit")
 EpochsOption = typer.Option(None, "--epochs", help="training epochs")
 EncoderArgument = typer.Argument(..., metavar="ENCODER", help="an encoder.safetensors written by sslcli pretrain, "
-                                "or its run folder")
+                                "or its run folder (probe, finetune: or pretrained:NAME, hf-hub:ORG/NAME, "
+                                "local-dir:DIR)")
 LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split (or a folder with train/ and val/ "
                                  "or test/)")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
@@ -113,6 +114,8 @@ def _encoder(value: Path) -> str:
     torch, so a wrong file is refused at once."""
     from sslcli.headers import checked_encoder
 
+    if str(value).startswith(("pretrained:", "hf-hub:", "local-dir:")):  # weights sslcli did not train (weights.py)
+        return str(value)
     return str(checked_encoder(value))
 
 

@@ -301,3 +301,22 @@ def check_unchanged(source: WeightsSource, recorded: dict[str, Any]) -> None:
     if recorded.get("sha256") and recorded["sha256"] != source.sha256:
         raise UsageError(f"{source.ref}: {source.file} is not the file this encoder started from (its sha256 "
                          f"{source.sha256[:12]}... differs from the recorded {recorded['sha256'][:12]}...)")
+
+
+def is_reference(value: str) -> bool:
+    """A weights reference sslcli did not write (pretrained:NAME, hf-hub:ORG/NAME, local-dir:DIR), not a path."""
+    return str(value).startswith(("pretrained:", "hf-hub:", "local-dir:"))
+
+
+def load_encoder_ref(ref: str | Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
+    """What probe and finetune take as ENCODER: an sslcli encoder file (or run folder), or weights sslcli did not
+    train (pretrained:NAME, hf-hub:ORG/NAME, local-dir:DIR) at their own input size and normalisation; the
+    metadata then holds only where they came from."""
+    from sslcli.checkpoint import load_encoder
+
+    if not is_reference(str(ref)):
+        return load_encoder(Path(ref))
+    source = locate(str(ref))
+    model, info = build_from(source, source.architecture or "", None)
+    console.info(f"{ref}: {info.name} at {info.image_size} px, sha256 {source.sha256[:12]}...")
+    return model, info, {"method": "", "init": json.dumps(info.init, sort_keys=True)}

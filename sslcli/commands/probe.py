@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sslcli import cache, checkpoint, console, data, distributed, weights
+from sslcli import cache, console, data, distributed, weights
 from sslcli.device import resolve_device
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import UsageError
@@ -30,7 +30,7 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     start = time.perf_counter()
     settings = spec.probe
     device = distributed.init(resolve_device(settings.device))  # under torchrun the ranks share the extraction
-    model, info, meta = checkpoint.load_encoder(spec.encoder)
+    model, info, meta = weights.load_encoder_ref(spec.encoder)
     train_set, val_set, val_labels_all = labeled_splits(spec.data.path, spec.data.val, spec.data.label_fraction,
                                                         settings.seed)
     num_classes = len(train_set.classes or [])
