@@ -266,6 +266,8 @@ def build_from(source: WeightsSource, encoder_name: str, image_size: int | None,
     cfg = source.pretrained_cfg
     if cfg.get("mean") and cfg.get("std"):
         mean, std = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+        # normalisation(model) is what methods that need the pixels back read (colorization, distill's teacher)
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "mean": mean, "std": std}
     info = EncoderInfo(name=name, kwargs=args, small_stem=stem, feature_dim=int(model.num_features),
                        image_size=image_size or source.image_size or 224, mean=mean, std=std, init=source.record())
     return model, info
