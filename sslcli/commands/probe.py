@@ -31,6 +31,10 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     settings = spec.probe
     device = distributed.init(resolve_device(settings.device))  # under torchrun the ranks share the extraction
     model, info, meta = weights.load_encoder_ref(spec.encoder)
+    # The starting backbone in the trained encoder's architecture (refused here, before any work): what
+    # sslcli's pretraining added to it is the difference between its scores and the encoder's.
+    start_model, start_source = (starting_backbone(settings.start, info, spec.encoder) if settings.start
+                                 else (None, None))
     train_set, val_set, val_labels_all = labeled_splits(spec.data.path, spec.data.val, spec.data.label_fraction,
                                                         settings.seed)
     num_classes = len(train_set.classes or [])
@@ -51,11 +55,8 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         random_init = rebuild_encoder(info)
         baseline_f = (extract_features(random_init, info, train_set.paths, **common)[0],
                       extract_features(random_init, info, val_set.paths, **common)[0])
-    start_f, start_source = None, None
-    if settings.start is not None:
-        # The starting backbone in the trained encoder's architecture: what sslcli's pretraining added to it
-        # is the difference between its scores and the encoder's.
-        start_model, start_source = starting_backbone(settings.start, info, spec.encoder)
+    start_f = None
+    if start_model is not None:
         console.info(f"starting-weights baseline: {start_source.ref} in the same {info.name}, features again")
         start_f = (extract_features(start_model, info, train_set.paths, **common)[0],
                    extract_features(start_model, info, val_set.paths, **common)[0])
