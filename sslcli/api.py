@@ -113,23 +113,26 @@ def _overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 def pretrain(data: str | Path, method: str | None = None, preset: str | None = None, out: str | Path | None = None,
              *, encoder: str | None = None, epochs: int | None = None, budget: str | float | None = None,
              batch_size: int | None = None, val: str | Path | None = None, label_fraction: float | None = None,
-             init_from: str | Path | None = None, resume: str | None = None, force: bool = False,
-             log_to: str | list[str] | None = None, progress: bool = False, **overrides: Any) -> PretrainResult:
+             init_from: str | Path | None = None, init: str | None = None, resume: str | None = None,
+             force: bool = False, log_to: str | list[str] | None = None, progress: bool = False, **overrides: Any) -> PretrainResult:
     """Pretrain an encoder on a folder of images; as `sslcli pretrain DATA ...`.
 
     overrides: any spec key, above the preset and the arguments: `train={"epochs": 2}`, `train__epochs=2` or
     `**{"train.epochs": 2}`. resume: "auto", a run folder or a state file, as --resume."""
     build = partial(command_specs.pretrain_spec, data, method=method, preset=preset, encoder=encoder, epochs=epochs,
                                        budget=budget, batch_size=batch_size, out=out, val=val,
-                                       label_fraction=label_fraction, init_from=init_from, log_to=log_to,
+                                       label_fraction=label_fraction, init_from=init_from, init=init, log_to=log_to,
                                        overrides=_overrides(overrides))
     return _run("pretrain", build, PretrainResult, progress, resume=resume, force=force)
 
 
 def probe(encoder: str | Path, data: str | Path, *, val: str | Path | None = None,
-          label_fraction: float | None = None, baseline: bool | None = None, out: str | Path | None = None,
+          label_fraction: float | None = None, baseline: str | bool | None = None, out: str | Path | None = None,
           progress: bool = False, **overrides: Any) -> ProbeResult:
-    """kNN and linear probe of an encoder (or its run folder) on labeled data; as `sslcli probe`."""
+    """kNN and linear probe of an encoder (or its run folder) on labeled data; as `sslcli probe`.
+
+    baseline: "random" (default), "pretrained" (also the starting weights the encoder's init recorded), weights
+    (FILE, local-dir:DIR, hf-hub:ORG/NAME, pretrained:NAME) scored beside it, or False (no random init)."""
     build = partial(command_specs.probe_spec, encoder, data, val=val, label_fraction=label_fraction, baseline=baseline,
                                     out=out, overrides=_overrides(overrides))
     return _run("probe", build, ProbeResult, progress)

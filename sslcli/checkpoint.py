@@ -75,6 +75,8 @@ def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, s
         "step": str(step),
         "spec": json.dumps(spec, sort_keys=True),
         **({"trained_input": trained_input} if trained_input else {}),
+        # The weights the run started from (--init): kind, reference, file and its sha256.
+        **({"init": json.dumps(info.init, sort_keys=True)} if info.init else {}),
     }
 
 
@@ -126,9 +128,12 @@ def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
             mean=tuple(float(v) for v in json.loads(meta["mean"])),
             std=tuple(float(v) for v in json.loads(meta["std"])),
             channels=int(meta.get("channels", "3")),  # files written before data.channels are RGB encoders
+            init=json.loads(meta["init"]) if "init" in meta else None,
         )
         if not 1 <= info.channels <= MAX_CHANNELS:
             raise ValueError(f"channels {info.channels} is not 1 to {MAX_CHANNELS}")
+        if not isinstance(info.init, (dict, type(None))):
+            raise ValueError("init is not a JSON object")
         if not isinstance(info.kwargs, dict) or len(info.mean) != info.channels or len(info.std) != info.channels \
                 or info.image_size <= 0:
             raise ValueError("encoder_kwargs, mean, std or image_size has the wrong shape")

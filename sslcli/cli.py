@@ -51,7 +51,8 @@ LabelFractionOption = typer.Option(None, "--label-fraction", help="train on a se
 DryRunOption = typer.Option(False, "--dry-run", help="print the resolved spec and exit")
 EpochsOption = typer.Option(None, "--epochs", help="training epochs")
 EncoderArgument = typer.Argument(..., metavar="ENCODER", help="an encoder.safetensors written by sslcli pretrain, "
-                                "or its run folder")
+                                "or its run folder (probe, finetune: or pretrained:NAME, hf-hub:ORG/NAME, "
+                                "local-dir:DIR)")
 LabeledDataOption = typer.Option(..., "--data", "-d", help="labeled train split: class folders, a folder with "
                                  "train/ and val/ or test/, or a .csv list (path,label)")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N")
@@ -149,6 +150,9 @@ def pretrain(
                                "settings, augmentation: the new values take effect), or start over a run folder "
                                "whose checkpoints are damaged"),
     init_from: Path = typer.Option(None, "--init-from", help="a new run starting from this encoder.safetensors"),
+    init: str = typer.Option(None, "--init", metavar="WEIGHTS", help="start from weights sslcli did not train: "
+                             "pretrained (timm's for --encoder, from the Hugging Face Hub cache), hf-hub:ORG/NAME, "
+                             "local-dir:DIR or a .safetensors FILE (timm or torchvision layout)"),
     on_nan: str = typer.Option(None, "--on-nan", help="stop (default) or skip steps with a non-finite loss"),
     val: Path = typer.Option(None, "--val", help="labeled eval split (folder or .csv) for the online kNN (default: "
                              "DATA's val/ or test/)"),
@@ -167,7 +171,7 @@ def pretrain(
     from sslcli.command_specs import pretrain_spec
 
     spec = pretrain_spec(data, method=method, preset=preset, encoder=encoder, epochs=epochs, budget=budget,
-                         batch_size=batch_size, out=out, on_bad_image=on_bad_image, init_from=init_from,
+                         batch_size=batch_size, out=out, on_bad_image=on_bad_image, init_from=init_from, init=init,
                          on_nan=on_nan, val=val, sync_bn=sync_bn, label_fraction=label_fraction, log_to=log_to,
                          sets=sets)
     if dry_run:
@@ -182,8 +186,11 @@ def probe(
     val: Path = typer.Option(None, "--val", help="labeled eval split (class folders or a .csv list)"),
     label_fraction: float = LabelFractionOption,
     on_bad_image: str = BadImageOption,
-    baseline: bool = typer.Option(None, "--baseline/--no-baseline", help="also score the same architecture at a "
-                                  "seeded random init (default: on; about doubles the time)"),
+    baseline: str = typer.Option(None, "--baseline", metavar="random|pretrained|WEIGHTS", help="the references "
+                                 "scored beside ENCODER: random (the same architecture at a seeded random init; the "
+                                 "default), pretrained (also the starting weights its --init recorded) or WEIGHTS "
+                                 "(also these: FILE, local-dir:DIR, hf-hub:ORG/NAME, pretrained:NAME)"),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="no random-init reference (about halves the time)"),
     out: Path = out_option(False, "result JSON file (default: probe-<eval split>.json beside ENCODER)"),
     sets: list[str] = set_option("probe.knn_k=[10,20]"),
     json_out: bool = JsonOption,
@@ -195,7 +202,7 @@ def probe(
     from sslcli.command_specs import probe_spec
 
     spec = probe_spec(encoder, data, val=val, label_fraction=label_fraction, on_bad_image=on_bad_image,
-                      baseline=baseline, out=out, sets=sets)
+                      baseline=baseline, no_baseline=no_baseline, out=out, sets=sets)
     _run("probe", spec, json_out)
 
 

@@ -18,11 +18,16 @@ def _path(value: str | Path | None) -> str | None:
     return str(value) if value is not None else None
 
 
-def checked_encoder(value: str | Path) -> str:
+WEIGHTS_PREFIXES = ("pretrained:", "hf-hub:", "local-dir:")  # weights sslcli did not train (weights.py)
+
+
+def checked_encoder(value: str | Path, weights_ok: bool = False) -> str:
     """An encoder file, or a run folder's encoder.safetensors (said on stderr), checked from its header without
-    torch, so a wrong file is refused at once."""
+    torch, so a wrong file is refused at once. weights_ok (probe, finetune): also weights sslcli did not train."""
     from sslcli.headers import checked_encoder as check
 
+    if weights_ok and str(value).startswith(WEIGHTS_PREFIXES):
+        return str(value)
     return str(check(Path(value)))
 
 
@@ -44,25 +49,29 @@ def _layers(sets: list[str] | None, overrides: dict[str, Any] | None) -> list[st
 def pretrain_spec(data: str | Path, *, method: str | None = None, preset: str | None = None,
                   encoder: str | None = None, epochs: int | None = None, budget: str | float | None = None,
                   batch_size: int | None = None, out: str | Path | None = None, on_bad_image: str | None = None,
-                  init_from: str | Path | None = None, on_nan: str | None = None, val: str | Path | None = None,
+                  init_from: str | Path | None = None, init: str | None = None, on_nan: str | None = None, val: str | Path | None = None,
                   sync_bn: bool | None = None, label_fraction: float | None = None, log_to: str | list[str] | None = None,
                   sets: list[str] | None = None, overrides: dict[str, Any] | None = None) -> PretrainSpec:
     options: dict[str, Any] = {
         "data.path": str(data), "method.name": method, "encoder.name": encoder, "train.epochs": epochs,
         "train.budget": budget, "train.batch_size": batch_size, "out": _path(out), "data.on_bad_image": on_bad_image,
-        "init_from": _path(init_from), "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
+        "init_from": _path(init_from), "encoder.init": init, "train.on_nan": on_nan, "train.sync_bn": sync_bn, "data.val": _path(val),
         "data.label_fraction": label_fraction, "logging.to": log_to,
     }
     return resolve(PretrainSpec, preset=preset, options=options, sets=_layers(sets, overrides))
 
 
 def probe_spec(encoder: str | Path, data: str | Path, *, val: str | Path | None = None,
-               label_fraction: float | None = None, on_bad_image: str | None = None, baseline: bool | None = None,
-               out: str | Path | None = None, sets: list[str] | None = None,
-               overrides: dict[str, Any] | None = None) -> ProbeSpec:
-    options = {"encoder": checked_encoder(encoder), "data.path": str(data), "data.val": _path(val),
-               "data.on_bad_image": on_bad_image, "data.label_fraction": label_fraction, "probe.baseline": baseline,
-               "out": _path(out)}
+               label_fraction: float | None = None, on_bad_image: str | None = None,
+               baseline: str | bool | None = None, no_baseline: bool = False, out: str | Path | None = None,
+               sets: list[str] | None = None, overrides: dict[str, Any] | None = None) -> ProbeSpec:
+    """baseline: "random" (the default), "pretrained" (also the starting weights the encoder's --init recorded)
+    or weights (FILE, local-dir:DIR, ...) scored beside the encoder; False or no_baseline: no random init."""
+    off = no_baseline or baseline is False or baseline == "none"
+    start = None if baseline in (None, True, False, "random", "none") else str(baseline)
+    options = {"encoder": checked_encoder(encoder, weights_ok=True), "data.path": str(data), "data.val": _path(val),
+               "data.on_bad_image": on_bad_image, "data.label_fraction": label_fraction,
+               "probe.baseline": False if off else None, "probe.start": start, "out": _path(out)}
     return resolve(ProbeSpec, options=options, sets=_layers(sets, overrides))
 
 
@@ -73,7 +82,7 @@ def finetune_spec(encoder: str | Path, data: str | Path, *, val: str | Path | No
                   log_to: str | list[str] | None = None, sets: list[str] | None = None,
                   overrides: dict[str, Any] | None = None) -> FinetuneSpec:
     options: dict[str, Any] = {
-        "encoder": checked_encoder(encoder), "data.path": str(data), "data.val": _path(val),
+        "encoder": checked_encoder(encoder, weights_ok=True), "data.path": str(data), "data.val": _path(val),
         "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": _path(out), "baseline": baseline,
         "keep_projection_layers": keep_projection_layers, "logging.to": log_to,

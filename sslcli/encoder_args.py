@@ -63,3 +63,28 @@ def image_size_problem(size: Any) -> str | None:
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_IMAGE_SIZE:
         return f"image size {size!r} is not a side in px from 1 to {MAX_IMAGE_SIZE}"
     return None
+
+
+# ---------------------------------------------------------------- where starting weights come from
+
+INIT_KINDS = ("pretrained", "hf-hub", "local-dir", "file")
+INIT_FORMS = ("pretrained (timm's weights for the encoder name), pretrained:NAME, hf-hub:ORG/NAME, "
+              "local-dir:DIR (config.json + model.safetensors) or a .safetensors FILE")
+
+
+def split_init(ref: str) -> tuple[str, str]:
+    """(kind, what) of a weights reference: pretrained[:NAME], hf-hub:ORG/NAME, local-dir:DIR or a file path.
+    Torch-free, so a spec with a malformed reference is refused before anything loads."""
+    if ref == "pretrained":
+        return "pretrained", ""
+    for kind in ("pretrained", "hf-hub", "local-dir"):
+        if ref.startswith(f"{kind}:"):
+            what = ref[len(kind) + 1:]
+            if not what:
+                raise ValueError(f"'{ref}' names no {'model' if kind != 'local-dir' else 'folder'}; use {INIT_FORMS}")
+            if kind == "hf-hub" and not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", what):
+                raise ValueError(f"'{ref}': a Hugging Face Hub model is hf-hub:ORG/NAME")
+            return kind, what
+    if not ref:
+        raise ValueError(f"an empty weights reference; use {INIT_FORMS}")
+    return "file", ref

@@ -27,6 +27,8 @@ class EncoderInfo:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channels: int = 3  # input channels (data.channels): timm's in_chans; mean and std hold one value each
+    # Where the starting weights came from (weights.py WeightsSource.record()): kind, ref, file, sha256.
+    init: dict[str, Any] | None = None
 
 
 # Normalisation of inputs that are not RGB (data.channels != 3): ImageNet's statistics describe RGB photos only.
@@ -59,7 +61,8 @@ def apply_small_stem(model: nn.Module) -> nn.Module:
     return model
 
 
-def _create(name: str, kwargs: dict[str, Any], channels: int = 3) -> nn.Module:
+def create(name: str, kwargs: dict[str, Any], channels: int = 3) -> nn.Module:
+    """timm's architecture `name` as a feature extractor (no head), randomly initialised; one line for a bad name."""
     import timm
 
     if not timm.is_model(name):
@@ -82,7 +85,7 @@ def _create(name: str, kwargs: dict[str, Any], channels: int = 3) -> nn.Module:
     return model
 
 
-def _accepts_dynamic_size(model: nn.Module) -> bool:
+def accepts_dynamic_size(model: nn.Module) -> bool:
     from timm.models.vision_transformer import VisionTransformer
 
     return isinstance(model, VisionTransformer)
@@ -95,16 +98,16 @@ def build_encoder(name: str, image_size: int, small_stem: bool | str = "auto",
     kwargs = dict(kwargs or {})
     if kwargs.get("in_chans") == channels:
         del kwargs["in_chans"]  # recorded once, as EncoderInfo.channels
-    model = _create(name, kwargs, channels)
+    model = create(name, kwargs, channels)
     # ViT-family models fix their position embeddings to an input size; build them for ours.
     built_for = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if built_for is not None and "img_size" not in kwargs and tuple(built_for) != (image_size, image_size):
         kwargs["img_size"] = image_size
-        model = _create(name, kwargs, channels)
+        model = create(name, kwargs, channels)
     # ViTs take views of any size (multi-crop's local views) by interpolating their position embeddings.
-    if _accepts_dynamic_size(model) and "dynamic_img_size" not in kwargs:
+    if accepts_dynamic_size(model) and "dynamic_img_size" not in kwargs:
         kwargs["dynamic_img_size"] = True
-        model = _create(name, kwargs, channels)
+        model = create(name, kwargs, channels)
     use_stem = (is_resnet(model) and image_size <= SMALL_STEM_MAX_SIZE) if small_stem == "auto" else bool(small_stem)
     if use_stem:
         apply_small_stem(model)
@@ -134,7 +137,7 @@ def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
 
 def rebuild_encoder(info: EncoderInfo) -> nn.Module:
     """The same architecture again, from saved metadata (weights are loaded by the caller)."""
-    model = _create(info.name, dict(info.kwargs), info.channels)
+    model = create(info.name, dict(info.kwargs), info.channels)
     if info.small_stem:
         apply_small_stem(model)
     return model

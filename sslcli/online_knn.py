@@ -250,7 +250,8 @@ class OnlineKnn:
             self.grid = grid_from(result, self.splits.classes, self.info.image_size, self.splits.bank_from_val,
                                   self.info.channels)
             self.grid_is_new = True
-        when = "epoch 0 (random init)" if epochs_done == 0 else f"epoch {epochs_done}"
+        origin = "starting weights" if (self.spec.encoder.init or self.spec.init_from) else "random init"
+        when = f"epoch 0 ({origin})" if epochs_done == 0 else f"epoch {epochs_done}"
         console.info(f"{when}: online kNN top-1 {100 * result.top1:.2f} % (chance {100 * chance:.0f} %, "
                      f"k={self.spec.monitor.knn_k}, {len(result.bank_labels)} train / {len(result.val_labels)} eval "
                      f"images, {time.perf_counter() - start:.0f} s)")

@@ -12,14 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslcli import console, data, distributed, monitors, semi_supervised
+from sslcli import console, data, distributed, monitors, semi_supervised, weights
 from sslcli.augment import Augmenter
 from sslcli.encoders import EncoderInfo, build_encoder
+from sslcli.errors import UsageError
 from sslcli.methods import CONFIGS, method_class
 from sslcli.methods.base import Budget, Method
 from sslcli.resume import init_from
 from sslcli.schedules import warmup_cosine
-from sslcli.spec import OptimConfig, PretrainSpec
+from sslcli.spec import OptimConfig, PretrainSpec, dump, resolve_image_size
 from sslcli.step import StepOut
 from sslcli.train import Batches, LoopConfig, Step
 from sslcli.training_data import semi_supervised_labels, training_batches, training_images
@@ -66,6 +67,40 @@ def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
     return TrainingData(images, batches, steps_per_epoch, policy, labels)
 
 
+def resolve_init(spec: PretrainSpec) -> PretrainSpec:
+    """With encoder.init: find the weights (the Hub only when they are not cached) and let them settle what
+    they fix: the architecture (a config.json's, a timm tag's, an sslcli encoder's), the input size when
+    data.image_size is auto (their pretrained_cfg's), and the sha256 the run records (a given one must match)."""
+    if spec.encoder.init is None:
+        return spec
+    if spec.init_from is not None:
+        raise UsageError("--init and --init-from both name starting weights; give one")
+    source = weights.locate(spec.encoder.init, spec.encoder.name)
+    if spec.encoder.init_sha256 and spec.encoder.init_sha256 != source.sha256:
+        raise UsageError(f"encoder.init {spec.encoder.init}: {source.file} has sha256 {source.sha256}, not the "
+                         f"encoder.init_sha256 {spec.encoder.init_sha256} the spec pins")
+    tree = dump(spec)
+    tree["encoder"]["init_sha256"] = source.sha256
+    if source.architecture and source.architecture != spec.encoder.name:
+        console.info(f"encoder.name {spec.encoder.name} -> {source.architecture}: the architecture of "
+                     f"{spec.encoder.init}")
+        tree["encoder"]["name"] = source.architecture
+    if spec.data.image_size == "auto":
+        if source.image_size is not None:
+            console.info(f"data.image_size auto: {source.image_size} px, the input size of {spec.encoder.init} "
+                         "(--set data.image_size=N to choose)")
+            tree["data"]["image_size"] = source.image_size
+        else:  # a plain state dict says nothing of its input size: DATA's images choose, as without --init
+            resolve_image_size({"data": tree["data"]})
+        tree["augment"].pop("size", None)  # follows data.image_size
+    if isinstance(tree["data"]["image_size"], int):  # a file that does not fit is refused before DATA is read
+        with console.hushed():  # build_model says it again
+            weights.build_from(source, tree["encoder"]["name"], tree["data"]["image_size"],
+                               spec.encoder.small_stem, spec.encoder.kwargs)
+    console.info(f"starting weights: {spec.encoder.init} ({source.file}, sha256 {source.sha256[:12]}...)")
+    return PretrainSpec.model_validate(tree)
+
+
 def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) -> LoopConfig:
     return LoopConfig.from_spec(spec.train, spec.optim.clip_grad, steps_per_epoch, device,
                                 f"{spec.method.name} {spec.encoder.name}")
@@ -76,8 +111,13 @@ def build_model(spec: PretrainSpec, loop: LoopConfig, device: torch.device, num_
     """The encoder (optionally --init-from), the method around it, and the augmentation drawing its views;
     with num_classes (data.label_fraction) the method also holds S4L's supervised head. num_images sizes
     the memory bank of a method that keeps one (uses_indices)."""
-    encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
-                                  spec.encoder.kwargs, spec.data.channels)
+    if spec.encoder.init is not None:  # weights sslcli did not train (resolve_init found them)
+        source = weights.locate(spec.encoder.init, spec.encoder.name)
+        encoder, info = weights.build_from(source, spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
+                                           spec.encoder.kwargs)
+    else:
+        encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
+                                      spec.encoder.kwargs, spec.data.channels)
     if spec.init_from is not None:
         init_from(encoder, info, spec.init_from)
     method = method_class(spec.method.name)(spec.method, encoder, info.feature_dim,

@@ -24,12 +24,16 @@ def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> 
     """What must not change for a resume to continue the same run, part by part, plus one hash of it all."""
     # The paths' own bytes (os.fsencode): a file name that is not valid UTF-8 is hashed as it is on disk.
     manifest = hashlib.sha256(b"\0".join(os.fsencode(p) for p in images.paths)).hexdigest()
-    parts = {"method": spec.method.model_dump(mode="json"), "encoder": spec.encoder.model_dump(mode="json"),
+    # The init keys join the encoder's part only when set, so the runs without them keep their fingerprints.
+    encoder = spec.encoder.model_dump(mode="json", exclude={"init", "pretrained", "init_sha256"})
+    parts = {"method": spec.method.model_dump(mode="json"), "encoder": encoder,
              "data manifest": manifest, "image size": spec.data.image_size, "batch size": spec.train.batch_size,
              "total steps": total_steps, "seed": spec.train.seed, "optimizer": spec.optim.model_dump(mode="json"),
              "augmentation": spec.augment.model_dump(mode="json")}
     if spec.data.channels != 3:  # only then, so the RGB runs keep their fingerprints
         parts["channels"] = spec.data.channels
+    if spec.encoder.init is not None:  # the starting weights: their reference and the sha256 of their file
+        parts["init"] = {"ref": spec.encoder.init, "sha256": spec.encoder.init_sha256}
     if spec.data.label_fraction is not None:  # only then, so the runs without labels keep their fingerprints
         parts["semi-supervised"] = {"label fraction": spec.data.label_fraction,
                                     "supervised weight": spec.train.supervised_weight}

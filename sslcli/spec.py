@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from sslcli.encoder_args import MAX_CHANNELS, MAX_IMAGE_SIZE, encoder_kwargs_problem
+from sslcli.encoder_args import MAX_CHANNELS, MAX_IMAGE_SIZE, encoder_kwargs_problem, split_init
 from sslcli.errors import UsageError
 from sslcli.methods import CONFIGS, DEFAULT_METHOD, MethodConfig
 from sslcli.views import ViewConfig
@@ -54,6 +54,11 @@ def _encoder_kwargs(value: dict[str, Any]) -> dict[str, Any]:
     problem = encoder_kwargs_problem(value)
     if problem:
         raise ValueError(problem)
+    return value
+
+
+def _init_ref(value: str) -> str:
+    split_init(value)  # a ValueError names the accepted forms
     return value
 
 
@@ -103,6 +108,22 @@ class EncoderConfig(Strict):
     small_stem: bool | Literal["auto"] = Field("auto", description="ResNet 3x3 stride-1 stem, no max-pool ('auto': inputs <= 64 px)")
     kwargs: Annotated[dict[str, Any], AfterValidator(_encoder_kwargs)] = Field(
         default_factory=dict, description="extra timm.create_model architecture arguments (norm_layer, patch_size, ...)")
+    init: Annotated[str, AfterValidator(_init_ref)] | None = Field(
+        None, description="start from these weights: pretrained (timm's for encoder.name, from its Hugging Face Hub "
+        "cache), pretrained:NAME, hf-hub:ORG/NAME, local-dir:DIR or a .safetensors FILE (timm or torchvision "
+        "layout, or an sslcli encoder); their normalisation and input size become the run's unless set")
+    pretrained: bool = Field(False, description="the same as init = 'pretrained'")
+    init_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the sha256 of the init weights "
+                                    "file: recorded by the run; when given, other weights are refused")
+
+    @model_validator(mode="after")
+    def _pretrained_is_init(self) -> EncoderConfig:
+        if self.pretrained and self.init not in (None, "pretrained"):
+            raise ValueError(f"encoder.pretrained=true and encoder.init={self.init!r} name two different starts; "
+                             "give one")
+        if self.pretrained or self.init == "pretrained":
+            self.init, self.pretrained = "pretrained", True
+        return self
 
 
 class OptimConfig(Strict):
@@ -214,6 +235,10 @@ class PretrainSpec(ScaledLr, Strict):
         if self.data.channels != 3 and CONFIGS[self.method.name].rgb_only:
             raise ValueError(f"method {self.method.name} works on the colour of RGB images (CIE Lab): it needs "
                              f"data.channels=3, not {self.data.channels}")
+        if self.data.channels != 3 and (self.encoder.init is not None or self.method.name == "distill"):
+            # Pretrained weights (and a distillation teacher) expect RGB; adapting their first conv is not done here.
+            raise ValueError(f"encoder.init and the distill method start from RGB weights: they need data.channels=3, "
+                             f"not {self.data.channels}")
         if self.data.image_size == "auto":  # left only when DATA could not be looked at (resolve): no size yet
             return self
         if "size" in self.augment.model_fields_set and self.augment.size != self.data.image_size:
@@ -256,6 +281,10 @@ class ProbeConfig(Strict):
     seed: Seed = Field(0, description="of the label fraction, the held-out part and the random-init baseline")
     baseline: bool = Field(True, description="also score the same architecture at a seeded random init (the "
                            "reference the training is measured against; about as long as the probe itself)")
+    start: Annotated[str, AfterValidator(_init_ref)] | None = Field(
+        None, description="also score the starting backbone: 'pretrained' (the --init weights the encoder's "
+        "metadata records) or weights given as FILE, local-dir:DIR, hf-hub:ORG/NAME or pretrained:NAME, loaded "
+        "into the encoder's architecture: random init vs starting weights vs after pretraining, in one table")
 
 
 class ProbeSpec(Strict):
@@ -545,6 +574,9 @@ def resolve_image_size(tree: dict[str, Any]) -> None:
     data = tree.get("data") if isinstance(tree.get("data"), dict) else None
     if data is None or data.get("image_size", "auto") != "auto" or not isinstance(data.get("path"), str):
         return
+    encoder = tree.get("encoder") if isinstance(tree.get("encoder"), dict) else {}
+    if encoder.get("init") or encoder.get("pretrained"):
+        return  # the starting weights' own input size (their pretrained_cfg), read when they are found
     from sslcli import console
     from sslcli.sizing import auto_image_size
 

@@ -175,7 +175,8 @@ def test_every_cpu_preset_carries_its_expected_knn_and_presets_json_shows_it():
     cpu_presets = {name for name, _ in list_presets() if name.endswith("-cpu")}
     assert cpu_presets >= {f"{m}-cpu" for m in [*CONFIGS, *PRESET_FAMILIES]}
     # Every CPU preset carries its 8-minute bench-methods figure: a new one without it fails here.
-    assert set(expected) == cpu_presets | {"quickstart"}
+    # distill-cpu has none: its figure depends on the teacher the user names (method.teacher has no default).
+    assert set(expected) == (cpu_presets - {"distill-cpu"}) | {"quickstart"}
     for name, e in expected.items():
         assert 10 < e["knn_top1"] < 100 and 0 < e["tolerance"] <= 5, name
         assert "CPU" in e["measured_on"] and e["command"].startswith("make bench-"), name

@@ -447,6 +447,8 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path
         sets.append("method.num_prototypes=[10,10,10]")
     # CPC encodes every patch of its grid: 9 (a 3 x 3 grid) instead of the paper's 49 keep its step near the others'.
     sets += {"cpc": ["method.grid_size=3"]}.get(name, [])
+    # Distillation has no default teacher (the user names one); a random-init one builds offline.
+    sets += {"distill": ["method.teacher=random:resnet10t"]}.get(name, [])
     spec = resolve(PretrainSpec, options={"method.name": name, "data.path": str(cifar_tiny),
                                           "out": str(tmp_path / "run")}, sets=sets)
     summary = pretrain.run(spec)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslcli import checkpoint, console, data, distributed, trackers
+from sslcli import checkpoint, console, data, distributed, trackers, weights
 from sslcli.augment import Augmenter
 from sslcli.device import PRECISIONS, prepare_device, resolve_device
 from sslcli.encoders import EncoderInfo, rebuild_encoder
@@ -88,7 +88,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     prepare_device(device)
     torch.manual_seed(spec.train.seed)  # the same fresh head on every rank
-    encoder, info, source = checkpoint.load_encoder(spec.encoder)
+    encoder, info, source = weights.load_encoder_ref(spec.encoder)
     projection = kept_projection(spec)
     train_set, val_set, val_labels = labeled_splits(spec.data.path, spec.data.val, spec.data.label_fraction,
                                                     spec.train.seed)

@@ -33,6 +33,11 @@ def run(spec: InspectSpec) -> dict[str, Any]:
     kind = KINDS.get(meta.get("sslcli_format", ""), "safetensors file without an sslcli tag")
     described: dict[str, Any] = {"path": str(path), "kind": kind, "metadata": meta, "tensors": len(shapes),
                                  "elements": numel}
+    if meta.get("init"):  # an encoder that started from weights sslcli did not train
+        try:
+            described["init"] = json.loads(meta["init"])
+        except ValueError:
+            described["init"] = None
     if "embeddings" in shapes:
         described["embeddings_shape"] = shapes["embeddings"]
     companion = path.with_suffix(".json")
@@ -48,6 +53,10 @@ def format_text(described: dict[str, Any]) -> str:
              f"{described['elements']:,} {'value' if described['elements'] == 1 else 'values'}"]
     if "embeddings_shape" in described:
         lines.append(f"embeddings: {' x '.join(str(n) for n in described['embeddings_shape'])}")
+    init = described.get("init")
+    if isinstance(init, dict):
+        lines.append(f"started from: {init.get('ref')} ({init.get('kind')}; {init.get('file')}, sha256 "
+                     f"{init.get('sha256')})")
     for key, value in described.get("state", {}).items():
         lines.append(f"{key}: {value}")
     meta = described["metadata"]

@@ -29,6 +29,7 @@ from sslcli.pretraining import (
     load_data,
     loop_config,
     optimizer_and_schedule,
+    resolve_init,
     rng_states,
     short_run_warnings,
     step_function,
@@ -77,6 +78,7 @@ def run(spec: PretrainSpec, resume: str | None = None, force: bool = False,
 
 def _run(spec: PretrainSpec, resume: str | None, force: bool, started: float,
          locks: contextlib.ExitStack) -> dict[str, Any]:
+    spec = resolve_init(spec)  # --init: the weights' architecture, input size and sha256
     if spec.data.image_size == "auto":  # spec.resolve chooses it from DATA's images; none could be read there
         training_images(spec)  # says what is wrong with DATA
         raise UsageError("data.image_size=auto: no image of DATA could be measured; set --set data.image_size=N")
@@ -261,7 +263,8 @@ def summary(this: Run, result: FitResult, knn: online_knn.OnlineKnn,
         "processes": distributed.world_size(),
         "knn_top1": knn.last_top1,
         "linear_top1": knn.linear_top1(),
-        "random_init_knn_top1": knn.start_top1,
+        "random_init_knn_top1": knn.start_top1,  # the encoder at step 0: at its --init weights when given
+        "init": this.model.info.init,  # --init: kind, reference, file and sha256 of the starting weights
         "knn_chance": 1 / len(knn.splits.classes) if knn.splits is not None and knn.splits.classes else None,
         "collapse_warnings": health.warnings,
         "budget_s": spec.train.budget,
@@ -291,7 +294,8 @@ def format_text(s: dict[str, Any]) -> str:
              f"({console.plural(s['steps'], 'step')}) · "
              f"{s['images_per_s']:.0f} images/s · {s['wall_s']:.0f} s · final loss {s['final_loss']:.4f}"]
     if s.get("knn_top1") is not None:
-        start = f"random init {pct(s['random_init_knn_top1'])}, " if s.get("random_init_knn_top1") is not None else ""
+        at = "starting weights" if s.get("init") else "random init"
+        start = f"{at} {pct(s['random_init_knn_top1'])}, " if s.get("random_init_knn_top1") is not None else ""
         lines.append(f"kNN top-1 {pct(s['knn_top1'])} ({start}chance {pct(s.get('knn_chance'))}) · linear top-1 "
                      f"{pct(s.get('linear_top1'))}  (online evaluation on the labeled eval split)")
     else:

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from sslcli import cache, checkpoint, console, data, distributed
+from sslcli import cache, console, data, distributed, weights
 from sslcli.device import resolve_device
-from sslcli.encoders import rebuild_encoder
+from sslcli.encoders import EncoderInfo, rebuild_encoder
+from sslcli.errors import UsageError
 from sslcli.evaluate import knn_evaluate, linear_probe
 from sslcli.features import extract_features
 from sslcli.files import atomic_write_json
@@ -29,7 +30,11 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     start = time.perf_counter()
     settings = spec.probe
     device = distributed.init(resolve_device(settings.device))  # under torchrun the ranks share the extraction
-    model, info, meta = checkpoint.load_encoder(spec.encoder)
+    model, info, meta = weights.load_encoder_ref(spec.encoder)
+    # The starting backbone in the trained encoder's architecture (refused here, before any work): what
+    # sslcli's pretraining added to it is the difference between its scores and the encoder's.
+    start_model, start_source = (starting_backbone(settings.start, info, spec.encoder) if settings.start
+                                 else (None, None))
     train_set, val_set, val_labels_all = labeled_splits(spec.data.path, spec.data.val, spec.data.label_fraction,
                                                         settings.seed)
     num_classes = len(train_set.classes or [])
@@ -50,6 +55,11 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         random_init = rebuild_encoder(info)
         baseline_f = (extract_features(random_init, info, train_set.paths, **common)[0],
                       extract_features(random_init, info, val_set.paths, **common)[0])
+    start_f = None
+    if start_model is not None:
+        console.info(f"starting-weights baseline: {start_source.ref} in the same {info.name}, features again")
+        start_f = (extract_features(start_model, info, train_set.paths, **common)[0],
+                   extract_features(start_model, info, val_set.paths, **common)[0])
     train_y = torch.tensor(train_set.labels)[train_kept]
     val_y = val_labels_all[val_kept]
     if not distributed.is_main():
@@ -61,6 +71,10 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     if baseline_f is not None:
         base_knn, base_linear = _scores(spec, baseline_f[0], train_y, baseline_f[1], val_y, num_classes)
         baseline = {"knn": base_knn, "linear": base_linear, "seed": settings.seed}
+    start_scores = None
+    if start_f is not None:
+        start_knn, start_linear = _scores(spec, start_f[0], train_y, start_f[1], val_y, num_classes)
+        start_scores = {"knn": start_knn, "linear": start_linear, **start_source.record()}
     if policy.summary():
         console.warn(policy.summary())
     result = {
@@ -73,6 +87,7 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         "linear": linear,
         "chance": 1 / max(1, num_classes),
         "baseline": baseline,
+        "start": start_scores,  # --baseline pretrained|WEIGHTS: the starting backbone's scores and where it came from
         "label_fraction": spec.data.label_fraction,
         "n_train": int(train_y.numel()),
         "n_eval": int(val_y.numel()),
@@ -83,6 +98,24 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     }
     result["out"] = str(result_path(spec, result["spec"]))
     return result
+
+
+def starting_backbone(ref: str, info: EncoderInfo, encoder: Path) -> tuple[torch.nn.Module, weights.WeightsSource]:
+    """The weights a run started from ('pretrained': those its encoder's metadata records, checked by their
+    sha256) or the weights given, in the encoder's own architecture."""
+    recorded = None
+    if ref == "pretrained":
+        if not info.init:
+            raise UsageError(f"--baseline pretrained: {encoder} records no starting weights (its run started from a "
+                             "random init, or from --init-from); name them: --baseline FILE, local-dir:DIR, "
+                             "hf-hub:ORG/NAME or pretrained:NAME")
+        recorded, ref = info.init, weights.recorded_ref(info.init)
+    source = weights.locate(ref, info.name)
+    if recorded is not None:
+        weights.check_unchanged(source, recorded)
+    model = rebuild_encoder(info)
+    weights.load_into(model, source, info.name)
+    return model, source
 
 
 def result_path(spec: ProbeSpec, settings: dict[str, Any]) -> Path:
@@ -144,15 +177,19 @@ def _scores(spec: ProbeSpec, train_f: torch.Tensor, train_y: torch.Tensor, val_f
 
 def format_text(result: dict[str, Any]) -> str:
     """The scores beside their references: the random-init encoder of the same architecture, and chance."""
-    base = result.get("baseline")
-    rows = [("kNN k=" + key[1:], v, (base or {}).get("knn", {}).get(key)) for key, v in result["knn"].items()]
-    rows.append(("linear", result["linear"], (base or {}).get("linear")))
-    lines = [f"{'probe':<12} {'top-1':>7} {'top-5':>7}" + (f"   {'random init top-1':>17}" if base else "")]
-    for name, scores, reference in rows:
+    base, start = result.get("baseline"), result.get("start")
+    references = [(title, ref) for title, ref in (("random init top-1", base), ("starting weights top-1", start))
+                  if ref]
+    lines = [f"{'probe':<12} {'top-1':>7} {'top-5':>7}" + "".join(f"   {title:>17}" for title, _ in references)]
+    rows = [("kNN k=" + key[1:], key, v) for key, v in result["knn"].items()] + [("linear", None, result["linear"])]
+    for name, key, scores in rows:
         line = f"{name:<12} {100 * scores['top1']:>6.2f}% {100 * scores['top5']:>6.2f}%"
-        if reference is not None:
-            line += f"   {100 * reference['top1']:>16.2f}%"
+        for title, ref in references:
+            value = ref["linear"] if key is None else ref["knn"].get(key)
+            line += f"   {100 * value['top1']:>{max(16, len(title) - 1)}.2f}%" if value else ""
         lines.append(line)
+    if start:
+        lines.append(f"starting weights: {start['ref']} (sha256 {start['sha256'][:12]}...)")
     lines.append(f"chance {100 * result['chance']:.2f} % (1 / {result['num_classes']} classes)"
                  + ("" if base else "; --baseline adds a random-init encoder's scores"))
     lines.append(f"{result['n_train']} train / {result['n_eval']} eval images, {result['num_classes']} classes, "
