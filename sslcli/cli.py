@@ -252,16 +252,21 @@ def finetune(
 @app.command(cls=Command)
 def export(
     encoder: Path = EncoderArgument,
-    to: str = typer.Option(..., "--to", help="timm (a local-dir model folder) or torchvision (ResNets)"),
-    out: Path = out_option(True, "folder for model.safetensors and config.json"),
+    to: str = typer.Option(..., "--to", help="timm (a local-dir model folder), hf (the timm folder plus a model card "
+                           "for the Hugging Face Hub), torchvision (ResNets) or onnx (one .onnx file)"),
+    out: Path = out_option(True, "folder for model.safetensors and config.json; with --to onnx the .onnx file"),
+    data: Path = typer.Option(None, "--data", "-d", help="--to onnx: images to verify the export on (default: a "
+                              "seeded batch of random images)"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Export an encoder for timm (create_model("local-dir:DIR")) or torchvision (resnet18/34/50/...)."""
+    """Export an encoder for timm (create_model("local-dir:DIR")), the Hugging Face Hub, torchvision
+    (resnet18/34/50/...) or ONNX runtimes."""
     console.configure(quiet=quiet)
     from sslcli.spec import ExportSpec, resolve
 
-    _run("export", resolve(ExportSpec, options={"encoder": _encoder(encoder), "to": to, "out": str(out)}), json_out)
+    options = {"encoder": _encoder(encoder), "to": to, "out": str(out), "data": _path(data)}
+    _run("export", resolve(ExportSpec, options=options), json_out)
 
 
 @app.command(cls=Command)

@@ -305,8 +305,12 @@ class EmbedSpec(Strict):
 
 class ExportSpec(Strict):
     encoder: Path = Field(description="an encoder.safetensors written by sslcli")
-    to: Literal["timm", "torchvision"] = Field(description="timm (a local-dir model folder) or torchvision (ResNets)")
-    out: Path = Field(description="folder for model.safetensors and config.json")
+    to: Literal["timm", "hf", "torchvision", "onnx"] = Field(
+        description="timm (a local-dir model folder), hf (the timm folder plus a model card, for the Hugging Face "
+        "Hub), torchvision (ResNets) or onnx (one .onnx file)")
+    out: Path = Field(description="folder for model.safetensors and config.json; with --to onnx the .onnx file")
+    data: Path | None = Field(None, description="--to onnx: images to verify the export on (default: a seeded "
+                              "batch of random images)")
 
 
 class ReportSpec(Strict):

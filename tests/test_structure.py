@@ -54,12 +54,12 @@ def is_command(name: str) -> bool:
 # module is named here (a new one must be placed), the method packages by their prefix.
 LAYERS: dict[str, set[str]] = {
     "core": {"sslcli", "errors", "console", "durations", "files", "device", "distributed", "schedules", "step",
-             "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args"},
+             "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args", "extras"},
     "data and models": {"data", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate", "features",
                         "checkpoint"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
-               "report", "resume", "semi_supervised", "training_data"},
+               "report", "resume", "semi_supervised", "training_data", "onnx_export", "hub_folder"},
     "commands": {"commands", "cli", "__main__"},
 }
 
