@@ -273,20 +273,44 @@ def export(
 def embed(
     encoder: Path = EncoderArgument,
     data: Path = typer.Option(..., "--data", "-d", help="folder of images (labeled or not)"),
-    out: Path = out_option(True, "embeddings file (.safetensors); the CSV index goes beside it"),
+    out: Path = out_option(True, "embeddings file; its suffix picks the format: .safetensors (the CSV index goes "
+                           "beside it), .parquet (path, label, class, embedding) or .csv (path, label, class, e0...)"),
     batch_size: int = batch_size_option(256, "images per forward pass"),
     device: str = DeviceOption,
     on_bad_image: str = BadImageOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Write the encoder's features of every image: an [N, D] matrix in safetensors plus a CSV index."""
+    """Write the encoder's features of every image: an [N, D] matrix in safetensors plus a CSV index, or one
+    Parquet or CSV file with a row per image."""
     console.configure(quiet=quiet)
     from sslcli.spec import EmbedSpec, resolve
 
     options = {"encoder": _encoder(encoder), "data": str(data), "out": str(out), "batch_size": batch_size,
                "device": device, "on_bad_image": on_bad_image}
     _run("embed", resolve(EmbedSpec, options=options), json_out)
+
+
+@app.command(cls=Command)
+def neighbors(
+    embeddings: Path = typer.Argument(..., metavar="EMBEDDINGS", help="an embeddings .safetensors written by sslcli "
+                                      "embed (its CSV index beside it)"),
+    query: str = typer.Option(..., "--query", help="an image file, or a path in the embeddings' index"),
+    k: int = typer.Option(10, "-k", "--k", help="how many neighbours"),
+    encoder: Path = typer.Option(None, "--encoder", "-e", help="the encoder that embeds an image query (default: the "
+                                 "one the embeddings were made with, as they record it)"),
+    png: Path = typer.Option(None, "--png", help="draw the query and its neighbours into this PNG"),
+    device: str = DeviceOption,
+    json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """The k images nearest to a query among embeddings (cosine similarity, exact search)."""
+    console.configure(quiet=quiet)
+    from sslcli.spec import NeighborsSpec, resolve
+
+    options = {"embeddings": str(embeddings), "query": query, "k": k,
+               "encoder": _encoder(encoder) if encoder is not None else None, "png": _path(png), "device": device}
+    _run("neighbors", resolve(NeighborsSpec, options=options), json_out)
 
 
 @app.command(cls=Command)

@@ -120,6 +120,35 @@ def neighbours_png(grid: NeighbourGrid, path: Path, title: str) -> None:
     _save(fig, path)
 
 
+def query_neighbours_png(query: Path, query_title: str, neighbours: list[tuple[Path, str]], image_size: int,
+                         path: Path, title: str) -> None:
+    """`sslcli neighbors --png`: the query, then its neighbours in order, each titled (similarity, class)."""
+    plt = _pyplot()
+    cells = [(query, query_title), *neighbours]
+    cols = min(6, len(cells))
+    rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
+    storage = data.storage_size_for(image_size)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(cells):
+            ax.axis("off")
+            continue
+        file, label = cells[i]
+        try:
+            ax.imshow(data.decode_image(file, storage).permute(1, 2, 0).numpy())
+        except data.BadImageError:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=7)
+        for spine in ax.spines.values():
+            spine.set_edgecolor("black" if i == 0 else "grey")
+            spine.set_linewidth(3 if i == 0 else 1)
+        ax.set_title(console.literal(label)[:28], fontsize=7)
+    fig.suptitle(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -296,11 +296,21 @@ class FinetuneSpec(ScaledLr, Strict):
 class EmbedSpec(Strict):
     encoder: Path = Field(description="an encoder.safetensors written by sslcli")
     data: Path = Field(description="folder of images (labeled or not)")
-    out: Path = Field(description="embeddings file (.safetensors); the CSV index goes beside it")
+    out: Path = Field(description="embeddings file: .safetensors (the CSV index goes beside it), .parquet or .csv")
     batch_size: int = Field(256, gt=0, le=65536)
     num_workers: Workers = "auto"
     device: Device = "auto"
     on_bad_image: Literal["skip", "fail"] = "skip"
+
+
+class NeighborsSpec(Strict):
+    embeddings: Path = Field(description="an embeddings .safetensors written by sslcli embed (its CSV index beside it)")
+    query: str = Field(description="an image file, or a path in the embeddings' index")
+    k: int = Field(10, gt=0, le=1000, description="how many neighbours")
+    encoder: Path | None = Field(None, description="the encoder that embeds an image query (default: the one the "
+                                 "embeddings record)")
+    png: Path | None = Field(None, description="draw the query and its neighbours into this PNG")
+    device: Device = "auto"  # for embedding an image query
 
 
 class ExportSpec(Strict):
