@@ -339,14 +339,16 @@ def report(
     val: Path = typer.Option(None, "--val", help="labeled eval split for neighbors.png (default: the run's --val, "
                              "or DATA's val/ or test/)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (for the neighbour features)"),
+    map_: bool = typer.Option(False, "--map", help="also draw report/map.png: the eval images' features in 2-D "
+                              "(UMAP, else t-SNE, else PCA), coloured by class"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Regenerate RUN/report/: curves.png, neighbors.png and summary.json."""
+    """Regenerate RUN/report/: curves.png, neighbors.png and summary.json (and map.png with --map)."""
     console.configure(quiet=quiet)
     from sslcli.spec import ReportSpec, resolve
 
-    options = {"run_dir": str(run_dir), "device": device, "val": _path(val)}
+    options = {"run_dir": str(run_dir), "device": device, "val": _path(val), "map": map_}
     _run("report", resolve(ReportSpec, options=options), json_out)
 
 

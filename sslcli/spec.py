@@ -328,6 +328,7 @@ class ReportSpec(Strict):
     val: Path | None = Field(None, description="labeled eval split for neighbors.png (default: the run's --val or "
                              "DATA's val/ or test/)")
     device: Device = "auto"  # for the neighbour features
+    map: bool = Field(False, description="also draw report/map.png: a 2-D map of the eval features by class")
 
 
 class InspectSpec(Strict):

@@ -59,7 +59,8 @@ LAYERS: dict[str, set[str]] = {
                         "checkpoint", "embedding_files", "nearest"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
-               "report", "resume", "semi_supervised", "training_data", "onnx_export", "hub_folder"},
+               "report", "resume", "semi_supervised", "training_data", "onnx_export", "hub_folder",
+               "embedding_map"},
     "commands": {"commands", "cli", "__main__"},
 }
 
