@@ -34,11 +34,13 @@ def _optional(module: str):
 
 
 def _umap(x: np.ndarray, seed: int) -> np.ndarray | None:
-    umap = _optional("umap")
-    if umap is None:
-        return None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": seeded means one thread, as asked
+        # umap-learn and numba warn about their own internals, and "n_jobs overridden by random_state": seeded
+        # means one thread, as asked. None of it is the user's to act on.
+        warnings.simplefilter("ignore")
+        umap = _optional("umap")
+        if umap is None:
+            return None
         reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), metric="cosine", random_state=seed)
         return np.asarray(reducer.fit_transform(x))
 

@@ -111,8 +111,8 @@ def test_neighbors_of_an_indexed_path(embedded: Path, tmp_path: Path):
     emb = EmbeddingsFile(embedded)
     query = emb.rows[12][1]
     proc = sslcli_run("neighbors", str(embedded), "--query", query, "-k", "5", "--json", "--png",
-                      str(tmp_path / "grid.png"))
-    assert proc.returncode == 0, proc.stderr
+                      str(tmp_path / "grid.png"), "-q")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     result = json.loads(proc.stdout)
     assert result["query_row"] == 12 and result["searched"] == 49 and len(result["neighbors"]) == 5
     matrix = load_file(embedded)["embeddings"]
