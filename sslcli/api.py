@@ -150,9 +150,12 @@ def finetune(encoder: str | Path, data: str | Path, *, val: str | Path | None = 
     return _run("finetune", build, FinetuneResult, progress)
 
 
-def export(encoder: str | Path, to: str, out: str | Path, *, progress: bool = False) -> ExportResult:
-    """Write the encoder for timm (to="timm") or torchvision; as `sslcli export`."""
-    return _run("export", partial(command_specs.export_spec, encoder, to=to, out=out), ExportResult, progress)
+def export(encoder: str | Path, to: str, out: str | Path, *, data: str | Path | None = None,
+           progress: bool = False) -> ExportResult:
+    """Write the encoder for timm, the Hugging Face Hub ("hf"), torchvision or ONNX ("onnx", checked on `data`'s
+    images or seeded random ones); as `sslcli export`."""
+    build = partial(command_specs.export_spec, encoder, to=to, out=out, data=data)
+    return _run("export", build, ExportResult, progress)
 
 
 def embed(encoder: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 256, device: str = "auto",

@@ -247,35 +247,63 @@ def finetune(
 @app.command(cls=Command)
 def export(
     encoder: Path = EncoderArgument,
-    to: str = typer.Option(..., "--to", help="timm (a local-dir model folder) or torchvision (ResNets)"),
-    out: Path = out_option(True, "folder for model.safetensors and config.json"),
+    to: str = typer.Option(..., "--to", help="timm (a local-dir model folder), hf (the timm folder plus a model card "
+                           "for the Hugging Face Hub), torchvision (ResNets) or onnx (one .onnx file)"),
+    out: Path = out_option(True, "folder for model.safetensors and config.json; with --to onnx the .onnx file"),
+    data: Path = typer.Option(None, "--data", "-d", help="--to onnx: images to verify the export on (default: a "
+                              "seeded batch of random images)"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Export an encoder for timm (create_model("local-dir:DIR")) or torchvision (resnet18/34/50/...)."""
+    """Export an encoder for timm (create_model("local-dir:DIR")), the Hugging Face Hub, torchvision
+    (resnet18/34/50/...) or ONNX runtimes."""
     console.configure(quiet=quiet)
     from sslcli.command_specs import export_spec
 
-    _run("export", export_spec(encoder, to=to, out=out), json_out)
+    _run("export", export_spec(encoder, to=to, out=out, data=data), json_out)
 
 
 @app.command(cls=Command)
 def embed(
     encoder: Path = EncoderArgument,
     data: Path = typer.Option(..., "--data", "-d", help="folder of images (labeled or not) or a list file (.txt, .csv)"),
-    out: Path = out_option(True, "embeddings file (.safetensors); the CSV index goes beside it"),
+    out: Path = out_option(True, "embeddings file; its suffix picks the format: .safetensors (the CSV index goes "
+                           "beside it), .parquet (path, label, class, embedding) or .csv (path, label, class, e0...)"),
     batch_size: int = batch_size_option(256, "images per forward pass"),
     device: str = DeviceOption,
     on_bad_image: str = BadImageOption,
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Write the encoder's features of every image: an [N, D] matrix in safetensors plus a CSV index."""
+    """Write the encoder's features of every image: an [N, D] matrix in safetensors plus a CSV index, or one
+    Parquet or CSV file with a row per image."""
     console.configure(quiet=quiet)
     from sslcli.command_specs import embed_spec
 
     _run("embed", embed_spec(encoder, data, out=out, batch_size=batch_size, device=device,
                              on_bad_image=on_bad_image), json_out)
+
+
+@app.command(cls=Command)
+def neighbors(
+    embeddings: Path = typer.Argument(..., metavar="EMBEDDINGS", help="an embeddings .safetensors written by sslcli "
+                                      "embed (its CSV index beside it)"),
+    query: str = typer.Option(..., "--query", help="an image file, or a path in the embeddings' index"),
+    k: int = typer.Option(10, "-k", "--k", help="how many neighbours"),
+    encoder: Path = typer.Option(None, "--encoder", "-e", help="the encoder that embeds an image query (default: the "
+                                 "one the embeddings were made with, as they record it)"),
+    png: Path = typer.Option(None, "--png", help="draw the query and its neighbours into this PNG"),
+    device: str = DeviceOption,
+    json_out: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """The k images nearest to a query among embeddings (cosine similarity, exact search)."""
+    console.configure(quiet=quiet)
+    from sslcli.spec import NeighborsSpec, resolve
+
+    options = {"embeddings": str(embeddings), "query": query, "k": k,
+               "encoder": _encoder(encoder) if encoder is not None else None, "png": _path(png), "device": device}
+    _run("neighbors", resolve(NeighborsSpec, options=options), json_out)
 
 
 @app.command(cls=Command)
@@ -304,14 +332,16 @@ def report(
     val: Path = typer.Option(None, "--val", help="labeled eval split for neighbors.png (default: the run's --val, "
                              "or DATA's val/ or test/)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N (for the neighbour features)"),
+    map_: bool = typer.Option(False, "--map", help="also draw report/map.png: the eval images' features in 2-D "
+                              "(UMAP, else t-SNE, else PCA), coloured by class"),
     json_out: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Regenerate RUN/report/: curves.png, neighbors.png and summary.json."""
+    """Regenerate RUN/report/: curves.png, neighbors.png and summary.json (and map.png with --map)."""
     console.configure(quiet=quiet)
     from sslcli.spec import ReportSpec, resolve
 
-    options = {"run_dir": str(run_dir), "device": device, "val": _path(val)}
+    options = {"run_dir": str(run_dir), "device": device, "val": _path(val), "map": map_}
     _run("report", resolve(ReportSpec, options=options), json_out)
 
 

@@ -90,8 +90,10 @@ def finetune_spec(encoder: str | Path, data: str | Path, *, val: str | Path | No
     return resolve(FinetuneSpec, preset=preset, options=options, sets=_layers(sets, overrides))
 
 
-def export_spec(encoder: str | Path, *, to: str, out: str | Path) -> ExportSpec:
-    return resolve(ExportSpec, options={"encoder": checked_encoder(encoder), "to": to, "out": str(out)})
+def export_spec(encoder: str | Path, *, to: str, out: str | Path, data: str | Path | None = None) -> ExportSpec:
+    """data: the images an ONNX export is verified on (--to onnx)."""
+    options = {"encoder": checked_encoder(encoder), "to": to, "out": str(out), "data": _path(data)}
+    return resolve(ExportSpec, options=options)
 
 
 def embed_spec(encoder: str | Path, data: str | Path, *, out: str | Path, batch_size: int | None = 256,

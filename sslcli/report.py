@@ -12,13 +12,16 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from sslcli import console, data
 from sslcli.files import atomic_write_json
 
 if TYPE_CHECKING:
+    from sslcli.embedding_map import EmbeddingMap
     from sslcli.online_knn import NeighbourGrid
 
-FILES = ("curves.png", "neighbors.png", "summary.json")
+FILES = ("curves.png", "neighbors.png", "map.png", "summary.json")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -130,6 +133,55 @@ def neighbours_png(grid: NeighbourGrid, path: Path, title: str) -> None:
     _save(fig, path)
 
 
+def map_png(points: EmbeddingMap, path: Path, title: str) -> None:
+    """report/map.png: every eval image a point of the 2-D map, coloured by its class, the method in the title."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), constrained_layout=True)
+    labels = np.asarray(points.labels)
+    colours = plt.get_cmap("tab10" if len(points.classes) <= 10 else "tab20")
+    size = 12 if len(labels) < 2000 else 5
+    for c, name in enumerate(points.classes):
+        mine = labels == c
+        if mine.any():
+            ax.scatter(points.points[mine, 0], points.points[mine, 1], s=size, alpha=0.75, linewidths=0,
+                       color=colours(c % colours.N), label=console.literal(name)[:20])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if len(points.classes) <= 20:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=2, frameon=False)
+    ax.set_title(f"{title}\n{points.method} of the features of {len(labels)} eval images, coloured by class", fontsize=9)
+    _save(fig, path)
+
+
+def query_neighbours_png(query: Path, query_title: str, neighbours: list[tuple[Path, str]], image_size: int,
+                         path: Path, title: str, channels: int = 3) -> None:
+    """`sslcli neighbors --png`: the query, then its neighbours in order, each titled (similarity, class)."""
+    plt = _pyplot()
+    cells = [(query, query_title), *neighbours]
+    cols = min(6, len(cells))
+    rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
+    storage = data.storage_size_for(image_size)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(cells):
+            ax.axis("off")
+            continue
+        file, label = cells[i]
+        try:
+            _show(ax, data.decode_image(file, storage, channels))
+        except data.BadImageError:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=7)
+        for spine in ax.spines.values():
+            spine.set_edgecolor("black" if i == 0 else "grey")
+            spine.set_linewidth(3 if i == 0 else 1)
+        ax.set_title(console.literal(label)[:28], fontsize=7)
+    fig.suptitle(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,15 +214,17 @@ def summarize(run_dir: Path, records: list[dict[str, Any]], spec: dict[str, Any]
         "neighbours_same_class": (neighbours or {}).get("neighbours_same_class"),
         "chance": (neighbours or {}).get("chance"),
         "files": {name: str(run_dir / "report" / name) for name in FILES
-                  if name != "neighbors.png" or neighbours is not None},
+                  if (name != "neighbors.png" or neighbours is not None)
+                  and (name != "map.png" or (run_dir / "report" / name).is_file())},
     }
     if (run_dir / "encoder.safetensors").is_file():
         summary["files"]["encoder"] = str(run_dir / "encoder.safetensors")
     return summary
 
 
-def write(run_dir: Path, grid: NeighbourGrid | None = None) -> dict[str, Any]:
-    """(Re)write report/ from metrics.jsonl (and the grid when given); returns summary.json's content."""
+def write(run_dir: Path, grid: NeighbourGrid | None = None,
+          embedding_map: EmbeddingMap | None = None) -> dict[str, Any]:
+    """(Re)write report/ from metrics.jsonl (and the grid and map when given); returns summary.json's content."""
     records = read_metrics(run_dir)
     spec_path = run_dir / "spec.json"
     spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
@@ -183,7 +237,11 @@ def write(run_dir: Path, grid: NeighbourGrid | None = None) -> dict[str, Any]:
         neighbours = {"neighbours_same_class": round(grid.same_class, 4), "chance": round(grid.chance, 4)}
     elif (report / "neighbors.png").exists():  # a curves-only refresh keeps the grid's numbers
         neighbours = _previous_neighbours(report)
+    if embedding_map is not None:
+        map_png(embedding_map, report / "map.png", title)
     summary = summarize(run_dir, records, spec, neighbours)
+    if embedding_map is not None:
+        summary["map_method"] = embedding_map.method
     atomic_write_json(report / "summary.json", summary)
     return summary
 

@@ -360,17 +360,31 @@ class FinetuneSpec(ScaledLr, Strict):
 class EmbedSpec(Strict):
     encoder: Path = Field(description="an encoder.safetensors written by sslcli")
     data: Path = Field(description="folder of images (labeled or not) or a list file (.txt, .csv)")
-    out: Path = Field(description="embeddings file (.safetensors); the CSV index goes beside it")
+    out: Path = Field(description="embeddings file: .safetensors (the CSV index goes beside it), .parquet or .csv")
     batch_size: int = Field(256, gt=0, le=65536)
     num_workers: Workers = "auto"
     device: Device = "auto"
     on_bad_image: Literal["skip", "fail"] = "skip"
 
 
+class NeighborsSpec(Strict):
+    embeddings: Path = Field(description="an embeddings .safetensors written by sslcli embed (its CSV index beside it)")
+    query: str = Field(description="an image file, or a path in the embeddings' index")
+    k: int = Field(10, gt=0, le=1000, description="how many neighbours")
+    encoder: Path | None = Field(None, description="the encoder that embeds an image query (default: the one the "
+                                 "embeddings record)")
+    png: Path | None = Field(None, description="draw the query and its neighbours into this PNG")
+    device: Device = "auto"  # for embedding an image query
+
+
 class ExportSpec(Strict):
     encoder: Path = Field(description="an encoder.safetensors written by sslcli")
-    to: Literal["timm", "torchvision"] = Field(description="timm (a local-dir model folder) or torchvision (ResNets)")
-    out: Path = Field(description="folder for model.safetensors and config.json")
+    to: Literal["timm", "hf", "torchvision", "onnx"] = Field(
+        description="timm (a local-dir model folder), hf (the timm folder plus a model card, for the Hugging Face "
+        "Hub), torchvision (ResNets) or onnx (one .onnx file)")
+    out: Path = Field(description="folder for model.safetensors and config.json; with --to onnx the .onnx file")
+    data: Path | None = Field(None, description="--to onnx: images to verify the export on (default: a seeded "
+                              "batch of random images)")
 
 
 class ReportSpec(Strict):
@@ -378,6 +392,7 @@ class ReportSpec(Strict):
     val: Path | None = Field(None, description="labeled eval split for neighbors.png (default: the run's --val or "
                              "DATA's val/ or test/)")
     device: Device = "auto"  # for the neighbour features
+    map: bool = Field(False, description="also draw report/map.png: a 2-D map of the eval features by class")
 
 
 class InspectSpec(Strict):

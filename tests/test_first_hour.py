@@ -14,7 +14,7 @@ from sslcli import console
 from sslcli.spec import resolve
 from tests.test_cli import assert_one_clean_error, sslcli_run
 
-COMMANDS = ["pretrain", "probe", "finetune", "export", "embed", "inspect", "presets", "report", "methods"]
+COMMANDS = ["pretrain", "probe", "finetune", "export", "embed", "neighbors", "inspect", "presets", "report", "methods"]
 
 
 def flat_copy(labeled: Path, dst: Path) -> Path:
@@ -140,8 +140,8 @@ def test_help_has_no_braces_or_type_placeholders_in_usage(command: str):
     assert proc.returncode == 0, proc.stderr
     assert "{" not in proc.stdout and "}" not in proc.stdout and "list[" not in proc.stdout
     usage = proc.stdout.splitlines()[0]
-    argument = {"pretrain": "DATA", "inspect": "FILE", "report": "RUN_DIR", "presets": "[OPTIONS]",
-                "methods": "[OPTIONS]"}.get(command, "ENCODER")
+    argument = {"pretrain": "DATA", "inspect": "FILE", "report": "RUN_DIR", "neighbors": "EMBEDDINGS",
+                "presets": "[OPTIONS]", "methods": "[OPTIONS]"}.get(command, "ENCODER")
     assert usage == f"Usage: sslcli {command} [OPTIONS]" + ("" if argument == "[OPTIONS]" else f" {argument}")
 
 

@@ -55,12 +55,13 @@ def is_command(name: str) -> bool:
 LAYERS: dict[str, set[str]] = {
     "core": {"errors", "console", "durations", "files", "device", "distributed", "schedules", "step",
              "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args",
-             "image_lists"},
+             "image_lists", "extras"},
     "data and models": {"data", "pixels", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate",
-                        "features", "checkpoint", "weights"},
+                        "features", "checkpoint", "weights", "embedding_files", "nearest"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
-               "report", "resume", "semi_supervised", "training_data", "trackers", "command_specs"},
+               "report", "resume", "semi_supervised", "training_data", "trackers", "command_specs", "onnx_export",
+               "hub_folder", "embedding_map"},
     "commands": {"commands", "cli", "__main__"},
     "public API": {"sslcli", "api"},  # the package's face: sslcli.pretrain(...) runs the commands
 }

@@ -1,4 +1,5 @@
-"""`sslcli embed`: the encoder's features for every image in a folder, as safetensors plus a CSV index.
+"""`sslcli embed`: the encoder's features for every image in a folder, as safetensors plus a CSV index, or one
+Parquet or CSV file (the format follows --out's suffix; embedding_files.py writes them).
 
 Features come from features.extract_features, so they are exactly what `sslcli probe` classifies: the same
 decode, centre crop and normalisation, in file order (sorted), with unreadable files skipped.
@@ -6,50 +7,33 @@ decode, centre crop and normalisation, in file order (sorted), with unreadable f
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save as save_bytes
-
-from sslcli import __version__, checkpoint, console, data
+from sslcli import __version__, checkpoint, console, data, embedding_files
 from sslcli.device import resolve_device
+from sslcli.embedding_files import EMBEDDINGS_FORMAT, format_of, index_path, targets
 from sslcli.errors import UsageError
 from sslcli.features import extract_features
-from sslcli.files import atomic_write_bytes
+from sslcli.files import sha256_of
 from sslcli.spec import EmbedSpec
-
-EMBEDDINGS_FORMAT = "sslcli.embeddings.v1"
-
-
-def index_path(out: Path) -> Path:
-    """The CSV beside the embeddings file: emb.safetensors -> emb.csv."""
-    return Path(out).with_suffix(".csv")
-
-
-def index_csv(images: data.ImageSet, kept: list[int]) -> str:
-    """row, path, label, class for every embedded image; label and class are empty for unlabeled folders."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["row", "path", "label", "class"])
-    for row, i in enumerate(kept):
-        label = images.labels[i] if images.labels is not None else ""
-        name = images.classes[label] if images.classes is not None else ""
-        writer.writerow([row, str(images.paths[i]), label, name])
-    return buffer.getvalue()
 
 
 def run(spec: EmbedSpec) -> dict[str, Any]:
     encoder, data_dir, out = spec.encoder, spec.data, Path(spec.out)
-    if out.suffix != ".safetensors":
-        raise UsageError(f"--out must end in .safetensors (got {out}); the CSV index is written beside it")
-    for target in (out, index_path(out)):
+    kind = format_of(out)
+    if kind == "parquet":  # before the features are computed, not after
+        from sslcli.extras import require
+
+        require("pyarrow", "parquet", "--out FILE.parquet")
+    for target in targets(out):
         if target.exists() and not target.is_file():
             raise UsageError(f"{target} exists and is not a file; choose another --out (the embeddings go to "
-                             f"{out.name}, their index to {index_path(out).name})")
+                             f"{', '.join(t.name for t in targets(out))})")
+    sibling = out.with_suffix(".safetensors")
+    if kind == "csv" and sibling.is_file():  # this CSV would replace the index the embeddings beside it need
+        raise UsageError(f"{out} is the index of {sibling}; choose another --out for the CSV with vectors")
     model, info, meta = checkpoint.load_encoder(encoder)
     images = data.find_images(data_dir)
     policy = data.BadImagePolicy(spec.on_bad_image)
@@ -58,39 +42,36 @@ def run(spec: EmbedSpec) -> dict[str, Any]:
                                         num_workers=data.default_workers(spec.num_workers),
                                         device=resolve_device(spec.device), policy=policy)
     kept = kept_t.tolist()
-    tensors = {"embeddings": features.contiguous()}
-    if images.labels is not None:
-        tensors["labels"] = torch.tensor([images.labels[i] for i in kept], dtype=torch.int64)
+    rows = [(row, str(images.paths[i]), images.labels[i] if images.labels is not None else None,
+             images.classes[images.labels[i]] if images.labels is not None and images.classes is not None else None)
+            for row, i in enumerate(kept)]
     metadata = {
         "format": "pt",
         "sslcli_format": EMBEDDINGS_FORMAT,
         "sslcli_version": __version__,  # the writer's; the encoder's own is source_sslcli_version
         "source_encoder": str(encoder),
+        # `sslcli neighbors` embeds an image query with this very encoder, and refuses another one.
+        "source_encoder_sha256": sha256_of(Path(encoder)),
         "source_sslcli_version": meta.get("sslcli_version", ""),
         "encoder": info.name,
         "method": meta.get("method", ""),
         "feature_dim": str(features.shape[1]),
         "image_size": str(info.image_size),
+        "channels": str(info.channels),
         "count": str(len(kept)),
         "data": str(data_dir),
         "classes": json.dumps(images.classes),
-        "index": index_path(out).name,
     }
-    # Both files or neither: each is made in memory first (a name that is not UTF-8 keeps its own bytes in
-    # the CSV), and the embeddings are removed again if the index cannot be written.
-    index = index_csv(images, kept).encode("utf-8", errors="surrogateescape")
-    atomic_write_bytes(out, save_bytes(tensors, metadata=metadata))
-    try:
-        atomic_write_bytes(index_path(out), index)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+    embedding_files.write(out, features, rows, metadata)
     if policy.summary():
         console.warn(policy.summary())
-    return {"embeddings": str(out), "index": str(index_path(out)), "count": len(kept),
-            "feature_dim": int(features.shape[1]), "labeled": images.labels is not None,
-            "skipped_images": policy.count}
+    result = {"embeddings": str(out), "format": kind, "count": len(kept), "feature_dim": int(features.shape[1]),
+              "labeled": images.labels is not None, "skipped_images": policy.count}
+    if kind == "safetensors":
+        result["index"] = str(index_path(out))
+    return result
 
 
 def format_text(result: dict[str, Any]) -> str:
-    return f"{result['embeddings']}  ({result['count']} x {result['feature_dim']}; index {result['index']})"
+    index = f"; index {result['index']}" if "index" in result else ""
+    return f"{result['embeddings']}  ({result['count']} x {result['feature_dim']}, {result['format']}{index})"

@@ -1,7 +1,9 @@
-"""`sslcli export`: an sslcli encoder as a timm local-dir model folder or a torchvision ResNet state dict.
+"""`sslcli export`: an sslcli encoder as a timm local-dir model folder, a Hugging Face Hub folder (the timm
+folder plus a model card), a torchvision ResNet state dict, or one ONNX file.
 
-Both exports write the weights as safetensors (no pickle) plus a config.json, and are checked by loading
-them back the way the README tells users to before anything is reported as done.
+The folders hold the weights as safetensors (no pickle) plus a config.json; every export is checked before
+anything is reported as done: the folders by loading them back the way the docs tell users to, the ONNX file
+by running it in onnxruntime against torch.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from sslcli import checkpoint, console, data
+from sslcli import checkpoint, console, hub_folder
 from sslcli.encoders import EncoderInfo, apply_small_stem
 from sslcli.errors import UsageError
 from sslcli.files import atomic_write_bytes, atomic_write_json
+from sslcli.hub_folder import provenance, timm_config
 from sslcli.spec import ExportSpec
 
 # timm's plain ResNets use torchvision's layer names one for one; the d/t variants (deep stem, average-pool
@@ -25,6 +28,10 @@ TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet1
 
 
 def run(spec: ExportSpec) -> dict[str, Any]:
+    if spec.to == "onnx":
+        return run_onnx(spec)
+    if spec.data is not None:
+        raise UsageError("--data is for --to onnx (the images its export is verified on)")
     encoder_path, to, out = spec.encoder, spec.to, Path(spec.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; export writes a folder (model.safetensors and config.json): "
@@ -35,7 +42,7 @@ def run(spec: ExportSpec) -> dict[str, Any]:
     if to == "torchvision":
         check_torchvision_compatible(info)
     state = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
-    if to == "timm":
+    if to in ("timm", "hf"):
         config = timm_config(info, meta, encoder_path, classifier=encoder.pretrained_cfg.get("classifier"))
     else:
         config = torchvision_config(info, meta, encoder_path)
@@ -43,45 +50,45 @@ def run(spec: ExportSpec) -> dict[str, Any]:
     exported_meta = {key: value for key, value in meta.items() if key != "projector"}
     atomic_write_bytes(out / "model.safetensors", save_bytes(state, metadata=exported_meta))
     atomic_write_json(out / "config.json", config)
-    load_timm(out) if to == "timm" else load_torchvision(out)  # proves the documented load works
+    result = {"to": to, "out": str(out), "weights": str(out / "model.safetensors"), "config": str(out / "config.json"),
+              "encoder": str(encoder_path), "architecture": config["architecture"], "small_stem": info.small_stem,
+              "tensors": len(state)}
+    if to == "hf":
+        # The card's code names the folder absolutely, so it runs from anywhere on this machine.
+        card = hub_folder.card(info, meta, Path(encoder_path), out.resolve(), stem_is_conv=_stem_is_conv(encoder))
+        atomic_write_bytes(out / "README.md", card.encode("utf-8", errors="surrogateescape"))
+        result["card"] = str(out / "README.md")
+        result["probe_results"] = len(hub_folder.probe_results(Path(encoder_path)))
+    load_torchvision(out) if to == "torchvision" else load_timm(out)  # proves the documented load works
     console.info(f"exported {info.name} for {to} to {out}")
-    return {"to": to, "out": str(out), "weights": str(out / "model.safetensors"), "config": str(out / "config.json"),
-            "encoder": str(encoder_path), "architecture": config["architecture"], "small_stem": info.small_stem,
-            "tensors": len(state)}
+    return result
 
 
-def _provenance(info: EncoderInfo, meta: dict[str, str], encoder_path: Path) -> dict[str, Any]:
-    return {"small_stem": info.small_stem, "source_encoder": str(encoder_path), "method": meta.get("method"),
-            "epoch": meta.get("epoch"), "sslcli_version": meta.get("sslcli_version")}
+def _stem_is_conv(encoder: nn.Module) -> bool:
+    """A plain ResNet stem (one conv) rather than a deep stem (a Sequential): the card's stem lines differ."""
+    return isinstance(getattr(encoder, "conv1", None), nn.Conv2d)
 
 
-def timm_config(info: EncoderInfo, meta: dict[str, str], encoder_path: Path,
-                classifier: str | None) -> dict[str, Any]:
-    """timm's hub-style config.json, read by timm.create_model("local-dir:FOLDER").
+def run_onnx(spec: ExportSpec) -> dict[str, Any]:
+    """One .onnx file with a dynamic batch axis, kept only if onnxruntime reproduces torch's features."""
+    from sslcli import onnx_export
 
-    `classifier` names the head module, so that create_model(..., num_classes=N) knows the file has no
-    head for it and builds a fresh one instead of failing the load.
-    """
-    size = info.image_size
-    return {
-        "architecture": info.name,
-        "num_classes": 0,  # a feature extractor; pass num_classes=N to create_model for a fresh head
-        "num_features": info.feature_dim,
-        # in_chans only for other than RGB, so RGB configs stay as they were.
-        "model_args": {**info.kwargs, **({"in_chans": info.channels} if info.channels != 3 else {})},
-        "pretrained_cfg": {
-            "input_size": [info.channels, size, size],
-            "mean": list(info.mean),
-            "std": list(info.std),
-            "interpolation": "bilinear",
-            # Images were stored with the shorter side at storage_size_for(size) and centre-cropped.
-            "crop_pct": size / data.storage_size_for(size),
-            "crop_mode": "center",
-            "num_classes": 0,
-            "classifier": classifier,
-        },
-        "sslcli": _provenance(info, meta, encoder_path),
-    }
+    out = Path(spec.out)
+    if out.suffix != ".onnx":
+        raise UsageError(f"--to onnx writes one file: --out must end in .onnx (got {out})")
+    if out.exists():
+        raise UsageError(f"{out} already exists; choose another --out so nothing is overwritten")
+    onnx_export.check_available()
+    encoder, info, _ = checkpoint.load_encoder(spec.encoder)
+    console.info(f"exporting {info.name} to ONNX (opset {onnx_export.OPSET}), then checking it in onnxruntime on "
+                 + (f"images of {spec.data}" if spec.data else "a seeded batch of random images"))
+    checked = onnx_export.export(encoder, info, out, spec.data)
+    console.info(f"onnxruntime matches torch on {checked['verified_images']} images "
+                 f"(max difference {checked['max_abs_difference']:.2g})")
+    return {"to": "onnx", "out": str(out), "encoder": str(spec.encoder), "architecture": info.name,
+            "input": onnx_export.INPUT, "output": onnx_export.OUTPUT, "image_size": info.image_size,
+            "feature_dim": info.feature_dim, "verified_on": str(spec.data) if spec.data else "random images (seed 0)",
+            "rtol": onnx_export.RTOL, "atol": onnx_export.ATOL, **checked}
 
 
 def torchvision_config(info: EncoderInfo, meta: dict[str, str], encoder_path: Path) -> dict[str, Any]:
@@ -93,7 +100,7 @@ def torchvision_config(info: EncoderInfo, meta: dict[str, str], encoder_path: Pa
         "in_channels": info.channels,
         "mean": list(info.mean),
         "std": list(info.std),
-        "sslcli": _provenance(info, meta, encoder_path),
+        "sslcli": provenance(info, meta, encoder_path),
     }
 
 
@@ -142,5 +149,10 @@ def load_torchvision(folder: Path) -> nn.Module:
 
 
 def format_text(result: dict[str, Any]) -> str:
+    if result["to"] == "onnx":
+        return (f"{result['out']}  ({result['architecture']}, input {result['input']} [N, 3, {result['image_size']}, "
+                f"{result['image_size']}], output {result['output']} [N, {result['feature_dim']}]; onnxruntime "
+                f"matches torch to {result['max_abs_difference']:.2g} on {result['verified_images']} images)")
+    card = f"; model card {result['card']}" if "card" in result else ""
     return (f"{result['weights']}  ({result['architecture']}, {result['tensors']} tensors; "
-            f"config {result['config']})")
+            f"config {result['config']}{card})")

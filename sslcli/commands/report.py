@@ -1,4 +1,4 @@
-"""`sslcli report RUN_DIR`: redraw RUN/report/ (curves.png, neighbors.png, summary.json).
+"""`sslcli report RUN_DIR`: redraw RUN/report/ (curves.png, neighbors.png, summary.json; map.png with --map).
 
 Curves and summary come from metrics.jsonl; the neighbour grid is rebuilt from the run's encoder and its
 labeled data (online_knn.py extracts the features, report.py draws).
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sslcli import checkpoint, console, data, online_knn, report
+from sslcli import checkpoint, console, data, embedding_map, online_knn, report
 from sslcli.device import resolve_device
 from sslcli.errors import UsageError
 from sslcli.spec import PretrainSpec, ReportSpec
@@ -25,7 +25,7 @@ def run(spec: ReportSpec) -> dict[str, Any]:
         run_spec = PretrainSpec.model_validate(json.loads((run_dir / "spec.json").read_text()))
     except (ValueError, OSError) as exc:
         raise UsageError(f"{run_dir / 'spec.json'} cannot be read as a pretraining spec ({exc})") from None
-    grid = None
+    grid, points = None, None
     encoder_path = run_dir / "encoder.safetensors"
     monitor = run_spec.monitor
     val = spec.val if spec.val is not None else run_spec.data.val
@@ -38,9 +38,16 @@ def run(spec: ReportSpec) -> dict[str, Any]:
         result = online_knn.evaluate(encoder, info, splits, k=monitor.knn_k, batch_size=256,
                                      num_workers=data.default_workers("auto"), device=resolve_device(spec.device))
         grid = online_knn.grid_from(result, splits.classes, info.image_size, splits.bank_from_val, info.channels)
+        if spec.map:
+            points = embedding_map.project(result.val_features, result.val_labels.tolist(), splits.classes,
+                                           seed=run_spec.train.seed)
+            console.info(f"map.png: {points.method} of {len(points.labels)} eval images")
     elif not encoder_path.is_file():
         console.info(f"no encoder in {run_dir} yet: curves and summary only")
-    return report.write(run_dir, grid)
+    if spec.map and points is None:
+        raise UsageError(f"--map draws the labeled eval images' features: {run_dir} has "
+                         + ("no encoder yet" if not encoder_path.is_file() else "no labeled eval split (give --val DIR)"))
+    return report.write(run_dir, grid, points)
 
 
 def format_text(summary: dict[str, Any]) -> str:

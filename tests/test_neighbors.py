@@ -1,0 +1,150 @@
+"""sslcli embed's Parquet and CSV outputs, and sslcli neighbors: exact cosine search over an embeddings file."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from sslcli import nearest
+from sslcli.cli import main
+from sslcli.commands.embed import run as run_embed
+from sslcli.embedding_files import EmbeddingsFile
+from sslcli.spec import EmbedSpec
+from tests.helpers import images_are_valid_png
+from tests.test_cli import assert_one_clean_error, sslcli_run
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory, resnet10t_encoder: Path, cifar_tiny: Path) -> Path:
+    """The 50 test images of cifar_tiny embedded by the resnet10t encoder (safetensors + CSV index)."""
+    out = tmp_path_factory.mktemp("emb") / "test.safetensors"
+    run_embed(EmbedSpec(encoder=resnet10t_encoder, data=cifar_tiny / "test", out=out, num_workers=0))
+    return out
+
+
+def test_parquet_and_csv_hold_the_same_vectors_and_index(tmp_path: Path, embedded: Path, resnet10t_encoder: Path,
+                                                          cifar_tiny: Path):
+    import pyarrow.parquet as pq
+
+    expected = load_file(embedded)
+    with open(embedded.with_suffix(".csv"), newline="") as f:
+        index = list(csv.DictReader(f))
+    for suffix in (".parquet", ".csv"):
+        out = tmp_path / f"test{suffix}"
+        result = run_embed(EmbedSpec(encoder=resnet10t_encoder, data=cifar_tiny / "test", out=out, num_workers=0))
+        assert result["format"] == suffix[1:] and "index" not in result
+        if suffix == ".parquet":
+            table = pq.read_table(out)
+            vectors = torch.tensor(table.column("embedding").to_pylist())
+            rows = table.select(["row", "path", "label", "class"]).to_pylist()
+            assert json.loads(table.schema.metadata[b"sslcli"])["encoder"] == "resnet10t"
+        else:
+            with open(out, newline="") as f:
+                rows = list(csv.DictReader(f))
+            vectors = torch.tensor([[float(row[f"e{j}"]) for j in range(512)] for row in rows])
+        assert [str(r["path"]) for r in rows] == [r["path"] for r in index]
+        assert [str(r["class"]) for r in rows] == [r["class"] for r in index]
+        assert [int(r["label"]) for r in rows] == expected["labels"].tolist()
+        assert torch.equal(vectors, expected["embeddings"])  # float32 exactly, in both formats
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.csv", "test.parquet"]  # no index beside them
+
+
+def test_embed_refuses_an_unknown_suffix_and_a_csv_over_an_index(tmp_path: Path, resnet10t_encoder: Path,
+                                                                 embedded: Path, cifar_tiny: Path):
+    proc = sslcli_run("embed", str(resnet10t_encoder), "--data", str(cifar_tiny / "test"), "--out",
+                      str(tmp_path / "e.npy"))
+    assert_one_clean_error(proc, 2, "--out must end in .safetensors", ".parquet or .csv")
+    index = embedded.with_suffix(".csv")
+    before = index.read_bytes()
+    proc = sslcli_run("embed", str(resnet10t_encoder), "--data", str(cifar_tiny / "test"), "--out", str(index))
+    assert_one_clean_error(proc, 2, f"{index} is the index of {embedded}")
+    assert index.read_bytes() == before
+
+
+def test_parquet_without_its_extra_names_the_install(tmp_path: Path, resnet10t_encoder: Path, cifar_tiny: Path,
+                                                    monkeypatch, capsys):
+    real = importlib.import_module
+
+    def without_pyarrow(name: str, *args):
+        if name.startswith("pyarrow"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_pyarrow)
+    with pytest.raises(SystemExit) as stopped:
+        main(["embed", str(resnet10t_encoder), "--data", str(cifar_tiny / "test"), "--out", str(tmp_path / "e.parquet")])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: --out FILE.parquet needs the optional package pyarrow: "
+                                               "pip install 'sslcli[parquet]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def brute_force(matrix: torch.Tensor, query: torch.Tensor, k: int, exclude: int | None) -> list[int]:
+    sims = F.normalize(matrix, dim=1) @ F.normalize(query, dim=0)
+    if exclude is not None:
+        sims[exclude] = -2
+    return torch.topk(sims, k).indices.tolist()
+
+
+def test_search_is_exact_whatever_the_chunk_size(embedded: Path):
+    emb = EmbeddingsFile(embedded)
+    matrix = load_file(embedded)["embeddings"]
+    for row in (0, 17, 49):
+        expected = brute_force(matrix, matrix[row], 10, exclude=row)
+        for chunk_rows in (7, 50, nearest.CHUNK_ROWS):
+            found = nearest.top_k(emb, matrix[row], 10, exclude=row, chunk_rows=chunk_rows)
+            assert [r for r, _ in found] == expected
+            assert row not in [r for r, _ in found]
+            sims = [s for _, s in found]
+            assert sims == sorted(sims, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in sims)
+
+
+def test_neighbors_of_an_indexed_path(embedded: Path, tmp_path: Path):
+    emb = EmbeddingsFile(embedded)
+    query = emb.rows[12][1]
+    proc = sslcli_run("neighbors", str(embedded), "--query", query, "-k", "5", "--json", "--png",
+                      str(tmp_path / "grid.png"), "-q")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["query_row"] == 12 and result["searched"] == 49 and len(result["neighbors"]) == 5
+    matrix = load_file(embedded)["embeddings"]
+    assert [n["row"] for n in result["neighbors"]] == brute_force(matrix, matrix[12], 5, exclude=12)
+    assert all(n["path"] == emb.rows[n["row"]][1] and n["class"] == emb.rows[n["row"]][3] for n in result["neighbors"])
+    assert images_are_valid_png(tmp_path / "grid.png")
+    text = sslcli_run("neighbors", str(embedded), "--query", query, "-k", "3")
+    assert text.returncode == 0 and len(text.stdout.strip().splitlines()) == 4  # header + 3 rows
+
+
+def test_an_image_query_is_embedded_with_the_recorded_encoder(embedded: Path, tmp_path: Path):
+    original = Path(EmbeddingsFile(embedded).rows[30][1])
+    copy = tmp_path / "query.jpg"  # not in the index: it must be embedded
+    shutil.copy(original, copy)
+    proc = sslcli_run("neighbors", str(embedded), "--query", str(copy), "-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)["neighbors"][0]
+    assert first["row"] == 30 and first["similarity"] > 0.9999  # the same pixels, the same encoder
+
+
+def test_an_image_query_needs_the_very_encoder(embedded: Path, tmp_path: Path, resnet18_encoder: Path):
+    copy = tmp_path / "query.jpg"
+    shutil.copy(EmbeddingsFile(embedded).rows[0][1], copy)
+    proc = sslcli_run("neighbors", str(embedded), "--query", str(copy), "--encoder", str(resnet18_encoder))
+    assert_one_clean_error(proc, 2, "is not the encoder that made", "sha256")
+    moved = tmp_path / "moved.safetensors"  # the embeddings elsewhere, their encoder recorded at a missing path
+    meta = EmbeddingsFile(embedded).metadata
+    from safetensors.torch import save_file
+
+    save_file(load_file(embedded), moved, metadata={**meta, "source_encoder": str(tmp_path / "gone.safetensors")})
+    shutil.copy(embedded.with_suffix(".csv"), moved.with_suffix(".csv"))
+    proc = sslcli_run("neighbors", str(moved), "--query", str(copy))
+    assert_one_clean_error(proc, 2, "--encoder ENCODER")
+    proc = sslcli_run("neighbors", str(moved), "--query", str(tmp_path / "absent.jpg"))
+    assert_one_clean_error(proc, 2, "neither an image file nor a path in the index")
