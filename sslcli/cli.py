@@ -299,11 +299,9 @@ def neighbors(
 ) -> None:
     """The k images nearest to a query among embeddings (cosine similarity, exact search)."""
     console.configure(quiet=quiet)
-    from sslcli.spec import NeighborsSpec, resolve
+    from sslcli.command_specs import neighbors_spec
 
-    options = {"embeddings": str(embeddings), "query": query, "k": k,
-               "encoder": _encoder(encoder) if encoder is not None else None, "png": _path(png), "device": device}
-    _run("neighbors", resolve(NeighborsSpec, options=options), json_out)
+    _run("neighbors", neighbors_spec(embeddings, query=query, k=k, encoder=encoder, png=png, device=device), json_out)
 
 
 @app.command(cls=Command)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sslcli.spec import EmbedSpec, ExportSpec, FinetuneSpec, PretrainSpec, ProbeSpec, resolve
+from sslcli.spec import EmbedSpec, ExportSpec, FinetuneSpec, NeighborsSpec, PretrainSpec, ProbeSpec, resolve
 
 
 def _path(value: str | Path | None) -> str | None:
@@ -102,3 +102,11 @@ def embed_spec(encoder: str | Path, data: str | Path, *, out: str | Path, batch_
     options = {"encoder": checked_encoder(encoder), "data": str(data), "out": str(out), "batch_size": batch_size,
                "device": device, "on_bad_image": on_bad_image}
     return resolve(EmbedSpec, options=options, sets=as_sets(overrides))
+
+
+def neighbors_spec(embeddings: str | Path, *, query: str, k: int = 10, encoder: str | Path | None = None,
+                   png: str | Path | None = None, device: str = "auto") -> NeighborsSpec:
+    options = {"embeddings": str(embeddings), "query": query, "k": k,
+               "encoder": checked_encoder(encoder) if encoder is not None else None, "png": _path(png),
+               "device": device}
+    return resolve(NeighborsSpec, options=options)

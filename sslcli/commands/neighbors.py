@@ -85,9 +85,9 @@ def draw(spec: NeighborsSpec, embeddings: EmbeddingsFile, row: int | None, neigh
     cells = [(Path(n["path"]), f"{n['rank']}. {n['similarity']:.3f}" + (f" {n['class']}" if n["class"] else ""))
              for n in neighbours]
     report.query_neighbours_png(Path(spec.query), "query" + (f" {query_class}" if query_class else ""), cells,
-                                image_size, Path(spec.png), channels=channels,
+                                image_size, Path(spec.png),
                                 f"{Path(spec.query).name}: its {len(neighbours)} nearest of {embeddings.count} "
-                                f"images in {embeddings.path.name} (cosine similarity)")
+                                f"images in {embeddings.path.name} (cosine similarity)", channels=channels)
 
 
 def format_text(result: dict[str, Any]) -> str:
