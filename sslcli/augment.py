@@ -385,7 +385,8 @@ def rand_augment(x: torch.Tensor, num_ops: int, magnitude: float, magnitude_std:
 
 
 class Augmenter:
-    """Turns a uint8 batch [B,3,H,W] into one normalised float32 view [B,3,size,size] per ViewConfig."""
+    """Turns a uint8 batch [B,3,H,W] into one normalised float32 view [B,3,size,size] per ViewConfig (a batch of
+    frame tuples [B,K,3,H,W] into views [B,K,3,size,size])."""
 
     def __init__(
         self,
@@ -409,6 +410,9 @@ class Augmenter:
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.ndim == 5:  # frame tuples [B,K,3,H,W] (temporal methods): every frame augmented on its own
+            b, k = x.shape[:2]
+            return [v.unflatten(0, (b, k)) for v in self(x.flatten(0, 1))]
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a uint8 batch [B,3,H,W], got {x.dtype} {tuple(x.shape)}")
         if x.device.type != self.generator.device.type:

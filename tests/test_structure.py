@@ -56,10 +56,10 @@ LAYERS: dict[str, set[str]] = {
     "core": {"sslcli", "errors", "console", "durations", "files", "device", "distributed", "schedules", "step",
              "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args"},
     "data and models": {"data", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate", "features",
-                        "checkpoint"},
+                        "checkpoint", "video", "video_data"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
-               "report", "resume", "semi_supervised", "training_data"},
+               "report", "resume", "semi_supervised", "training_data", "clip_training"},
     "commands": {"commands", "cli", "__main__"},
 }
 
