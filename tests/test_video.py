@@ -215,3 +215,15 @@ def test_a_temporal_run_resumed_mid_epoch_equals_the_uninterrupted_one(videos_sm
 
 def test_a_video_folder_gets_its_image_size_from_the_clips(videos_small: Path):
     assert video.auto_frame_size(videos_small) == (224, 208.0, 2)  # shorter sides 272 and 144: median 208
+
+
+def test_frame_tuples_are_augmented_frame_by_frame_and_keep_their_shape():
+    from sslcli.augment import Augmenter
+    from sslcli.views import ViewConfig
+
+    x = torch.randint(0, 256, (4, 3, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views = [ViewConfig(size=16)]
+    tuples = Augmenter(views, (0.5,) * 3, (0.25,) * 3, torch.Generator().manual_seed(1))(x)
+    flat = Augmenter(views, (0.5,) * 3, (0.25,) * 3, torch.Generator().manual_seed(1))(x.flatten(0, 1))
+    assert tuples[0].shape == (4, 3, 3, 16, 16)
+    torch.testing.assert_close(tuples[0].flatten(0, 1), flat[0])
