@@ -70,11 +70,10 @@ def training_clips(spec: PretrainSpec, policy: data.BadImagePolicy,
     console.info(f"video: {console.plural(frames.count, 'frame')} from {console.plural(len(clips) - bad, 'clip')}"
                  + (f" at {spec.data.fps:g} fps" if spec.data.fps else ""))
     if sampler is not None:
-        long_enough = int((frames.index.lengths >= sampler.min_frames).sum())
-        if long_enough == 0 and frames.count:
+        if not sampler.usable(frames.index) and frames.count:
             raise UsageError(f"{config.name} needs clips of at least {sampler.min_frames} frames "
-                             f"({sampler.needs}), but none of the {len(clips) - bad} readable clips has that many "
-                             f"at this rate: raise data.fps or lower the method's windows")
+                             f"({sampler.needs}), but the {len(clips) - bad} readable clips under {root} give none at "
+                             f"this rate: raise data.fps or lower the method's windows")
 
         def tuples(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
             return (x for x, _ in video_data.tuple_batches(frames, sampler, batch_size, seed, epoch, steps, skip, part))

@@ -37,6 +37,9 @@ class ClipIndex:
     starts: np.ndarray  # int64 [C]
     lengths: np.ndarray  # int64 [C]
     motion: np.ndarray  # float32 [N]
+    # int64 [C]: the sequence of each clip, clips in one folder sharing one (SEQUENCE/VIEW layouts: the views of
+    # a moment, for multi-view TCN); None when not known
+    groups: np.ndarray | None = None
 
     @property
     def clip_of(self) -> np.ndarray:
@@ -58,6 +61,12 @@ class DecodedFrames:
 
 # A sampler picks, for a batch, K frames of one clip per sample: int64 [batch, K] rows of the frame array.
 Sampler = Callable[[ClipIndex, int, np.random.Generator], np.ndarray]
+
+
+def sequence_groups(clips: list[video.Clip]) -> np.ndarray:
+    """int64 [C]: clips in the same folder share a group (a sequence's views: SEQUENCE/VIEW.mp4 or SEQUENCE/VIEW/)."""
+    parents: dict[Path, int] = {}
+    return np.asarray([parents.setdefault(c.path.parent, len(parents)) for c in clips], dtype=np.int64)
 
 
 def cache_key(clips: list[video.Clip], size: int, fps: float | None) -> str:
@@ -113,7 +122,7 @@ def open_or_build(clips: list[video.Clip], size: int, fps: float | None, cache_d
             policy.record(clips[i].path, reason, what="video")
     lengths = np.asarray(meta["lengths"], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    index = ClipIndex(starts, lengths, np.asarray(meta["motion"], dtype=np.float32))
+    index = ClipIndex(starts, lengths, np.asarray(meta["motion"], dtype=np.float32), sequence_groups(clips))
     array = (np.memmap(array_path, dtype=np.uint8, mode="r", shape=(total, 3, size, size)) if total
              else np.zeros((0, 3, size, size), dtype=np.uint8))  # a zero-length memmap is refused by numpy
     return DecodedFrames(cache.DecodedImages(array, np.ones(total, dtype=bool), array_path), index)

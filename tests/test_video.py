@@ -13,7 +13,7 @@ from PIL import Image
 
 from sslcli import data, video, video_data
 from sslcli.errors import UsageError
-from sslcli.methods.temporal import OrderSampler, TimeContrastiveSampler
+from sslcli.methods.temporal import MultiViewSampler, OrderSampler, TimeContrastiveSampler
 from tests.test_cli import sslcli_run
 
 
@@ -96,11 +96,12 @@ def test_on_bad_image_fail_stops_a_video_run_with_one_line_and_exit_2(tmp_path: 
     assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "encoder.safetensors").exists()
 
 
-def clip_index(lengths: list[int], motion: list[np.ndarray] | None = None) -> video_data.ClipIndex:
+def clip_index(lengths: list[int], motion: list[np.ndarray] | None = None,
+               groups: list[int] | None = None) -> video_data.ClipIndex:
     lengths_ = np.asarray(lengths, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths_)[:-1]]).astype(np.int64)
     moving = np.concatenate(motion) if motion else np.ones(int(lengths_.sum()), dtype=np.float32)
-    return video_data.ClipIndex(starts, lengths_, moving)
+    return video_data.ClipIndex(starts, lengths_, moving, None if groups is None else np.asarray(groups))
 
 
 def test_tcn_tuples_hold_a_near_positive_and_a_far_negative_of_the_anchors_clip():
@@ -227,3 +228,47 @@ def test_frame_tuples_are_augmented_frame_by_frame_and_keep_their_shape():
     flat = Augmenter(views, (0.5,) * 3, (0.25,) * 3, torch.Generator().manual_seed(1))(x.flatten(0, 1))
     assert tuples[0].shape == (4, 3, 3, 16, 16)
     torch.testing.assert_close(tuples[0].flatten(0, 1), flat[0])
+
+
+def test_multi_view_tuples_take_the_same_moment_from_another_view_and_another_moment_from_the_anchors():
+    # Sequence 0: three views of 20, 22 and 20 frames; sequence 1: one view (no positive possible); sequence 2:
+    # two views of 12.
+    index = clip_index([20, 22, 20, 30, 12, 12], groups=[0, 0, 0, 1, 2, 2])
+    rows = MultiViewSampler(neg_margin=3)(index, 600, np.random.default_rng(0))
+    clip = index.clip_of[rows]
+    t = rows - index.starts[clip]
+    a, p, n = clip.T
+    assert (index.groups[a] == index.groups[p]).all() and (a != p).all() and (n == a).all()
+    assert not (a == 3).any()  # the single-view sequence gives nothing
+    assert (t[:, 0] == t[:, 1]).all() and (np.abs(t[:, 2] - t[:, 0]) > 3).all()
+    assert (t[index.groups[a] == 0] < 20).all()  # within the shortest view of the sequence
+    assert {0, 1, 2, 4, 5} == set(a)
+    assert not MultiViewSampler(3).usable(clip_index([20, 30], groups=[0, 1]))
+
+
+def test_multi_view_tcn_trains_on_sequence_view_folders(videos: Path, tmp_path: Path):
+    """Two synchronised views of one real clip (the same file twice) and a frame-folder sequence."""
+    for view in ("left.mp4", "right.mp4"):
+        (tmp_path / "data" / "street").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "street" / view).symlink_to(videos / "carphone_pristine.mp4")
+    for view in ("top", "side"):
+        frame_folder(tmp_path / "data" / "desk", view, [(20, 16)] * 12)
+    from sslcli.commands import pretrain
+    from sslcli.spec import PretrainSpec, resolve
+
+    spec = resolve(PretrainSpec, options={"method.name": "tcn", "data.path": str(tmp_path / "data"),
+                                          "out": str(tmp_path / "run")},
+                   sets=["method.multi_view=true", "method.neg_margin=4", "method.pos_window=1", "data.fps=5",
+                         "data.image_size=16", "encoder.name=resnet10t", "train.batch_size=16", "train.epochs=1",
+                         "data.num_workers=0", "monitor.knn_every=0", "monitor.report=false", "method.head_hidden_dim=32"])
+    summary = pretrain.run(spec)
+    assert summary["images"] == 64 and summary["steps"] == 4  # 2 x 20 frames at 5 fps + 2 x 12 frames
+    # A folder of clips with one view each has no positive for multi-view TCN: refused with the reason.
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "a.mp4").symlink_to(videos / "carphone_pristine.mp4")
+    spec = resolve(PretrainSpec, options={"method.name": "tcn", "data.path": str(single), "out": str(tmp_path / "r2")},
+                   sets=["method.multi_view=true", "data.fps=5", "data.image_size=16", "encoder.name=resnet10t",
+                         "train.batch_size=4", "data.num_workers=0"])
+    with pytest.raises(UsageError, match="at least two views"):
+        pretrain.run(spec)

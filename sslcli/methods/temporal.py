@@ -16,6 +16,8 @@ def long_clips(index: ClipIndex, min_frames: int) -> np.ndarray:
     return np.flatnonzero(index.lengths >= min_frames)
 
 
+
+
 @dataclass(frozen=True)
 class TimeContrastiveSampler:
     """TCN's single-view tuples (arXiv 1704.06888, section 3.1): an anchor frame, a positive within pos_window
@@ -32,6 +34,10 @@ class TimeContrastiveSampler:
     @property
     def needs(self) -> str:
         return f"a negative more than method.neg_margin={self.neg_margin} frames from its anchor"
+
+    def usable(self, index: ClipIndex) -> bool:
+        """Whether the clips give this sampler anything to draw."""
+        return bool(len(long_clips(index, self.min_frames)))
 
     def __call__(self, index: ClipIndex, batch: int, rng: np.random.Generator) -> np.ndarray:
         clips = long_clips(index, self.min_frames)
@@ -73,6 +79,10 @@ class OrderSampler:
     def needs(self) -> str:
         return f"frames a and e at least method.min_gap={self.min_gap} frames outside the tuple"
 
+    def usable(self, index: ClipIndex) -> bool:
+        """Whether the clips give this sampler anything to draw."""
+        return bool(len(long_clips(index, self.min_frames)))
+
     def __call__(self, index: ClipIndex, batch: int, rng: np.random.Generator) -> np.ndarray:
         clips = long_clips(index, self.min_frames)
         rows = np.concatenate([np.arange(index.starts[c] + self.min_gap + 1,
@@ -90,6 +100,59 @@ class OrderSampler:
             a = int(rng.integers(first, b - self.min_gap + 1))
             e = int(rng.integers(d + self.min_gap, last + 1))
             out[i] = (a, b, row, d, e)
+        return out
+
+
+@dataclass(frozen=True)
+class MultiViewSampler:
+    """Multi-view TCN's tuples (arXiv 1704.06888, section 3.1, figure 1): the views of a sequence are the clips of
+    one folder (SEQUENCE/VIEW.mp4 or SEQUENCE/VIEW/000001.jpg), taken as synchronised, frame t of each being the
+    same moment (the frames past the shortest view's end are not drawn). Anchor: frame t of one view; positive:
+    frame t of another view of the sequence; negative: a frame of the anchor's view more than neg_margin frames
+    from t."""
+
+    neg_margin: int
+
+    @property
+    def min_frames(self) -> int:
+        return self.neg_margin + 2
+
+    @property
+    def needs(self) -> str:
+        return (f"sequences of at least two views (clips in one folder), each with a negative more than "
+                f"method.neg_margin={self.neg_margin} frames from its anchor")
+
+    def sequences(self, index: ClipIndex) -> list[tuple[np.ndarray, int]]:
+        """(the sequence's readable views, their common length) for each sequence of two or more views."""
+        if index.groups is None:
+            return []
+        found = []
+        for group in np.unique(index.groups):
+            views = np.flatnonzero((index.groups == group) & (index.lengths > 0))
+            if len(views) >= 2 and (common := int(index.lengths[views].min())) >= self.min_frames:
+                found.append((views, common))
+        return found
+
+    def usable(self, index: ClipIndex) -> bool:
+        return bool(self.sequences(index))
+
+    def __call__(self, index: ClipIndex, batch: int, rng: np.random.Generator) -> np.ndarray:
+        sequences = self.sequences(index)
+        sizes = np.asarray([len(v) * n for v, n in sequences], dtype=np.float64)
+        out = np.empty((batch, 3), dtype=np.int64)
+        for i in range(batch):
+            views, n = sequences[rng.choice(len(sequences), p=sizes / sizes.sum())]
+            first, second = rng.choice(len(views), size=2, replace=False)
+            m = self.neg_margin
+            while True:
+                t = int(rng.integers(n))
+                before, after = max(0, t - m), max(0, n - 1 - t - m)
+                if before + after:
+                    break
+            j = int(rng.integers(before + after))
+            neg = j if j < before else t + m + 1 + (j - before)
+            anchor_view, positive_view = index.starts[views[first]], index.starts[views[second]]
+            out[i] = (anchor_view + t, positive_view + t, anchor_view + neg)
         return out
 
 

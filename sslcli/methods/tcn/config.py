@@ -23,6 +23,10 @@ class TCNConfig(MethodConfigBase):
                             "anchor (paper: a small window around the anchor)")
     neg_margin: int = Field(8, ge=1, description="negatives are more than this many frames from the anchor, in the "
                             "same clip (paper: 'distant timesteps'; its margin range)")
+    multi_view: bool = Field(False, description="multi-view TCN: DATA is SEQUENCE/VIEW clips (the views of a "
+                             "sequence are the clips of one folder, synchronised); the positive is the anchor's moment "
+                             "in another view, the negative another moment of the anchor's view (paper's main "
+                             "setting); false: single-view, the positive a nearby frame of the anchor's clip")
     loss: Literal["triplet_margin", "n_pairs"] = Field("triplet_margin", description="triplet_margin: the paper's "
                                                        "eq. 1 on L2-normalised embeddings; n_pairs: InfoNCE of each "
                                                        "anchor against the batch's positives and its own negative "
@@ -42,8 +46,10 @@ class TCNConfig(MethodConfigBase):
         return self
 
     def frame_sampler(self):
-        from sslcli.methods.temporal import TimeContrastiveSampler
+        from sslcli.methods.temporal import MultiViewSampler, TimeContrastiveSampler
 
+        if self.multi_view:
+            return MultiViewSampler(self.neg_margin)
         return TimeContrastiveSampler(self.pos_window, self.neg_margin)
 
     @staticmethod
