@@ -56,7 +56,7 @@ LAYERS: dict[str, set[str]] = {
     "core": {"sslcli", "errors", "console", "durations", "files", "device", "distributed", "schedules", "step",
              "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args"},
     "data and models": {"data", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate", "features",
-                        "checkpoint", "video", "video_data"},
+                        "checkpoint", "video", "video_data", "clip_features"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
                "report", "resume", "semi_supervised", "training_data", "clip_training"},

@@ -272,3 +272,51 @@ def test_multi_view_tcn_trains_on_sequence_view_folders(videos: Path, tmp_path: 
                          "train.batch_size=4", "data.num_workers=0"])
     with pytest.raises(UsageError, match="at least two views"):
         pretrain.run(spec)
+
+
+def labeled_videos(root: Path, videos: Path) -> Path:
+    """train/ and val/ with two classes of clips each: real videos and frame folders."""
+    for split in ("train", "val"):
+        (root / split / "city").mkdir(parents=True)
+        (root / split / "city" / "bikes.mp4").symlink_to(videos / "bikes.mp4")
+        (root / split / "city" / "phone.mp4").symlink_to(videos / "carphone_pristine.mp4")
+        frame_folder(root / split / "noise", "clip1", [(40, 40)] * 3)
+        frame_folder(root / split / "noise", "clip2", [(40, 40)] * 4)
+    return root
+
+
+def test_embed_and_probe_take_video_folders_a_clip_being_the_mean_of_its_frames(resnet10t_encoder: Path,
+                                                                              videos: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from sslcli import checkpoint
+    from sslcli.commands import embed, probe
+    from sslcli.features import extract_features
+    from sslcli.spec import EmbedSpec, ProbeSpec
+
+    root = labeled_videos(tmp_path / "data", videos)
+    out = tmp_path / "emb.safetensors"
+    result = embed.run(EmbedSpec(encoder=resnet10t_encoder, data=root / "train", out=out, num_workers=0))
+    assert result["count"] == 4 and result["labeled"]
+    rows = (tmp_path / "emb.csv").read_text().splitlines()
+    assert [r.split(",")[1].split("/")[-1] for r in rows[1:]] == ["bikes.mp4", "phone.mp4", "clip1", "clip2"]
+    embeddings = load_file(str(out))["embeddings"]
+    # The frame folder's row is the mean of its three frames' features as images.
+    model, info, _ = checkpoint.load_encoder(resnet10t_encoder)
+    frames = sorted((root / "train" / "noise" / "clip1").iterdir())
+    features, _ = extract_features(model, info, frames, batch_size=8, num_workers=0, device=torch.device("cpu"),
+                                   policy=data.BadImagePolicy())
+    torch.testing.assert_close(embeddings[2], features.mean(0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(embeddings[0], embeddings[1])
+    scored = probe.run(ProbeSpec(encoder=resnet10t_encoder, data={"path": root, "num_workers": 0},
+                                 probe={"knn_k": [1], "baseline": False, "linear_weight_decays": [1e-4]}))
+    assert scored["n_train"] == 4 and scored["n_eval"] == 4 and scored["num_classes"] == 2
+    assert scored["knn"]["k1"]["top1"] == 1.0  # each eval clip is a train clip: its nearest neighbour
+
+
+def test_probe_and_embed_read_clips_at_the_rate_the_encoder_was_trained_with():
+    from sslcli.clip_features import training_fps
+
+    assert training_fps({"spec": json.dumps({"data": {"fps": 4}})}) == 4.0
+    assert training_fps({"spec": json.dumps({"data": {"fps": None}})}) is None
+    assert training_fps({}) is None and training_fps({"spec": "not json"}) is None

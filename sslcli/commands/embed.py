@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as save_bytes
 
-from sslcli import __version__, checkpoint, console, data
+from sslcli import __version__, checkpoint, clip_features, console, data, video
 from sslcli.device import resolve_device
 from sslcli.errors import UsageError
 from sslcli.features import extract_features
@@ -51,12 +51,19 @@ def run(spec: EmbedSpec) -> dict[str, Any]:
             raise UsageError(f"{target} exists and is not a file; choose another --out (the embeddings go to "
                              f"{out.name}, their index to {index_path(out).name})")
     model, info, meta = checkpoint.load_encoder(encoder)
-    images = data.find_images(data_dir)
     policy = data.BadImagePolicy(spec.on_bad_image)
-    console.info(f"embedding {len(images)} images from {data_dir} with {info.name} at {info.image_size} px")
-    features, kept_t = extract_features(model, info, images.paths, batch_size=spec.batch_size,
-                                        num_workers=data.default_workers(spec.num_workers),
-                                        device=resolve_device(spec.device), policy=policy)
+    common = dict(batch_size=spec.batch_size, num_workers=data.default_workers(spec.num_workers),
+                  device=resolve_device(spec.device), policy=policy)
+    if clip_features.is_video_folder(data_dir):  # one row per clip: the mean of its frames' features
+        images = video.find_clips(data_dir)
+        fps = clip_features.training_fps(meta)
+        console.info(f"embedding {len(images)} clips from {data_dir} with {info.name} at {info.image_size} px, each "
+                     f"the mean of its frames ({f'{fps:g} fps' if fps else 'every frame'})")
+        features, kept_t = clip_features.extract_clip_features(model, info, images.clips, fps=fps, **common)
+    else:
+        images = data.find_images(data_dir)
+        console.info(f"embedding {len(images)} images from {data_dir} with {info.name} at {info.image_size} px")
+        features, kept_t = extract_features(model, info, images.paths, **common)
     kept = kept_t.tolist()
     tensors = {"embeddings": features.contiguous()}
     if images.labels is not None:
