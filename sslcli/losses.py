@@ -459,3 +459,29 @@ def non_parametric_softmax(scores: Tensor, targets: Tensor, temperature: float) 
     entry (lemniscate's LinearAverage, the target an image's own index), or over the positive and the drawn
     negatives (CMC's NCESoftmaxLoss, the target column 0)."""
     return F.cross_entropy(scores.float() / temperature, targets)
+
+
+@full_precision
+def triplet_margin(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
+    """TCN's triplet loss (arXiv 1704.06888, eq. 1): mean of max(0, ||a - p||^2 - ||a - n||^2 + margin), squared
+    Euclidean distances between the embeddings as given (TCN normalises them first)."""
+    def squared(x: Tensor, y: Tensor) -> Tensor:
+        return (x - y).pow(2).sum(-1)
+
+    return F.triplet_margin_with_distance_loss(anchor.float(), positive.float(), negative.float(),
+                                               distance_function=squared, margin=margin)
+
+
+@full_precision
+def n_pairs_info_nce(anchor: Tensor, positive: Tensor, temperature: float, negative: Tensor | None = None,
+                     offset: int = 0) -> Tensor:
+    """InfoNCE in the n-pairs form (Sohn 2016): anchor i against every positive of the batch, positive i + offset
+    the target (offset: where this process's anchors start in a gathered batch of positives); with `negative`
+    [N, D], each anchor's own negative joins its row as one more wrong answer. Cross entropy of the cosine
+    similarities over temperature."""
+    a, p = F.normalize(anchor.float(), dim=1), F.normalize(positive.float(), dim=1)
+    logits = a @ p.T
+    if negative is not None:
+        own = (a * F.normalize(negative.float(), dim=1)).sum(1, keepdim=True)
+        logits = torch.cat([logits, own], dim=1)
+    return F.cross_entropy(logits / temperature, torch.arange(a.shape[0], device=a.device) + offset)
