@@ -459,3 +459,48 @@ def non_parametric_softmax(scores: Tensor, targets: Tensor, temperature: float) 
     entry (lemniscate's LinearAverage, the target an image's own index), or over the positive and the drawn
     negatives (CMC's NCESoftmaxLoss, the target column 0)."""
     return F.cross_entropy(scores.float() / temperature, targets)
+
+
+@torch.no_grad()
+def triplet_partners(distances: Tensor, labels: Tensor, mining: str) -> tuple[Tensor, Tensor]:
+    """The triplets a miner picks from a batch's pairwise distances [N, N] and labels [N] (same label:
+    positive, other label: negative; an embedding is never its own positive).
+
+    batch_hard (Hermans et al. 2017, arXiv 1703.07737): one triplet per anchor, its farthest positive and its
+    nearest negative: (positive [N], negative [N]). semi_hard (Schroff et al. 2015, arXiv 1503.03832, as
+    TensorFlow's triplet_semihard_loss that Kolesnikov et al.'s Exemplar calls): one triplet per (anchor,
+    positive) pair, the nearest negative farther than the positive, or the farthest negative when none is:
+    (positive mask [N, N], negative index [N, N]). Sync-free: masks and sorts, no boolean indexing."""
+    same = labels[:, None] == labels[None, :]
+    own = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+    positive, negative = same & ~own, ~same
+    if mining == "batch_hard":
+        return (distances.masked_fill(~positive, float("-inf")).argmax(dim=1),
+                distances.masked_fill(~negative, float("inf")).argmin(dim=1))
+    if mining != "semi_hard":
+        raise ValueError(f"unknown triplet mining {mining!r}: batch_hard or semi_hard")
+    # Each anchor's negatives in ascending distance (its non-negatives at +inf, last): the first one farther
+    # than d(a, p) is found by a binary search per (a, p).
+    ordered, order = distances.masked_fill(~negative, float("inf")).sort(dim=1)
+    first_beyond = torch.searchsorted(ordered, distances.contiguous(), right=True)
+    count = negative.sum(dim=1, keepdim=True)  # the anchor's negatives: ordered[:, :count] are finite
+    farthest = (count - 1).clamp_min(0).expand_as(first_beyond)
+    rank = torch.where(first_beyond < count, first_beyond, farthest)
+    return positive, order.gather(1, rank)
+
+
+@full_precision
+def triplet_loss(embeddings: Tensor, labels: Tensor, margin: float, mining: str = "batch_hard") -> Tensor:
+    """The triplet loss max(d(a, p) - d(a, n) + margin, 0) with Euclidean distances over a batch of embeddings
+    [N, D] whose labels [N] say which are of the same class (Exemplar: copies of the same image; every label
+    must appear at least twice, so that every anchor has a positive), its triplets
+    mined in the batch (triplet_partners). batch_hard: the mean over the N anchors, through
+    torch's triplet_margin_loss; semi_hard: the mean over every (anchor, positive) pair. Gradients reach
+    every embedding of a triplet; the mining itself has none."""
+    x = embeddings.float()
+    distances = torch.cdist(x, x)
+    positive, negative = triplet_partners(distances.detach(), labels, mining)
+    if mining == "batch_hard":
+        return F.triplet_margin_loss(x, x[positive], x[negative], margin=margin)
+    per_pair = F.relu(distances - distances.gather(1, negative) + margin)
+    return (per_pair * positive).sum() / positive.sum().clamp_min(1)
