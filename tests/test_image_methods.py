@@ -82,3 +82,31 @@ def test_the_s4l_presets_train_the_supervised_head_beside_the_self_supervised_lo
         assert r["loss"] == pytest.approx(r["self_supervised"] + r["supervised"], rel=1e-5)
     state = load_file(str(checkpoint.complete_states(tmp_path / "r" / "checkpoints")[-1]))
     assert state["model/supervised_head.weight"].shape[0] == 10
+
+
+@pytest.mark.parametrize("kind", ["cpu", "cifar10", "imagenette"])
+def test_the_cpc_v1_presets_are_top_down_batch_norm_unaugmented_patches_from_the_next_row(kind: str):
+    """CPC v1 (arXiv 1807.03748) against v2: one direction, batch norm, no per-patch augmentation drawn, the
+    predictions starting at offset 1; a step trains with them."""
+    from sslcli.encoders import build_encoder
+    from sslcli.methods import method_class
+    from sslcli.methods.base import Budget
+
+    v1 = resolve(PretrainSpec, preset=f"cpc-v1-{kind}")
+    v2 = resolve(PretrainSpec, preset=f"cpc-{kind}")
+    assert (v1.method.directions, v2.method.directions) == (1, 4)
+    assert v1.method.min_offset == 1 and v2.method.min_offset == 2
+    assert v1.encoder.kwargs["norm_layer"] == "batchnorm2d" and v2.encoder.kwargs["norm_layer"] == "groupnorm1"
+    assert v1.method.grid_size == v2.method.grid_size and v1.data.image_size == v2.data.image_size
+    # Built small (its own grid and offsets, a tiny context network) and stepped once.
+    torch.manual_seed(0)
+    cfg = v1.method.model_copy(update={"context_blocks": 1, "context_dim": 16})
+    encoder, info = build_encoder("resnet10t", v1.data.image_size, False, v1.encoder.kwargs)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+    model = method_class("cpc")(cfg, encoder, info.feature_dim, Budget(4, 2))
+    assert len(model.heads) == 1 and model.offsets[0] == 1
+    assert all(d is None for d in model.draw(2, cfg.grid_size ** 2, 8, torch.device("cpu")))
+    x = torch.randn(4, 3, v1.data.image_size, v1.data.image_size)
+    out = model([x], 0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.encoder.conv1[0].weight.grad.abs().sum() > 0
