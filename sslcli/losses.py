@@ -504,3 +504,29 @@ def triplet_loss(embeddings: Tensor, labels: Tensor, margin: float, mining: str 
         return F.triplet_margin_loss(x, x[positive], x[negative], margin=margin)
     per_pair = F.relu(distances - distances.gather(1, negative) + margin)
     return (per_pair * positive).sum() / positive.sum().clamp_min(1)
+
+
+@full_precision
+def dim_mutual_information(scores: Tensor, estimator: str) -> Tensor:
+    """Deep InfoMax's loss (Hjelm et al. 2019, arXiv 1808.06670, eq. 2-5; rdevon/DIM's infonce_loss and
+    fenchel_dual_loss): minus a lower bound on the mutual information between each image's global feature and
+    its local features.
+
+    scores [N, N, P]: scores[i, j, p] = T(global feature of image i, local feature p of image j); P = 1 for the
+    global objective (the whole map). The positives are j = i (every position of the image's own map), the
+    negatives j != i (every position of every other image's map). infonce: per positive, the cross entropy of
+    it against the N - 1 other images' N x P scores with the same global feature (eq. 5), the mean over the
+    N x P positives; jsd: the Jensen-Shannon estimator (eq. 4), E_neg[softplus(s)] - E_pos[-softplus(-s)]
+    (the constant log 2 of either side cancels)."""
+    s = scores.float()
+    n = s.shape[0]
+    own = torch.eye(n, dtype=torch.bool, device=s.device)[:, :, None].expand_as(s)
+    positive = s.diagonal(dim1=0, dim2=1).T  # [N, P]: scores[i, i, p]
+    if estimator == "infonce":
+        # log sum exp over each anchor's negatives, shared by its P positives.
+        negatives = s.masked_fill(own, float("-inf")).flatten(1).logsumexp(dim=1, keepdim=True)
+        return (torch.logaddexp(positive, negatives) - positive).mean()
+    if estimator != "jsd":
+        raise ValueError(f"unknown estimator {estimator!r}: infonce or jsd")
+    negative_mean = (F.softplus(s) * ~own).sum() / (~own).sum().clamp_min(1)
+    return negative_mean + F.softplus(-positive).mean()

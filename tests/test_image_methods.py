@@ -110,3 +110,49 @@ def test_the_cpc_v1_presets_are_top_down_batch_norm_unaugmented_patches_from_the
     out = model([x], 0)
     out.loss.backward()
     assert torch.isfinite(out.loss) and model.encoder.conv1[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("estimator", ["infonce", "jsd"])
+def test_dim_scores_an_images_own_positions_above_other_images_after_a_few_steps(estimator: str):
+    """Local DIM: after 20 steps on one batch, the global feature of an image scores its own map's positions
+    above other images' positions by more than at the start."""
+    torch.manual_seed(0)
+    _, model, augment, optimizer, _ = build("dim", estimator=estimator)
+
+    def gap() -> float:
+        model.eval()
+        with torch.no_grad():
+            local, _, y = model.encode(augment(images())[0])
+            u = model.global_embed(y)
+            n, c = local.shape[:2]
+            v = model.local_embed(local.flatten(2).transpose(1, 2).reshape(-1, c)).view(n, -1, u.shape[1])
+            s = torch.einsum("ie,jpe->ijp", u, v).mean(dim=2)
+        model.train()
+        own = torch.eye(n, dtype=torch.bool)
+        return (s[own].mean() - s[~own].mean()).item()
+
+    before = gap()
+    for step in range(20):
+        out = model(augment(images()), step)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+    after = gap()
+    assert after > 0 and after > before
+
+
+def test_dim_global_and_prior_terms_train_their_own_parts():
+    """Global DIM with prior matching: the prior discriminator's weights get gradients only from its own term,
+    the encoder from the fooling one; an unknown stage is a usage error."""
+    from sslcli.errors import UsageError
+
+    _, model, augment, _, _ = build("dim", global_weight=1.0, local_weight=0.0, prior_weight=0.1)
+    out = model(augment(images()), 0)
+    assert set(out.logs) >= {"global", "prior_fool", "prior_discriminator"} and "local" not in out.logs
+    model.zero_grad(set_to_none=True)
+    fool, _ = model.prior_terms(model.encode(augment(images())[0])[2])
+    fool.backward()  # the fooling term alone: nothing reaches the discriminator
+    assert all(p.grad is None for p in model.prior.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    with pytest.raises(UsageError, match="local_stage"):
+        build("dim", local_stage=-9)

@@ -655,3 +655,24 @@ def test_triplet_loss_is_zero_when_every_margin_holds_and_its_gradient_is_finite
         loss.backward()
         assert loss > 0 and torch.isfinite(moved.grad).all() and moved.grad.abs().sum() > 0
         moved.grad = None
+
+
+def test_dim_estimators_match_the_written_out_bounds():
+    """InfoNCE (DIM eq. 5): per positive (i, p), -log of its exp over itself plus every other image's position
+    scored with y_i; JSD (eq. 4): E_neg softplus(s) + E_pos softplus(-s)."""
+    from sslcli.losses import dim_mutual_information
+
+    s = torch.randn(4, 4, 3, generator=torch.Generator().manual_seed(0))
+    n, _, p = s.shape
+    terms = []
+    for i in range(n):
+        negatives = torch.stack([s[i, j, q] for j in range(n) if j != i for q in range(p)])
+        for q in range(p):
+            terms.append(-(s[i, i, q] - torch.logsumexp(torch.cat([s[i, i, q][None], negatives]), 0)))
+    torch.testing.assert_close(dim_mutual_information(s, "infonce"), torch.stack(terms).mean())
+    pos = torch.stack([s[i, i, q] for i in range(n) for q in range(p)])
+    neg = torch.stack([s[i, j, q] for i in range(n) for j in range(n) if j != i for q in range(p)])
+    torch.testing.assert_close(dim_mutual_information(s, "jsd"), F.softplus(neg).mean() + F.softplus(-pos).mean())
+    # Positives far above the negatives: both bounds near their best (InfoNCE 0, JSD 0).
+    apart = torch.full((3, 3, 2), -20.0) + 40.0 * torch.eye(3)[:, :, None]
+    assert dim_mutual_information(apart, "infonce") < 1e-6 and dim_mutual_information(apart, "jsd") < 1e-6
