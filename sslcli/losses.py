@@ -530,3 +530,15 @@ def dim_mutual_information(scores: Tensor, estimator: str) -> Tensor:
         raise ValueError(f"unknown estimator {estimator!r}: infonce or jsd")
     negative_mean = (F.softplus(s) * ~own).sum() / (~own).sum().clamp_min(1)
     return negative_mean + F.softplus(-positive).mean()
+
+
+@full_precision
+def local_aggregation(scores: Tensor, close: Tensor, temperature: float) -> Tensor:
+    """Local Aggregation's loss (Zhuang et al. 2019, arXiv 1903.12355, eq. 3-4): -log P(C_i n B_i | v_i) /
+    P(B_i | v_i), with P(A | v) = sum over j in A of exp(v_j . v / tau) / Z (Z cancels).
+
+    scores [B, K]: the cosine of each embedding v_i with its K background neighbours B_i (bank entries);
+    close [B, K]: which of them are also close neighbours C_i (in v_i's cluster in some clustering). Every row
+    needs at least one close background neighbour (the image's own entry is both). The mean over the batch."""
+    logits = scores.float() / temperature
+    return (logits.logsumexp(dim=1) - logits.masked_fill(~close, float("-inf")).logsumexp(dim=1)).mean()

@@ -156,3 +156,37 @@ def test_dim_global_and_prior_terms_train_their_own_parts():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
     with pytest.raises(UsageError, match="local_stage"):
         build("dim", local_stage=-9)
+
+
+def test_localagg_neighbours_are_the_k_nearest_entries_and_the_union_of_the_clusterings():
+    """Background neighbours: the k bank entries nearest v (its own entry first); close neighbours: those in
+    the image's cluster in any clustering, as Zhuang et al. define B_i and C_i."""
+    from tests.test_methods import NUM_IMAGES
+
+    _, model, _, _, _ = build("localagg", num_background=4, num_clusterings=2)
+    bank = torch.nn.functional.normalize(torch.randn(NUM_IMAGES, model.cfg.embedding_dim,
+                                                     generator=torch.Generator().manual_seed(1)), dim=1)
+    model.bank.memory.copy_(bank)
+    model.assignments.copy_(torch.stack([torch.arange(NUM_IMAGES) % 4, torch.arange(NUM_IMAGES) // 4]))
+    v = torch.nn.functional.normalize(torch.randn(3, model.cfg.embedding_dim), dim=1)
+    indices = torch.tensor([0, 5, 9])
+    scores, background, close = model.neighbours(v, indices)
+    for row, i in enumerate(indices.tolist()):
+        sims = v[row] @ bank.T
+        others = [j for j in sims.argsort(descending=True).tolist() if j != i][:3]
+        assert background[row].tolist() == [i, *others]
+        torch.testing.assert_close(scores[row], sims[background[row]])
+        expected = [(j % 4 == i % 4) or (j // 4 == i // 4) for j in background[row].tolist()]
+        assert close[row].tolist() == expected and close[row, 0]
+
+
+def test_localagg_warm_starts_with_instance_recognition_then_reclusters_every_epoch():
+    from tests.test_methods import STEPS_PER_EPOCH, train_step
+
+    _, model, augment, optimizer, _ = build("localagg", instance_epochs=1)
+    assert model.instance_steps == STEPS_PER_EPOCH
+    first = model.assignments.clone()
+    logs = [train_step(model, augment, optimizer, step).logs for step in range(2 * STEPS_PER_EPOCH)]
+    assert all("close_fraction" not in entry for entry in logs[:STEPS_PER_EPOCH])  # instance recognition
+    assert all("close_fraction" in entry for entry in logs[STEPS_PER_EPOCH:])  # local aggregation
+    assert not torch.equal(model.assignments, first)  # the bank moved, the k-means after each epoch followed

@@ -676,3 +676,19 @@ def test_dim_estimators_match_the_written_out_bounds():
     # Positives far above the negatives: both bounds near their best (InfoNCE 0, JSD 0).
     apart = torch.full((3, 3, 2), -20.0) + 40.0 * torch.eye(3)[:, :, None]
     assert dim_mutual_information(apart, "infonce") < 1e-6 and dim_mutual_information(apart, "jsd") < 1e-6
+
+
+def test_local_aggregation_is_the_papers_ratio_of_neighbourhood_probabilities():
+    """-log P(C n B | v) / P(B | v), P(A | v) = sum_{j in A} exp(v_j . v / tau) / Z, written out."""
+    from sslcli.losses import local_aggregation
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(3, 5, generator=g) * 2 - 1
+    close = torch.tensor([[1, 0, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    tau = 0.07
+    expected = []
+    for s, c in zip(scores, close, strict=True):
+        p = torch.exp(s / tau)
+        expected.append(-torch.log(p[c].sum() / p.sum()))
+    torch.testing.assert_close(local_aggregation(scores, close, tau), torch.stack(expected).mean())
+    assert local_aggregation(scores[1:2], close[1:2], tau).abs() < 1e-6  # every background neighbour close: 0
