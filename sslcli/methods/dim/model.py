@@ -11,10 +11,17 @@ from torch import Tensor, nn
 
 from sslcli import distributed
 from sslcli.errors import UsageError
-from sslcli.losses import dim_mutual_information
+from sslcli.losses import dim_mutual_information, full_precision
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.dim.config import DIMConfig
 from sslcli.methods.spatial import require_convnet
+
+
+@full_precision
+def pair_scores(u: Tensor, v: Tensor) -> Tensor:
+    """T(y_i, M_j at p) = u_i . v_jp for every pair: u [N, E], v [N, P, E] -> [N, N, P], in float32 (under bf16
+    autocast the products would be rounded to 8 bits of mantissa)."""
+    return torch.einsum("ie,jpe->ijp", u.float(), v.float())
 
 
 class ScoreNet(nn.Module):
@@ -86,12 +93,12 @@ class DIM(MethodDefaults, nn.Module):
         logs: dict[str, Tensor] = {}
         loss = u.new_zeros((), dtype=torch.float32)
         if self.cfg.local_weight > 0:
-            local_mi = dim_mutual_information(torch.einsum("ie,jpe->ijp", u.float(), v.float()), self.cfg.estimator)
+            local_mi = dim_mutual_information(pair_scores(u, v), self.cfg.estimator)
             loss = loss + self.cfg.local_weight * local_mi
             logs["local"] = local_mi.detach()
         if self.map_embed is not None:
             whole = distributed.gather(self.map_embed(local))  # [N, E]
-            global_mi = dim_mutual_information((u.float() @ whole.float().T)[:, :, None], self.cfg.estimator)
+            global_mi = dim_mutual_information(pair_scores(u, whole[:, None]), self.cfg.estimator)
             loss = loss + self.cfg.global_weight * global_mi
             logs["global"] = global_mi.detach()
         if self.prior is not None:

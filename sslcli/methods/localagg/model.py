@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslcli.losses import kmeans_init, local_aggregation, spherical_kmeans
+from sslcli.losses import full_precision, kmeans_init, local_aggregation, spherical_kmeans
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.localagg.config import LocalAggConfig
 from sslcli.methods.memory_bank import MemoryBank, bank_loss
@@ -57,9 +57,11 @@ class LocalAgg(MethodDefaults, nn.Module):
             _, assigned = spherical_kmeans(self.bank.memory, init, self.cfg.kmeans_iterations)
             self.assignments[h].copy_(assigned)
 
+    @full_precision
     def neighbours(self, v: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(scores [B, K] of v with its background neighbours, their bank indices [B, K], which are close [B, K]).
-        The image's own entry is first among its background neighbours."""
+        The image's own entry is first among its background neighbours. In float32 (autocast off): a bf16
+        cosine would blur which entries are the nearest."""
         scores = v.float() @ self.bank.memory.detach().T  # [B, N]
         own = F.one_hot(indices, self.bank.size).bool()
         background = scores.detach().masked_fill(own, float("inf")).topk(self.num_background, dim=1).indices
