@@ -180,13 +180,29 @@ def test_localagg_neighbours_are_the_k_nearest_entries_and_the_union_of_the_clus
         assert close[row].tolist() == expected and close[row, 0]
 
 
-def test_localagg_warm_starts_with_instance_recognition_then_reclusters_every_epoch():
+def test_localagg_fills_the_bank_warm_starts_with_instance_recognition_then_reclusters_every_epoch():
     from tests.test_methods import STEPS_PER_EPOCH, train_step
 
-    _, model, augment, optimizer, _ = build("localagg", instance_epochs=1)
-    assert model.instance_steps == STEPS_PER_EPOCH
+    _, model, augment, optimizer, _ = build("localagg", bank_fill_epochs=1, instance_epochs=1)
+    assert (model.fill_steps, model.instance_steps) == (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     first = model.assignments.clone()
-    logs = [train_step(model, augment, optimizer, step).logs for step in range(2 * STEPS_PER_EPOCH)]
-    assert all("close_fraction" not in entry for entry in logs[:STEPS_PER_EPOCH])  # instance recognition
-    assert all("close_fraction" in entry for entry in logs[STEPS_PER_EPOCH:])  # local aggregation
+    logs = [train_step(model, augment, optimizer, step).logs for step in range(3 * STEPS_PER_EPOCH)]
+    assert all(entry["loss"] == 0 for entry in logs[:STEPS_PER_EPOCH])  # the fill trains nothing
+    assert all(entry["loss"] > 0 and "close_fraction" not in entry
+               for entry in logs[STEPS_PER_EPOCH:2 * STEPS_PER_EPOCH])  # instance recognition
+    assert all("close_fraction" in entry for entry in logs[2 * STEPS_PER_EPOCH:])  # local aggregation
     assert not torch.equal(model.assignments, first)  # the bank moved, the k-means after each epoch followed
+    assert any(not torch.equal(v, encoder[k]) for k, v in model.encoder.state_dict().items())
+
+
+def test_localagg_bank_fill_replaces_the_random_entries_and_trains_nothing():
+    from tests.test_methods import STEPS_PER_EPOCH, batch_indices, train_step
+
+    _, model, augment, optimizer, _ = build("localagg", bank_fill_epochs=1)
+    weights = [p.detach().clone() for p in model.parameters()]
+    for step in range(STEPS_PER_EPOCH):
+        out = train_step(model, augment, optimizer, step)
+        written = model.bank.memory[batch_indices(step)]
+        torch.testing.assert_close(written, out.embeddings["projections"][0].detach())  # replaced, no momentum
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))

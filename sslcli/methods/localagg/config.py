@@ -34,11 +34,17 @@ class LocalAggConfig(MethodConfigBase):
                                  "together give the close neighbours C_i (paper: several, from 1 to 10)")
     kmeans_iterations: int = Field(10, gt=0, description="rounds of each spherical k-means, rerun at every epoch's "
                                    "end (DeepCluster v2's clustering)")
-    instance_epochs: int = Field(0, ge=0, description="epochs at the start trained with instance recognition "
+    bank_fill_epochs: int = Field(0, ge=0, description="epochs at the start that train nothing and write the "
+                                  "untrained network's embeddings into the bank in place of its random initial "
+                                  "vectors (InstDisc's bank_fill_epochs; paper: 0; ours, for runs of a few epochs)")
+    instance_epochs: int = Field(0, ge=0, description="epochs after those trained with instance recognition "
                                  "(InstDisc's softmax against the bank), the warm start the paper initialises "
-                                 "from; 0 = Local Aggregation from the first step")
+                                 "from; 0 = Local Aggregation from the first trained step")
     instance_negatives: int = Field(4096, gt=0, description="bank entries drawn as negatives in those epochs "
                                     "(InstDisc: 4096)")
+
+    def untrained_epochs(self) -> int:
+        return self.bank_fill_epochs
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:

@@ -25,8 +25,10 @@ class LocalAgg(MethodDefaults, nn.Module):
     neighbours among its background ones.
 
     The image's own entry is always among its background neighbours (it is in each of its clusters), so C_i n
-    B_i is never empty. With `instance_epochs`, the first epochs train InstDisc's softmax against the bank
-    (its own entry against `instance_negatives` drawn ones), the paper's warm start. The clusterings and the
+    B_i is never empty. With `bank_fill_epochs` (ours, as InstDisc's), the first epochs train nothing and
+    write the untrained network's embeddings into the bank in place of its random vectors; with
+    `instance_epochs`, the epochs after them train InstDisc's softmax against the bank (its own entry against
+    `instance_negatives` drawn ones), the paper's warm start. The clusterings and the
     bank are buffers: checkpoints hold them and a resume goes on with the same ones.
 
     Deviation: the k-means starts are drawn by a generator seeded with (epoch, clustering) rather than the
@@ -40,7 +42,9 @@ class LocalAgg(MethodDefaults, nn.Module):
         self.head = nn.Linear(feature_dim, cfg.embedding_dim)
         self.bank = MemoryBank(budget.num_images, cfg.embedding_dim, cfg.bank_momentum, "localagg")
         self.steps_per_epoch = budget.steps_per_epoch
-        self.instance_steps = budget.data_epochs_to_steps(cfg.instance_epochs)
+        # Passes over the data, not schedule lengths: the fill, then instance recognition, then LocalAgg.
+        self.fill_steps = budget.data_epochs_to_steps(cfg.bank_fill_epochs)
+        self.instance_steps = budget.data_epochs_to_steps(cfg.bank_fill_epochs + cfg.instance_epochs)
         # Both are counts of bank entries: on fewer images than the paper's values, every image.
         self.num_background = min(cfg.num_background, budget.num_images)
         self.num_clusters = min(cfg.num_clusters, budget.num_images)
@@ -74,16 +78,25 @@ class LocalAgg(MethodDefaults, nn.Module):
         h = self.encoder(x)
         v = F.normalize(self.head(h).float(), dim=1)
         logs: dict[str, Tensor] = {}
-        if step < self.instance_steps:  # the warm start: instance recognition against the bank
+        filling = step < self.fill_steps
+        if filling:  # a zero loss on the graph: backward runs as usual and cancel_gradients drops the gradients
+            loss = (v * 0.0).sum()
+        elif step < self.instance_steps:  # the warm start: instance recognition against the bank
             draws = self.bank.draw(x.shape[0], min(self.cfg.instance_negatives, self.bank.size - 1), x.device)
             loss = bank_loss(self.bank, v, indices, draws, self.cfg.temperature, "softmax")
         else:
             scores, _, close = self.neighbours(v, indices)
             loss = local_aggregation(scores, close, self.cfg.temperature)
             logs["close_fraction"] = close.float().mean().detach()
-        self.bank.write(v, indices)
+        self.bank.write(v, indices, replace=filling)
         logs["loss"] = loss.detach()
         return StepOut(loss=loss, logs=logs, embeddings={"features": (h,), "projections": (v,)})
+
+    def cancel_gradients(self, step: int) -> None:
+        """The bank-filling epochs train nothing: no gradient reaches the optimizer (the loop skips its step)."""
+        if step < self.fill_steps:
+            for p in self.parameters():
+                p.grad = None
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:
