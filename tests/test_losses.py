@@ -628,17 +628,18 @@ def test_triplet_loss_matches_the_written_out_mining(mining: str):
 def test_batch_hard_mining_picks_the_farthest_positive_and_the_nearest_negative():
     from sslcli.losses import triplet_partners
 
-    # Points on a line: image 0's copies at 0, 1 and 5; image 1's at 2, 3 and 10.
-    x = torch.tensor([[0.0], [2.0], [1.0], [3.0], [5.0], [10.0]])
+    # Points on a line: image 0's copies at 0, 1 and 5.5; image 1's at 2, 3 and 10.
+    x = torch.tensor([[0.0], [2.0], [1.0], [3.0], [5.5], [10.0]])
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
     positive, negative = triplet_partners(torch.cdist(x, x), labels, "batch_hard")
     assert positive.tolist() == [4, 5, 4, 5, 0, 1]  # the farthest copy of the same image
-    assert negative.tolist() == [1, 2, 1, 4, 3, 4]  # the nearest copy of the other image
-    # Semi-hard: for anchor 0 and positive 2 (d = 1) the nearest negative beyond 1 is at 2 (index 1); for
-    # positive 4 (d = 5) none is nearer than 10 beyond 5: index 5 at 10, the farthest as the fallback.
+    assert negative.tolist() == [1, 2, 1, 2, 3, 4]  # the nearest copy of the other image
+    # Semi-hard, anchor 0: for its copy at 1 the nearest negative beyond 1 is at 2 (index 1), for its copy at
+    # 5.5 the one at 10 (index 5). Anchor 4 (at 5.5) with its copy at 0 (d = 5.5) has no negative farther than
+    # that (3.5, 2.5, 4.5 away): the farthest one, at 10 (index 5), as TensorFlow's fallback.
     mask, chosen = triplet_partners(torch.cdist(x, x), labels, "semi_hard")
     assert mask[0].tolist() == [False, False, True, False, True, False]
-    assert chosen[0, 2].item() == 1 and chosen[0, 4].item() == 5
+    assert chosen[0, 2].item() == 1 and chosen[0, 4].item() == 5 and chosen[4, 0].item() == 5
 
 
 def test_triplet_loss_is_zero_when_every_margin_holds_and_its_gradient_is_finite():
