@@ -25,7 +25,8 @@ from bench.common import SHARED_DATA, peak_rss_mb, random_init_encoder, run_phas
 # Methods, then the published recipes offered as presets of them (PRESET_FAMILIES): each runs its <name>-cpu preset.
 ORDER = ["simclr", "mocov2", "mocov3", "byol", "simsiam", "swav", "deepcluster", "barlow", "vicreg", "dino", "dinov2", "mae",
          "rotation", "jigsaw", "relpos", "colorization", "inpainting", "cpc", "instdisc", "cmc",
-         "mocov1", "invariantspread", "simclrv2", "infomin"]
+         "exemplar", "dim", "localagg",
+         "mocov1", "invariantspread", "simclrv2", "infomin", "cpc-v1", "s4l-rotation", "s4l-exemplar"]
 DATA = SHARED_DATA / "cifar10"
 KNN_BANK_FRACTION = 0.2
 

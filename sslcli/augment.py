@@ -385,7 +385,8 @@ def rand_augment(x: torch.Tensor, num_ops: int, magnitude: float, magnitude_std:
 
 
 class Augmenter:
-    """Turns a uint8 batch [B,C,H,W] into one normalised float32 view [B,C,size,size] per ViewConfig.
+    """Turns a uint8 batch [B,C,H,W] into one normalised float32 view [B,C,size,size] per ViewConfig (a batch of
+    frame tuples [B,K,C,H,W] into views [B,K,C,size,size]).
 
     C is the number of mean (and std) values: 3 for RGB; other counts draw the views without the RGB-only
     ops (without_rgb_ops)."""
@@ -413,6 +414,9 @@ class Augmenter:
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.ndim == 5:  # frame tuples [B,K,C,H,W] (temporal methods): every frame augmented on its own
+            b, k = x.shape[:2]
+            return [v.unflatten(0, (b, k)) for v in self(x.flatten(0, 1))]
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected a uint8 batch [B,{self.channels},H,W], got {x.dtype} {tuple(x.shape)}")
         if x.device.type != self.generator.device.type:

@@ -268,9 +268,10 @@ class BadImagePolicy:
         for line in held:
             console.warn(line)
 
-    def record(self, path: Path, reason: str) -> None:
+    def record(self, path: Path, reason: str, what: str = "image") -> None:
+        """`what` names the kind of file in the messages (an image; a video for a clip, video_data.py)."""
         if self.mode == "fail":
-            raise UsageError(f"cannot read image {console.name(path)}: {reason} (remove it, or use --on-bad-image skip)")
+            raise UsageError(f"cannot read {what} {console.name(path)}: {reason} (remove it, or use --on-bad-image skip)")
         # Every epoch meets the same bad files again; count each file once so the summary is honest.
         if path in self._seen:
             return
@@ -278,7 +279,7 @@ class BadImagePolicy:
         self.count += 1
         if self.count <= self.show:
             self.first_paths.append(path)
-            line = f"skipping unreadable image {console.name(path)}: {reason}"
+            line = f"skipping unreadable {what} {console.name(path)}: {reason}"
             self._held.append(line) if self._held is not None else console.warn(line)
 
     def summary(self) -> str | None:

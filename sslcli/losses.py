@@ -459,3 +459,112 @@ def non_parametric_softmax(scores: Tensor, targets: Tensor, temperature: float) 
     entry (lemniscate's LinearAverage, the target an image's own index), or over the positive and the drawn
     negatives (CMC's NCESoftmaxLoss, the target column 0)."""
     return F.cross_entropy(scores.float() / temperature, targets)
+
+
+@full_precision
+def triplet_margin(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
+    """TCN's triplet loss (arXiv 1704.06888, eq. 1): mean of max(0, ||a - p||^2 - ||a - n||^2 + margin), squared
+    Euclidean distances between the embeddings as given (TCN normalises them first)."""
+    def squared(x: Tensor, y: Tensor) -> Tensor:
+        return (x - y).pow(2).sum(-1)
+
+    return F.triplet_margin_with_distance_loss(anchor.float(), positive.float(), negative.float(),
+                                               distance_function=squared, margin=margin)
+
+
+@full_precision
+def n_pairs_info_nce(anchor: Tensor, positive: Tensor, temperature: float, negative: Tensor | None = None,
+                     offset: int = 0) -> Tensor:
+    """InfoNCE in the n-pairs form (Sohn 2016): anchor i against every positive of the batch, positive i + offset
+    the target (offset: where this process's anchors start in a gathered batch of positives); with `negative`
+    [N, D], each anchor's own negative joins its row as one more wrong answer. Cross entropy of the cosine
+    similarities over temperature."""
+    a, p = F.normalize(anchor.float(), dim=1), F.normalize(positive.float(), dim=1)
+    logits = a @ p.T
+    if negative is not None:
+        own = (a * F.normalize(negative.float(), dim=1)).sum(1, keepdim=True)
+        logits = torch.cat([logits, own], dim=1)
+    return F.cross_entropy(logits / temperature, torch.arange(a.shape[0], device=a.device) + offset)
+
+
+@torch.no_grad()
+def triplet_partners(distances: Tensor, labels: Tensor, mining: str) -> tuple[Tensor, Tensor]:
+    """The triplets a miner picks from a batch's pairwise distances [N, N] and labels [N] (same label:
+    positive, other label: negative; an embedding is never its own positive).
+
+    batch_hard (Hermans et al. 2017, arXiv 1703.07737): one triplet per anchor, its farthest positive and its
+    nearest negative: (positive [N], negative [N]). semi_hard (Schroff et al. 2015, arXiv 1503.03832, as
+    TensorFlow's triplet_semihard_loss that Kolesnikov et al.'s Exemplar calls): one triplet per (anchor,
+    positive) pair, the nearest negative farther than the positive, or the farthest negative when none is:
+    (positive mask [N, N], negative index [N, N]). Sync-free: masks and sorts, no boolean indexing."""
+    same = labels[:, None] == labels[None, :]
+    own = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+    positive, negative = same & ~own, ~same
+    if mining == "batch_hard":
+        return (distances.masked_fill(~positive, float("-inf")).argmax(dim=1),
+                distances.masked_fill(~negative, float("inf")).argmin(dim=1))
+    if mining != "semi_hard":
+        raise ValueError(f"unknown triplet mining {mining!r}: batch_hard or semi_hard")
+    # Each anchor's negatives in ascending distance (its non-negatives at +inf, last): the first one farther
+    # than d(a, p) is found by a binary search per (a, p).
+    ordered, order = distances.masked_fill(~negative, float("inf")).sort(dim=1)
+    first_beyond = torch.searchsorted(ordered, distances.contiguous(), right=True)
+    count = negative.sum(dim=1, keepdim=True)  # the anchor's negatives: ordered[:, :count] are finite
+    farthest = (count - 1).clamp_min(0).expand_as(first_beyond)
+    rank = torch.where(first_beyond < count, first_beyond, farthest)
+    return positive, order.gather(1, rank)
+
+
+@full_precision
+def triplet_loss(embeddings: Tensor, labels: Tensor, margin: float, mining: str = "batch_hard") -> Tensor:
+    """The triplet loss max(d(a, p) - d(a, n) + margin, 0) with Euclidean distances over a batch of embeddings
+    [N, D] whose labels [N] say which are of the same class (Exemplar: copies of the same image; every label
+    must appear at least twice, so that every anchor has a positive), its triplets
+    mined in the batch (triplet_partners). batch_hard: the mean over the N anchors, through
+    torch's triplet_margin_loss; semi_hard: the mean over every (anchor, positive) pair. Gradients reach
+    every embedding of a triplet; the mining itself has none."""
+    x = embeddings.float()
+    distances = torch.cdist(x, x)
+    positive, negative = triplet_partners(distances.detach(), labels, mining)
+    if mining == "batch_hard":
+        return F.triplet_margin_loss(x, x[positive], x[negative], margin=margin)
+    per_pair = F.relu(distances - distances.gather(1, negative) + margin)
+    return (per_pair * positive).sum() / positive.sum().clamp_min(1)
+
+
+@full_precision
+def dim_mutual_information(scores: Tensor, estimator: str) -> Tensor:
+    """Deep InfoMax's loss (Hjelm et al. 2019, arXiv 1808.06670, eq. 2-5; rdevon/DIM's infonce_loss and
+    fenchel_dual_loss): minus a lower bound on the mutual information between each image's global feature and
+    its local features.
+
+    scores [N, N, P]: scores[i, j, p] = T(global feature of image i, local feature p of image j); P = 1 for the
+    global objective (the whole map). The positives are j = i (every position of the image's own map), the
+    negatives j != i (every position of every other image's map). infonce: per positive, the cross entropy of
+    it against the N - 1 other images' N x P scores with the same global feature (eq. 5), the mean over the
+    N x P positives; jsd: the Jensen-Shannon estimator (eq. 4), E_neg[softplus(s)] - E_pos[-softplus(-s)]
+    (the constant log 2 of either side cancels)."""
+    s = scores.float()
+    n = s.shape[0]
+    own = torch.eye(n, dtype=torch.bool, device=s.device)[:, :, None].expand_as(s)
+    positive = s.diagonal(dim1=0, dim2=1).T  # [N, P]: scores[i, i, p]
+    if estimator == "infonce":
+        # log sum exp over each anchor's negatives, shared by its P positives.
+        negatives = s.masked_fill(own, float("-inf")).flatten(1).logsumexp(dim=1, keepdim=True)
+        return (torch.logaddexp(positive, negatives) - positive).mean()
+    if estimator != "jsd":
+        raise ValueError(f"unknown estimator {estimator!r}: infonce or jsd")
+    negative_mean = (F.softplus(s) * ~own).sum() / (~own).sum().clamp_min(1)
+    return negative_mean + F.softplus(-positive).mean()
+
+
+@full_precision
+def local_aggregation(scores: Tensor, close: Tensor, temperature: float) -> Tensor:
+    """Local Aggregation's loss (Zhuang et al. 2019, arXiv 1903.12355, eq. 3-4): -log P(C_i n B_i | v_i) /
+    P(B_i | v_i), with P(A | v) = sum over j in A of exp(v_j . v / tau) / Z (Z cancels).
+
+    scores [B, K]: the cosine of each embedding v_i with its K background neighbours B_i (bank entries);
+    close [B, K]: which of them are also close neighbours C_i (in v_i's cluster in some clustering). Every row
+    needs at least one close background neighbour (the image's own entry is both). The mean over the batch."""
+    logits = scores.float() / temperature
+    return (logits.logsumexp(dim=1) - logits.masked_fill(~close, float("-inf")).logsumexp(dim=1)).mean()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslcli import console, data, distributed, monitors, semi_supervised, weights
+from sslcli import clip_training, console, data, distributed, monitors, semi_supervised, weights
 from sslcli.augment import Augmenter
 from sslcli.encoders import EncoderInfo, build_encoder
 from sslcli.errors import UsageError
@@ -58,9 +58,17 @@ class Model:
 
 
 def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
-    images = training_images(spec)
     policy = data.BadImagePolicy(spec.data.on_bad_image)
     policy.hold()  # bad-image warnings wait until the run goes ahead (announce): a refused run prints none
+    if clip_training.is_video_input(spec):  # video files, or a temporal method: the frame cache
+        if spec.data.label_fraction is not None:
+            raise UsageError("--label-fraction needs labeled images; it is not available for video input")
+        if spec.data.channels != 3:
+            raise UsageError(f"video frames are decoded as RGB: video input needs data.channels=3, not "
+                             f"{spec.data.channels}")
+        frames, batches, steps = clip_training.training_clips(spec, policy, CONFIGS[spec.method.name].uses_indices)
+        return TrainingData(frames, batches, steps, policy)
+    images = training_images(spec)
     labels = semi_supervised_labels(spec, images)
     batches, steps_per_epoch = training_batches(spec, images, policy, device, labels,
                                                 with_indices=CONFIGS[spec.method.name].uses_indices)
@@ -218,7 +226,8 @@ def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: to
     def prepare(batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]):
         x, labels, indices = batch if isinstance(batch, tuple) else (batch, None, None)
         model.ahead.append(augment_states(model))  # what a checkpoint taken before this batch trains holds
-        views = [v.contiguous(memory_format=memory_format) for v in model.augment(x)]
+        # Frame tuples [B,K,3,H,W] stay as they are: channels_last is a 4-D layout (the method flattens them).
+        views = [v.contiguous(memory_format=memory_format) if v.ndim == 4 else v for v in model.augment(x)]
         return views, labels, indices
 
     def loss(prepared: tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None], step: int) -> StepOut:

@@ -97,6 +97,8 @@ class DataConfig(Strict):
                                          "method's loss (DATA must be class folders)")
     num_workers: Workers = Field("auto", description="decoding processes ('auto': cores - 1, at most 8)")
     on_bad_image: Literal["skip", "fail"] = Field("skip", description="unreadable images: skip and report, or stop")
+    fps: float | None = Field(None, gt=0, le=1000, description="video input: frames per second sampled from each "
+                              "video file (unset: every frame, the clip's own rate); a frame folder gives every image")
     cache: Literal["auto", "on", "off"] = Field(
         "auto", description="decode every image once into a memory-mapped array ('auto': when it fits cache_max_gb)")
     cache_dir: Path | None = Field(None, description="decode cache folder (default $SSLCLI_CACHE_DIR or ~/.cache/sslcli)")
@@ -598,6 +600,10 @@ def resolve_image_size(tree: dict[str, Any]) -> None:
     root = Path(data["path"])
     has_splits = (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir())
     chosen = auto_image_size(root / "train" if has_splits else root)  # the images that train (data.split_folders)
+    if chosen is None:
+        from sslcli import video  # a folder of videos: measured from the clips' headers
+
+        chosen = video.auto_frame_size(root) if video.holds_videos(root) else None
     if chosen is None:
         return
     size, median, count = chosen

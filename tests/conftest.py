@@ -43,6 +43,24 @@ def cifar_small(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="session")
+def videos() -> Path:
+    """The real clips: bigbuckbunny (720p, 132 frames at 25 fps), bikes (640x272, 250 at 25), carphone (QCIF, 120
+    at 29.97)."""
+    root = SHARED_DATA / "videos"
+    assert root.is_dir(), f"the shared videos are missing: {root} (CI clones next to ../shared)"
+    return root
+
+
+@pytest.fixture(scope="session")
+def videos_small(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two small real clips (bikes, 10 s; carphone, 4 s), linked: quick to decode (about 1 s at 32 px)."""
+    root = tmp_path_factory.mktemp("videos_small")
+    for name in ("bikes.mp4", "carphone_pristine.mp4"):
+        (root / name).symlink_to(videos / name)
+    return root
+
+
+@pytest.fixture(scope="session")
 def cifar_tiny(cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CIFAR-10 with train/ (10 per class) and test/ (5 per class): for runs that only need to work."""
     return cifar_subset(cifar10, tmp_path_factory.mktemp("cifar_tiny"), 10, 5)

@@ -34,7 +34,9 @@ STEP = 0
 VARIANTS = {"invariantspread": ("simclr", {"loss": "invariant_spread", "proj_layers": 1}),
             "cmc-batch": ("cmc", {"negatives": "batch"}),
             "simclr-s4l": ("simclr", {"rotation_weight": 1.0}),
-            "byol-s4l": ("byol", {"rotation_weight": 1.0})}
+            "byol-s4l": ("byol", {"rotation_weight": 1.0}),
+            # TCN's n-pairs loss contrasts each anchor with the positives of the global batch (gathered).
+            "tcn-npairs": ("tcn", {"loss": "n_pairs"})}
 CASES = {**{name: (name, {}) for name in CONFIGS}, **VARIANTS}
 STEPS_PER_EPOCH = 2  # a memory bank holds the GLOBAL_BATCH x STEPS_PER_EPOCH images of an epoch
 
@@ -42,7 +44,9 @@ STEPS_PER_EPOCH = 2  # a memory bank holds the GLOBAL_BATCH x STEPS_PER_EPOCH im
 def global_views(model, spec, seed: int) -> list[torch.Tensor]:
     """Already-augmented views of the global batch, the same in every process (float, normalised-like)."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(GLOBAL_BATCH, 3, v.size, v.size, generator=g) for v in model.views(spec.augment)]
+    frames = CONFIGS[spec.method.name].frames_per_sample  # a temporal method's views are frame tuples
+    return [torch.randn(GLOBAL_BATCH, *((frames,) if frames else ()), 3, v.size, v.size, generator=g)
+            for v in model.views(spec.augment)]
 
 
 def fixed_mask_noise(model, rank: int, world: int) -> None:

@@ -585,3 +585,111 @@ def test_non_parametric_softmax_is_the_cross_entropy_of_the_target_column():
     assert non_parametric_softmax(scores, torch.tensor([0, 1]), t).item() == pytest.approx(float(expected), rel=1e-4)
     # Negative control: another target column gives another loss.
     assert non_parametric_softmax(scores, torch.tensor([2, 2]), t).item() > expected + 1
+
+
+def triplet_reference(x: torch.Tensor, labels: list[int], margin: float, mining: str) -> torch.Tensor:
+    """The triplet losses written out with loops (Hermans et al. 2017 batch-hard; Schroff et al. 2015 semi-hard
+    as TensorFlow's triplet_semihard_loss picks its negatives, on Euclidean distances)."""
+    n = len(labels)
+
+    def d(i, j):
+        return (x[i] - x[j]).norm()
+
+    terms = []
+    for a in range(n):
+        positives = [p for p in range(n) if p != a and labels[p] == labels[a]]
+        negatives = [k for k in range(n) if labels[k] != labels[a]]
+        if mining == "batch_hard":
+            p = max(positives, key=lambda j: d(a, j).item())
+            k = min(negatives, key=lambda j: d(a, j).item())
+            terms.append(torch.relu(d(a, p) - d(a, k) + margin))
+            continue
+        for p in positives:
+            beyond = [k for k in negatives if d(a, k) > d(a, p)]
+            k = (min(beyond, key=lambda j: d(a, j).item()) if beyond
+                 else max(negatives, key=lambda j: d(a, j).item()))
+            terms.append(torch.relu(d(a, p) - d(a, k) + margin))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard"])
+def test_triplet_loss_matches_the_written_out_mining(mining: str):
+    from sslcli.losses import triplet_loss
+
+    g = torch.Generator().manual_seed(0)
+    for copies, images in ((2, 5), (4, 3)):
+        x = torch.randn(copies * images, 6, generator=g)
+        labels = torch.arange(images).repeat(copies)
+        for margin in (0.2, 1.0):
+            torch.testing.assert_close(triplet_loss(x, labels, margin, mining),
+                                       triplet_reference(x, labels.tolist(), margin, mining), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_hard_mining_picks_the_farthest_positive_and_the_nearest_negative():
+    from sslcli.losses import triplet_partners
+
+    # Points on a line: image 0's copies at 0, 1 and 5.5; image 1's at 2, 3 and 10.
+    x = torch.tensor([[0.0], [2.0], [1.0], [3.0], [5.5], [10.0]])
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    positive, negative = triplet_partners(torch.cdist(x, x), labels, "batch_hard")
+    assert positive.tolist() == [4, 5, 4, 5, 0, 1]  # the farthest copy of the same image
+    assert negative.tolist() == [1, 2, 1, 2, 3, 4]  # the nearest copy of the other image
+    # Semi-hard, anchor 0: for its copy at 1 the nearest negative beyond 1 is at 2 (index 1), for its copy at
+    # 5.5 the one at 10 (index 5). Anchor 4 (at 5.5) with its copy at 0 (d = 5.5) has no negative farther than
+    # that (3.5, 2.5, 4.5 away): the farthest one, at 10 (index 5), as TensorFlow's fallback.
+    mask, chosen = triplet_partners(torch.cdist(x, x), labels, "semi_hard")
+    assert mask[0].tolist() == [False, False, True, False, True, False]
+    assert chosen[0, 2].item() == 1 and chosen[0, 4].item() == 5 and chosen[4, 0].item() == 5
+
+
+def test_triplet_loss_is_zero_when_every_margin_holds_and_its_gradient_is_finite():
+    from sslcli.losses import triplet_loss
+
+    # Two tight clusters far apart: every triplet is satisfied by more than the margin.
+    x = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.1, 0.0], [10.1, 0.0]], requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 1])
+    for mining in ("batch_hard", "semi_hard"):
+        assert triplet_loss(x, labels, 0.5, mining).item() == 0.0
+    moved = torch.tensor([[0.0, 0.0], [0.3, 0.2], [1.0, -0.1], [1.7, 0.4]], requires_grad=True)
+    for mining in ("batch_hard", "semi_hard"):
+        loss = triplet_loss(moved, labels, 0.5, mining)
+        loss.backward()
+        assert loss > 0 and torch.isfinite(moved.grad).all() and moved.grad.abs().sum() > 0
+        moved.grad = None
+
+
+def test_dim_estimators_match_the_written_out_bounds():
+    """InfoNCE (DIM eq. 5): per positive (i, p), -log of its exp over itself plus every other image's position
+    scored with y_i; JSD (eq. 4): E_neg softplus(s) + E_pos softplus(-s)."""
+    from sslcli.losses import dim_mutual_information
+
+    s = torch.randn(4, 4, 3, generator=torch.Generator().manual_seed(0))
+    n, _, p = s.shape
+    terms = []
+    for i in range(n):
+        negatives = torch.stack([s[i, j, q] for j in range(n) if j != i for q in range(p)])
+        for q in range(p):
+            terms.append(-(s[i, i, q] - torch.logsumexp(torch.cat([s[i, i, q][None], negatives]), 0)))
+    torch.testing.assert_close(dim_mutual_information(s, "infonce"), torch.stack(terms).mean())
+    pos = torch.stack([s[i, i, q] for i in range(n) for q in range(p)])
+    neg = torch.stack([s[i, j, q] for i in range(n) for j in range(n) if j != i for q in range(p)])
+    torch.testing.assert_close(dim_mutual_information(s, "jsd"), F.softplus(neg).mean() + F.softplus(-pos).mean())
+    # Positives far above the negatives: both bounds near their best (InfoNCE 0, JSD 0).
+    apart = torch.full((3, 3, 2), -20.0) + 40.0 * torch.eye(3)[:, :, None]
+    assert dim_mutual_information(apart, "infonce") < 1e-6 and dim_mutual_information(apart, "jsd") < 1e-6
+
+
+def test_local_aggregation_is_the_papers_ratio_of_neighbourhood_probabilities():
+    """-log P(C n B | v) / P(B | v), P(A | v) = sum_{j in A} exp(v_j . v / tau) / Z, written out."""
+    from sslcli.losses import local_aggregation
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(3, 5, generator=g) * 2 - 1
+    close = torch.tensor([[1, 0, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    tau = 0.07
+    expected = []
+    for s, c in zip(scores, close, strict=True):
+        p = torch.exp(s / tau)
+        expected.append(-torch.log(p[c].sum() / p.sum()))
+    torch.testing.assert_close(local_aggregation(scores, close, tau), torch.stack(expected).mean())
+    assert local_aggregation(scores[1:2], close[1:2], tau).abs() < 1e-6  # every background neighbour close: 0

@@ -70,12 +70,20 @@ def forward(model, views: list[torch.Tensor], step: int):
     return model(views, step)
 
 
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (BATCH, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+def images(seed: int = 0, frames: int = 0) -> torch.Tensor:
+    """A uint8 batch: BATCH images, or for a temporal method (frames = its frames_per_sample) BATCH tuples of
+    that many frames [BATCH, frames, 3, 16, 16], as the frame cache gives it (clip_training.py)."""
+    shape = (BATCH, *((frames,) if frames else ()), 3, 16, 16)
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def batch_for(model, seed: int = 0) -> torch.Tensor:
+    """images() of the kind the method trains on: single images, or its frame tuples."""
+    return images(seed, CONFIGS[model.cfg.name].frames_per_sample)
 
 
 def train_step(model, augment, optimizer, step: int):
-    out = forward(model, augment(images(step)), step)
+    out = forward(model, augment(batch_for(model, step)), step)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     getattr(model, "cancel_gradients", lambda step: None)(step)  # as train.fit does after backward
@@ -105,7 +113,7 @@ def test_a_step_is_finite_and_trains_the_encoder(name: str, precision: str):
     dtype = torch.bfloat16 if precision == "bf16" else None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None), \
             bf16_conv_fallback(torch.device("cpu"), dtype):
-        out = forward(model, augment(images()), step)
+        out = forward(model, augment(batch_for(model)), step)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.loss.dtype == torch.float32
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
@@ -434,7 +442,7 @@ def test_exported_encoder_round_trips_through_safetensors(name: str, tmp_path: P
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path: Path):
+def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, videos_small: Path, tmp_path: Path):
     """`--method X` with the method's own defaults (only the size of the run shrunk: 16 px, 2 steps, a tiny
     labeled set) trains and probes."""
     from sslcli.commands import probe
@@ -449,7 +457,11 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path
     sets += {"cpc": ["method.grid_size=3"]}.get(name, [])
     # Distillation has no default teacher (the user names one); a random-init one builds offline.
     sets += {"distill": ["method.teacher=random:resnet10t"]}.get(name, [])
-    spec = resolve(PretrainSpec, options={"method.name": name, "data.path": str(cifar_tiny),
+    # A temporal method trains on clips: the two small real videos, at 5 fps (70 frames: 2 steps of 32 tuples).
+    temporal = CONFIGS[name].frames_per_sample > 0
+    if temporal:
+        sets += ["data.fps=5"]
+    spec = resolve(PretrainSpec, options={"method.name": name, "data.path": str(videos_small if temporal else cifar_tiny),
                                           "out": str(tmp_path / "run")}, sets=sets)
     summary = pretrain.run(spec)
     assert summary["steps"] == 2 and summary["method"] == name
@@ -464,10 +476,17 @@ def test_pretrain_from_defaults_then_probe(name: str, cifar_tiny: Path, tmp_path
     assert top1 * 50 == pytest.approx(round(top1 * 50)) and top1 <= top5
 
 
+def preset_kinds(method: str) -> tuple[str, ...]:
+    """The presets every method has: CPU, CIFAR-10 and Imagenette; a temporal method (video input) CPU and video."""
+    if method in CONFIGS and CONFIGS[method].frames_per_sample:
+        return ("cpu", "video")
+    return ("cpu", "cifar10", "imagenette")
+
+
 def test_every_method_has_a_cpu_cifar10_and_imagenette_preset():
     names = {name for name, _ in list_presets()}
     for method in [*CONFIGS, *PRESET_FAMILIES]:  # and every published recipe offered as presets of a method
-        for kind in ("cpu", "cifar10", "imagenette"):
+        for kind in preset_kinds(method):
             assert f"{method}-{kind}" in names, f"missing preset {method}-{kind}"
 
 
@@ -497,7 +516,7 @@ def test_a_step_exposes_its_embeddings_to_the_monitors(name: str):
     from sslcli import monitors
 
     _, model, augment, _, info = build(name)
-    out = forward(model, augment(images()), first_step(name))
+    out = forward(model, augment(batch_for(model)), first_step(name))
     assert "features" in out.embeddings, "every method shows its encoder features"
     for kind, views in out.embeddings.items():
         assert 1 <= len(views) <= 2 and all(v.shape[0] == BATCH for v in views), kind

@@ -47,7 +47,10 @@ def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = Fa
                         "method.ibot_out_dim=64", "method.ibot_hidden_dim=64", "method.ibot_bottleneck_dim=16",
                         "method.num_local_crops=2"],
              "instdisc": ["method.num_negatives=256", "data.image_size=16"],
-             "cmc": ["method.num_negatives=256", "data.image_size=16"]}[method]
+             "cmc": ["method.num_negatives=256", "data.image_size=16"],
+             # instance recognition in epoch 1, k-means at its end, local aggregation in epoch 2 (stopped in it)
+             "localagg": ["method.num_background=64", "method.num_clusters=8", "method.instance_epochs=1",
+                          "method.instance_negatives=64", "data.image_size=16"]}[method]
     sets += small + [f"{k}={v}" for k, v in extra.items()]
     return resolve(PretrainSpec, options={"method.name": method, "data.path": str(data), "out": str(out)}, sets=sets)
 
@@ -74,7 +77,7 @@ def final_state(run: Path) -> dict[str, torch.Tensor]:
 RESUME_CASES = [("simclr", 6, True, "fp32"), ("simclr", 4, True, "fp32"), ("byol", 6, True, "fp32"),
                 ("rotation", 6, False, "fp32"), ("jigsaw", 6, False, "fp32"), ("colorization", 6, False, "fp32"),
                 ("deepcluster", 6, False, "fp32"), ("cpc", 6, False, "fp32"), ("dinov2", 6, False, "fp32"),
-                ("instdisc", 6, False, "fp32"), ("cmc", 6, False, "fp32"),
+                ("instdisc", 6, False, "fp32"), ("cmc", 6, False, "fp32"), ("localagg", 6, False, "fp32"),
                 # bf16 autocast on any CPU (emulated where the CPU has no bf16 instructions), so every machine
                 # covers the precision a bf16 CPU runs by default: the methods whose state is not just weights,
                 # and the ones whose 16 px maps met oneDNN's bf16 weight-gradient fault (onednn.py).
@@ -120,6 +123,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: in
         assert a["model/prior_batches"].item() == STEPS_PER_EPOCH * EPOCHS
     if method == "instdisc":  # the memory bank (one entry per image) and its NCE constant Z are part of the state
         assert a["model/bank.memory"].shape[0] == 128 and a["model/bank.z"].item() > 0
+    if method == "localagg":  # the bank and the clusterings of the last epoch's end are part of the state
+        assert a["model/bank.memory"].shape[0] == 128 and a["model/assignments"].shape[1] == 128
     if method == "cmc":  # both views' banks, and the ab encoder, which is not exported
         assert all(a[f"model/bank_{v}.memory"].shape[0] == 128 and a[f"model/bank_{v}.z"].item() > 0 for v in ("l", "ab"))
         assert any(k.startswith("model/ab_encoder.") for k in a)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sslcli.errors import UsageError
-from sslcli.methods import PRESET_FAMILIES
+from sslcli.methods import CONFIGS, PRESET_FAMILIES
 from sslcli.spec import FinetuneSpec, PretrainSpec, ProbeSpec, list_presets, parse_set, resolve
 
 
@@ -94,10 +94,12 @@ def test_method_switch_against_a_preset_of_another_method_is_refused():
 def test_every_shipped_preset_is_a_valid_spec():
     names = [name for name, _ in list_presets()]
     assert {"quickstart", "simclr-cifar10", "simclr-imagenette"} <= set(names)
+    # A preset's name starts with its method or recipe, which may hold a dash itself (s4l-exemplar, cpc-v1).
+    families = sorted([*CONFIGS, *PRESET_FAMILIES], key=len, reverse=True)
     for name, description in list_presets():
         assert description, f"preset {name} has no description"
         spec = resolve(PretrainSpec, preset=name)
-        prefix = "simclr" if name == "quickstart" else name.split("-")[0]
+        prefix = "simclr" if name == "quickstart" else next(f for f in families if name.startswith(f"{f}-"))
         assert spec.method.name == PRESET_FAMILIES.get(prefix, prefix), name
     cifar = resolve(PretrainSpec, preset="simclr-cifar10")
     assert (cifar.encoder.name, cifar.train.batch_size, cifar.train.epochs) == ("resnet18", 512, 800)

@@ -57,11 +57,12 @@ LAYERS: dict[str, set[str]] = {
              "stop_signals", "sizing", "views", "colour", "headers", "onednn", "run_lock", "encoder_args",
              "image_lists", "extras"},
     "data and models": {"data", "pixels", "cache", "augment", "splits", "encoders", "heads", "losses", "evaluate",
-                        "features", "checkpoint", "weights", "embedding_files", "nearest"},
+                        "features", "checkpoint", "weights", "embedding_files", "nearest", "video", "video_data",
+                        "clip_features"},
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
                "report", "resume", "semi_supervised", "training_data", "trackers", "command_specs", "onnx_export",
-               "hub_folder", "embedding_map"},
+               "hub_folder", "embedding_map", "clip_training"},
     "commands": {"commands", "cli", "__main__"},
     "public API": {"sslcli", "api"},  # the package's face: sslcli.pretrain(...) runs the commands
 }

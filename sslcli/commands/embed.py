@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sslcli import __version__, checkpoint, console, data, embedding_files
+from sslcli import __version__, checkpoint, clip_features, console, data, embedding_files, video
 from sslcli.device import resolve_device
 from sslcli.embedding_files import EMBEDDINGS_FORMAT, format_of, index_path, targets
 from sslcli.errors import UsageError
@@ -35,12 +35,19 @@ def run(spec: EmbedSpec) -> dict[str, Any]:
     if kind == "csv" and sibling.is_file():  # this CSV would replace the index the embeddings beside it need
         raise UsageError(f"{out} is the index of {sibling}; choose another --out for the CSV with vectors")
     model, info, meta = checkpoint.load_encoder(encoder)
-    images = data.find_images(data_dir)
     policy = data.BadImagePolicy(spec.on_bad_image)
-    console.info(f"embedding {len(images)} images from {data_dir} with {info.name} at {info.image_size} px")
-    features, kept_t = extract_features(model, info, images.paths, batch_size=spec.batch_size,
-                                        num_workers=data.default_workers(spec.num_workers),
-                                        device=resolve_device(spec.device), policy=policy)
+    common = dict(batch_size=spec.batch_size, num_workers=data.default_workers(spec.num_workers),
+                  device=resolve_device(spec.device), policy=policy)
+    if clip_features.is_video_folder(data_dir):  # one row per clip: the mean of its frames' features
+        images = video.find_clips(data_dir)
+        fps = clip_features.training_fps(meta)
+        console.info(f"embedding {len(images)} clips from {data_dir} with {info.name} at {info.image_size} px, each "
+                     f"the mean of its frames ({f'{fps:g} fps' if fps else 'every frame'})")
+        features, kept_t = clip_features.extract_clip_features(model, info, images.clips, fps=fps, **common)
+    else:
+        images = data.find_images(data_dir)
+        console.info(f"embedding {len(images)} images from {data_dir} with {info.name} at {info.image_size} px")
+        features, kept_t = extract_features(model, info, images.paths, **common)
     kept = kept_t.tolist()
     rows = [(row, str(images.paths[i]), images.labels[i] if images.labels is not None else None,
              images.classes[images.labels[i]] if images.labels is not None and images.classes is not None else None)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sslcli import cache, console, data, distributed, weights
+from sslcli import cache, clip_features, console, data, distributed, weights
 from sslcli.device import resolve_device
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import UsageError
@@ -35,8 +35,9 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
     # sslcli's pretraining added to it is the difference between its scores and the encoder's.
     start_model, start_source = (starting_backbone(settings.start, info, spec.encoder) if settings.start
                                  else (None, None))
-    train_set, val_set, val_labels_all = labeled_splits(spec.data.path, spec.data.val, spec.data.label_fraction,
-                                                        settings.seed)
+    video_input = clip_features.is_video_folder(spec.data.path)  # CLASS/clip.mp4: one feature per clip
+    splits = clip_features.labeled_clip_splits if video_input else labeled_splits
+    train_set, val_set, val_labels_all = splits(spec.data.path, spec.data.val, spec.data.label_fraction, settings.seed)
     num_classes = len(train_set.classes or [])
     policy = data.BadImagePolicy(spec.data.on_bad_image)
     workers = data.default_workers(spec.data.num_workers)
@@ -44,8 +45,19 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
                  f"{info.name} at {info.image_size} px on {device}")
     common = dict(batch_size=settings.batch_size, num_workers=workers, device=device, policy=policy,
                   caching=cache.CachePolicy(spec.data.cache))
-    train_f, train_kept = extract_features(model, info, train_set.paths, **common)
-    val_f, val_kept = extract_features(model, info, val_set.paths, **common)
+    if video_input:  # a clip's feature is the mean of its frames', at the rate the encoder was trained with
+        fps = clip_features.training_fps(meta)
+        console.info(f"video: the {len(train_set)} train and {len(val_set)} eval items are clips, each the mean of "
+                     f"its frames' features ({f'{fps:g} fps' if fps else 'every frame'})")
+
+        def extract(model, info, clips, **kwargs):
+            return clip_features.extract_clip_features(model, info, clips, fps=fps, **kwargs)
+
+        items = train_set.clips, val_set.clips
+    else:
+        extract, items = extract_features, (train_set.paths, val_set.paths)
+    train_f, train_kept = extract(model, info, items[0], **common)
+    val_f, val_kept = extract(model, info, items[1], **common)
     baseline_f = None
     if settings.baseline:
         # The same architecture (kwargs, small stem) at a seeded random init: what the training added is the
@@ -53,13 +65,11 @@ def run(spec: ProbeSpec) -> dict[str, Any]:
         console.info(f"random-init baseline: the same {info.name} at seed {settings.seed}, features again")
         torch.manual_seed(settings.seed)
         random_init = rebuild_encoder(info)
-        baseline_f = (extract_features(random_init, info, train_set.paths, **common)[0],
-                      extract_features(random_init, info, val_set.paths, **common)[0])
+        baseline_f = (extract(random_init, info, items[0], **common)[0], extract(random_init, info, items[1], **common)[0])
     start_f = None
     if start_model is not None:
         console.info(f"starting-weights baseline: {start_source.ref} in the same {info.name}, features again")
-        start_f = (extract_features(start_model, info, train_set.paths, **common)[0],
-                   extract_features(start_model, info, val_set.paths, **common)[0])
+        start_f = (extract(start_model, info, items[0], **common)[0], extract(start_model, info, items[1], **common)[0])
     train_y = torch.tensor(train_set.labels)[train_kept]
     val_y = val_labels_all[val_kept]
     if not distributed.is_main():

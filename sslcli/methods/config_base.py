@@ -55,11 +55,19 @@ class MethodConfigBase(BaseModel):
     # discovered method with them, so a new method is tested without editing the tests.
     tiny: ClassVar[dict[str, Any]] = {}
     num_views: ClassVar[int] = 2  # views drawn per image, each with the spec's augmentation
+    # A temporal method learns from K frames of one clip per sample (video input): its batches are uint8
+    # [B, K, 3, S, S] tuples that frame_sampler() picks from the frame cache; 0 for the image methods.
+    frames_per_sample: ClassVar[int] = 0
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         """The augmentation recipe of each view, from the spec's augment section: num_views alike by default;
         the mixins below give BYOL's asymmetric views and multi-crop's local views."""
         return [augment] * self.num_views
+
+    def frame_sampler(self) -> Any:
+        """A temporal method's sampler (video_data.Sampler, with `min_frames`): which K frames of a clip each
+        sample of a batch takes. None for the image methods."""
+        return None
 
     def untrained_epochs(self) -> int:
         """The epochs at the start of a run that train nothing with these settings (memory_pass_epochs, or a

@@ -17,6 +17,10 @@ class CPCConfig(MethodConfigBase):
     family: ClassVar[str] = "contrastive"
     num_views: ClassVar[int] = 1  # colour is augmented per patch in forward
     model: ClassVar[str] = "CPC"
+    recipes: ClassVar[dict[str, str]] = {
+        "cpc-v1": "CPC v1 (van den Oord et al. 2018): top-down only, batch norm, no patch augmentation, offsets "
+                  "from 1",
+    }
     tiny: ClassVar[dict[str, Any]] = {"context_blocks": 1, "context_dim": 16, "target_dim": 16}
     encoder_input: ClassVar[str] = ("trained on patches: a grid_size x grid_size grid of half-overlapping patches of "
                                     "side 2 x image_size // (grid_size + 1), each augmented and pooled alone; a whole "

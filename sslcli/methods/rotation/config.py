@@ -15,6 +15,10 @@ class RotationConfig(MethodConfigBase):
     family: ClassVar[str] = "pretext"
     num_views: ClassVar[int] = 1  # rotated four ways in forward
     model: ClassVar[str] = "Rotation"
+    recipes: ClassVar[dict[str, str]] = {
+        "s4l-rotation": "S4L-Rotation: the rotation loss plus a supervised head on 10 % of the labels "
+                        "(data.label_fraction)",
+    }
     tiny: ClassVar[dict[str, Any]] = {}
     name: Literal["rotation"] = "rotation"
     head_hidden_dim: int = Field(0, ge=0, description="hidden width of the 4-way head; 0 = a linear head on the "
