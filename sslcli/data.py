@@ -205,7 +205,8 @@ def _reason(path: Path, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size`, centre crop (images here, video frames in video.py)."""
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -230,11 +231,11 @@ def decode_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
             if channels == 3 and path.suffix.lower() != ".npy":
                 with Image.open(path) as img:
                     img.load()  # decode everything now, so a truncated file fails here and not later
-                    out = np.asarray(_resize_center_crop(to_rgb(img), size), dtype=np.uint8)
+                    out = np.asarray(resize_center_crop(to_rgb(img), size), dtype=np.uint8)
             else:
                 planes = read_pixels(path, channels)
                 # Pillow resizes one 8-bit plane at a time ("L"): the same filter as RGB images get.
-                out = np.stack([np.asarray(_resize_center_crop(Image.fromarray(planes[:, :, c]), size))
+                out = np.stack([np.asarray(resize_center_crop(Image.fromarray(planes[:, :, c]), size))
                                 for c in range(channels)], axis=2)
     except Exception as exc:
         # Pillow's format plugins raise a zoo of types on bad input (OSError, SyntaxError, ValueError,

@@ -144,15 +144,11 @@ def _open_reason(path: Path) -> str:
     return "not a video, or a format PyAV (FFmpeg) cannot read"
 
 
-def _resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
+def _frame_array(img: Image.Image, size: int) -> np.ndarray:
     """As data.decode_image does for images: shorter side to `size`, centre crop; uint8 [3, size, size]."""
-    w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    out = np.asarray(img.convert("RGB").crop((left, top, left + size, top + size)), dtype=np.uint8)
+    from sslcli.data import resize_center_crop  # data imports torch; the clip listing here stays light
+
+    out = np.asarray(resize_center_crop(img, size).convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
@@ -201,7 +197,7 @@ def decode_video(path: Path, size: int, fps: float | None) -> np.ndarray:
                 t = float(frame.time) if frame.time is not None else decoded / rate
                 decoded += 1
                 if sampler.keep(t):  # converted at once: a decoded frame at full size is megabytes
-                    kept.append(_resize_center_crop(frame.to_image(), size))
+                    kept.append(_frame_array(frame.to_image(), size))
         except av.error.FFmpegError as exc:
             raise BadClipError(path, f"truncated or corrupt video: decoding stopped after {decoded} frames "
                                f"({exc.strerror or exc})") from exc
@@ -226,7 +222,7 @@ def decode_frame_folder(clip: Clip, size: int) -> np.ndarray:
                 elif img.size != shape:
                     raise BadClipError(clip.path, f"frames of different sizes ({shape[0]}x{shape[1]} in "
                                        f"{clip.frames[0].name}, {img.size[0]}x{img.size[1]} in {path.name})")
-                out.append(_resize_center_crop(img, size))
+                out.append(_frame_array(img, size))
         except BadClipError:
             raise
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types on a bad file; all mean unreadable

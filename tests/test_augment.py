@@ -405,4 +405,5 @@ def test_module_has_no_loop_over_the_batch():
         "maps.items()",
         "rows",
         "groups",
+        "self(x.flatten(0, 1))",  # the views of a batch of frame tuples, each refolded to [B, K, ...]
     }, sources

@@ -434,6 +434,13 @@ NUMERIC_FIELDS = ["train.seed", "train.batch_size", "train.epochs", "train.max_s
                   "method.proj_out_dim", "augment.hue", "augment.blur_p", "augment.brightness"]
 
 
+def test_a_head_wider_than_sslcli_builds_is_refused_at_validation(tmp_path: Path):
+    """method.proj_hidden_dim=2**31 once reached the allocator (4 TB for one layer): any *_dim setting above
+    MAX_WIDTH is a spec error now, one line, exit 2, before anything is made."""
+    proc = sslcli_run("pretrain", str(tmp_path), "--set", "method.proj_hidden_dim=2147483648", "--dry-run")
+    assert proc.returncode == 2 and "wider than 131072" in proc.stderr and len(proc.stderr.splitlines()) <= 2
+
+
 class _Enough(Exception):
     """Two steps ran: the spec is one a run can use."""
 

@@ -25,6 +25,9 @@ FAMILIES = ("contrastive", "clustering", "distillation", "redundancy reduction",
 GEOMETRIC_VIEW = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}
 
 
+MAX_WIDTH = 131072  # the widest head layer (DINOv2 ViT-L/g: 131,072 prototypes, the widest published)
+
+
 class MethodConfigBase(BaseModel):
     """A method's settings (the spec's `method` section) and its description."""
 
@@ -58,6 +61,15 @@ class MethodConfigBase(BaseModel):
     # A temporal method learns from K frames of one clip per sample (video input): its batches are uint8
     # [B, K, 3, S, S] tuples that frame_sampler() picks from the frame cache; 0 for the image methods.
     frames_per_sample: ClassVar[int] = 0
+
+    @model_validator(mode="after")
+    def _widths_are_buildable(self) -> MethodConfigBase:
+        # A head's width (any *_dim setting) beyond MAX_WIDTH would allocate gigabytes per layer: refused here,
+        # one line, rather than failing with an allocator error when the model is built.
+        for name, value in self:
+            if name.endswith("_dim") and isinstance(value, int) and value > MAX_WIDTH:
+                raise ValueError(f"method.{name}={value} is wider than {MAX_WIDTH}, the widest head sslcli builds")
+        return self
 
     def views(self, augment: ViewConfig) -> list[ViewConfig]:
         """The augmentation recipe of each view, from the spec's augment section: num_views alike by default;
