@@ -17,6 +17,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _console_as_the_cli_starts():
+    """A test that runs the CLI in this process with --quiet (cli.main([... "-q"])) would leave the console
+    quiet for the next test of the same worker: each test starts, and leaves, it as a fresh process has it."""
+    from sslcli import console
+
+    console.configure(quiet=False)
+    yield
+    console.configure(quiet=False)
+
+
+@pytest.fixture(autouse=True)
 def _private_decode_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never write to the user's ~/.cache; subprocesses inherit the variable."""
     monkeypatch.setenv("SSLCLI_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "decode-cache"))
