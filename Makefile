@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data/cifar10
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-bench test test-gpu lint demo bench-demo bench-quickstart bench-finetune bench-throughput bench-augment bench-methods bench-presets bench-gpu clean
+.PHONY: install install-bench test test-gpu lint demo bench-demo bench-quickstart bench-finetune bench-throughput bench-augment bench-methods bench-presets bench-gpu gpu-smoke gpu-carry clean
 
 install: $(VENV)/.installed
 
@@ -91,6 +91,21 @@ BUDGET ?= 5m
 COMPILE ?= 0
 bench-gpu: install-bench
 	$(BIN)/python -m bench.gpu --data $(DATA) --budget $(BUDGET) $(if $(filter 1,$(COMPILE)),--compile)
+
+# Every -cifar10 preset 30 steps on CUDA under train.debug_sync, then probed: one line per method with its img/s.
+gpu-smoke: install
+	$(BIN)/python -m bench.gpu_smoke --data $(DATA)
+
+# For a lent GPU machine without network (Python 3.12, torch and timm, not pydantic nor lightly): the wheels it
+# lacks (pydantic at this venv's versions) and DATA as an archive, into .device-data/ (git-ignored). Carry
+# .device-data there and run `bash bench/gpu_session.sh` (the GPU tests, gpu-smoke and bench-gpu in one call).
+GPU_PYTHON ?= 3.12
+GPU_WHEELS = $(shell $(BIN)/python -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('pydantic', 'pydantic-core', 'annotated-types', 'typing-inspection', 'typing-extensions')))") lightly lightning-utilities
+gpu-carry: install
+	mkdir -p .device-data/whl
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+	    --platform manylinux2014_x86_64 -d .device-data/whl $(GPU_WHEELS)
+	tar czf .device-data/cifar10.tgz -C $(dir $(abspath $(DATA))) $(notdir $(abspath $(DATA)))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
