@@ -2,12 +2,14 @@
 # Everything the GPU issue needs measured, in one call on a lent CUDA machine that has torch but neither our
 # optional wheels nor ../shared: `make gpu-carry` (here) packs them into .device-data/, and on the GPU machine
 #
-#     bash bench/gpu_session.sh [test] [smoke] [bench]        # default: all three, in that order
+#     bash bench/gpu_session.sh [test] [smoke] [bench] [presets]   # default: test smoke bench
 #
 # runs: test = the GPU tests as `make test-gpu` runs them (tests/test_gpu.py alone: the image lacks the
 # optional packages other test files import); smoke = bench/gpu_smoke.py (every -cifar10 preset
 # 30 steps under train.debug_sync, then probed); bench = bench/gpu.py (throughput a/b/c, then
-# simclr-cifar10-fast for BUDGET and its probe). Each stage's output goes to $OUT/<stage>.log ($OUT: the device
+# simclr-cifar10-fast for BUDGET and its probe); presets = bench/presets.py measuring PRESETS (default
+# simclr-cifar10-fast,byol-cifar10) for PRESET_BUDGET (2m) each, the figures to write into [preset.expected]
+# with device = "cuda" and that budget. Each stage's output goes to $OUT/<stage>.log ($OUT: the device
 # tool's output folder, else runs/gpu-session) and its exit code to $OUT/status.txt; a stage that fails or
 # runs past its time limit does not stop the next. One device command may run 10 minutes, so a session is two
 # calls: `bash bench/gpu_session.sh test smoke` (about 6 minutes), then `BUDGET=3m bash bench/gpu_session.sh bench`.
@@ -50,7 +52,9 @@ for name in "${@:-test smoke bench}"; do
                       --durations 0 -p no:cacheprovider ;;
             smoke) stage smoke 330 python -m bench.gpu_smoke --steps "${SMOKE_STEPS:-30}" ;;
             bench) stage bench 540 python -m bench.gpu --budget "$BUDGET" ;;
-            *) echo "unknown stage: $one (test, smoke, bench)" >&2; exit 2 ;;
+            presets) stage presets 570 python -m bench.presets --device cuda --budget "${PRESET_BUDGET:-2m}" \
+                         --presets "${PRESETS:-simclr-cifar10-fast,byol-cifar10}" ;;
+            *) echo "unknown stage: $one (test, smoke, bench, presets)" >&2; exit 2 ;;
         esac
     done
 done

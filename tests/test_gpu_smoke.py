@@ -52,3 +52,30 @@ def test_a_failing_preset_is_one_line_and_exit_1(cifar_tiny):
     line = next(line for line in result.stdout.splitlines() if line.startswith("simclr-cifar10"))
     assert "FAILED" in line and "batch size" in line
     assert json.loads(result.stdout.strip().splitlines()[-1])["failed"] == ["simclr-cifar10"]
+
+
+def test_bench_presets_checks_a_gpu_figure_at_its_own_budget(monkeypatch, tmp_path):
+    import sslcli.spec
+    from bench.presets import _spec
+
+    figure = {"knn_top1": 85.0, "tolerance": 2.0, "device": "cuda", "budget": "5m"}
+    monkeypatch.setattr(sslcli.spec, "preset_expectations", lambda: {"simclr-cifar10-fast": figure})
+    spec = _spec("simclr-cifar10-fast", tmp_path, device="cuda")
+    assert spec.train.budget == 300 and spec.train.device == "cuda"
+    assert _spec("simclr-cifar10-fast", tmp_path, budget="3m").train.budget == 180  # --budget measures another
+    monkeypatch.setattr(sslcli.spec, "preset_expectations", lambda: {})
+    assert _spec("simclr-cifar10-fast", tmp_path).train.budget is None  # no figure, no budget: its own epochs
+
+
+def test_bench_presets_runs_the_figures_of_this_device():
+    from bench.presets import presets_for
+
+    expected = {"quickstart": {"knn_top1": 46.9}, "simclr-cifar10-fast": {"knn_top1": 85.0, "device": "cuda"}}
+    assert presets_for(expected, "cpu") == ["quickstart"]
+    assert presets_for(expected, "cuda") == ["simclr-cifar10-fast"]
+
+
+def test_bench_presets_refuses_a_preset_without_a_figure_unless_given_a_budget():
+    result = subprocess.run([sys.executable, "-m", "bench.presets", "--device", "cpu", "--presets", "simclr-cifar10"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "carries no expected figure: give --budget" in result.stderr
