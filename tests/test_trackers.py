@@ -242,3 +242,36 @@ def test_a_tracker_that_cannot_start_stops_the_command_before_training(cifar_tin
     assert len(errors) == 1 and errors[0].startswith("error: --log-to mlflow: cannot start its run ("), lines
     assert "bogus://nowhere" in errors[0] and "fix MLFLOW_TRACKING_URI or leave mlflow out of --log-to" in errors[0]
     assert not (run / "metrics.jsonl").exists() and not (run / "encoder.safetensors").exists()  # nothing trained
+
+
+# ---------------------------------------------------------------- torchrun
+
+
+def test_under_torchrun_only_rank_0_logs_each_step_once(cifar_tiny: Path, tmp_path: Path):
+    """Two ranks (gloo, CPU) train one run: one TensorBoard event file and one MLflow run, each step once."""
+    from tests.test_distributed import torchrun
+
+    run = tmp_path / "run"
+    proc = torchrun("-m", "sslcli", "pretrain", str(cifar_tiny), "--out", str(run), "--log-to", "tensorboard,mlflow",
+                    *TINY, "--json", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # one JSON object: rank 1 prints nothing
+    assert summary["processes"] == 2 and summary["steps"] == 2 * (100 // 32)
+    steps = list(range(1, summary["steps"] + 1))
+    assert [s for s, _ in metrics_of(run, "loss")] == steps
+
+    events = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    assert events == sorted((run / "tensorboard").glob("events.out.tfevents.*")) and len(events) == 1, events
+    scalars = tensorboard_scalars(run / "tensorboard")
+    assert [s for s, _ in scalars["loss"]] == steps  # each step once
+    assert [v for _, v in scalars["loss"]] == pytest.approx([v for _, v in metrics_of(run, "loss")], rel=1e-6)
+
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("mlruns")) == [Path("run/mlruns")]
+    client = mlflow_client(run)
+    experiment = client.get_experiment_by_name("sslcli")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].info.run_id == json.loads((run / "trackers.json").read_text())["mlflow"]["run_id"]
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == steps
+    started = [line for line in proc.stderr.splitlines() if line.startswith(("tensorboard: ", "mlflow: "))]
+    assert len(started) == 2 and all(" started run " in line for line in started), started
