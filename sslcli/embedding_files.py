@@ -187,6 +187,9 @@ class EmbeddingsFile:
         return next((row[0] for row in self.rows if os.path.abspath(row[1]) == absolute), None)
 
 
+CHUNK_ROWS_READ = 4096  # rows parsed at a time when one vector is wanted
+
+
 class _RowsInOrder(EmbeddingsFile):
     """A format whose rows are read in file order: one row's vector is found by reading up to its chunk."""
 
@@ -195,9 +198,6 @@ class _RowsInOrder(EmbeddingsFile):
             if start <= row < start + len(chunk):
                 return chunk[row - start]
         raise IndexError(row)
-
-
-CHUNK_ROWS_READ = 4096  # rows parsed at a time when one vector is wanted
 
 
 class ParquetEmbeddings(_RowsInOrder):

@@ -247,3 +247,37 @@ def test_neighbors_refuses_an_index_a_broken_csv_and_a_foreign_parquet(embedded:
     assert_one_clean_error(proc, 2, "no `path` and `embedding` columns")
     proc = cli(capsys, "neighbors", str(tmp_path / "e.npy"), "--query", "a.jpg")
     assert_one_clean_error(proc, 2, ".safetensors (with its CSV index beside it), .parquet or .csv")
+
+
+def test_a_parquet_of_plain_lists_is_searched_and_one_of_unequal_lists_refused(tmp_path: Path, capsys):
+    """A Parquet made elsewhere (pandas, polars: a `list<double>` column, no sslcli metadata) is searched too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = [[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.7, 0.0, 0.7]]
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"path": [f"{i}.jpg" for i in range(4)], "embedding": vectors}), plain)
+    proc = cli(capsys, "neighbors", str(plain), "--query", "0.jpg", "-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["neighbors"]
+    assert [n["path"] for n in found] == ["1.jpg", "3.jpg", "2.jpg"] and found[0]["class"] is None
+    assert found[0]["similarity"] == pytest.approx(0.9 / (0.81 + 0.01) ** 0.5, abs=1e-6)
+    ragged = tmp_path / "ragged.parquet"
+    pq.write_table(pa.table({"path": ["a.jpg", "b.jpg"], "embedding": [[1.0, 0.0], [1.0, 0.0, 0.0]]}), ragged)
+    proc = cli(capsys, "neighbors", str(ragged), "--query", "a.jpg")
+    assert_one_clean_error(proc, 2, "the `embedding` rows are not all 2 numbers long")
+
+
+def test_neighbors_over_parquet_without_its_extra_names_the_install(embedded_as: dict[str, Path], monkeypatch,
+                                                                    capsys):
+    real = importlib.import_module
+
+    def without_pyarrow(name: str, *args):
+        if name.startswith("pyarrow"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_pyarrow)
+    proc = cli(capsys, "neighbors", str(embedded_as["parquet"]), "--query", "x.jpg")
+    assert_one_clean_error(proc, 2, "neighbors over a .parquet needs the optional package pyarrow: "
+                                    "pip install 'sslcli[parquet]'")
