@@ -275,3 +275,23 @@ def test_under_torchrun_only_rank_0_logs_each_step_once(cifar_tiny: Path, tmp_pa
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == steps
     started = [line for line in proc.stderr.splitlines() if line.startswith(("tensorboard: ", "mlflow: "))]
     assert len(started) == 2 and all(" started run " in line for line in started), started
+
+
+def test_under_torchrun_a_tracker_that_cannot_start_stops_every_rank_before_training(
+        cifar_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Rank 0 alone opens the trackers; the others learn it failed and stop too (exit 2, one line each), instead
+    of waiting for it in the first step's all-reduce until gloo reports a closed connection (a RuntimeError)."""
+    from tests.test_distributed import torchrun
+
+    run = tmp_path / "run"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://nowhere")
+    proc = torchrun("-m", "sslcli", "pretrain", str(cifar_tiny), "--out", str(run), "--log-to", "mlflow", *TINY,
+                    cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 2, proc.stderr[-3000:]
+    assert errors[0].startswith("error: --log-to mlflow: cannot start its run (") or \
+        errors[1].startswith("error: --log-to mlflow: cannot start its run (")
+    assert any(line.startswith("error: [rank 1] rank 0 could not start the experiment trackers") for line in errors)
+    assert not any("RuntimeError" in line for line in errors) and "exitcode: 2" in proc.stderr  # torchrun's report
+    assert not (run / "metrics.jsonl").exists()

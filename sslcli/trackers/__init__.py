@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from sslcli import console
+import torch
+
+from sslcli import console, distributed
 from sslcli.errors import UsageError
 from sslcli.files import atomic_write_json
 
@@ -194,10 +196,23 @@ def reason(exc: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
 
 
-def open_trackers(names: list[str], folder: Path, spec: dict[str, Any], experiment: str,
-                  start_step: int = 0) -> Trackers | None:
-    """The run's trackers, or None when none was asked for."""
+def open_trackers(names: list[str], folder: Path, spec: dict[str, Any], experiment: str, start_step: int = 0,
+                  device: torch.device | None = None) -> Trackers | None:
+    """The run's trackers, opened by rank 0 (None on the other ranks, and when none was asked for).
+
+    Called on every rank: under torchrun they all learn whether rank 0 could start its trackers, so a tracker
+    that cannot start stops every rank before training (with its one line from rank 0), not rank 0 alone while
+    the others wait for it in the first step."""
     if not names:
         return None
     check_installed(names)
-    return Trackers(names, folder, spec, experiment, start_step)
+    opened, failure = None, None
+    if distributed.is_main():
+        try:
+            opened = Trackers(names, folder, spec, experiment, start_step)
+        except UsageError as exc:
+            failure = exc
+    if not distributed.every_rank_ok(failure is None, device or torch.device("cpu")):
+        raise failure or UsageError("rank 0 could not start the experiment trackers of --log-to (its error is "
+                                    "above); no rank trained")
+    return opened
