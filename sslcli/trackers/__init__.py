@@ -85,7 +85,8 @@ class Trackers:
     """The chosen trackers of one run folder, fed the run's records as metrics.jsonl gets them.
 
     start_step > 0: a resumed run. Each tracker named in RUN/trackers.json reopens its run and is sent only steps
-    after the last it holds; a tracker new to the run gets the history metrics.jsonl kept first (backfill)."""
+    after the last it holds; first, each gets the part of the history metrics.jsonl kept that it lacks (backfill:
+    all of it for a tracker new to the run, the steps after its failure for one dropped before the stop)."""
 
     def __init__(self, names: list[str], folder: Path, spec: dict[str, Any], experiment: str, start_step: int = 0):
         self.folder, self.state_path = Path(folder), Path(folder) / STATE_FILE
