@@ -286,8 +286,8 @@ def embed(
 
 @app.command(cls=Command)
 def neighbors(
-    embeddings: Path = typer.Argument(..., metavar="EMBEDDINGS", help="an embeddings .safetensors written by sslcli "
-                                      "embed (its CSV index beside it)"),
+    embeddings: Path = typer.Argument(..., metavar="EMBEDDINGS", help="embeddings written by sslcli embed: a "
+                                      ".safetensors (its CSV index beside it), a .parquet or a .csv"),
     query: str = typer.Option(..., "--query", help="an image file, or a path in the embeddings' index"),
     k: int = typer.Option(10, "-k", "--k", help="how many neighbours"),
     encoder: Path = typer.Option(None, "--encoder", "-e", help="the encoder that embeds an image query (default: the "

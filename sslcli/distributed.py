@@ -162,6 +162,17 @@ def sum_with_gradients(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def every_rank_ok(ok: bool, device: torch.device) -> bool:
+    """Whether `ok` holds on every rank (one all-reduce): a step that fails on one rank (rank 0 opening the
+    experiment trackers) stops every rank at the same point, instead of the others waiting for it in training."""
+    if not is_distributed():
+        return ok
+    failed = torch.tensor([0 if ok else 1], device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    return int(failed.item()) == 0
+
+
+@torch.no_grad()
 def all_reduce_(x: Tensor, op: str = "sum") -> Tensor:
     """In-place sum or max over the ranks, without gradients (Sinkhorn sums, DINO's center, loop flags)."""
     if is_distributed() and not _local_statistics:

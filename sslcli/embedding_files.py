@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_bytes
@@ -117,8 +118,23 @@ def _write_csv(out: Path, features: torch.Tensor, rows: list[Row]) -> None:
 # ---------------------------------------------------------------- reading (neighbors)
 
 
+def open_embeddings(path: Path) -> EmbeddingsFile:
+    """Any of the three files `sslcli embed` writes, by its suffix, ready to be searched."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UsageError(f"{path}: embeddings are a .safetensors (with its CSV index beside it), .parquet or .csv "
+                         "written by `sslcli embed`")
+    if not path.is_file():
+        raise UsageError(f"{path} is not a file; expected embeddings written by `sslcli embed`")
+    return {"safetensors": EmbeddingsFile, "parquet": ParquetEmbeddings, "csv": CsvEmbeddings}[kind](path)
+
+
 class EmbeddingsFile:
-    """An embeddings .safetensors and its CSV index, checked; rows are read from disk a chunk at a time."""
+    """An embeddings .safetensors and its CSV index, checked; rows are read from disk a chunk at a time.
+
+    The other formats are subclasses with the same reading surface: path, metadata (the provenance embed
+    recorded, {} where the file keeps none), count, dim, rows (the index), chunks(), vector() and find()."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -169,3 +185,122 @@ class EmbeddingsFile:
                 return row[0]
         absolute = os.path.abspath(query)  # no file system calls: a few hundred thousand rows stay instant
         return next((row[0] for row in self.rows if os.path.abspath(row[1]) == absolute), None)
+
+
+CHUNK_ROWS_READ = 4096  # rows parsed at a time when one vector is wanted
+
+
+class _RowsInOrder(EmbeddingsFile):
+    """A format whose rows are read in file order: one row's vector is found by reading up to its chunk."""
+
+    def vector(self, row: int) -> torch.Tensor:
+        for start, chunk in self.chunks(CHUNK_ROWS_READ):
+            if start <= row < start + len(chunk):
+                return chunk[row - start]
+        raise IndexError(row)
+
+
+class ParquetEmbeddings(_RowsInOrder):
+    """`embed --out FILE.parquet`: the index columns read at once, the `embedding` column a batch at a time."""
+
+    def __init__(self, path: Path):
+        pa = require("pyarrow", "parquet", "neighbors over a .parquet")
+        pq = require("pyarrow.parquet", "parquet", "neighbors over a .parquet")
+        self.path = Path(path)
+        try:
+            self.file = pq.ParquetFile(str(self.path))
+        except (OSError, pa.ArrowException) as exc:
+            raise UsageError(f"{self.path} cannot be read as Parquet ({exc})") from None
+        schema = self.file.schema_arrow
+        raw = (schema.metadata or {}).get(b"sslcli")
+        self.metadata = {k: str(v) for k, v in json.loads(raw).items()} if raw else {}
+        names = set(schema.names)
+        if not {"path", "embedding"} <= names:
+            raise UsageError(f"{self.path} has no `path` and `embedding` columns; expected embeddings written by "
+                             "`sslcli embed --out FILE.parquet`")
+        kind = schema.field("embedding").type
+        if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+            raise UsageError(f"{self.path}: `embedding` is {kind}, not a list of numbers per row")
+        self.count = self.file.metadata.num_rows
+        columns = [c for c in ("path", "label", "class") if c in names]
+        index = self.file.read(columns=columns).to_pydict()
+        labels, classes = index.get("label", [None] * self.count), index.get("class", [None] * self.count)
+        # Rows are numbered by their place in the file, as the search numbers them.
+        self.rows = [(i, p, labels[i], classes[i]) for i, p in enumerate(index["path"])]
+        self.fixed = pa.types.is_fixed_size_list(kind)
+        self.dim = kind.list_size if self.fixed else self._first_length()
+
+    def _first_length(self) -> int:
+        for batch in self.file.iter_batches(batch_size=1, columns=["embedding"]):
+            return int(batch.column(0).value_lengths()[0].as_py() or 0)
+        return 0
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+        start = 0
+        for batch in self.file.iter_batches(batch_size=rows, columns=["embedding"]):
+            column = batch.column(0)
+            if column.null_count or (not self.fixed and set(column.value_lengths().to_pylist()) != {self.dim}):
+                raise UsageError(f"{self.path}: the `embedding` rows are not all {self.dim} numbers long")
+            values = column.flatten().to_numpy(zero_copy_only=False).astype("float32", copy=False)
+            yield start, torch.tensor(values.reshape(len(column), self.dim))  # a copy: arrow buffers are read-only
+            start += len(column)
+
+
+class CsvEmbeddings(_RowsInOrder):
+    """`embed --out FILE.csv`: row, path, label, class, e0 ... e{D-1}; parsed a chunk of lines at a time.
+
+    A CSV keeps no provenance: an image query needs --encoder. Text is slow to parse (10,000 x 512 took 7 s, 0.1 s
+    as .safetensors): for searching many images, .safetensors or .parquet."""
+
+    def __init__(self, path: Path):
+        self.path, self.metadata = Path(path), {}
+        header = self._header()
+        if "path" not in header or "e0" not in header:
+            beside = self.path.with_suffix(".safetensors")
+            if header[:2] == ["row", "path"] and beside.is_file():
+                raise UsageError(f"{self.path} is the index of {beside}: search that one")
+            raise UsageError(f"{self.path} has no `path` and `e0` ... columns; expected embeddings written by "
+                             "`sslcli embed --out FILE.csv`")
+        self.first = header.index("e0")
+        self.dim = len(header) - self.first
+        self.at = {name: header.index(name) for name in ("path", "label", "class") if name in header}
+        self.rows = []
+        for i, cells in enumerate(self._lines()):
+            label = cells[self.at["label"]] if "label" in self.at else ""
+            name = cells[self.at["class"]] if "class" in self.at else ""
+            self.rows.append((i, cells[self.at["path"]], int(label) if label else None, name or None))
+        self.count = len(self.rows)
+
+    def _open(self):
+        return open(self.path, newline="", encoding="utf-8", errors="surrogateescape")
+
+    def _header(self) -> list[str]:
+        with self._open() as f:
+            return next(csv.reader(f), [])
+
+    def _lines(self) -> Iterator[list[str]]:
+        with self._open() as f:
+            reader = csv.reader(f)
+            width = len(next(reader))
+            for number, cells in enumerate(reader, start=2):
+                if len(cells) != width:
+                    raise UsageError(f"{self.path}, line {number}: {len(cells)} cells, the header has {width}")
+                yield cells
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, torch.Tensor]]:
+        start, block = 0, []
+        for cells in self._lines():
+            block.append(cells[self.first:])
+            if len(block) == rows:
+                yield start, self._matrix(block, start)
+                start, block = start + len(block), []
+        if block:
+            yield start, self._matrix(block, start)
+
+    def _matrix(self, block: list[list[str]], start: int) -> torch.Tensor:
+        try:  # 9 significant digits read as a double round to the very float32 that was written
+            matrix = np.array(block, dtype=np.float64).astype(np.float32)
+        except ValueError:
+            raise UsageError(f"{self.path}: a vector between rows {start} and {start + len(block) - 1} holds a cell "
+                             "that is not a number") from None
+        return torch.from_numpy(matrix)

@@ -370,7 +370,8 @@ class EmbedSpec(Strict):
 
 
 class NeighborsSpec(Strict):
-    embeddings: Path = Field(description="an embeddings .safetensors written by sslcli embed (its CSV index beside it)")
+    embeddings: Path = Field(description="embeddings written by sslcli embed: a .safetensors (its CSV index beside "
+                             "it), a .parquet or a .csv")
     query: str = Field(description="an image file, or a path in the embeddings' index")
     k: int = Field(10, gt=0, le=1000, description="how many neighbours")
     encoder: Path | None = Field(None, description="the encoder that embeds an image query (default: the one the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,3 +134,47 @@ def test_ctrl_c_stops_after_a_checkpoint_and_raises_keyboard_interrupt(cifar_tin
     resumed = sslcli.pretrain(cifar_tiny, out=tmp_path / "run", resume="auto", monitor__knn_every=0,
                               monitor__report=False, **typed(TINY))
     assert resumed.resumed_from_step == 2 and resumed.steps == 8
+
+
+# The page's blocks with the data path and the training length made tiny (docs/python-api.md says how).
+PAGE_DATA = "../shared/data/cifar10"
+PAGE_TINY = {"encoder.name": "resnet10t", "encoder.small_stem": False, "method.proj_hidden_dim": 64,
+             "train.batch_size": 25, "train.log_every": 1, "data.num_workers": 0, "optim.warmup_epochs": 1}
+
+
+def page_blocks(data: Path) -> list[str]:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "python-api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    code = "\n\x00\n".join(blocks)
+    for old, new in {PAGE_DATA: str(data), "epochs=2": "epochs=1, **TINY", 'budget="3m"': "epochs=1, **TINY"}.items():
+        assert old in code, f"docs/python-api.md no longer has {old}: update the substitutions and the page"
+        code = code.replace(old, new)
+    return code.split("\n\x00\n")
+
+
+@pytest.mark.slow
+def test_the_python_api_page_runs_as_written(cifar_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    namespace: dict = {"TINY": PAGE_TINY}
+    blocks = page_blocks(cifar_tiny)
+    assert len(blocks) == 5
+    for block in blocks:
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)
+    run = namespace["run"]
+    assert isinstance(run, sslcli.PretrainResult) and run.run_dir.resolve() == (tmp_path / "runs/notebook").resolve()
+    assert run.steps == 100 // 25 and run.encoder.is_file() and (tmp_path / "runs/nb/encoder.safetensors").is_file()
+    steps, losses = run.curve("loss")
+    assert steps == list(range(1, run.steps + 1)) and len(losses) == run.steps
+    scores = namespace["scores"].as_json()
+    assert scores["n_train"] == 20 and scores["n_eval"] == 50  # label_fraction=0.2 of 10 per class
+    assert 0 <= scores["linear"]["top1"] <= 1 and "k20" in scores["knn"]
+    left, right = namespace["left"], namespace["right"]
+    assert [list(line.get_xdata()) for line in left.get_lines()] == [steps]
+    assert [list(line.get_ydata()) for line in right.get_lines()] == [run.curve("knn_top1")[1]]
+    encoder = namespace["encoder"]
+    assert namespace["features"].shape == (1, encoder.sslcli_info.feature_dim)
+    import torch
+
+    with torch.no_grad():
+        assert namespace["classifier"](namespace["x"]).shape == (1, 10)

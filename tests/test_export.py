@@ -215,8 +215,13 @@ def test_hf_export_of_a_small_stem_encoder_loads_with_the_card_s_lines(tmp_path:
     assert config["sslcli"]["small_stem"] is True and "must be applied" in config["sslcli"]["small_stem_load"]
     assert "The CIFAR stem must be applied by hand" in (out / "README.md").read_text()
     x, expected = reference_features(encoder, cifar_small)
-    namespace = run_card_code(out, Image.open(data.find_images(cifar_small / "test").paths[0]))
+    path = data.find_images(cifar_small / "test").paths[0]
+    namespace = run_card_code(out, Image.open(path))
     assert torch.equal(namespace["model"](x), expected)
+    # The card's preprocessing block (timm's transform from config.json) gives what sslcli's evaluation gives.
+    model, info, _ = checkpoint.load_encoder(encoder)
+    first = eval_view(data.decode_image(path, data.storage_size_for(32))[None], info)
+    assert torch.allclose(namespace["features"], model.eval()(first), atol=1e-5)
     # Without the card's lines the standard stem is built: a plain stem refuses the weights, a deep stem takes
     # them and computes something else, which is why the card says so in bold.
     if stem == "conv":

@@ -6,6 +6,7 @@ import csv
 import importlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from sslcli import nearest
 from sslcli.cli import main
 from sslcli.commands.embed import run as run_embed
-from sslcli.embedding_files import EmbeddingsFile
+from sslcli.embedding_files import EmbeddingsFile, open_embeddings
 from sslcli.spec import EmbedSpec
 from tests.helpers import images_are_valid_png
 from tests.test_cli import assert_one_clean_error, sslcli_run
@@ -148,3 +149,135 @@ def test_an_image_query_needs_the_very_encoder(embedded: Path, tmp_path: Path, r
     assert_one_clean_error(proc, 2, "--encoder ENCODER")
     proc = sslcli_run("neighbors", str(moved), "--query", str(tmp_path / "absent.jpg"))
     assert_one_clean_error(proc, 2, "neither an image file nor a path in the index")
+
+
+# ---------------------------------------------------------------- neighbors over .parquet and .csv
+
+
+def cli(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (a subprocess costs seconds of imports): its exit code, stdout and stderr."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as stopped:
+        code = stopped.code or 0
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+@pytest.fixture(scope="module")
+def embedded_as(tmp_path_factory: pytest.TempPathFactory, embedded: Path, resnet10t_encoder: Path,
+                cifar_tiny: Path) -> dict[str, Path]:
+    """The same 50 images embedded into each of the three formats embed writes."""
+    folder = tmp_path_factory.mktemp("formats")
+    files = {"safetensors": embedded}
+    for suffix in ("parquet", "csv"):
+        files[suffix] = folder / f"test.{suffix}"
+        run_embed(EmbedSpec(encoder=resnet10t_encoder, data=cifar_tiny / "test", out=files[suffix], num_workers=0))
+    return files
+
+
+def test_every_format_reads_back_the_same_rows_and_vectors_in_chunks(embedded_as: dict[str, Path]):
+    reference = EmbeddingsFile(embedded_as["safetensors"])
+    matrix = load_file(embedded_as["safetensors"])["embeddings"]
+    for kind in ("parquet", "csv"):
+        emb = open_embeddings(embedded_as[kind])
+        assert (emb.count, emb.dim) == (reference.count, reference.dim) == (50, 512)
+        assert emb.rows == reference.rows  # row, path, label, class
+        for chunk_rows in (7, 50):
+            starts, parts = zip(*emb.chunks(chunk_rows), strict=True)
+            assert list(starts) == list(range(0, 50, chunk_rows))
+            assert torch.equal(torch.cat(parts), matrix)  # float32 exactly, in every format
+        assert torch.equal(emb.vector(33), matrix[33])
+    assert open_embeddings(embedded_as["parquet"]).metadata["source_encoder"] == reference.metadata["source_encoder"]
+    assert open_embeddings(embedded_as["csv"]).metadata == {}  # a CSV keeps no provenance
+
+
+def test_neighbors_finds_the_same_images_in_every_format(embedded_as: dict[str, Path], capsys):
+    query = EmbeddingsFile(embedded_as["safetensors"]).rows[21][1]
+    results = {}
+    for kind, path in embedded_as.items():
+        proc = cli(capsys, "neighbors", str(path), "--query", query, "-k", "6", "--json")
+        assert proc.returncode == 0, proc.stderr
+        results[kind] = json.loads(proc.stdout)
+        assert results[kind]["embeddings"] == str(path) and results[kind]["query_row"] == 21
+    assert results["parquet"]["neighbors"] == results["csv"]["neighbors"] == results["safetensors"]["neighbors"]
+    matrix = load_file(embedded_as["safetensors"])["embeddings"]
+    assert [n["row"] for n in results["csv"]["neighbors"]] == brute_force(matrix, matrix[21], 6, exclude=21)
+
+
+def test_an_image_query_on_parquet_uses_the_recorded_encoder_and_on_csv_needs_one(
+        embedded_as: dict[str, Path], resnet10t_encoder: Path, tmp_path: Path, capsys):
+    copy = tmp_path / "query.jpg"
+    shutil.copy(EmbeddingsFile(embedded_as["safetensors"]).rows[8][1], copy)
+    proc = cli(capsys, "neighbors", str(embedded_as["parquet"]), "--query", str(copy), "-k", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)["neighbors"][0]
+    assert first["row"] == 8 and first["similarity"] > 0.9999
+    proc = cli(capsys, "neighbors", str(embedded_as["csv"]), "--query", str(copy))
+    assert_one_clean_error(proc, 2, "a .csv keeps no provenance", "--encoder ENCODER")
+    proc = cli(capsys, "neighbors", str(embedded_as["csv"]), "--query", str(copy), "-e", str(resnet10t_encoder),
+                      "--json")
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)["neighbors"][0]
+    assert first["row"] == 8 and first["similarity"] > 0.9999
+
+
+def test_neighbors_refuses_an_index_a_broken_csv_and_a_foreign_parquet(embedded: Path, embedded_as: dict[str, Path],
+                                                                      tmp_path: Path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    index = embedded.with_suffix(".csv")
+    proc = cli(capsys, "neighbors", str(index), "--query", "x.jpg")
+    assert_one_clean_error(proc, 2, f"{index} is the index of {embedded}: search that one")
+    lines = embedded_as["csv"].read_text().splitlines()
+    broken = tmp_path / "broken.csv"
+    cells = lines[3].split(",")
+    broken.write_text("\n".join([*lines[:3], ",".join([*cells[:-1], "nan?"]), *lines[4:]]) + "\n")
+    proc = cli(capsys, "neighbors", str(broken), "--query", cells[1])
+    assert_one_clean_error(proc, 2, f"{broken}: a vector between rows 0 and", "not a number")
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join([*lines[:3], ",".join(cells[:-1]), *lines[4:]]) + "\n")
+    proc = cli(capsys, "neighbors", str(short), "--query", cells[1])
+    assert_one_clean_error(proc, 2, f"{short}, line 4: 515 cells, the header has 516")
+    foreign = tmp_path / "foreign.parquet"
+    pq.write_table(pa.table({"file": ["a.jpg"], "vector": [[0.5, 1.0]]}), foreign)
+    proc = cli(capsys, "neighbors", str(foreign), "--query", "a.jpg")
+    assert_one_clean_error(proc, 2, "no `path` and `embedding` columns")
+    proc = cli(capsys, "neighbors", str(tmp_path / "e.npy"), "--query", "a.jpg")
+    assert_one_clean_error(proc, 2, ".safetensors (with its CSV index beside it), .parquet or .csv")
+
+
+def test_a_parquet_of_plain_lists_is_searched_and_one_of_unequal_lists_refused(tmp_path: Path, capsys):
+    """A Parquet made elsewhere (pandas, polars: a `list<double>` column, no sslcli metadata) is searched too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = [[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.7, 0.0, 0.7]]
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"path": [f"{i}.jpg" for i in range(4)], "embedding": vectors}), plain)
+    proc = cli(capsys, "neighbors", str(plain), "--query", "0.jpg", "-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)["neighbors"]
+    assert [n["path"] for n in found] == ["1.jpg", "3.jpg", "2.jpg"] and found[0]["class"] is None
+    assert found[0]["similarity"] == pytest.approx(0.9 / (0.81 + 0.01) ** 0.5, abs=1e-6)
+    ragged = tmp_path / "ragged.parquet"
+    pq.write_table(pa.table({"path": ["a.jpg", "b.jpg"], "embedding": [[1.0, 0.0], [1.0, 0.0, 0.0]]}), ragged)
+    proc = cli(capsys, "neighbors", str(ragged), "--query", "a.jpg")
+    assert_one_clean_error(proc, 2, "the `embedding` rows are not all 2 numbers long")
+
+
+def test_neighbors_over_parquet_without_its_extra_names_the_install(embedded_as: dict[str, Path], monkeypatch,
+                                                                    capsys):
+    real = importlib.import_module
+
+    def without_pyarrow(name: str, *args):
+        if name.startswith("pyarrow"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_pyarrow)
+    proc = cli(capsys, "neighbors", str(embedded_as["parquet"]), "--query", "x.jpg")
+    assert_one_clean_error(proc, 2, "neighbors over a .parquet needs the optional package pyarrow: "
+                                    "pip install 'sslcli[parquet]'")

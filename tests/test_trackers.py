@@ -150,3 +150,148 @@ def test_finetune_logs_its_metrics_and_classifier(resnet10t_encoder: Path, cifar
     run_id = json.loads((out / "trackers.json").read_text())["mlflow"]["run_id"]
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [s for s, _ in metrics_of(out, "loss")]
     assert "model/classifier.safetensors" in {f.path for f in client.list_artifacts(run_id, "model")}
+
+
+# ---------------------------------------------------------------- a tracker that fails
+
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--set", "encoder.name=resnet10t", "--set", "encoder.small_stem=false",
+        "--set", "method.proj_hidden_dim=64", "--set", "monitor.knn_every=0", "--set", "monitor.report=false",
+        "--set", "data.num_workers=0", "--set", "train.log_every=1", "--set", "optim.warmup_epochs=1"]
+
+
+def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, list[str]]:
+    """The CLI in this process: its exit code, stdout, and the warning and error lines of stderr."""
+    from sslcli.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as stopped:
+        code = stopped.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, [line for line in captured.err.splitlines() if line.startswith(("warning", "error"))]
+
+
+def take_store_away_at(monkeypatch: pytest.MonkeyPatch, step: int, store: Path, away: Path) -> None:
+    """MLflow's store disappears (a server gone, a disk unmounted) just before the record of `step` is sent."""
+    from sslcli import trackers
+
+    real = trackers.Trackers.record
+
+    def record(self, record):
+        if record.get("step") == step and "loss" in record and store.exists():
+            store.rename(away)
+        return real(self, record)
+
+    monkeypatch.setattr(trackers.Trackers, "record", record)
+
+
+def test_a_tracker_that_fails_mid_run_is_dropped_with_one_warning_and_training_ends_as_usual(
+        cifar_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    run = tmp_path / "run"
+    take_store_away_at(monkeypatch, 2, run / "mlruns", tmp_path / "gone")
+    code, out, lines = cli(capsys, "pretrain", str(cifar_tiny), "--out", str(run), "--log-to", "tensorboard,mlflow",
+                           *TINY, "--json")
+    assert code == 0, lines
+    result = json.loads(out)
+    failed = [line for line in lines if "mlflow" in line]
+    assert len(failed) == 1 and failed[0].startswith("warning: mlflow failed ("), lines
+    assert f"{run / 'mlruns'}' does not exist" in failed[0]  # MLflow's own reason
+    assert "not logging to mlflow for the rest of this run" in failed[0]
+    steps = list(range(1, result["steps"] + 1))
+    assert [s for s, _ in metrics_of(run, "loss")] == steps  # the run lost nothing
+    assert [s for s, _ in tensorboard_scalars(run / "tensorboard")["loss"]] == steps  # nor did the other tracker
+    assert (run / "encoder.safetensors").is_file()
+    state = json.loads((run / "trackers.json").read_text())
+    assert state["mlflow"]["sent_to"] == 1 and state["tensorboard"]["sent_to"] == result["steps"]
+    assert not (run / "mlruns").exists()  # nothing went on writing to the store once it failed
+
+
+def test_a_tracker_dropped_before_a_stop_gets_the_steps_it_missed_on_resume(
+        cifar_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from sslcli.commands import pretrain
+
+    run = tmp_path / "run"
+    spec = spec_for(cifar_tiny, run, **{"logging.to": "mlflow"})
+    with monkeypatch.context() as m:  # the store is away from step 3 to the stop after step 4, then back
+        take_store_away_at(m, 3, run / "mlruns", tmp_path / "away")
+        stop_after(m, 4)
+        with pytest.raises(Interrupted):
+            pretrain.run(spec)
+    state = json.loads((run / "trackers.json").read_text())
+    assert state["mlflow"]["sent_to"] == 2  # step 3 failed: not held
+    (tmp_path / "away").rename(run / "mlruns")
+    result = pretrain.run(spec, resume="auto")
+    assert result["resumed_from_step"] == 4
+    client = mlflow_client(run)
+    assert json.loads((run / "trackers.json").read_text())["mlflow"]["run_id"] == state["mlflow"]["run_id"]
+    history = client.get_metric_history(state["mlflow"]["run_id"], "loss")
+    assert sorted(m.step for m in history) == list(range(1, result["steps"] + 1))  # each step once
+    assert {m.step: m.value for m in history} == pytest.approx(dict(metrics_of(run, "loss")), rel=1e-6)
+
+
+def test_a_tracker_that_cannot_start_stops_the_command_before_training(cifar_tiny: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://nowhere")  # a scheme MLflow has no store for
+    run = tmp_path / "run"
+    code, out, lines = cli(capsys, "pretrain", str(cifar_tiny), "--out", str(run), "--log-to", "tensorboard,mlflow",
+                           *TINY)
+    assert code == 2 and out == ""
+    errors = [line for line in lines if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith("error: --log-to mlflow: cannot start its run ("), lines
+    assert "bogus://nowhere" in errors[0] and "fix MLFLOW_TRACKING_URI or leave mlflow out of --log-to" in errors[0]
+    assert not (run / "metrics.jsonl").exists() and not (run / "encoder.safetensors").exists()  # nothing trained
+
+
+# ---------------------------------------------------------------- torchrun
+
+
+def test_under_torchrun_only_rank_0_logs_each_step_once(cifar_tiny: Path, tmp_path: Path):
+    """Two ranks (gloo, CPU) train one run: one TensorBoard event file and one MLflow run, each step once."""
+    from tests.test_distributed import torchrun
+
+    run = tmp_path / "run"
+    proc = torchrun("-m", "sslcli", "pretrain", str(cifar_tiny), "--out", str(run), "--log-to", "tensorboard,mlflow",
+                    *TINY, "--json", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # one JSON object: rank 1 prints nothing
+    assert summary["processes"] == 2 and summary["steps"] == 2 * (100 // 32)
+    steps = list(range(1, summary["steps"] + 1))
+    assert [s for s, _ in metrics_of(run, "loss")] == steps
+
+    events = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    assert events == sorted((run / "tensorboard").glob("events.out.tfevents.*")) and len(events) == 1, events
+    scalars = tensorboard_scalars(run / "tensorboard")
+    assert [s for s, _ in scalars["loss"]] == steps  # each step once
+    assert [v for _, v in scalars["loss"]] == pytest.approx([v for _, v in metrics_of(run, "loss")], rel=1e-6)
+
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("mlruns")) == [Path("run/mlruns")]
+    client = mlflow_client(run)
+    experiment = client.get_experiment_by_name("sslcli")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].info.run_id == json.loads((run / "trackers.json").read_text())["mlflow"]["run_id"]
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == steps
+    started = [line for line in proc.stderr.splitlines() if line.startswith(("tensorboard: ", "mlflow: "))]
+    assert len(started) == 2 and all(" started run " in line for line in started), started
+
+
+def test_under_torchrun_a_tracker_that_cannot_start_stops_every_rank_before_training(
+        cifar_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Rank 0 alone opens the trackers; the others learn it failed and stop too (exit 2, one line each), instead
+    of waiting for it in the first step's all-reduce until gloo reports a closed connection (a RuntimeError)."""
+    from tests.test_distributed import torchrun
+
+    run = tmp_path / "run"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://nowhere")
+    proc = torchrun("-m", "sslcli", "pretrain", str(cifar_tiny), "--out", str(run), "--log-to", "mlflow", *TINY,
+                    cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0 and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 2, proc.stderr[-3000:]
+    assert errors[0].startswith("error: --log-to mlflow: cannot start its run (") or \
+        errors[1].startswith("error: --log-to mlflow: cannot start its run (")
+    assert any(line.startswith("error: [rank 1] rank 0 could not start the experiment trackers") for line in errors)
+    assert not any("RuntimeError" in line for line in errors) and "exitcode: 2" in proc.stderr  # torchrun's report
+    assert not (run / "metrics.jsonl").exists()

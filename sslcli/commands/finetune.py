@@ -107,8 +107,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     out = output_dir(spec) if distributed.is_main() else Path(spec.out or ".")
     if distributed.is_main():
         atomic_write_json(out / "spec.json", dump(spec))
-    tracking = (trackers.open_trackers(spec.logging.to, out, dump(spec), spec.logging.experiment)
-                if distributed.is_main() else None)
+    tracking = trackers.open_trackers(spec.logging.to, out, dump(spec), spec.logging.experiment, device=device)
     job = Job(spec, info, source, model, classes, train_set, loader, score, loop, out, device, projection=layout,
               tracking=tracking)
     announce(job, len(val_set))

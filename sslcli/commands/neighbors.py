@@ -1,5 +1,6 @@
 """`sslcli neighbors EMB --query IMAGE_OR_PATH`: the k nearest images among embeddings, by cosine similarity.
 
+EMB is any file `sslcli embed` writes: a .safetensors (with its CSV index), a .parquet or a .csv.
 A query that is a path of the index uses its stored vector (and is left out of its own neighbours); any other
 image file is embedded with the encoder the embeddings were made with (recorded in their metadata, checked by
 its sha256), or --encoder. Exact search, a chunk of rows at a time (nearest.py).
@@ -14,7 +15,7 @@ import torch
 
 from sslcli import checkpoint, console, data, nearest, report
 from sslcli.device import resolve_device
-from sslcli.embedding_files import EmbeddingsFile
+from sslcli.embedding_files import EmbeddingsFile, open_embeddings
 from sslcli.errors import UsageError
 from sslcli.features import eval_view
 from sslcli.files import sha256_of
@@ -28,9 +29,11 @@ def query_encoder(spec: NeighborsSpec, embeddings: EmbeddingsFile) -> Path:
     recorded = meta.get("source_encoder")
     encoder = Path(spec.encoder) if spec.encoder is not None else Path(recorded) if recorded else None
     if encoder is None or not encoder.is_file():
-        raise UsageError(f"an image query is embedded with the encoder that made {embeddings.path}, and "
-                         f"{'its recorded ' + recorded if recorded else 'no encoder'} is not there: give it with "
-                         "--encoder ENCODER, or query a path of the index")
+        missing = (f"{spec.encoder} is not a file" if spec.encoder is not None else
+                   f"its recorded {recorded} is not there" if recorded else
+                   "they record none (a .csv keeps no provenance)")
+        raise UsageError(f"an image query is embedded with the encoder that made {embeddings.path}, and {missing}: "
+                         "give it with --encoder ENCODER, or query a path of the index")
     expected = meta.get("source_encoder_sha256")
     if expected and sha256_of(encoder) != expected:
         raise UsageError(f"{encoder} is not the encoder that made {embeddings.path} (its sha256 differs); image "
@@ -53,7 +56,7 @@ def embed_image(encoder_path: Path, image: Path, embeddings: EmbeddingsFile, dev
 
 
 def run(spec: NeighborsSpec) -> dict[str, Any]:
-    embeddings = EmbeddingsFile(Path(spec.embeddings))
+    embeddings = open_embeddings(Path(spec.embeddings))
     row = embeddings.find(spec.query)
     if row is not None:
         query = embeddings.vector(row)

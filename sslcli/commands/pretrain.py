@@ -161,8 +161,8 @@ def train(this: Run) -> tuple[FitResult, online_knn.OnlineKnn, monitors.Collapse
     main = distributed.is_main()
     if main:  # records after the step this run continues from belong to a history that is being replaced
         resumption.drop_metrics_after(run_dir / "metrics.jsonl", this.start_step)
-        this.tracking = trackers.open_trackers(spec.logging.to, run_dir, dump(spec), spec.logging.experiment,
-                                               this.start_step)
+    this.tracking = trackers.open_trackers(spec.logging.to, run_dir, dump(spec), spec.logging.experiment,
+                                           this.start_step, this.device)  # rank 0's; every rank learns if they started
     tracking = this.tracking
     if tracking is not None and this.start_step > 0:
         tracking.backfill(report.read_metrics(run_dir))  # a tracker new to a resumed run: the kept history

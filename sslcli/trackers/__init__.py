@@ -19,13 +19,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from sslcli import console
+import torch
+
+from sslcli import console, distributed
 from sslcli.errors import UsageError
 from sslcli.files import atomic_write_json
 
 # tracker name -> (the module it needs, the sslcli extra that installs it)
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 STATE_FILE = "trackers.json"
+# what to look at when a tracker cannot start its run
+SETTINGS = {"tensorboard": "the run folder's tensorboard/ (it must be a writable folder)",
+            "mlflow": "MLFLOW_TRACKING_URI", "wandb": "WANDB_MODE or the W&B login (wandb login)"}
 
 
 class Tracker(Protocol):
@@ -80,7 +85,8 @@ class Trackers:
     """The chosen trackers of one run folder, fed the run's records as metrics.jsonl gets them.
 
     start_step > 0: a resumed run. Each tracker named in RUN/trackers.json reopens its run and is sent only steps
-    after the last it holds; a tracker new to the run gets the history metrics.jsonl kept first (backfill)."""
+    after the last it holds; first, each gets the part of the history metrics.jsonl kept that it lacks (backfill:
+    all of it for a tracker new to the run, the steps after its failure for one dropped before the stop)."""
 
     def __init__(self, names: list[str], folder: Path, spec: dict[str, Any], experiment: str, start_step: int = 0):
         self.folder, self.state_path = Path(folder), Path(folder) / STATE_FILE
@@ -88,7 +94,6 @@ class Trackers:
         self.trackers: dict[str, Tracker] = {}
         self.sent_to: dict[str, int] = {}  # the last step each tracker holds (persisted)
         self.skip_to: dict[str, int] = {}  # steps up to this one it held before this process: not sent again
-        self.fresh: list[str] = []
         self.state: dict[str, Any] = dict(saved)
         self.last_step = 0
         for name in names:
@@ -101,14 +106,12 @@ class Trackers:
                 raise
             except Exception as exc:  # a tracker that cannot start is refused before training, in one line
                 self.close("failed")
-                raise UsageError(f"--log-to {name}: cannot start its run ({type(exc).__name__}: "
-                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                raise UsageError(f"--log-to {name}: cannot start its run ({reason(exc)}); fix {SETTINGS[name]} or "
+                                 f"leave {name} out of --log-to") from None
             self.trackers[name] = tracker
             # -1: it holds nothing yet (the online kNN's record of the random init is step 0)
             held = int(previous.get("sent_to", -1)) if previous.get("run_id") == tracker.run_id else -1
             self.skip_to[name] = self.sent_to[name] = held
-            if not previous:
-                self.fresh.append(name)
             self.state[name] = {"run_id": tracker.run_id, "where": tracker.where, "sent_to": held}
             console.info(f"{name}: {'continuing' if previous.get('run_id') == tracker.run_id else 'started'} "
                          f"run {tracker.run_id} ({tracker.where})")
@@ -125,14 +128,11 @@ class Trackers:
         atomic_write_json(self.state_path, self.state)
 
     def backfill(self, records: list[dict[str, Any]]) -> None:
-        """A tracker added to a resumed run gets the history kept in metrics.jsonl first."""
-        if not self.fresh:
-            return
-        fresh, others = self.fresh, {n: t for n, t in self.trackers.items() if n not in self.fresh}
-        self.trackers, self.fresh = {n: self.trackers[n] for n in fresh}, []
+        """On a resume, each tracker first gets the history kept in metrics.jsonl that it does not hold: all of it
+        for a tracker new to the run (or whose run had to be started again), the steps after its failure for one
+        that was dropped before the stop, nothing for one that holds every step already."""
         for record in records:
             self.record(record)
-        self.trackers.update(others)
 
     def record(self, record: dict[str, Any]) -> None:
         """One metrics.jsonl record, to every tracker that does not hold its step yet."""
@@ -144,13 +144,17 @@ class Trackers:
         due = [name for name in self.trackers if step > self.skip_to[name]]
         if not due:
             return
+        held = {name: self.sent_to[name] for name in due}
         for name in due:
             self.sent_to[name] = max(self.sent_to[name], step)
             self.state[name]["sent_to"] = self.sent_to[name]
         self._save()  # before it is sent: a kill between the two loses this point rather than sending it twice
-        for name in due:
-            if name in self.trackers:
-                self._call(name, self.trackers[name].log_scalars, values, step)
+        failed = [name for name in due if name in self.trackers
+                  and not self._call(name, self.trackers[name].log_scalars, values, step)]
+        for name in failed:  # it does not hold this step: a resume sends it again, from metrics.jsonl
+            self.sent_to[name] = self.state[name]["sent_to"] = held[name]
+        if failed:
+            self._save()
 
     def images(self, paths: list[Path], step: int) -> None:
         """The report's figures at a checkpoint (a tracker that holds this step already has them)."""
@@ -173,20 +177,43 @@ class Trackers:
             self._call(name, tracker.close, status)
         self.trackers = {}
 
-    def _call(self, name: str, method: Any, *args: Any) -> None:
-        """A tracker that fails while the run trains is dropped with a warning: the run and its files go on."""
+    def _call(self, name: str, method: Any, *args: Any) -> bool:
+        """A tracker that fails while the run trains (its server gone, its disk full) is dropped with one warning:
+        training, metrics.jsonl and the other trackers go on, and the command ends as it would have."""
         try:
             method(*args)
+            return True
         except Exception as exc:
-            console.warn(f"{name}: {type(exc).__name__}: {str(exc).strip()[:200]}; not logging to it any more "
-                         "(metrics.jsonl has everything)")
+            console.warn(f"{name} failed ({reason(exc)}); not logging to {name} for the rest of this run "
+                         "(training goes on; metrics.jsonl has every step)")
             self.trackers.pop(name, None)
+            return False
 
 
-def open_trackers(names: list[str], folder: Path, spec: dict[str, Any], experiment: str,
-                  start_step: int = 0) -> Trackers | None:
-    """The run's trackers, or None when none was asked for."""
+def reason(exc: BaseException, limit: int = 240) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
+def open_trackers(names: list[str], folder: Path, spec: dict[str, Any], experiment: str, start_step: int = 0,
+                  device: torch.device | None = None) -> Trackers | None:
+    """The run's trackers, opened by rank 0 (None on the other ranks, and when none was asked for).
+
+    Called on every rank: under torchrun they all learn whether rank 0 could start its trackers, so a tracker
+    that cannot start stops every rank before training (with its one line from rank 0), not rank 0 alone while
+    the others wait for it in the first step."""
     if not names:
         return None
     check_installed(names)
-    return Trackers(names, folder, spec, experiment, start_step)
+    opened, failure = None, None
+    if distributed.is_main():
+        try:
+            opened = Trackers(names, folder, spec, experiment, start_step)
+        except UsageError as exc:
+            failure = exc
+    if not distributed.every_rank_ok(failure is None, device or torch.device("cpu")):
+        raise failure or UsageError("rank 0 could not start the experiment trackers of --log-to (its error is "
+                                    "above); no rank trained")
+    return opened
