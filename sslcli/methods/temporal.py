@@ -16,8 +16,6 @@ def long_clips(index: ClipIndex, min_frames: int) -> np.ndarray:
     return np.flatnonzero(index.lengths >= min_frames)
 
 
-
-
 @dataclass(frozen=True)
 class TimeContrastiveSampler:
     """TCN's single-view tuples (arXiv 1704.06888, section 3.1): an anchor frame, a positive within pos_window
@@ -58,6 +56,33 @@ class TimeContrastiveSampler:
             neg = j if j < before else a + m + 1 + (j - before)
             out[i] = index.starts[clips[c]] + np.array([a, p, neg])
         return out
+
+
+@dataclass(frozen=True)
+class NeighbourSampler:
+    """Monodepth2's frames (arXiv 1806.01260, section 3): a target frame t and its neighbours t - gap and
+    t + gap of the same clip, in time order (t - gap, t, t + gap). Targets are uniform over the frames of the
+    clips that have both neighbours."""
+
+    gap: int
+
+    @property
+    def min_frames(self) -> int:
+        return 2 * self.gap + 1
+
+    @property
+    def needs(self) -> str:
+        return f"source frames method.frame_gap={self.gap} frames before and after each target"
+
+    def usable(self, index: ClipIndex) -> bool:
+        return bool(len(long_clips(index, self.min_frames)))
+
+    def __call__(self, index: ClipIndex, batch: int, rng: np.random.Generator) -> np.ndarray:
+        clips = long_clips(index, self.min_frames)
+        rows = np.concatenate([np.arange(index.starts[c] + self.gap, index.starts[c] + index.lengths[c] - self.gap)
+                               for c in clips])
+        centres = rng.choice(rows, size=batch)
+        return np.stack([centres - self.gap, centres, centres + self.gap], axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)
