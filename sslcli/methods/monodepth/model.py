@@ -10,8 +10,14 @@ from torch import Tensor, nn
 from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.monodepth import geometry
 from sslcli.methods.monodepth.config import MonodepthConfig
-from sslcli.methods.monodepth.networks import (DecoderLayout, DepthDecoder, PoseNet, decoder_channels,
-                                               multi_scale_features, require_multi_scale)
+from sslcli.methods.monodepth.networks import (
+    DecoderLayout,
+    DepthDecoder,
+    PoseNet,
+    decoder_channels,
+    multi_scale_features,
+    require_multi_scale,
+)
 from sslcli.methods.spatial import Pixels
 
 DEPTH_DECODER_FILE = "depth_decoder.safetensors"
