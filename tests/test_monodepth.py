@@ -137,3 +137,77 @@ def test_neighbour_frames_are_t_minus_gap_t_and_t_plus_gap_of_one_clip():
     assert (clip == clip[:, :1]).all() and set(clip[:, 0]) == {0, 3}  # the 3-frame clip has no t +- 2
     assert (rows[:, 1] - rows[:, 0] == 2).all() and (rows[:, 2] - rows[:, 1] == 2).all()
     assert not NeighbourSampler(gap=5).usable(index) and NeighbourSampler(gap=4).usable(index)
+
+
+def test_a_blank_clip_gives_a_finite_loss_and_finite_gradients():
+    """Textureless frames: zero-variance SSIM windows, a flat image for the smoothness weights, and every pixel a
+    tie for the auto-mask. Nothing may turn non-finite."""
+    from tests.test_methods import build
+
+    _, model, augment, _, _ = build("monodepth")
+    out = model(augment(torch.full((8, 3, 3, 16, 16), 128, dtype=torch.uint8)), 0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(v) for v in out.logs.values())
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    # Every pixel is a tie of equal (zero) errors, which the auto-mask's tiny noise breaks at random.
+    assert 0 < out.logs["automask_kept"] < 1 and out.logs["photometric"].abs() < 1e-3
+
+
+def test_the_same_augmentation_is_drawn_for_the_three_frames_of_a_sample():
+    from sslcli.methods.monodepth.model import colour_jitter
+
+    pixels = torch.rand(4, 3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    same = pixels[:, :1].expand(4, 3, 3, 8, 8)
+    factors = torch.tensor([[1.2, 0.8, 1.1], [1.0, 1.0, 1.0], [0.8, 1.2, 0.9], [1.1, 1.1, 1.1]])
+    jittered = colour_jitter(same, factors)
+    assert torch.equal(jittered[:, 0], jittered[:, 1]) and torch.equal(jittered[:, 1], jittered[:, 2])
+    torch.testing.assert_close(jittered[1], same[1])  # factors of 1: unchanged
+    assert not torch.allclose(jittered[0], same[0])
+
+
+@pytest.fixture(scope="module")
+def depth_run(videos_small, tmp_path_factory) -> dict:
+    from sslcli.commands import pretrain
+    from sslcli.methods import CONFIGS
+    from sslcli.spec import PretrainSpec, resolve
+
+    tiny = [f"method.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in CONFIGS["monodepth"].tiny.items()]
+    spec = resolve(PretrainSpec, options={"method.name": "monodepth", "data.path": str(videos_small),
+                                          "out": str(tmp_path_factory.mktemp("depth") / "run")},
+                   sets=["data.image_size=16", "data.fps=3", "encoder.name=resnet10t", "train.batch_size=8",
+                         "train.epochs=1", "data.num_workers=0", "monitor.knn_every=0", *tiny])
+    return pretrain.run(spec)
+
+
+def test_a_run_saves_its_depth_decoder_and_draws_depth_png(depth_run: dict, cifar_tiny):
+    from pathlib import Path
+
+    from sslcli import checkpoint
+    from sslcli.commands import finetune, report
+    from sslcli.errors import UsageError
+    from sslcli.methods.monodepth.depth_maps import load_depth_network, predict_disparity
+    from sslcli.spec import FinetuneSpec, ReportSpec
+
+    run = Path(depth_run["run_dir"])
+    assert depth_run["steps"] == 5 and "depth.png" in depth_run["report_files"]  # 42 frames at 3 fps, batches of 8
+    png = run / "report" / "depth.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+    summary = report.run(ReportSpec(run_dir=run))  # `sslcli report RUN` draws it again
+    assert png.is_file() and summary["files"]["depth.png"] == str(png)
+    encoder, info, decoder = load_depth_network(run)
+    frames = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    disparity = predict_disparity(encoder, info, decoder, frames)
+    assert disparity.shape == (3, 16, 16) and ((disparity > 0) & (disparity < 1)).all()
+    # The decoder belongs to its encoder file: beside another save of the encoder it is refused, in one line.
+    with torch.no_grad():
+        next(encoder.parameters()).add_(1.0)
+    checkpoint.save_encoder(run / "encoder.safetensors", encoder, checkpoint.read_metadata(
+        run / "encoder.safetensors", checkpoint.ENCODER_EXPECTED))
+    with pytest.raises(UsageError, match="another save of the encoder"):
+        load_depth_network(run)
+    # The exported encoder is the depth encoder, and fine-tunes like any other.
+    result = finetune.run(FinetuneSpec(encoder=run / "encoder.safetensors", data={"path": cifar_tiny, "num_workers": 0},
+                                       train={"epochs": 1, "batch_size": 32}, out=run.parent / "ft"))
+    assert Path(result["classifier"]).is_file()
