@@ -16,7 +16,8 @@ class MonodepthConfig(MethodConfigBase):
                               "reproject onto each other (Monodepth2, Godard et al. 2017, 2019)")
     family: ClassVar[str] = "pretext"
     model: ClassVar[str] = "Monodepth"
-    encoder_kind: ClassVar[str] = "convnet"
+    encoder_kind: ClassVar[Literal["any", "vit", "convnet"]] = "convnet"
+    rgb_only: ClassVar[bool] = True  # the colour jitter and the pose network's 6 input channels are two RGB frames
     frames_per_sample: ClassVar[int] = 3  # t - gap, t (the target), t + gap
     num_views: ClassVar[int] = 1
     tiny: ClassVar[dict[str, Any]] = {"decoder_channels": (4, 4, 8, 8, 8), "pose_encoder": "resnet10t",

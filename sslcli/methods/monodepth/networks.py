@@ -131,7 +131,10 @@ class PoseNet(nn.Module):
 
     def __init__(self, encoder_name: str, width: int):
         super().__init__()
-        self.encoder = create(encoder_name, {}, channels=6)
+        try:
+            self.encoder = create(encoder_name, {}, channels=6)
+        except UsageError as exc:
+            raise UsageError(f"method.pose_encoder: {exc}") from None
         if not hasattr(self.encoder, "forward_features"):
             raise UsageError(f"method.pose_encoder={encoder_name!r} gives no feature map; name a ConvNet (resnet18)")
         with torch.no_grad():
