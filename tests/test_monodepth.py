@@ -211,3 +211,68 @@ def test_a_run_saves_its_depth_decoder_and_draws_depth_png(depth_run: dict, cifa
     result = finetune.run(FinetuneSpec(encoder=run / "encoder.safetensors", data={"path": cifar_tiny, "num_workers": 0},
                                        train={"epochs": 1, "batch_size": 32}, out=run.parent / "ft"))
     assert Path(result["classifier"]).is_file()
+
+
+def test_a_panning_camera_is_learned_the_warp_explains_the_frames_and_the_automask_keeps_them():
+    """Clips of a camera panning 1 px a frame over a textured plane: within 30 steps the depth and pose networks
+    warp the neighbours onto the target (the photometric error falls well below its start) and auto-masking,
+    which leaves out nearly every pixel at first, keeps nearly all of them."""
+    import torch.nn.functional as F
+
+    from sslcli.augment import Augmenter
+    from sslcli.encoders import build_encoder
+    from sslcli.methods import method_class
+    from sslcli.methods.base import Budget
+    from tests.test_methods import tiny_spec
+
+    torch.manual_seed(0)
+    size, length = 16, 40
+    texture = F.interpolate(torch.rand(1, 3, 16, 40, generator=torch.Generator().manual_seed(1)),
+                            size=(size, size + length), mode="bilinear", align_corners=False)
+    frames = (torch.stack([texture[0, :, :, i:i + size] for i in range(length)]) * 255).round().to(torch.uint8)
+    spec = tiny_spec("monodepth", augment=False)
+    encoder, info = build_encoder("resnet10t", size, False, {})
+    model = method_class("monodepth")(spec.method, encoder, info.feature_dim, Budget(30, 10))
+    augment = Augmenter(model.views(spec.augment), info.mean, info.std, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    logs = []
+    for step in range(30):
+        centre = torch.randint(1, length - 1, (4,))
+        out = model(augment(torch.stack([frames[centre - 1], frames[centre], frames[centre + 1]], 1)), step)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        logs.append({k: float(v) for k, v in out.logs.items()})
+    assert logs[0]["automask_kept"] < 0.5 and logs[-1]["automask_kept"] > 0.8
+    assert logs[-1]["photometric"] < 0.5 * logs[0]["photometric"]
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("method.min_depth=200", "must be below max_depth"),
+    ("method.intrinsics=[0, 1.9, 0.5, 0.5]", "fx and fy must be positive"),
+    ("method.decoder_channels=[16, 0]", "decoder_channels must be positive"),
+    ("data.channels=1", "channels"),
+])
+def test_bad_monodepth_settings_are_one_line_spec_errors(setting: str, message: str):
+    from sslcli.errors import UsageError
+    from sslcli.spec import PretrainSpec, resolve
+
+    with pytest.raises((UsageError, ValueError), match=message):
+        resolve(PretrainSpec, options={"method.name": "monodepth", "data.image_size": 16}, sets=[setting])
+
+
+def test_an_encoder_without_multi_scale_maps_and_an_unknown_pose_encoder_are_refused():
+    from sslcli.encoders import build_encoder
+    from sslcli.errors import UsageError
+    from sslcli.methods import method_class
+    from sslcli.methods.base import Budget
+    from tests.test_methods import tiny_spec
+
+    vit, info = build_encoder("vit_tiny_patch16_224", 16, kwargs={"patch_size": 4, "depth": 1, "embed_dim": 32,
+                                                                  "num_heads": 2})
+    with pytest.raises(UsageError, match="convolutional timm encoder with multi-scale features"):
+        method_class("monodepth")(tiny_spec("monodepth").method, vit, info.feature_dim, Budget(2, 1))
+    resnet, info = build_encoder("resnet10t", 16)
+    with pytest.raises(UsageError, match="method.pose_encoder: unknown encoder"):
+        method_class("monodepth")(tiny_spec("monodepth", pose_encoder="resnet181").method, resnet, info.feature_dim,
+                                  Budget(2, 1))
