@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sslcli.methods.monodepth import geometry
-from sslcli.methods.temporal import NeighbourSampler
+from sslcli.methods.temporal import NeighbourSampler, StereoSampler
 from sslcli.video_data import ClipIndex
 
 H, W = 12, 16
@@ -136,6 +136,7 @@ def test_neighbour_frames_are_t_minus_gap_t_and_t_plus_gap_of_one_clip():
     clip = index.clip_of[rows]
     assert (clip == clip[:, :1]).all() and set(clip[:, 0]) == {0, 3}  # the 3-frame clip has no t +- 2
     assert (rows[:, 1] - rows[:, 0] == 2).all() and (rows[:, 2] - rows[:, 1] == 2).all()
+    assert (rows[:, 3] == rows[:, 1]).all()  # the stereo place holds the target again
     assert not NeighbourSampler(gap=5).usable(index) and NeighbourSampler(gap=4).usable(index)
 
 
@@ -145,7 +146,7 @@ def test_a_blank_clip_gives_a_finite_loss_and_finite_gradients():
     from tests.test_methods import build
 
     _, model, augment, _, _ = build("monodepth")
-    out = model(augment(torch.full((8, 3, 3, 16, 16), 128, dtype=torch.uint8)), 0)
+    out = model(augment(torch.full((8, 4, 3, 16, 16), 128, dtype=torch.uint8)), 0)
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(torch.isfinite(v) for v in out.logs.values())
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -238,7 +239,8 @@ def test_a_panning_camera_is_learned_the_warp_explains_the_frames_and_the_automa
     logs = []
     for step in range(30):
         centre = torch.randint(1, length - 1, (4,))
-        out = model(augment(torch.stack([frames[centre - 1], frames[centre], frames[centre + 1]], 1)), step)
+        out = model(augment(torch.stack([frames[centre - 1], frames[centre], frames[centre + 1], frames[centre]], 1)),
+                    step)
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -276,3 +278,66 @@ def test_an_encoder_without_multi_scale_maps_and_an_unknown_pose_encoder_are_ref
     with pytest.raises(UsageError, match="method.pose_encoder: unknown encoder"):
         method_class("monodepth")(tiny_spec("monodepth", pose_encoder="resnet181").method, resnet, info.feature_dim,
                                   Budget(2, 1))
+
+
+def test_stereo_samples_take_the_left_views_neighbours_and_the_right_views_same_moment():
+    # Sequence 0: a pair of 10 and 12 frames; sequence 1: one view (no pair); sequence 2: a pair of 6 and 6.
+    lengths = np.array([10, 12, 30, 6, 6])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    index = ClipIndex(starts, lengths, np.zeros(lengths.sum(), dtype=np.float32), groups=np.array([0, 0, 1, 2, 2]))
+    rows = StereoSampler(gap=1)(index, 500, np.random.default_rng(0))
+    clip = index.clip_of[rows]
+    assert set(clip[:, 1]) == {0, 3} and (clip[:, :3] == clip[:, 1:2]).all()  # left views only, one clip
+    assert (clip[:, 3] == clip[:, 1] + 1).all()  # the right view of the same sequence ...
+    t = rows - index.starts[clip]
+    assert (t[:, 3] == t[:, 1]).all() and (t[:, 1] < 9).all()  # ... at the same moment, within the common length
+    assert (t[:, 1] - t[:, 0] == 1).all() and (t[:, 2] - t[:, 1] == 1).all()
+    only = StereoSampler(gap=0)(index, 50, np.random.default_rng(0))
+    assert (only[:, 0] == only[:, 1]).all() and (only[:, 2] == only[:, 1]).all()
+    assert not StereoSampler(1).usable(ClipIndex(starts, lengths, np.zeros(lengths.sum(), dtype=np.float32),
+                                                 groups=np.arange(5)))
+
+
+def test_the_stereo_pose_moves_the_right_camera_by_the_baseline_and_a_flip_swaps_the_sides():
+    """A left image whose right view is the scene shifted by the disparity f b / depth: warped with the stereo
+    pose it is the left image again (and the flipped pair with the flipped pose)."""
+    from tests.test_methods import build
+
+    _, model, _, _, _ = build("monodepth", sources="stereo", stereo_baseline=0.1)
+    assert model.pose is None  # stereo alone has no pose network
+    k, inv_k = camera(model.cfg.fov_degrees)
+    depth = 0.1 * k[0, 0].item() / 2  # a disparity of 2 px
+    left = torch.arange(W, dtype=torch.float32).view(1, 1, 1, W).expand(2, 3, H, W) / W
+    right = torch.cat([left[..., 2:], left[..., -1:].expand(2, 3, H, 2)], dim=-1)  # x_right = x_left - 2
+    flip = torch.tensor([False, False])
+    warped = geometry.warp(right, torch.full((2, 1, H, W), depth), model.stereo_pose(flip), k, inv_k)
+    torch.testing.assert_close(warped[..., 2:], left[..., 2:], atol=1e-4, rtol=0)
+    flipped = geometry.warp(right.flip(-1), torch.full((2, 1, H, W), depth), model.stereo_pose(~flip), k, inv_k)
+    torch.testing.assert_close(flipped[..., :-2], left.flip(-1)[..., :-2], atol=1e-4, rtol=0)
+
+
+def test_stereo_trains_on_sequence_view_folders_and_is_refused_without_pairs(videos, tmp_path):
+    from sslcli.commands import pretrain
+    from sslcli.errors import UsageError
+    from sslcli.methods import CONFIGS
+    from sslcli.spec import PretrainSpec, resolve
+
+    for view in ("left.mp4", "right.mp4"):  # one real clip as both views: a pair the run can read
+        (tmp_path / "data" / "street").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "street" / view).symlink_to(videos / "carphone_pristine.mp4")
+    tiny = [f"method.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in CONFIGS["monodepth"].tiny.items()]
+
+    def spec(data, out: str):
+        return resolve(PretrainSpec, options={"method.name": "monodepth", "data.path": str(data),
+                                              "out": str(tmp_path / out)},
+                       sets=["data.image_size=16", "data.fps=3", "encoder.name=resnet10t", "train.batch_size=8",
+                             "train.epochs=1", "data.num_workers=0", "monitor.knn_every=0", "monitor.report=false",
+                             "method.sources=mono+stereo", *tiny])
+
+    summary = pretrain.run(spec(tmp_path / "data", "ms"))
+    assert summary["steps"] == 3 and math.isfinite(summary["final_loss"])  # 2 x 12 frames at 3 fps, batches of 8
+    for name in ("bikes.mp4", "carphone_pristine.mp4"):  # one view per folder: no pair
+        (tmp_path / "single" / name[:4]).mkdir(parents=True)
+        (tmp_path / "single" / name[:4] / name).symlink_to(videos / name)
+    with pytest.raises(UsageError, match="two synchronised views"):
+        pretrain.run(spec(tmp_path / "single", "no-pairs"))

@@ -18,13 +18,24 @@ class MonodepthConfig(MethodConfigBase):
     model: ClassVar[str] = "Monodepth"
     encoder_kind: ClassVar[Literal["any", "vit", "convnet"]] = "convnet"
     rgb_only: ClassVar[bool] = True  # the colour jitter and the pose network's 6 input channels are two RGB frames
-    frames_per_sample: ClassVar[int] = 3  # t - gap, t (the target), t + gap
+    # t - gap, t (the target), t + gap, and the other view's t (stereo; the target again when monocular)
+    frames_per_sample: ClassVar[int] = 4
     num_views: ClassVar[int] = 1
     tiny: ClassVar[dict[str, Any]] = {"decoder_channels": (4, 4, 8, 8, 8), "pose_encoder": "resnet10t",
                                       "pose_width": 8}
     name: Literal["monodepth"] = "monodepth"
     frame_gap: int = Field(1, ge=1, description="the source frames are t - gap and t + gap, at data.fps (paper: "
                            "the adjacent frames of 10 fps KITTI)")
+    sources: Literal["mono", "stereo", "mono+stereo"] = Field("mono", description="the frames warped into the "
+                                                             "target: mono, its neighbours t - gap and t + gap with "
+                                                             "the pose network's motion (Monodepth2's M); stereo, "
+                                                             "the other view of a rectified stereo pair with the "
+                                                             "known baseline (S; Monodepth's setting, DATA is "
+                                                             "SEQUENCE/VIEW clips, the first view in name order "
+                                                             "the left camera); mono+stereo, all three (MS)")
+    stereo_baseline: float = Field(0.1, gt=0, description="stereo: the distance between the two cameras, in the "
+                                   "depth's units, the right camera to the left one's +x (Monodepth2: 0.1, KITTI's "
+                                   "0.54 m scaled by 1/5.4)")
     num_scales: int = Field(4, ge=1, le=4, description="disparity outputs whose losses are averaged, each "
                             "upsampled to the input size (paper: 4)")
     ssim_weight: float = Field(0.85, ge=0, le=1, description="alpha of the photometric error alpha (1 - SSIM) / 2 + "
@@ -82,9 +93,11 @@ class MonodepthConfig(MethodConfigBase):
                                            "randaugment_ops": 0})]
 
     def frame_sampler(self):
-        from sslcli.methods.temporal import NeighbourSampler
+        from sslcli.methods.temporal import NeighbourSampler, StereoSampler
 
-        return NeighbourSampler(self.frame_gap)
+        if self.sources == "mono":
+            return NeighbourSampler(self.frame_gap)
+        return StereoSampler(0 if self.sources == "stereo" else self.frame_gap)
 
     @staticmethod
     def spec_defaults(image_size: int) -> dict[str, Any]:
