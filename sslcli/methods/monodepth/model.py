@@ -84,21 +84,21 @@ class Monodepth(MethodDefaults, nn.Module):
         pixels = self.pixels.to_pixels(frames.flatten(0, 1)).unflatten(0, (b, k))
         inputs = self.pixels.normalise(colour_jitter(pixels, factors).flatten(0, 1)).unflatten(0, (b, k))
         disps, pooled = self.depth(inputs[:, 1])
+        motions = ((self.pose(inputs[:, 0], inputs[:, 1]), self.pose(inputs[:, 1], inputs[:, 2]))
+                   if self.pose is not None else ())
         sources, poses, logs = [], [], {}
-        if self.pose is not None:
-            # Poses from the target to each neighbour: the pose network sees the two frames in time order, and
-            # the motion t-1 -> t is inverted (trainer.py predict_poses with pose_model_input "pairs").
-            before = geometry.transformation_from_parameters(
-                *[v.float() for v in self.pose(inputs[:, 0], inputs[:, 1])], invert=True)
-            after = geometry.transformation_from_parameters(
-                *[v.float() for v in self.pose(inputs[:, 1], inputs[:, 2])])
-            sources += [pixels[:, 0], pixels[:, 2]]
-            poses += [before, after]
-            logs["translation"] = after[:, :3, 3].detach().norm(dim=1).mean()
-        if self.cfg.sources != "mono":
-            sources.append(pixels[:, 3])
-            poses.append(self.stereo_pose(flip))
         with torch.autocast(device_type=frames.device.type, enabled=False):
+            if motions:
+                # Poses from the target to each neighbour: the pose network sees the two frames in time order,
+                # and the motion t-1 -> t is inverted (trainer.py predict_poses with pose_model_input "pairs").
+                before = geometry.transformation_from_parameters(*[v.float() for v in motions[0]], invert=True)
+                after = geometry.transformation_from_parameters(*[v.float() for v in motions[1]])
+                sources += [pixels[:, 0], pixels[:, 2]]
+                poses += [before, after]
+                logs["translation"] = after[:, :3, 3].detach().norm(dim=1).mean()
+            if self.cfg.sources != "mono":
+                sources.append(pixels[:, 3])
+                poses.append(self.stereo_pose(flip))
             loss, loss_logs = self.losses(pixels[:, 1].float(), [s.float() for s in sources],
                                           [d.float() for d in disps], poses, noise[:, :len(sources)].float())
         return StepOut(loss=loss, logs={**loss_logs, **logs}, embeddings={"features": (pooled,)})
