@@ -303,8 +303,12 @@ def test_the_stereo_pose_moves_the_right_camera_by_the_baseline_and_a_flip_swaps
     pose it is the left image again (and the flipped pair with the flipped pose)."""
     from tests.test_methods import build
 
-    _, model, _, _, _ = build("monodepth", sources="stereo", stereo_baseline=0.1)
-    assert model.pose is None  # stereo alone has no pose network
+    _, model, augment, _, _ = build("monodepth", sources="stereo", stereo_baseline=0.1)
+    assert model.pose is None  # stereo alone has no pose network, and trains the depth network alone
+    out = model(augment(torch.randint(0, 256, (4, 4, 3, 16, 16), dtype=torch.uint8)), 0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and "translation" not in out.logs
+    assert all(p.grad is not None for p in model.decoder.parameters())
     k, inv_k = camera(model.cfg.fov_degrees)
     depth = 0.1 * k[0, 0].item() / 2  # a disparity of 2 px
     left = torch.arange(W, dtype=torch.float32).view(1, 1, 1, W).expand(2, 3, H, W) / W

@@ -42,9 +42,9 @@ class Monodepth(MethodDefaults, nn.Module):
     (methods/temporal.py NeighbourSampler, StereoSampler). The depth network (the run's encoder and the depth
     decoder) predicts the disparity of frame t at num_scales scales; the pose network predicts the camera motion
     t -> t - gap and t -> t + gap (mono), the stereo pose is the known baseline (stereo); each source frame is
-    warped into frame t with the depth and pose, and the loss is the per-pixel minimum of the photometric errors (0.85 SSIM + 0.15
-    L1), auto-masked, averaged over the scales (each upsampled to the input size), plus the edge-aware
-    smoothness of the mean-normalised disparity."""
+    warped into frame t with the depth and pose, and the loss is the per-pixel minimum of the photometric errors
+    (0.85 SSIM + 0.15 L1), auto-masked, averaged over the scales (each upsampled to the input size), plus the
+    edge-aware smoothness of the mean-normalised disparity."""
 
     def __init__(self, cfg: MonodepthConfig, encoder: nn.Module, feature_dim: int, budget: Budget):
         super().__init__()
