@@ -196,7 +196,8 @@ def depth_png(frames: np.ndarray, disparities: np.ndarray, captions: list[str], 
         disp = disparities[r]
         axes[r][1].imshow(disp, cmap="magma", vmin=float(disp.min()), vmax=float(np.percentile(disp, 95)))
         axes[r][0].set_title(console.literal(captions[r])[:40], fontsize=7)
-        axes[r][1].set_title("disparity (bright: near)", fontsize=7)
+        # Each map is scaled on its own: its range says whether the contrast is depth or a nearly flat map.
+        axes[r][1].set_title(f"disparity {disp.min():.3f}-{disp.max():.3f} (bright: near)", fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
