@@ -99,6 +99,15 @@ def save_projector(path: Path, head: nn.Module, layout: MLPLayout, *, encoder_sh
     atomic_write_bytes(path, save_bytes(_plain_tensors(head.state_dict()), metadata=metadata))
 
 
+def save_beside_encoder(path: Path, module: nn.Module, metadata: dict[str, str], *, method: str, epoch: int,
+                        step: int) -> None:
+    """Another part of a method's model beside its encoder (Monodepth's depth decoder): its state dict and the
+    metadata that rebuilds it (the method's own sslcli_format and layout, the encoder file's sha256)."""
+    meta = {"format": "pt", "sslcli_version": __version__, "method": method, "epoch": str(epoch), "step": str(step),
+            **metadata}
+    atomic_write_bytes(path, save_bytes(_plain_tensors(module.state_dict()), metadata=meta))
+
+
 def load_projector(encoder_path: Path) -> tuple[nn.Sequential, MLPLayout]:
     """The projection head saved beside an encoder, rebuilt from its layout and loaded strictly (UsageError,
     one line, for a missing, foreign, mismatched or damaged file)."""
@@ -380,7 +389,7 @@ class Checkpointer:
     """
 
     run_dir: Path
-    method: nn.Module  # exposes export_encoder() and export_projector()
+    method: nn.Module  # exposes export_encoder(), export_projector() and export_files()
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     info: EncoderInfo
@@ -431,3 +440,6 @@ class Checkpointer:
             head, layout = projector
             save_projector(self.run_dir / PROJECTOR_FILE, head, layout, encoder_sha256=digest,
                            method=self.method_name, epoch=epoch, step=step)
+        for name, (module, extra) in getattr(self.method, "export_files", dict)().items():
+            save_beside_encoder(self.run_dir / name, module, {**extra, "encoder_sha256": digest},
+                                method=self.method_name, epoch=epoch, step=step)

@@ -1,5 +1,7 @@
 """report/ in the run folder: curves.png, neighbors.png and summary.json, drawn from metrics.jsonl and a
-neighbour grid that online_knn.py built. This module only draws and summarises: it computes no features.
+neighbour grid that online_knn.py built; for a depth run (monodepth), depth.png: a few frames of its clips beside
+the disparity its saved depth network predicts. Apart from those depth maps this module only draws and
+summarises: it computes no features.
 
 Written by pretrain after each online kNN and at the end, and by `sslcli report RUN_DIR` on demand.
 matplotlib runs with the Agg backend: no display.
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
     from sslcli.embedding_map import EmbeddingMap
     from sslcli.online_knn import NeighbourGrid
 
-FILES = ("curves.png", "neighbors.png", "map.png", "summary.json")
+FILES = ("curves.png", "neighbors.png", "map.png", "depth.png", "summary.json")
+DEPTH_FRAMES = 6  # frames drawn in depth.png, evenly spaced over the run's clips
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -182,6 +185,60 @@ def query_neighbours_png(query: Path, query_title: str, neighbours: list[tuple[P
     _save(fig, path)
 
 
+def depth_png(frames: np.ndarray, disparities: np.ndarray, captions: list[str], path: Path, title: str) -> None:
+    """depth.png: one row per frame, the frame beside its predicted disparity (magma, bright = near; each map
+    scaled to its own 95th percentile, as Monodepth2's test_simple.py shows them)."""
+    plt = _pyplot()
+    rows = len(frames)
+    fig, axes = plt.subplots(rows, 2, figsize=(4.6, 2.2 * rows), squeeze=False)
+    for r in range(rows):
+        axes[r][0].imshow(np.transpose(frames[r], (1, 2, 0)))
+        disp = disparities[r]
+        axes[r][1].imshow(disp, cmap="magma", vmin=float(disp.min()), vmax=float(np.percentile(disp, 95)))
+        axes[r][0].set_title(console.literal(captions[r])[:40], fontsize=7)
+        # Each map is scaled on its own: its range says whether the contrast is depth or a nearly flat map.
+        axes[r][1].set_title(f"disparity {disp.min():.3f}-{disp.max():.3f} (bright: near)", fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{title}\nframes of the clips | the depth network's disparity", fontsize=8, wrap=True)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def depth_report(run_dir: Path, spec: dict[str, Any], path: Path, title: str) -> bool:
+    """depth.png of a run with a depth decoder: DEPTH_FRAMES frames evenly spaced over its clips (the frame
+    cache the run decoded them into) through the saved encoder and decoder. Without its clips (moved, deleted) it
+    says so on stderr and draws nothing."""
+    import torch
+
+    from sslcli import clip_training, video, video_data
+    from sslcli.errors import UsageError
+    from sslcli.methods.monodepth.depth_maps import load_depth_network, predict_disparity
+    from sslcli.spec import PretrainSpec
+
+    try:
+        run_spec = PretrainSpec.model_validate(spec)
+        encoder, info, decoder = load_depth_network(run_dir)
+        clips = video.find_clips(data.split_folders(run_spec.data.path)[0]).clips
+        decoded = video_data.open_or_build(clips, data.storage_size_for(info.image_size), run_spec.data.fps,
+                                           clip_training.frame_cache_folder(run_spec), data.BadImagePolicy("skip", 0),
+                                           num_workers=0)
+    except (UsageError, ValueError, OSError) as exc:
+        console.info(f"depth.png not drawn: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        return False
+    if decoded.count == 0:
+        console.info("depth.png not drawn: the run's clips give no frames")
+        return False
+    rows = np.unique(np.linspace(0, decoded.count - 1, DEPTH_FRAMES).round().astype(np.int64))
+    frames = np.ascontiguousarray(decoded.images.array[rows])
+    disparity = predict_disparity(encoder, info, decoder, torch.from_numpy(frames)).numpy()
+    clip_of = decoded.index.clip_of[rows]
+    captions = [f"{clips[c].path.name} frame {int(r - decoded.index.starts[c])}" for r, c in zip(rows, clip_of, strict=True)]
+    depth_png(frames, disparity, captions, path, title)
+    return True
+
+
 def _save(fig, path: Path) -> None:
     plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +272,7 @@ def summarize(run_dir: Path, records: list[dict[str, Any]], spec: dict[str, Any]
         "chance": (neighbours or {}).get("chance"),
         "files": {name: str(run_dir / "report" / name) for name in FILES
                   if (name != "neighbors.png" or neighbours is not None)
-                  and (name != "map.png" or (run_dir / "report" / name).is_file())},
+                  and (name not in ("map.png", "depth.png") or (run_dir / "report" / name).is_file())},
     }
     if (run_dir / "encoder.safetensors").is_file():
         summary["files"]["encoder"] = str(run_dir / "encoder.safetensors")
@@ -239,6 +296,8 @@ def write(run_dir: Path, grid: NeighbourGrid | None = None,
         neighbours = _previous_neighbours(report)
     if embedding_map is not None:
         map_png(embedding_map, report / "map.png", title)
+    if (run_dir / "depth_decoder.safetensors").is_file():
+        depth_report(run_dir, spec, report / "depth.png", title)
     summary = summarize(run_dir, records, spec, neighbours)
     if embedding_map is not None:
         summary["map_method"] = embedding_map.method

@@ -169,7 +169,7 @@ def test_shuffle_labels_a_quarter_in_order_and_alternates_the_swapped_frame():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["tcn", "shuffle", "simclr"])
+@pytest.mark.parametrize("method", ["tcn", "shuffle", "monodepth", "simclr"])
 def test_pretrain_on_the_real_clips_end_to_end(method: str, videos: Path, tmp_path: Path):
     """`sslcli pretrain VIDEOS/ --method M`: the three real clips at 4 fps into the frame cache, one epoch."""
     proc = sslcli_run("pretrain", str(videos), "--method", method, "--epochs", "1", "--batch-size", "16",
@@ -198,9 +198,12 @@ def test_a_temporal_run_resumed_mid_epoch_equals_the_uninterrupted_one(videos_sm
                        sets=["data.image_size=16", "data.fps=3", "encoder.name=resnet10t", "train.batch_size=8",
                              "train.epochs=2", "data.num_workers=0", "monitor.knn_every=0", "monitor.report=false",
                              "train.checkpoint_every=1", "train.log_every=1", "train.precision=fp32", *(f"method.{k}={v}" for k, v in
-                                                                                  {"tcn": {"neg_margin": 4}}.get(method, {}).items())])
+                                                                                  settings.get(method, {}).items())])
 
-    for method in ("tcn", "shuffle"):
+    # Monodepth draws its flips, colour jitter and auto-mask noise from the checkpointed RNG: a test-sized one.
+    settings = {"tcn": {"neg_margin": 4}, "monodepth": {"pose_encoder": "resnet10t", "pose_width": 8,
+                                                        "decoder_channels": [4, 4, 8, 8, 8]}}
+    for method in ("tcn", "shuffle", "monodepth"):
         whole = pretrain.run(spec_of(tmp_path / f"{method}-whole", method))
         assert whole["steps"] == 10  # 30 + 12 frames at 3 fps: 5 steps of 8 a epoch
         with monkeypatch.context() as m:

@@ -121,7 +121,8 @@ def _run(spec: PretrainSpec, resume: str | None, force: bool, started: float,
         return {}  # rank 0 reports
     out = summary(this, result, knn, health)
     if this.tracking is not None:
-        this.tracking.finish(out, [run_dir / "encoder.safetensors", run_dir / "projector.safetensors"])
+        beside = [run_dir / name for name in getattr(model.method, "export_files", dict)()]  # a depth decoder
+        this.tracking.finish(out, [run_dir / "encoder.safetensors", run_dir / "projector.safetensors", *beside])
     return out
 
 

@@ -56,8 +56,8 @@ class Budget:
 
 class Method(Protocol):
     """What pretraining calls on a method, in order: views -> forward -> (backward) -> cancel_gradients ->
-    (optimizer step) -> on_step_end; export_encoder at every checkpoint and online kNN, export_projector at every
-    checkpoint."""
+    (optimizer step) -> on_step_end; export_encoder at every checkpoint and online kNN, export_projector and
+    export_files at every checkpoint."""
 
     fixed_lr_modules: tuple[str, ...]  # submodules whose lr stays at the peak value (SimSiam's predictor)
 
@@ -91,6 +91,11 @@ class Method(Protocol):
     def export_projector(self) -> tuple[nn.Module, MLPLayout] | None:
         """The projection head to save beside the encoder (projector.safetensors) with its layout, for
         `sslcli finetune --keep-projection-layers` (SimCLR v2); None for a method that saves none."""
+        ...
+
+    def export_files(self) -> dict[str, tuple[nn.Module, dict[str, str]]]:
+        """Other parts of the trained model to save beside the encoder at every checkpoint: file name -> (module,
+        metadata that rebuilds it) (Monodepth's depth decoder); empty for most methods."""
         ...
 
     # nn.Module's, used by the loop
@@ -142,6 +147,9 @@ class MethodDefaults(Staging, MomentumTargets):
 
     def export_projector(self) -> tuple[nn.Module, MLPLayout] | None:
         return None
+
+    def export_files(self) -> dict[str, tuple[nn.Module, dict[str, str]]]:
+        return {}
 
 
 def teacher_temperatures(cfg: Any, budget: Budget) -> StepSchedule:

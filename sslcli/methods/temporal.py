@@ -16,8 +16,6 @@ def long_clips(index: ClipIndex, min_frames: int) -> np.ndarray:
     return np.flatnonzero(index.lengths >= min_frames)
 
 
-
-
 @dataclass(frozen=True)
 class TimeContrastiveSampler:
     """TCN's single-view tuples (arXiv 1704.06888, section 3.1): an anchor frame, a positive within pos_window
@@ -57,6 +55,79 @@ class TimeContrastiveSampler:
             j = int(rng.integers(before + after))
             neg = j if j < before else a + m + 1 + (j - before)
             out[i] = index.starts[clips[c]] + np.array([a, p, neg])
+        return out
+
+
+@dataclass(frozen=True)
+class NeighbourSampler:
+    """Monodepth2's monocular frames (arXiv 1806.01260, section 3): a target frame t and its neighbours t - gap and
+    t + gap of the same clip, as (t - gap, t, t + gap, t): the fourth place is the stereo frame of
+    StereoSampler's samples, here the target again (read once, unused). Targets are uniform over the frames of the
+    clips that have both neighbours."""
+
+    gap: int
+
+    @property
+    def min_frames(self) -> int:
+        return 2 * self.gap + 1
+
+    @property
+    def needs(self) -> str:
+        return f"source frames method.frame_gap={self.gap} frames before and after each target"
+
+    def usable(self, index: ClipIndex) -> bool:
+        return bool(len(long_clips(index, self.min_frames)))
+
+    def __call__(self, index: ClipIndex, batch: int, rng: np.random.Generator) -> np.ndarray:
+        clips = long_clips(index, self.min_frames)
+        rows = np.concatenate([np.arange(index.starts[c] + self.gap, index.starts[c] + index.lengths[c] - self.gap)
+                               for c in clips])
+        centres = rng.choice(rows, size=batch)
+        return np.stack([centres - self.gap, centres, centres + self.gap, centres], axis=1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class StereoSampler:
+    """Monodepth2's stereo samples (its S and MS training): SEQUENCE/VIEW clips, the first two views of a sequence
+    in name order a rectified, synchronised stereo pair (left, right: frame t of each the same moment). A sample is
+    (t - gap, t, t + gap) of the left view and frame t of the right view; gap 0 (stereo only) gives (t, t, t, right
+    t). Targets are uniform over the frames of the pairs' common length that have both neighbours."""
+
+    gap: int
+
+    @property
+    def min_frames(self) -> int:
+        return 2 * self.gap + 1
+
+    @property
+    def needs(self) -> str:
+        return ("sequences of two synchronised views (SEQUENCE/left.mp4 and SEQUENCE/right.mp4, or frame folders), "
+                f"each with frames method.frame_gap={self.gap} before and after a target")
+
+    def pairs(self, index: ClipIndex) -> list[tuple[int, int, int]]:
+        """(left clip, right clip, common length) of each sequence whose first two views are readable and long
+        enough."""
+        if index.groups is None:
+            return []
+        found = []
+        for group in np.unique(index.groups):
+            views = np.flatnonzero(index.groups == group)[:2]
+            if len(views) == 2 and (common := int(index.lengths[views].min())) >= self.min_frames:
+                found.append((int(views[0]), int(views[1]), common))
+        return found
+
+    def usable(self, index: ClipIndex) -> bool:
+        return bool(self.pairs(index))
+
+    def __call__(self, index: ClipIndex, batch: int, rng: np.random.Generator) -> np.ndarray:
+        pairs = self.pairs(index)
+        sizes = np.asarray([n - 2 * self.gap for _, _, n in pairs], dtype=np.float64)
+        out = np.empty((batch, 4), dtype=np.int64)
+        for i in range(batch):
+            left, right, n = pairs[rng.choice(len(pairs), p=sizes / sizes.sum())]
+            t = int(rng.integers(self.gap, n - self.gap))
+            first = index.starts[left]
+            out[i] = (first + t - self.gap, first + t, first + t + self.gap, index.starts[right] + t)
         return out
 
 
