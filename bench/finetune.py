@@ -7,7 +7,7 @@ epochs and 20 fine-tuning epochs, about 4 minutes on 2 cores with bf16. Prints t
 line is one JSON object with top1_random_init and top1_pretrained. Acceptance: pretrained wins.
 
 Further rows on the same labels and recipe (docs/benchmarks.md): SLA (--sla, joint class x rotation labels with
-aggregated inference) and SLA+SD (--sla-distill) from the SimCLR encoder, and SimCLR v2
+aggregated inference) from both encoders, SLA+SD (--sla-distill) from the SimCLR encoder, and SimCLR v2
 distillation (--distill-from): the SimCLR fine-tuned classifier is the teacher, labeling all of the train split's
 images (labels unused), for a student from the random init and one from the SimCLR encoder (DISTILL_SETS epochs).
 --no-extra-rows runs only the two original rows.
@@ -48,6 +48,7 @@ def finetune_run(encoder: Path, data: Path, out: Path, fraction: float, sets: li
 def extra_rows(encoders: dict[str, Path], teacher: Path, args: argparse.Namespace) -> dict[str, dict]:
     """SLA, SLA+SD and distillation runs on the same labels; name -> finetune summary."""
     runs = {
+        "sla_random_init": (encoders["random_init"], [], {"sla.enabled": True}),
         "sla_pretrained": (encoders["pretrained"], [], {"sla.enabled": True}),
         "sla_sd_pretrained": (encoders["pretrained"], [], {"sla.enabled": True, "sla.self_distill": True}),
         "distill_random_init": (encoders["random_init"], DISTILL_SETS,
