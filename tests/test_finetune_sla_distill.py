@@ -85,10 +85,11 @@ def test_finetune_sla_distill_saves_the_plain_self_distilled_head(tmp_path: Path
                                                                   cifar_tiny: Path):
     out = tmp_path / "sd"
     proc = sslcli_run("finetune", str(resnet10t_encoder), "--data", str(cifar_tiny), "--sla-distill", "--epochs", "1",
-                      "--batch-size", "16", "--out", str(out), "--set", "data.num_workers=0", "--json")
+                      "--batch-size", "16", "--out", str(out), "--set", "data.num_workers=0")
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = json.loads((out / "finetune.json").read_text())
     assert result["sla"]["self_distill"] and 0 <= result["aggregated_top1"] <= 1
+    assert "SLA (joint + self-distillation heads" in proc.stderr and "aggregated: top-1" in proc.stdout
     with safe_open(str(out / "classifier.safetensors"), "pt") as f:
         meta = f.metadata()
     assert json.loads(meta["sla"])["head"] == "self-distilled"
@@ -140,7 +141,7 @@ def student_spec(encoder: Path, data_dir: Path, teacher_file: Path, out: Path, *
 
 
 def test_the_student_comes_to_agree_with_the_teacher_on_the_unlabeled_images(
-        tmp_path: Path, teacher: Path, resnet10t_encoder: Path, cifar_tiny: Path):
+        tmp_path: Path, teacher: Path, resnet10t_encoder: Path, cifar_tiny: Path, capsys: pytest.CaptureFixture):
     # The student starts from the random encoder the teacher was fine-tuned from, with a fresh head.
     spec = student_spec(resnet10t_encoder, cifar_tiny, teacher, tmp_path / "student", temperature=0.5)
     teacher_model, teacher_info, meta = load_classifier(teacher)
@@ -156,6 +157,7 @@ def test_the_student_comes_to_agree_with_the_teacher_on_the_unlabeled_images(
     after = result["distill"]["agreement"]
     assert result["distill"]["n_unlabeled"] == len(paths) == 100
     assert after >= before + 0.3 and after >= 0.6, (before, after)
+    assert "distilling resnet10t teacher" in capsys.readouterr().err
 
 
 def test_a_random_teacher_yields_a_student_at_chance(tmp_path: Path, resnet10t_encoder: Path, cifar_small: Path):

@@ -206,6 +206,11 @@ def announce(job: Job, n_eval: int) -> None:
     spec, loop = job.spec, job.loop
     kept = (f" + {console.plural(spec.keep_projection_layers, 'projection layer')} of {job.source.get('method')}"
             if job.projection else "")
+    if spec.sla.enabled:
+        kept += f", SLA ({'joint + self-distillation heads' if spec.sla.self_distill else 'joint head'}, 4 rotations)"
+    if job.teacher is not None:
+        kept += (f", distilling {job.teacher['encoder_name']} teacher {job.teacher['path']} "
+                 f"({job.teacher['n_unlabeled']} unlabeled images, T {spec.distill.temperature:g})")
     per_epoch = loop.steps_per_epoch
     console.info(f"fine-tuning {job.info.name}{kept} on {len(job.train_set)} images, {len(job.classes)} classes "
                  f"({n_eval} eval), {console.plural(per_epoch, 'step/epoch')} x "
@@ -306,7 +311,8 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
         scores = job.score(model, policy)
         history.append({"epoch": epoch, "step": step, **scores})
         if metrics is not None:
-            metrics.write({"epoch": epoch, "step": step, "val_top1": scores["top1"], "val_top5": scores["top5"]})
+            metrics.write({"epoch": epoch, "step": step, "val_top1": scores["top1"], "val_top5": scores["top5"],
+                           **{f"val_{key}": value for key, value in extra_scores(scores).items()}})
         console.info(f"{who}epoch {epoch}/{spec.train.epochs}: val top-1 {100 * scores['top1']:.2f}%  "
                      f"top-5 {100 * scores['top5']:.2f}%")
 
@@ -399,6 +405,10 @@ def format_text(result: dict[str, Any]) -> str:
     base = result.get("baseline")
     reference = (f"  random init: val top-1 {100 * base['top1']:.2f}%  top-5 {100 * base['top5']:.2f}%" if base
                  else "")
+    if result.get("aggregated_top1") is not None:
+        reference += f"  (SLA joint head, aggregated: top-1 {100 * result['aggregated_top1']:.2f}%)"
+    if result.get("distill"):
+        reference += f"  (top class agrees with the teacher's on {100 * result['distill']['agreement']:.1f}% of --unlabeled)"
     return (f"classifier {result['classifier']}  val top-1 {100 * result['top1']:.2f}%  top-5 "
             f"{100 * result['top5']:.2f}%{reference}  (chance {100 * result['chance']:.2f} %: 1 / {result['num_classes']} "
             f"classes)  ({console.plural(result['n_train'], 'train image')}, "
