@@ -158,6 +158,8 @@ def test_the_student_comes_to_agree_with_the_teacher_on_the_unlabeled_images(
     assert result["distill"]["n_unlabeled"] == len(paths) == 100
     assert after >= before + 0.3 and after >= 0.6, (before, after)
     assert "distilling resnet10t teacher" in capsys.readouterr().err
+    with safe_open(result["classifier"], "pt") as f:
+        assert f.metadata()["distill_teacher"] == str(teacher)
 
 
 def test_a_random_teacher_yields_a_student_at_chance(tmp_path: Path, resnet10t_encoder: Path, cifar_small: Path):

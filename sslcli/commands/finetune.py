@@ -353,6 +353,8 @@ def _save_classifier(job: Job, epoch: int, step: int) -> None:
             model = label_augmentation.single_head_model(model, len(job.classes))
     meta = classifier_metadata(job.info, job.source, encoder_path=Path(spec.encoder), classes=job.classes,
                                epoch=epoch, step=step, spec=dump(spec), projection=projection, sla=sla)
+    if spec.distill.teacher is not None:  # provenance: the student learned this classifier's labels
+        meta["distill_teacher"] = str(spec.distill.teacher)
     checkpoint.save_encoder(job.out / "classifier.safetensors", model, meta)
 
 
