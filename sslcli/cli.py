@@ -251,6 +251,10 @@ def finetune(
         from sslcli.headers import checked_projector
 
         checked_projector(Path(spec.encoder))  # a missing or mismatched head is refused before torch loads
+    if spec.distill.teacher is not None:
+        from sslcli.headers import checked_classifier
+
+        checked_classifier(Path(spec.distill.teacher))  # so is a teacher that is not a classifier
     _run("finetune", spec, json_out)
 
 

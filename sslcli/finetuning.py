@@ -18,6 +18,7 @@ from sslcli.encoders import EncoderInfo, apply_small_stem
 from sslcli.errors import RunError, UsageError
 from sslcli.evaluate import topk_accuracy
 from sslcli.features import eval_view
+from sslcli.headers import CLASSIFIER_FORMAT, checked_classifier
 from sslcli.heads import (
     MLPLayout,
     attach_projection,
@@ -26,8 +27,6 @@ from sslcli.heads import (
     replace_classifier,
 )
 from sslcli.spec import FinetuneSpec
-
-CLASSIFIER_FORMAT = "sslcli.classifier.v1"
 
 
 def head_keys(model: nn.Module) -> set[str]:
@@ -184,13 +183,9 @@ def load_classifier(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from sslcli.headers import ENCODER_FORMAT, read_metadata
+    from sslcli.headers import ENCODER_FORMAT
 
-    expected = "a classifier.safetensors written by `sslcli finetune`"
-    meta = read_metadata(path, expected)
-    if meta.get("sslcli_format") != CLASSIFIER_FORMAT:
-        raise UsageError(f"{path} is not an sslcli classifier (its sslcli_format is "
-                         f"{meta.get('sslcli_format', 'missing')!r}); expected {expected}")
+    meta = checked_classifier(path)
     info = checkpoint.info_from_metadata({**meta, "sslcli_format": ENCODER_FORMAT}, path)
     try:
         sla = json.loads(meta["sla"]) if meta.get("sla") else {}

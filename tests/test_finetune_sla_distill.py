@@ -13,7 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sslcli import checkpoint, data, label_augmentation
+from sslcli.command_specs import finetune_spec
 from sslcli.commands import finetune
+from sslcli.errors import UsageError
 from sslcli.features import eval_view
 from sslcli.finetuning import build_classifier, classifier_metadata, load_classifier
 from sslcli.spec import FinetuneSpec
@@ -84,12 +86,12 @@ def test_finetune_sla_scores_by_aggregated_inference_and_its_classifier_loads_ba
 def test_finetune_sla_distill_saves_the_plain_self_distilled_head(tmp_path: Path, resnet10t_encoder: Path,
                                                                   cifar_tiny: Path):
     out = tmp_path / "sd"
-    proc = sslcli_run("finetune", str(resnet10t_encoder), "--data", str(cifar_tiny), "--sla-distill", "--epochs", "1",
-                      "--batch-size", "16", "--out", str(out), "--set", "data.num_workers=0")
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "finetune.json").read_text())
+    spec = finetune_spec(resnet10t_encoder, cifar_tiny, epochs=1, batch_size=16, out=out, sla_distill=True,
+                         sets=["data.num_workers=0"])
+    assert spec.sla.enabled and spec.sla.self_distill  # --sla-distill implies --sla
+    result = finetune.run(spec)
     assert result["sla"]["self_distill"] and 0 <= result["aggregated_top1"] <= 1
-    assert "SLA (joint + self-distillation heads" in proc.stderr and "aggregated: top-1" in proc.stdout
+    assert "aggregated: top-1" in finetune.format_text(result)
     with safe_open(str(out / "classifier.safetensors"), "pt") as f:
         meta = f.metadata()
     assert json.loads(meta["sla"])["head"] == "self-distilled"
@@ -187,9 +189,10 @@ def test_distillation_refuses_a_non_classifier_teacher_and_a_missing_unlabeled_f
                       str(resnet10t_encoder), "--unlabeled", str(cifar_tiny / "train"), "--out", str(tmp_path / "a"))
     assert proc.returncode == 2 and "not an sslcli classifier" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    proc = sslcli_run("finetune", str(resnet10t_encoder), "--data", str(cifar_tiny), "--distill-from",
-                      str(resnet10t_encoder), "--out", str(tmp_path / "b"))
-    assert proc.returncode == 2 and "--unlabeled" in proc.stderr
-    proc = sslcli_run("finetune", str(resnet10t_encoder), "--data", str(cifar_tiny), "--sla", "--set",
-                      "augment.mixup_alpha=0.2", "--out", str(tmp_path / "c"))
-    assert proc.returncode == 2 and "Mixup" in proc.stderr
+    with pytest.raises(UsageError, match="--unlabeled"):
+        finetune_spec(resnet10t_encoder, cifar_tiny, distill_from=resnet10t_encoder)
+    with pytest.raises(UsageError, match="Mixup"):
+        finetune_spec(resnet10t_encoder, cifar_tiny, sla=True, sets=["augment.mixup_alpha=0.2"])
+    with pytest.raises(UsageError, match="do not combine"):
+        finetune_spec(resnet10t_encoder, cifar_tiny, sla=True, distill_from=resnet10t_encoder,
+                      unlabeled=cifar_tiny / "train")

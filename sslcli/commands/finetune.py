@@ -55,7 +55,7 @@ from sslcli.finetuning import (
     make_optimizer,
     train_loader,
 )
-from sslcli.headers import checked_projector
+from sslcli.headers import checked_classifier, checked_projector
 from sslcli.heads import MLPLayout
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import FinetuneSpec, dump
@@ -99,9 +99,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     if spec.keep_projection_layers:
         checked_projector(encoder_path(spec))  # a missing or mismatched head: one line, before any work
     if spec.distill.teacher is not None:
-        from sslcli.headers import read_metadata
-
-        read_metadata(spec.distill.teacher, "a classifier.safetensors written by `sslcli finetune`")
+        checked_classifier(spec.distill.teacher)  # an encoder or any other file: one line, before any work
         data.find_images(spec.distill.unlabeled, "--unlabeled")  # a missing or empty folder: before any work
     trackers.check_installed(spec.logging.to)
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
