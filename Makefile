@@ -66,10 +66,11 @@ bench-throughput: install-bench
 bench-augment: install
 	$(BIN)/python -m bench.augment
 
-# 10 % labels on Imagenette: fine-tuned from random init vs from SimCLR pretrained in the bench (~4 min on 2 cores with bf16, ~10 in fp32).
+# 10 % labels on Imagenette: fine-tuned from random init vs from SimCLR pretrained in the bench (~4 min on 2 cores with bf16, ~10 in fp32),
+# then the SLA, SLA+SD and distillation rows on the same labels (about 15 min more; FINETUNE_ARGS=--no-extra-rows skips them).
 FINETUNE_DATA ?= ../shared/data/imagenette
 bench-finetune: install
-	$(BIN)/python -m bench.finetune --data $(FINETUNE_DATA)
+	$(BIN)/python -m bench.finetune --data $(FINETUNE_DATA) $(FINETUNE_ARGS)
 
 # Every method's CPU preset for the same budget (MINUTES each, 8 by default: about 10 min a method with its
 # evaluation, ~4 h for all twenty methods and four recipes on 2 cores; METHODS=a,b for some).

@@ -5,6 +5,12 @@ the quickstart recipe; both encoders are then fine-tuned with the same recipe on
 class-balanced subset and scored on the full val split. CPU budget: resnet10t at 32 px, 15 pretraining
 epochs and 20 fine-tuning epochs, about 4 minutes on 2 cores with bf16. Prints the figures side by side; the last
 line is one JSON object with top1_random_init and top1_pretrained. Acceptance: pretrained wins.
+
+Further rows on the same labels and recipe (docs/benchmarks.md): SLA (--sla, joint class x rotation labels with
+aggregated inference) from both encoders, SLA+SD (--sla-distill) from the SimCLR encoder, and SimCLR v2
+distillation (--distill-from): the SimCLR fine-tuned classifier is the teacher, labeling all of the train split's
+images (labels unused), for a student from the random init and one from the SimCLR encoder (DISTILL_SETS epochs).
+--no-extra-rows runs only the two original rows.
 """
 
 from __future__ import annotations
@@ -28,9 +34,31 @@ FINETUNE_SETS = ["train.epochs=20", "train.batch_size=64", "train.eval_every=10"
                  "optim.warmup_epochs=2", "augment.scale=[0.25,1.0]", "train.log_every=100"]
 
 
-def finetune_run(encoder: Path, data: Path, out: Path, fraction: float, sets: list[str]) -> dict:
-    options = {"encoder": str(encoder), "data.path": str(data), "data.label_fraction": fraction, "out": str(out)}
+# Distillation passes over all ~9.5k train images per epoch (10x the labeled subset): fewer epochs.
+DISTILL_SETS = ["train.epochs=5", "train.eval_every=5", "distill.temperature=1.0", "distill.labeled_weight=0"]
+
+
+def finetune_run(encoder: Path, data: Path, out: Path, fraction: float, sets: list[str],
+                 extra: dict | None = None) -> dict:
+    options = {"encoder": str(encoder), "data.path": str(data), "data.label_fraction": fraction, "out": str(out),
+               **(extra or {})}
     return finetune.run(resolve(FinetuneSpec, options=options, sets=FINETUNE_SETS + sets))
+
+
+def extra_rows(encoders: dict[str, Path], teacher: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """SLA, SLA+SD and distillation runs on the same labels; name -> finetune summary."""
+    runs = {
+        "sla_random_init": (encoders["random_init"], [], {"sla.enabled": True}),
+        "sla_pretrained": (encoders["pretrained"], [], {"sla.enabled": True}),
+        "sla_sd_pretrained": (encoders["pretrained"], [], {"sla.enabled": True, "sla.self_distill": True}),
+        "distill_random_init": (encoders["random_init"], DISTILL_SETS,
+                                {"distill.teacher": str(teacher), "distill.unlabeled": str(args.data / "train")}),
+        "distill_pretrained": (encoders["pretrained"], DISTILL_SETS,
+                               {"distill.teacher": str(teacher), "distill.unlabeled": str(args.data / "train")}),
+    }
+    return {name: finetune_run(encoder, args.data, args.out / f"finetune-{name}", args.label_fraction,
+                               sets + args.finetune_set, extra)
+            for name, (encoder, sets, extra) in runs.items()}
 
 
 def main() -> None:
@@ -40,6 +68,8 @@ def main() -> None:
     parser.add_argument("--label-fraction", type=float, default=0.1)
     parser.add_argument("--pretrain-set", action="append", default=[], help="extra pretraining spec overrides")
     parser.add_argument("--finetune-set", action="append", default=[], help="extra fine-tuning spec overrides")
+    parser.add_argument("--no-extra-rows", action="store_true", help="only random init vs SimCLR (no SLA, "
+                        "SLA+SD or distillation rows)")
     args = parser.parse_args()
 
     spec = resolve(PretrainSpec, preset="quickstart", options={"data.path": str(args.data),
@@ -48,9 +78,11 @@ def main() -> None:
     (args.out / "random-init").mkdir(parents=True, exist_ok=True)
     baseline = random_init_encoder(spec, args.out / "random-init")
     results = {}
-    for name, encoder in (("random_init", baseline), ("pretrained", Path(summary["encoder"]))):
+    encoders = {"random_init": baseline, "pretrained": Path(summary["encoder"])}
+    for name, encoder in encoders.items():
         results[name] = finetune_run(encoder, args.data, args.out / f"finetune-{name}", args.label_fraction,
                                      args.finetune_set)
+    extra = {} if args.no_extra_rows else extra_rows(encoders, Path(results["pretrained"]["classifier"]), args)
 
     a, b = results["pretrained"], results["random_init"]
     title = f"{100 * args.label_fraction:g}% labels, {args.data.name} val ({a['n_eval']} images)"
@@ -59,6 +91,8 @@ def main() -> None:
         print(f"{label:<44} {100 * a[key]:>9.2f}% {100 * b[key]:>11.2f}% {100 * (a[key] - b[key]):>+10.2f}")
     print(f"{'fine-tuning wall time (s)':<44} {a['wall_s']:>10.1f} {b['wall_s']:>12.1f}")
     print(f"{'pretrain wall time (s), images/s':<44} {summary['wall_s']:>10.1f} {summary['images_per_s']:>12.1f}")
+    if extra:
+        print_extra_rows(results, extra)
     figures = {
         "top1_pretrained": a["top1"],
         "top1_random_init": b["top1"],
@@ -72,8 +106,26 @@ def main() -> None:
         "device": summary["device"],
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
+        **{f"top1_{name}": run["top1"] for name, run in extra.items()},
+        **{f"agreement_{name}": run["distill"]["agreement"] for name, run in extra.items() if run.get("distill")},
+        **({"top1_sla_sd_pretrained_aggregated": extra["sla_sd_pretrained"]["aggregated_top1"]} if extra else {}),
     }
     print(json.dumps(figures, sort_keys=True))
+
+
+def print_extra_rows(results: dict[str, dict], extra: dict[str, dict]) -> None:
+    """One line per run: top-1, its difference from plain fine-tuning of the same encoder, wall time."""
+    plain = {"random_init": results["random_init"], "pretrained": results["pretrained"]}
+    print(f"\n{'run (same labels and recipe)':<44} {'top-1':>10} {'vs plain':>9} {'wall s':>8}  note")
+    for name, run in {**{f"plain_{k}": v for k, v in plain.items()}, **extra}.items():
+        start = "pretrained" if name.endswith("pretrained") else "random_init"
+        diff = 100 * (run["top1"] - plain[start]["top1"])
+        note = ""
+        if run.get("distill"):
+            note = f"teacher agreement {100 * run['distill']['agreement']:.1f}% on {run['distill']['n_unlabeled']}"
+        if "aggregated_top1" in run:
+            note = f"SD head; joint head aggregated {100 * run['aggregated_top1']:.2f}%"
+        print(f"{name:<44} {100 * run['top1']:>9.2f}% {diff:>+9.2f} {run['wall_s']:>8.1f}  {note}")
 
 
 if __name__ == "__main__":

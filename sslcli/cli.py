@@ -222,6 +222,15 @@ def finetune(
     keep_projection_layers: int = typer.Option(None, "--keep-projection-layers", metavar="N",
                                                help="SimCLR v2: keep the first N layers of the encoder's pretrained "
                                                "projection head between it and the classifier (SimCLR v2: 1)"),
+    sla: bool = typer.Option(None, "--sla", help="SLA: joint (class, rotation) labels over the four rotations, "
+                             "aggregated inference over them (4x the compute per image)"),
+    sla_distill: bool = typer.Option(None, "--sla-distill", help="SLA with its self-distillation head: a plain "
+                                     "C-way head learns the aggregated prediction and alone is saved (implies --sla)"),
+    distill_from: Path = typer.Option(None, "--distill-from", metavar="CLASSIFIER", help="SimCLR v2 distillation: "
+                                      "a classifier.safetensors sslcli finetune wrote; its soft labels on --unlabeled "
+                                      "train ENCODER's architecture (the student)"),
+    unlabeled: Path = typer.Option(None, "--unlabeled", metavar="DIR", help="the images the --distill-from teacher "
+                                   "labels (a folder or list file)"),
     log_to: str = LogToOption,
     sets: list[str] = set_option("train.epochs=10"),
     dry_run: bool = DryRunOption,
@@ -234,13 +243,18 @@ def finetune(
 
     spec = finetune_spec(encoder, data, val=val, epochs=epochs, batch_size=batch_size, label_fraction=label_fraction,
                          preset=preset, out=out, on_bad_image=on_bad_image, baseline=baseline,
-                         keep_projection_layers=keep_projection_layers, log_to=log_to, sets=sets)
+                         keep_projection_layers=keep_projection_layers, log_to=log_to, sla=sla,
+                         sla_distill=sla_distill, distill_from=distill_from, unlabeled=unlabeled, sets=sets)
     if dry_run:
         return _dry_run(spec, json_out)
     if spec.keep_projection_layers and spec.encoder is not None:
         from sslcli.headers import checked_projector
 
         checked_projector(Path(spec.encoder))  # a missing or mismatched head is refused before torch loads
+    if spec.distill.teacher is not None:
+        from sslcli.headers import checked_classifier
+
+        checked_classifier(Path(spec.distill.teacher))  # so is a teacher that is not a classifier
     _run("finetune", spec, json_out)
 
 

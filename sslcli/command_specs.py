@@ -79,9 +79,13 @@ def finetune_spec(encoder: str | Path, data: str | Path, *, val: str | Path | No
                   epochs: int | None = None, batch_size: int | None = None, label_fraction: float | None = None,
                   preset: str | None = None, out: str | Path | None = None, on_bad_image: str | None = None,
                   baseline: bool | None = None, keep_projection_layers: int | None = None,
-                  log_to: str | list[str] | None = None, sets: list[str] | None = None,
-                  overrides: dict[str, Any] | None = None) -> FinetuneSpec:
+                  log_to: str | list[str] | None = None, sla: bool | None = None, sla_distill: bool | None = None,
+                  distill_from: str | Path | None = None, unlabeled: str | Path | None = None,
+                  sets: list[str] | None = None, overrides: dict[str, Any] | None = None) -> FinetuneSpec:
+    """sla_distill (--sla-distill) implies sla (--sla): SLA with its self-distillation head."""
     options: dict[str, Any] = {
+        "sla.enabled": True if sla or sla_distill else None, "sla.self_distill": sla_distill,
+        "distill.teacher": _path(distill_from), "distill.unlabeled": _path(unlabeled),
         "encoder": checked_encoder(encoder, weights_ok=True), "data.path": str(data), "data.val": _path(val),
         "data.label_fraction": label_fraction, "data.on_bad_image": on_bad_image, "train.epochs": epochs,
         "train.batch_size": batch_size, "out": _path(out), "baseline": baseline,

@@ -6,6 +6,7 @@ layer-wise lr decay), training batches, scoring on the eval split, and the class
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,15 @@ from sslcli.encoders import EncoderInfo, apply_small_stem
 from sslcli.errors import RunError, UsageError
 from sslcli.evaluate import topk_accuracy
 from sslcli.features import eval_view
-from sslcli.heads import MLPLayout, classifier_on_projection, first_layers, replace_classifier
+from sslcli.headers import CLASSIFIER_FORMAT, checked_classifier
+from sslcli.heads import (
+    MLPLayout,
+    attach_projection,
+    classifier_on_projection,
+    first_layers,
+    replace_classifier,
+)
 from sslcli.spec import FinetuneSpec
-
-CLASSIFIER_FORMAT = "sslcli.classifier.v1"
 
 
 def head_keys(model: nn.Module) -> set[str]:
@@ -128,37 +134,80 @@ class Scorer:
     rank scores its shard of the split and the scores are gathered."""
 
     def __init__(self, val_set: data.ImageSet, val_labels: torch.Tensor, info: EncoderInfo, device: torch.device,
-                 dtype: torch.dtype | None):
+                 dtype: torch.dtype | None, predict: Predict | None = None):
         part = distributed.shard(len(val_set))  # this rank's share of the eval split
         self.paths, self.offset = val_set.paths[part.start:part.stop], part.start
         self.loader = data.make_loader(self.paths, data.storage_size_for(info.image_size), 256, shuffle=False,
                                        drop_last=False, num_workers=0, seed=0, channels=info.channels)
         self.labels, self.info, self.device, self.dtype = val_labels, info, device, dtype
+        self.predict = predict or plain_prediction
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, policy: data.BadImagePolicy) -> dict[str, float]:
-        """The scores; unreadable images follow `policy` (the run's); the model is left in train mode
-        (training resumes right after)."""
+        """The scores (top1, top5, and <name>_top1 of each further prediction `predict` gives); unreadable images
+        follow `policy` (the run's); the model is left in train mode (training resumes right after)."""
         model.eval()
-        logits, kept = [], []
+        logits: dict[str, list[torch.Tensor]] = {}
+        kept = []
         device = self.device
         for x, idx in data.iter_batches(self.loader, policy, self.paths):
             with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                logits.append(model(eval_view(x.to(device, non_blocking=True), self.info)).float())
+                for name, value in self.predict(model, eval_view(x.to(device, non_blocking=True), self.info)).items():
+                    logits.setdefault(name, []).append(value.float())
             kept.append(idx + self.offset)
         model.train()
-        empty = torch.zeros(0, model.num_classes, device=device)
-        all_logits = distributed.gather_uneven(torch.cat(logits) if logits else empty)
         all_kept = distributed.gather_uneven(torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long))
         if not len(all_kept):
             raise UsageError("no readable images in the eval split")
-        acc = topk_accuracy(all_logits, self.labels[all_kept].to(device), ks=(1, 5))
-        return {"top1": acc[1], "top5": acc[5]}
+        scores = {}
+        for name, parts in logits.items():
+            acc = topk_accuracy(distributed.gather_uneven(torch.cat(parts)), self.labels[all_kept].to(device),
+                                ks=(1, 5))
+            scores.update({"top1": acc[1], "top5": acc[5]} if not name else {f"{name}_top1": acc[1]})
+        return scores
+
+
+Predict = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def plain_prediction(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A classifier's own answer: its logits (the Scorer's default)."""
+    return {"": model(x)}
+
+
+def load_classifier(path: Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
+    """A classifier.safetensors written by sslcli finetune, rebuilt from its metadata (its architecture, kept
+    projection layers, SLA's joint head) and loaded strictly, in eval mode: UsageError, one line, for any
+    other file."""
+    import timm
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sslcli.headers import ENCODER_FORMAT
+
+    meta = checked_classifier(path)
+    info = checkpoint.info_from_metadata({**meta, "sslcli_format": ENCODER_FORMAT}, path)
+    try:
+        sla = json.loads(meta["sla"]) if meta.get("sla") else {}
+        # An SLA classifier with the joint head has rotations x C outputs (its self-distilled head: C).
+        outputs = int(meta["num_classes"]) * (int(sla["rotations"]) if sla.get("head") == "joint" else 1)
+        model = timm.create_model(info.name, pretrained=False, num_classes=outputs, **info.kwargs)
+        if info.small_stem:
+            apply_small_stem(model)
+        if "projection_layers" in meta:
+            attach_projection(model, MLPLayout.from_json(meta["projection_head"]), int(meta["projection_layers"]))
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except (KeyError, ValueError, TypeError, SafetensorError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()
+        raise UsageError(f"{path}: not a loadable sslcli classifier ({reason[-1].strip() if reason else exc!r})"
+                         ) from None
+    return model.eval(), info, meta
 
 
 def classifier_metadata(info: EncoderInfo, source: dict[str, str], *, encoder_path: Path, classes: list[str],
                         epoch: int, step: int, spec: dict[str, Any],
-                        projection: tuple[int, MLPLayout] | None = None) -> dict[str, str]:
+                        projection: tuple[int, MLPLayout] | None = None,
+                        sla: dict[str, Any] | None = None) -> dict[str, str]:
     """The encoder's metadata fields (so the classifier rebuilds the same way) plus classes and provenance; with
     kept projection layers, how many and the head's layout (heads.attach_projection rebuilds the classifier)."""
     meta = checkpoint.encoder_metadata(info, method="finetune", epoch=epoch, step=step, spec=spec)
@@ -173,4 +222,6 @@ def classifier_metadata(info: EncoderInfo, source: dict[str, str], *, encoder_pa
     })
     if projection is not None:
         meta.update({"projection_layers": str(projection[0]), "projection_head": projection[1].to_json()})
+    if sla is not None:  # {"rotations": 4, "head": "joint" (4C outputs) or "self-distilled" (a plain C-way head)}
+        meta["sla"] = json.dumps(sla, sort_keys=True)
     return meta

@@ -16,12 +16,14 @@ from sslcli.errors import UsageError
 ENCODER_FORMAT = "sslcli.encoder.v1"
 STATE_FORMAT = "sslcli.train-state.v1"
 PROJECTOR_FORMAT = "sslcli.projector.v1"
+CLASSIFIER_FORMAT = "sslcli.classifier.v1"
 PROJECTOR_FILE = "projector.safetensors"  # beside the encoder, named by its metadata key `projector`
 # Artifacts that are not encoders, named when one is given where an encoder is expected.
-OTHER_KINDS = {"sslcli.classifier.v1": "classifier (sslcli finetune)", STATE_FORMAT: "training state",
+OTHER_KINDS = {CLASSIFIER_FORMAT: "classifier (sslcli finetune)", STATE_FORMAT: "training state",
                "sslcli.embeddings.v1": "embeddings file (sslcli embed)",
                PROJECTOR_FORMAT: "projection head (the projector.safetensors beside an encoder)"}
 ENCODER_EXPECTED = "an encoder.safetensors written by `sslcli pretrain` (or a run folder holding one)"
+CLASSIFIER_EXPECTED = "a classifier.safetensors written by `sslcli finetune`"
 ARTIFACT_EXPECTED = "an sslcli artifact: an encoder, classifier, training state or embeddings .safetensors"
 
 
@@ -59,6 +61,17 @@ def checked_encoder(path: Path | str) -> Path:
     path = encoder_file(path)
     check_encoder_format(read_metadata(path, ENCODER_EXPECTED), path)
     return path
+
+
+def checked_classifier(path: Path) -> dict[str, str]:
+    """A classifier sslcli finetune wrote (a --distill-from teacher), its metadata checked without torch: one
+    clear line, saying what the file is instead, for anything else."""
+    meta = read_metadata(Path(path), CLASSIFIER_EXPECTED)
+    if meta.get("sslcli_format") != CLASSIFIER_FORMAT:
+        other = {ENCODER_FORMAT: "encoder", **OTHER_KINDS}.get(meta.get("sslcli_format", ""))
+        what = f"it is an sslcli {other}" if other else f"its metadata has no '{CLASSIFIER_FORMAT}' tag"
+        raise UsageError(f"{path} is not an sslcli classifier ({what}); expected {CLASSIFIER_EXPECTED}")
+    return meta
 
 
 def checked_projector(encoder: Path) -> tuple[Path, dict[str, str]]:

@@ -342,6 +342,32 @@ class FinetuneTrain(Strict):
     sync_free: bool | Literal["auto"] = Field("auto", description="as train.sync_free of pretrain")
 
 
+class FinetuneSla(Strict):
+    """Self-supervised label augmentation (Lee, Hwang & Shin, ICML 2020): joint (class, rotation) labels."""
+
+    enabled: bool = Field(False, description="SLA: the classifier predicts 4 x C joint (class, rotation) labels, "
+                          "each training image is seen at 0/90/180/270 degrees, and inference averages the four "
+                          "rotations' class logits (aggregated inference; 4x the compute per image)")
+    self_distill: bool = Field(False, description="SLA+SD: a second plain C-way head learns the aggregated "
+                               "prediction (KL at sla.temperature) and the label; it alone is saved and used at "
+                               "inference (one forward pass per image)")
+    temperature: float = Field(1.0, gt=0, description="SLA+SD: temperature of the self-distillation KL")
+
+
+class FinetuneDistill(Strict):
+    """SimCLR v2's distillation (arXiv 2006.10029, section 2): a fine-tuned teacher labels unlabeled images."""
+
+    teacher: Path | None = Field(None, description="a classifier.safetensors written by sslcli finetune: its "
+                                 "temperature-scaled class probabilities on the unlabeled images are the student's "
+                                 "targets (the student is ENCODER's architecture, which may be another one)")
+    unlabeled: Path | None = Field(None, description="the unlabeled images the teacher labels (a folder, labeled "
+                                   "or not, or a list file)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of teacher and student in the "
+                               "distillation loss (SimCLR v2: 1)")
+    labeled_weight: float = Field(0.0, ge=0, description="weight of the labeled images' cross entropy added to the "
+                                  "distillation loss (0: distillation alone, as SimCLR v2 on ImageNet)")
+
+
 class FinetuneSpec(ScaledLr, Strict):
     encoder: Path | None = Field(None, description="an encoder.safetensors written by sslcli")
     keep_projection_layers: int = Field(0, ge=0, description="SimCLR v2's fine-tuning from a projection layer "
@@ -357,6 +383,26 @@ class FinetuneSpec(ScaledLr, Strict):
     out: Path | None = Field(None, description="output folder (default: finetune-<timestamp> beside the encoder)")
     baseline: bool = Field(False, description="then fine-tune the same architecture from a seeded random init with "
                            "the same recipe: the reference the pretraining is measured against (doubles the time)")
+    sla: FinetuneSla = Field(default_factory=FinetuneSla)
+    distill: FinetuneDistill = Field(default_factory=FinetuneDistill)
+
+    @model_validator(mode="after")
+    def _one_kind_of_target(self) -> FinetuneSpec:
+        # Each of SLA, distillation and Mixup/CutMix rewrites the targets; their combinations are not defined here.
+        mixing = self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0
+        if self.sla.self_distill and not self.sla.enabled:
+            raise ValueError("sla.self_distill is SLA's self-distillation head: it needs sla.enabled (--sla)")
+        if (self.distill.teacher is None) != (self.distill.unlabeled is None):
+            raise ValueError("distillation needs both a teacher and unlabeled images: --distill-from CLASSIFIER "
+                             "--unlabeled DIR")
+        distilling = self.distill.teacher is not None
+        if self.sla.enabled and distilling:
+            raise ValueError("--sla and --distill-from do not combine: SLA's joint labels are the labeled images', "
+                             "distillation's targets the teacher's")
+        if mixing and (self.sla.enabled or distilling):
+            raise ValueError(f"{'--sla' if self.sla.enabled else '--distill-from'} does not combine with Mixup/CutMix "
+                             "(augment.mixup_alpha, augment.cutmix_alpha)")
+        return self
 
 
 class EmbedSpec(Strict):

@@ -12,12 +12,21 @@ With `keep_projection_layers` N (--keep-projection-layers, SimCLR v2's fine-tuni
 first N layers of the projection head saved beside the encoder (projector.safetensors) sit between the encoder's
 pooled features and the fresh linear classifier, in the timm model's classifier slot (fc of a ResNet).
 
+With `sla.enabled` (--sla, SLA: label_augmentation.py) the classifier has 4 x C joint (class, rotation) outputs,
+each training batch holds every image at its four rotations, and scoring is SLA's aggregated inference; with
+`sla.self_distill` (--sla-distill) a fifth block of C outputs is the self-distillation head, the one saved.
+
+With `distill.teacher` (--distill-from CLASSIFIER --unlabeled DIR, SimCLR v2's distillation:
+teacher_distillation.py) the student (ENCODER plus a fresh head) trains on the teacher's soft labels of the
+unlabeled images, plus `distill.labeled_weight` x the labeled images' loss.
+
 Under torchrun the classifier is wrapped in DDP, each rank trains on a DistributedSampler's share of
 the global batch (train.batch_size), the val split is scored in shards and gathered, and rank 0 writes.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,24 +35,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslcli import checkpoint, console, data, distributed, trackers, weights
+from sslcli import checkpoint, console, data, distributed, label_augmentation, trackers, weights
+from sslcli import teacher_distillation as distillation
 from sslcli.augment import Augmenter
 from sslcli.device import PRECISIONS, prepare_device, resolve_device
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import Interrupted, UsageError
 from sslcli.files import atomic_write_json
 from sslcli.finetuning import (
+    Predict,
     Scorer,
     build_classifier,
     classifier_metadata,
     encoder_path,
     kept_layers,
     kept_projection,
+    load_classifier,
     make_criterion,
     make_optimizer,
     train_loader,
 )
-from sslcli.headers import checked_projector
+from sslcli.headers import checked_classifier, checked_projector
 from sslcli.heads import MLPLayout
 from sslcli.schedules import warmup_cosine
 from sslcli.spec import FinetuneSpec, dump
@@ -73,6 +85,8 @@ class Job:
     baseline: bool = False  # the random-init reference run: its own metrics file, no classifier written
     projection: MLPLayout | None = None  # the layout of the projection head whose first layers the model keeps
     tracking: trackers.Trackers | None = None  # --log-to: the fine-tune's metrics (not the baseline's) go there too
+    targets: torch.Tensor | None = None  # distillation: the teacher's probabilities of train_set's first rows
+    teacher: dict[str, Any] | None = None  # distillation: what the summary says of the teacher
 
 
 def run(spec: FinetuneSpec) -> dict[str, Any]:
@@ -84,6 +98,9 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         raise UsageError("no labeled data given: sslcli finetune ENCODER --data DIR")
     if spec.keep_projection_layers:
         checked_projector(encoder_path(spec))  # a missing or mismatched head: one line, before any work
+    if spec.distill.teacher is not None:
+        checked_classifier(spec.distill.teacher)  # an encoder or any other file: one line, before any work
+        data.find_images(spec.distill.unlabeled, "--unlabeled")  # a missing or empty folder: before any work
     trackers.check_installed(spec.logging.to)
     device = distributed.init(resolve_device(spec.train.device))  # joins torchrun's group when launched by it
     prepare_device(device)
@@ -95,7 +112,10 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     classes = list(train_set.classes or [])
     layout = projection[1] if projection is not None else None
     kept = kept_layers(projection[0], layout, spec.keep_projection_layers) if layout else None
-    model = build_classifier(info, encoder, len(classes), kept)
+    model = make_model(spec, info, encoder, len(classes), kept)
+    targets, teacher = None, None
+    if spec.distill.teacher is not None:
+        train_set, targets, teacher = distillation_set(spec, train_set, classes, device)
     mixing = spec.augment.mixup_alpha > 0 or spec.augment.cutmix_alpha > 0
     loader, batch_size = train_loader(spec, train_set, info, device, mixing=mixing)
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": batch_size})})
@@ -103,13 +123,13 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     # Scores are computed at full precision on CPU (as probe does), so the saved classifier re-scores to
     # exactly the reported top-1; CUDA evaluates under the training autocast, where fp32 would only cost time.
     dtype = PRECISIONS[loop.precision] if device.type == "cuda" else None
-    score = Scorer(val_set, val_labels, info, device, dtype)
+    score = Scorer(val_set, val_labels, info, device, dtype, predictor(spec, len(classes)))
     out = output_dir(spec) if distributed.is_main() else Path(spec.out or ".")
     if distributed.is_main():
         atomic_write_json(out / "spec.json", dump(spec))
     tracking = trackers.open_trackers(spec.logging.to, out, dump(spec), spec.logging.experiment, device=device)
     job = Job(spec, info, source, model, classes, train_set, loader, score, loop, out, device, projection=layout,
-              tracking=tracking)
+              tracking=tracking, targets=targets, teacher=teacher)
     announce(job, len(val_set))
     status = "failed"
     try:
@@ -134,6 +154,43 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     return summary
 
 
+def make_model(spec: FinetuneSpec, info: EncoderInfo, encoder: nn.Module, num_classes: int,
+               kept: tuple[nn.Sequential, int] | None) -> nn.Module:
+    """The classifier: C outputs, or SLA's 4C joint outputs (+ C for its self-distillation head)."""
+    outputs = (label_augmentation.outputs(num_classes, spec.sla.self_distill) if spec.sla.enabled else num_classes)
+    return build_classifier(info, encoder, outputs, kept)
+
+
+def predictor(spec: FinetuneSpec, num_classes: int) -> Predict | None:
+    """How the classifier answers on eval images: SLA's aggregated inference, else its own logits (None)."""
+    if not spec.sla.enabled:
+        return None
+    return lambda model, x: label_augmentation.predictions(model, x, num_classes, spec.sla.self_distill)
+
+
+def distillation_set(spec: FinetuneSpec, labeled: data.ImageSet, classes: list[str],
+                     device: torch.device) -> tuple[data.ImageSet, torch.Tensor, dict[str, Any]]:
+    """The student's training set (the unlabeled images, then the labeled ones when their loss is on; labels
+    -1 on the unlabeled rows), the teacher's probabilities of the unlabeled rows, and the teacher's summary."""
+    path = Path(spec.distill.teacher)
+    teacher, teacher_info, meta = load_classifier(path)
+    teacher_classes = json.loads(meta.get("classes", "[]"))
+    if teacher_classes != classes:
+        raise UsageError(f"the teacher {path} was fine-tuned on the classes {teacher_classes[:5]}..., --data has "
+                         f"{classes[:5]}...: the student learns the teacher's classes, so they must be the same")
+    unlabeled = data.find_images(spec.distill.unlabeled, "--unlabeled")
+    policy = data.BadImagePolicy(spec.data.on_bad_image)
+    targets, paths = distillation.teacher_probabilities(teacher, meta, teacher_info, unlabeled,
+                                                        spec.distill.temperature, device, policy)
+    labeled_rows = spec.distill.labeled_weight > 0
+    train_set = data.ImageSet(root=unlabeled.root, paths=paths + (labeled.paths if labeled_rows else []),
+                              labels=[-1] * len(paths) + (list(labeled.labels or []) if labeled_rows else []),
+                              classes=classes)
+    summary = {"path": str(path), "encoder_name": teacher_info.name, "n_unlabeled": len(paths),
+               "temperature": spec.distill.temperature, "labeled_weight": spec.distill.labeled_weight}
+    return train_set, targets, summary
+
+
 def output_dir(spec: FinetuneSpec) -> Path:
     out = Path(spec.out) if spec.out else Path(spec.encoder).parent / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / "classifier.safetensors").exists():
@@ -146,6 +203,11 @@ def announce(job: Job, n_eval: int) -> None:
     spec, loop = job.spec, job.loop
     kept = (f" + {console.plural(spec.keep_projection_layers, 'projection layer')} of {job.source.get('method')}"
             if job.projection else "")
+    if spec.sla.enabled:
+        kept += f", SLA ({'joint + self-distillation heads' if spec.sla.self_distill else 'joint head'}, 4 rotations)"
+    if job.teacher is not None:
+        kept += (f", distilling {job.teacher['encoder_name']} teacher {job.teacher['path']} "
+                 f"({job.teacher['n_unlabeled']} unlabeled images, T {spec.distill.temperature:g})")
     per_epoch = loop.steps_per_epoch
     console.info(f"fine-tuning {job.info.name}{kept} on {len(job.train_set)} images, {len(job.classes)} classes "
                  f"({n_eval} eval), {console.plural(per_epoch, 'step/epoch')} x "
@@ -168,12 +230,12 @@ def _train_baseline(job: Job) -> dict[str, Any]:
     # The kept projection layers at a fresh init too, drawn as load_projector draws the head before loading it.
     fresh = (kept_layers(job.projection.build(), job.projection, spec.keep_projection_layers)
              if job.projection is not None else None)
-    model = build_classifier(info, encoder, len(job.classes), fresh)
+    model = make_model(spec, info, encoder, len(job.classes), fresh)
     mixing = spec.augment.mixup_alpha > 0 or spec.augment.cutmix_alpha > 0
     loader, _ = train_loader(spec, job.train_set, info, job.device, mixing=mixing)
     loop = replace(job.loop, description=f"baseline {info.name} (random init)")
     result, history = _train(replace(job, model=model, loader=loader, loop=loop, baseline=True))
-    return {"top1": history[-1]["top1"], "top5": history[-1]["top5"],
+    return {"top1": history[-1]["top1"], "top5": history[-1]["top5"], **extra_scores(history[-1]),
             "best_top1": max(h["top1"] for h in history), "final_loss": result.last_loss,
             "history": history, "seed": spec.train.seed, "wall_s": round(result.wall_s, 2)}
 
@@ -201,10 +263,20 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
         if isinstance(job.loader.sampler, torch.utils.data.DistributedSampler):
             job.loader.sampler.set_epoch(epoch)
         for x, idx in data.iter_batches(job.loader, policy, paths):
-            yield x, labels[idx]
+            yield x, labels[idx], idx
+
+    num_classes, sla = len(job.classes), spec.sla
+    targets = job.targets.to(device) if job.targets is not None else None
 
     def loss(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepOut:
         x, y = augment(batch[0])[0], batch[1]
+        if sla.enabled:
+            logits = parallel(label_augmentation.rotated(x))
+            with torch.autocast(device.type, enabled=False):
+                return StepOut(loss=label_augmentation.loss(logits, y, num_classes, criterion, sla.self_distill,
+                                                            sla.temperature))
+        if targets is not None:
+            return distill_loss(parallel(x), y, batch[2])
         if mixup is not None:
             even = x.shape[0] - x.shape[0] % 2  # timm's Mixup pairs samples; a skipped bad file can leave one over
             x, y = mixup(x[:even], y[:even])
@@ -215,13 +287,29 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
         with torch.autocast(device.type, enabled=False):
             return StepOut(loss=criterion(logits.float(), y))
 
+    def distill_loss(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> StepOut:
+        """The teacher's soft labels on the unlabeled rows, + labeled_weight x the labeled rows' loss."""
+        unlabeled = y < 0
+        logs = {}
+        with torch.autocast(device.type, enabled=False):
+            total = logits.float().sum() * 0  # a batch of one kind still gives a loss with a gradient
+            if bool(unlabeled.any()):
+                soft = distillation.soft_cross_entropy(logits[unlabeled], targets[idx[unlabeled]],
+                                                       spec.distill.temperature)
+                total, logs["distill"] = total + soft, soft.detach()
+            if bool((~unlabeled).any()):
+                hard = criterion(logits[~unlabeled].float(), y[~unlabeled])
+                total, logs["labeled"] = total + spec.distill.labeled_weight * hard, hard.detach()
+        return StepOut(loss=total, logs=logs)
+
     def on_epoch_end(epoch: int, step: int) -> None:
         if epoch % spec.train.eval_every and epoch != spec.train.epochs:
             return
         scores = job.score(model, policy)
         history.append({"epoch": epoch, "step": step, **scores})
         if metrics is not None:
-            metrics.write({"epoch": epoch, "step": step, "val_top1": scores["top1"], "val_top5": scores["top5"]})
+            metrics.write({"epoch": epoch, "step": step, "val_top1": scores["top1"], "val_top5": scores["top5"],
+                           **{f"val_{key}": value for key, value in extra_scores(scores).items()}})
         console.info(f"{who}epoch {epoch}/{spec.train.epochs}: val top-1 {100 * scores['top1']:.2f}%  "
                      f"top-5 {100 * scores['top5']:.2f}%")
 
@@ -252,10 +340,24 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
 
 
 def _save_classifier(job: Job, epoch: int, step: int) -> None:
-    projection = (job.spec.keep_projection_layers, job.projection) if job.projection is not None else None
-    meta = classifier_metadata(job.info, job.source, encoder_path=Path(job.spec.encoder), classes=job.classes,
-                               epoch=epoch, step=step, spec=dump(job.spec), projection=projection)
-    checkpoint.save_encoder(job.out / "classifier.safetensors", job.model, meta)
+    """The classifier file: with SLA the 4C joint model (its metadata says so), with SLA+SD the C-way model
+    of the self-distillation head alone (a plain classifier)."""
+    spec, model, sla = job.spec, job.model, None
+    projection = (spec.keep_projection_layers, job.projection) if job.projection is not None else None
+    if spec.sla.enabled:
+        sla = {"rotations": label_augmentation.ROTATIONS, "head": "self-distilled" if spec.sla.self_distill else "joint"}
+        if spec.sla.self_distill:
+            model = label_augmentation.single_head_model(model, len(job.classes))
+    meta = classifier_metadata(job.info, job.source, encoder_path=Path(spec.encoder), classes=job.classes,
+                               epoch=epoch, step=step, spec=dump(spec), projection=projection, sla=sla)
+    if spec.distill.teacher is not None:  # provenance: the student learned this classifier's labels
+        meta["distill_teacher"] = str(spec.distill.teacher)
+    checkpoint.save_encoder(job.out / "classifier.safetensors", model, meta)
+
+
+def extra_scores(scores: dict[str, Any]) -> dict[str, Any]:
+    """The further predictions' top-1 of an evaluation (SLA+SD: aggregated_top1)."""
+    return {key: value for key, value in scores.items() if key.endswith("_top1") and key != "top1"}
 
 
 def _summary(job: Job, result: FitResult, history: list[dict[str, Any]], n_eval: int) -> dict[str, Any]:
@@ -276,6 +378,9 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]], n_eval:
         "final_loss": result.last_loss,
         "top1": history[-1]["top1"],
         "top5": history[-1]["top5"],
+        **extra_scores(history[-1]),
+        "sla": job.spec.sla.model_dump() if job.spec.sla.enabled else None,
+        "distill": distillation_summary(job),
         "best_top1": max(h["top1"] for h in history),
         "history": history,
         "images_per_s": round(result.images_per_s, 2),
@@ -285,10 +390,24 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]], n_eval:
     }
 
 
+def distillation_summary(job: Job) -> dict[str, Any] | None:
+    """The teacher, and how often the student's top class is the teacher's on the unlabeled images."""
+    if job.targets is None or job.teacher is None:
+        return None
+    n = len(job.targets)
+    agree = distillation.agreement(job.model, job.info, job.train_set.paths[:n], job.targets, job.device,
+                                   data.BadImagePolicy(job.spec.data.on_bad_image))
+    return {**job.teacher, "agreement": agree}
+
+
 def format_text(result: dict[str, Any]) -> str:
     base = result.get("baseline")
     reference = (f"  random init: val top-1 {100 * base['top1']:.2f}%  top-5 {100 * base['top5']:.2f}%" if base
                  else "")
+    if result.get("aggregated_top1") is not None:
+        reference += f"  (SLA joint head, aggregated: top-1 {100 * result['aggregated_top1']:.2f}%)"
+    if result.get("distill"):
+        reference += f"  (top class agrees with the teacher's on {100 * result['distill']['agreement']:.1f}% of --unlabeled)"
     return (f"classifier {result['classifier']}  val top-1 {100 * result['top1']:.2f}%  top-5 "
             f"{100 * result['top5']:.2f}%{reference}  (chance {100 * result['chance']:.2f} %: 1 / {result['num_classes']} "
             f"classes)  ({console.plural(result['n_train'], 'train image')}, "
