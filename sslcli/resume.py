@@ -36,7 +36,8 @@ def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> 
         parts["init"] = {"ref": spec.encoder.init, "sha256": spec.encoder.init_sha256}
     if spec.data.label_fraction is not None:  # only then, so the runs without labels keep their fingerprints
         parts["semi-supervised"] = {"label fraction": spec.data.label_fraction,
-                                    "supervised weight": spec.train.supervised_weight}
+                                    "supervised weight": spec.train.supervised_weight,
+                                    "labeled batch size": spec.train.labeled_batch_size or spec.train.batch_size}
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return {"hash": digest, "parts": parts}
 

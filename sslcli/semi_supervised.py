@@ -4,10 +4,15 @@ the labeled part of the batch, its cross entropy added to the method's self-supe
 Zhai, Oliver, Kolesnikov & Beyer 2019, S4L: Self-Supervised Semi-Supervised Learning,
 https://arxiv.org/abs/1905.03670 (their loss: L_sup + w L_self; here L_self + supervised_weight x L_sup).
 
-The methods know nothing of labels. The batch stream carries (images, labels) with -1 for the unlabeled
-images (training_data.semi_supervised_labels); the step function adds the term to the method's StepOut,
-reading the first view's pooled encoder features (StepOut.embeddings["features"][0], with their gradient,
-so the supervised term trains the encoder too). The head is a submodule of the method (`supervised_head`),
+The methods know nothing of labels. Every step's batch is S4L's two minibatches in one: train.batch_size
+images of the whole set (label -1) followed by train.labeled_batch_size images of the labeled subset with
+their classes (training_data.training_batches; the paper's minibatches are of equal size, the default), so
+the method's loss covers both (S4L applies L_self to the labeled images too) and the supervised term always
+averages over a full labeled batch. It used to see the labeled images that happened to be in the batch, a
+fraction F of it (3 to 13 images at 10 %): that noisy cross entropy at the method's learning rate collapsed
+the features (kNN below a random init). The step function adds the term to the method's StepOut, reading
+the first view's pooled encoder features (StepOut.embeddings["features"][0], with their gradient, so the
+supervised term trains the encoder too). The head is a submodule of the method (`supervised_head`),
 so the optimizer, the checkpoints (an exact resume) and DDP see it like the method's own heads; the
 exported encoder is unchanged.
 """

@@ -167,6 +167,10 @@ class TrainConfig(Strict):
     supervised_weight: float = Field(1.0, gt=0, description="with data.label_fraction: weight of the supervised "
                                      "cross entropy added to the method's loss (S4L's L_sup + w L_self is this "
                                      "at 1 / w, up to the lr)")
+    labeled_batch_size: int | None = Field(None, gt=0, description="with data.label_fraction: labeled images "
+                                           "drawn from the labeled subset and added to every step's batch, the "
+                                           "only images the supervised term sees (S4L's labeled minibatch; "
+                                           "default: train.batch_size, the paper's equal sizes)")
     keep_checkpoints: int = Field(2, ge=1)
     sync_bn: bool | None = Field(None, description="under torchrun, batch norm over the global batch (default: "
                                  "as the method's paper: on, except MoCo v2)")

@@ -67,8 +67,11 @@ def test_exemplar_mines_over_every_copy_of_the_batch():
 @pytest.mark.parametrize("preset", ["s4l-exemplar-cpu", "s4l-rotation-cpu"])
 def test_the_s4l_presets_train_the_supervised_head_beside_the_self_supervised_loss(preset: str, cifar_small: Path,
                                                                                    tmp_path: Path):
-    sets = ["data.max_images=100", "train.batch_size=16", "train.epochs=1", "train.max_steps=2",
-            "data.num_workers=0", "monitor.knn_every=0", "monitor.report=false", "train.log_every=1"]
+    # 10 of the 100 images are labeled: a labeled batch of 8 beside the 16 (the presets' default, as large as the
+    # batch, needs more labeled images than this subset holds).
+    sets = ["data.max_images=100", "train.batch_size=16", "train.labeled_batch_size=8", "train.epochs=1",
+            "train.max_steps=2", "data.num_workers=0", "monitor.knn_every=0", "monitor.report=false",
+            "train.log_every=1"]
     if preset.startswith("s4l-exemplar"):
         sets += ["method.copies=2", "method.embedding_dim=32"]
     spec = resolve(PretrainSpec, preset=preset, options={"data.path": str(cifar_small), "out": str(tmp_path / "r")},

@@ -133,6 +133,25 @@ def test_interrupted_and_resumed_equals_uninterrupted(method: str, stop_step: in
     assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
 
 
+def test_s4l_with_its_labeled_batches_resumes_exactly(cifar_small: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    """--label-fraction: the labeled stream (64 labeled images, batches of 32: two to its epoch, so it wraps
+    within the run) continues at the step it stopped, and the supervised head is part of the state."""
+    def spec_of(out: Path) -> PretrainSpec:
+        return spec_for(cifar_small, out, "rotation", **{"data.label_fraction": "0.5"})
+
+    pretrain.run(spec_of(tmp_path / "whole"))
+    with monkeypatch.context() as m:
+        stop_after(m, 5)
+        with pytest.raises(Interrupted, match="--resume auto"):
+            pretrain.run(spec_of(tmp_path / "split"))
+    assert pretrain.run(spec_of(tmp_path / "split"), resume="auto")["resumed_from_step"] == 5
+    a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "split")
+    assert "model/supervised_head.weight" in a
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert a.keys() == b.keys() and not different, f"resume is not exact: {different[:5]}"
+
+
 def test_negative_control_resume_without_rng_state_differs(cifar_small: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch):
     """The exactness test can fail: a resume that loses the RNG states ends elsewhere."""

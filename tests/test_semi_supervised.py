@@ -122,7 +122,58 @@ def test_batches_with_indices_name_each_images_position_in_the_training_set(cach
     assert len(seen) == steps * 16 and len(set(seen)) == len(seen)
     with_labels, _ = training_batches(spec, images, data.BadImagePolicy("fail"), torch.device("cpu"),
                                       labels=torch.arange(40), with_indices=True)
-    for _, labels, indices in with_labels(0):
-        assert torch.equal(labels, indices)  # labels follow the same positions
+    for x, labels, indices in with_labels(0):  # every image labeled: 16 of the whole set, then 16 labeled ones
+        assert x.shape[0] == 32 and (labels[:16] == -1).all()
+        assert torch.equal(labels[16:], indices[16:])  # the labeled images' labels follow their positions
     plain, _ = training_batches(spec, images, data.BadImagePolicy("fail"), torch.device("cpu"))
     assert all(isinstance(x, torch.Tensor) for x in plain(0))  # a run without a memory bank sees bare images
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_every_step_adds_a_full_labeled_batch_drawn_from_the_labeled_subset(cache: str, cifar_small: Path,
+                                                                           tmp_path: Path):
+    """S4L's labeled minibatch: with 10 % of the labels a batch of 32 used to hold about 3 labeled images
+    (the supervised term's whole batch, which destabilised the encoder); now every step carries the batch's 32
+    images unlabeled plus labeled_batch_size images of the labeled subset with their true classes, at a
+    position in the labeled stream that depends on the step alone (a resume draws the same)."""
+    from sslcli.training_data import training_batches
+
+    spec = spec_for(cifar_small, tmp_path, "data.max_images=400", "data.label_fraction=0.1", f"data.cache={cache}",
+                    "data.image_size=32", "train.labeled_batch_size=24")
+    images = data.find_images(cifar_small / "train")
+    labels = semi_supervised_labels(spec, images)
+    batches, steps = training_batches(spec, images, data.BadImagePolicy("fail"), torch.device("cpu"), labels)
+    epoch = list(batches(0))
+    assert len(epoch) == steps == 400 // 32
+    seen = set()
+    for x, batch_labels, indices in epoch:
+        assert indices is None and x.shape[0] == 32 + 24
+        assert (batch_labels[:32] == -1).all()  # the unlabeled minibatch: the same images as without labels
+        classes = batch_labels[32:]
+        assert (classes >= 0).all()
+        seen |= set(classes.tolist())
+    assert seen == set(range(10))  # every class reaches the supervised term within an epoch
+    # The labeled images are the labeled subset's own pixels with their own classes.
+    x, batch_labels, _ = epoch[0]
+    positions = torch.nonzero(labels >= 0).flatten().tolist()
+    for image, label in zip(x[32:], batch_labels[32:].tolist(), strict=True):
+        match = [j for j in positions if torch.equal(data.decode_image(images.paths[j], 32), image)]
+        assert len(match) == 1 and labels[match[0]] == label == images.labels[match[0]]
+    # Resumed mid-epoch and in a later epoch: the same batches as the uninterrupted stream.
+    for got, want in zip(batches(0, 5), epoch[5:], strict=True):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    later = list(batches(1))
+    assert not torch.equal(later[0][0][32:], epoch[0][0][32:])  # the labeled stream moves on across epochs
+    got = next(iter(batches(1, 3)))
+    assert torch.equal(got[0], later[3][0]) and torch.equal(got[1], later[3][1])
+
+
+def test_a_labeled_batch_larger_than_the_labeled_subset_is_a_usage_error(cifar_small: Path, tmp_path: Path):
+    from sslcli.training_data import training_batches
+
+    spec = spec_for(cifar_small, tmp_path, "data.label_fraction=0.1", "data.image_size=32")  # 40 labeled images
+    images = data.find_images(cifar_small / "train")
+    small = spec.model_copy(update={"train": spec.train.model_copy(update={"labeled_batch_size": 41})})
+    with pytest.raises(UsageError, match="fewer than one labeled batch of 41"):
+        training_batches(small, images, data.BadImagePolicy("fail"), torch.device("cpu"),
+                         semi_supervised_labels(small, images))

@@ -37,7 +37,7 @@ from sslcli.pretraining import (
 from sslcli.run_lock import run_folder_lock
 from sslcli.spec import PretrainSpec, dump
 from sslcli.train import Events, FitResult, LoopConfig, Step, fit
-from sslcli.training_data import cache_policy, training_images
+from sslcli.training_data import cache_policy, labeled_batch_size, training_images
 
 
 @dataclass
@@ -150,7 +150,8 @@ def announce(spec: PretrainSpec, run_dir: Path, train_data: TrainingData, loop: 
     if train_data.labels is not None:
         labeled = int((train_data.labels >= 0).sum())
         console.info(f"semi-supervised (S4L): {labeled} labeled images ({spec.data.label_fraction:g} of each class), "
-                     f"a linear head on the features, cross entropy x {spec.train.supervised_weight:g} added to the loss")
+                     f"{labeled_batch_size(spec)} of them added to every step's batch, a linear head on their "
+                     f"features, cross entropy x {spec.train.supervised_weight:g} added to the loss")
     console.info(f"lr = base_lr {spec.optim.base_lr} x batch {spec.train.batch_size} / 256 = {spec.scaled_lr():.4g}")
     for line in short_run_warnings(spec, loop):
         console.warn(line)
