@@ -86,6 +86,21 @@ def search_mask(shape: tuple[int, int], corner: Tensor, radius: int) -> Tensor:
 
 
 @torch.no_grad()
+def follow(gray: Tensor, start: Tensor, side: int, max_shift: int) -> tuple[Tensor, Tensor]:
+    """Track the side x side patch at start [B, 2] of frame 0 through grey frames [B, K, H, W]: (its corner in
+    the last frame [B, 2], the lowest best correlation on the way [B])."""
+    place, lowest = start, torch.ones(gray.shape[0], device=gray.device)
+    for t in range(1, gray.shape[1]):  # the frames of a window, one after another: each step needs the last place
+        template = crop(gray[:, t - 1], place, side)
+        scores = correlation_map(gray[:, t], template)
+        scores = scores.masked_fill(~search_mask(scores.shape[1:], place, max_shift), -2.0)
+        best, flat = scores.flatten(1).max(1)
+        place = torch.stack([flat // scores.shape[-1], flat % scores.shape[-1]], dim=1)
+        lowest = torch.minimum(lowest, best)
+    return place, lowest
+
+
+@torch.no_grad()
 def track(gray: Tensor, side: int, max_shift: int, min_motion: float, min_correlation: float) -> Tracks:
     """Follow the motion box of each window of grey frames [B, K, H, W] from its first frame to its last.
 
@@ -96,17 +111,9 @@ def track(gray: Tensor, side: int, max_shift: int, min_motion: float, min_correl
     if side > min(h, w):
         raise ValueError(f"a {side} px patch does not fit a {h} x {w} frame")
     corner, motion = motion_box(gray, side)
-    found = motion >= min_motion
+    moving = motion >= min_motion
     centre = torch.tensor([(h - side) // 2, (w - side) // 2], device=gray.device)
-    first = torch.where(found[:, None], corner, centre)
-    place, lowest = first, torch.ones(b, device=gray.device)
-    for t in range(1, k):  # the frames of a window, one after another: each step needs the previous place
-        template = crop(gray[:, t - 1], place, side)
-        scores = correlation_map(gray[:, t], template)
-        scores = scores.masked_fill(~search_mask(scores.shape[1:], place, max_shift), -2.0)
-        best, flat = scores.flatten(1).max(1)
-        moved = torch.stack([flat // scores.shape[-1], flat % scores.shape[-1]], dim=1)
-        place = torch.where(found[:, None], moved, place)
-        lowest = torch.minimum(lowest, best)
-    found = found & (lowest >= min_correlation)
-    return Tracks(first, place, found, motion, lowest)
+    first = torch.where(moving[:, None], corner, centre)
+    last, lowest = follow(gray, first, side, max_shift)
+    return Tracks(first, torch.where(moving[:, None], last, centre), moving & (lowest >= min_correlation), motion,
+                  lowest)
