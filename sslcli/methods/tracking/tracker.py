@@ -4,11 +4,11 @@ The paper (arXiv 1505.00687, section 3.1) finds moving points with SURF and impr
 the 227 px box holding most of them and follows it with a KCF tracker. Here, on the decoded frames of each window:
 
 - the motion box: the absolute difference of the window's first two frames (grey: the mean of the channels),
-  averaged over every box of the patch's side (avg_pool2d, stride 1); the box with the largest mean is the
+  averaged over every box of the patch's side (a summed-area table, stride 1); the box with the largest mean is the
   patch, if that mean over the first frame's standard deviation reaches min_motion;
 - the tracker: normalised cross-correlation template matching, frame to frame. The template is the patch in
   the previous frame (zero-mean); its correlation with every box of the next frame is one grouped conv2d (a
-  group per sample), over the local standard deviations from avg_pool2d of the frame and its square. Only boxes
+  group per sample), over the local standard deviations from box means of the frame and its square. Only boxes
   within +-max_shift px of the previous place count (the search window); the best is the new place (integer
   pixels: the step is one pixel) and its patch the next template. A track whose best correlation falls below
   min_correlation at any frame is lost.
@@ -38,8 +38,12 @@ class Tracks:
 
 
 def box_means(x: Tensor, side: int) -> Tensor:
-    """[B, H, W] -> [B, H - side + 1, W - side + 1]: the mean of every side x side box."""
-    return F.avg_pool2d(x[:, None], side, stride=1)[:, 0]
+    """[B, H, W] -> [B, H - side + 1, W - side + 1]: the mean of every side x side box, from the summed-area table
+    (in float64: the local variances below subtract two such means). avg_pool2d gives the same, but its cost grows
+    with the box's area: seconds a batch for 32 px boxes on a CPU."""
+    table = F.pad(x.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
+    sums = table[:, side:, side:] - table[:, :-side, side:] - table[:, side:, :-side] + table[:, :-side, :-side]
+    return (sums / (side * side)).to(x.dtype)
 
 
 def motion_box(gray: Tensor, side: int) -> tuple[Tensor, Tensor]:
