@@ -116,7 +116,8 @@ def track(gray: Tensor, side: int, max_shift: int, min_motion: float, min_correl
         raise ValueError(f"a {side} px patch does not fit a {h} x {w} frame")
     corner, motion = motion_box(gray, side)
     moving = motion >= min_motion
-    centre = torch.tensor([(h - side) // 2, (w - side) // 2], device=gray.device)
+    centre = torch.empty_like(corner)  # filled on the device: no host-to-device copy in the sync-free step
+    centre[:, 0], centre[:, 1] = (h - side) // 2, (w - side) // 2
     first = torch.where(moving[:, None], corner, centre)
     last, lowest = follow(gray, first, side, max_shift)
     return Tracks(first, torch.where(moving[:, None], last, centre), moving & (lowest >= min_correlation), motion,
