@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a spec value for the "
+                        "methods' runs (not the image method's), as pretrain's --set: method.track_frames=12")
     args = parser.parse_args(argv)
     from sslcli.spec import PretrainSpec, resolve
 
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     for method in [m for m in args.methods.split(",") if m]:
         spec = resolve(PretrainSpec, preset=f"{method}-cpu", options={"data.path": str(data / "train")})
         size = spec.data.image_size
-        runs = [(method, f"{method}-cpu", [])]
+        runs = [(method, f"{method}-cpu", args.set)]
         if args.baseline and size not in baselines:
             # The image method's views are whole-frame sized (augment.size follows data.image_size): where the
             # method's encoder sees less (tracking's patches), the image method is given the larger input.
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 text += f"   {base['method']} {100 * base[where][key]:6.2f} %"
             print(text)
     print(json.dumps({"epochs": args.epochs, "batch_size": args.batch_size, "per_class": args.per_class,
-                      "rows": rows}))
+                      "sets": args.set, "rows": rows}))
     sys.stdout.flush()
 
 
