@@ -473,6 +473,28 @@ def triplet_margin(anchor: Tensor, positive: Tensor, negative: Tensor, margin: f
 
 
 @full_precision
+def ranking_hard_negatives(anchor: Tensor, positive: Tensor, candidates: Tensor, weights: Tensor, margin: float,
+                           hard: int, offset: int = 0) -> Tensor:
+    """Wang and Gupta's ranking loss (arXiv 1505.00687, eq. 3) with hard negatives from the batch: for each pair,
+    max(0, D(a, p) - D(a, n) + margin) with D = 1 - cosine, over every candidate n not of its own pair (candidates
+    [2N, D]: the N anchors, then the N positives of the whole batch; pair i + offset is this process's pair i),
+    the `hard` largest kept and averaged. weights [B] weigh each pair (0: not a track); the sum is over this
+    process's B pairs, so that the mean over processes is the global batch's sum over its size."""
+    a, p, c = (F.normalize(x.float(), dim=1) for x in (anchor, positive, candidates))
+    positive_distance = 1 - (a * p).sum(1, keepdim=True)
+    losses = (positive_distance - (1 - a @ c.T) + margin).clamp_min(0)  # [B, 2N]
+    n = c.shape[0] // 2
+    own = torch.arange(a.shape[0], device=a.device) + offset
+    columns = torch.arange(c.shape[0], device=a.device)
+    losses = losses.masked_fill((columns[None] % n) == own[:, None], -1.0)  # never its own anchor or positive
+    kept = min(hard, c.shape[0] - 2)
+    if kept < 1:  # a batch of one pair has no negative
+        return (a.sum() + p.sum() + c.sum()) * 0.0
+    per_pair = losses.topk(kept, dim=1).values.mean(1)
+    return (per_pair * weights.float()).sum() / a.shape[0]
+
+
+@full_precision
 def n_pairs_info_nce(anchor: Tensor, positive: Tensor, temperature: float, negative: Tensor | None = None,
                      offset: int = 0) -> Tensor:
     """InfoNCE in the n-pairs form (Sohn 2016): anchor i against every positive of the batch, positive i + offset

@@ -24,9 +24,10 @@ from safetensors.torch import load_file
 from tests import dist_worker
 
 REPO = Path(__file__).resolve().parents[1]
-# in-batch negatives, global cross-correlation, DINOv2's KoLeo nearest neighbours over the global batch
+# in-batch negatives (tracking: its hard negatives), global cross-correlation, DINOv2's KoLeo nearest neighbours over
+# the global batch
 GATHERING = {"simclr", "simclr-s4l", "invariantspread", "mocov3", "barlow", "vicreg", "cpc", "dinov2", "cmc-batch",
-             "tcn-npairs", "dim", "exemplar"}
+             "tcn-npairs", "dim", "exemplar", "tracking"}
 NO_BATCH_STATISTICS = {"mae"}  # a ViT with a per-sample loss: nothing to synchronise
 
 

@@ -175,6 +175,36 @@ class OrderSampler:
 
 
 @dataclass(frozen=True)
+class WindowSampler:
+    """Tracking's windows (arXiv 1505.00687, section 3.1): `frames` frames in a row of one clip. The window's start
+    s is drawn with probability proportional to the motion of frame s + 1 (its mean absolute difference from frame
+    s, the measure Shuffle and Learn's sampler uses), so windows come from where the first two frames differ: where
+    the tracker finds a moving patch."""
+
+    frames: int
+    motion_weighted: bool = True
+
+    @property
+    def min_frames(self) -> int:
+        return self.frames
+
+    @property
+    def needs(self) -> str:
+        return f"method.track_frames={self.frames} frames in a row"
+
+    def usable(self, index: ClipIndex) -> bool:
+        return bool(len(long_clips(index, self.min_frames)))
+
+    def __call__(self, index: ClipIndex, batch: int, rng: np.random.Generator) -> np.ndarray:
+        clips = long_clips(index, self.min_frames)
+        starts = np.concatenate([np.arange(index.starts[c], index.starts[c] + index.lengths[c] - self.frames + 1)
+                                 for c in clips])
+        weights = index.motion[starts + 1].astype(np.float64) + 1e-3 if self.motion_weighted else np.ones(len(starts))
+        first = rng.choice(starts, size=batch, p=weights / weights.sum())
+        return first[:, None] + np.arange(self.frames)
+
+
+@dataclass(frozen=True)
 class MultiViewSampler:
     """Multi-view TCN's tuples (arXiv 1704.06888, section 3.1, figure 1): the views of a sequence are the clips of
     one folder (SEQUENCE/VIEW.mp4 or SEQUENCE/VIEW/000001.jpg), taken as synchronised, frame t of each being the
