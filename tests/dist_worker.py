@@ -36,7 +36,9 @@ VARIANTS = {"invariantspread": ("simclr", {"loss": "invariant_spread", "proj_lay
             "simclr-s4l": ("simclr", {"rotation_weight": 1.0}),
             "byol-s4l": ("byol", {"rotation_weight": 1.0}),
             # TCN's n-pairs loss contrasts each anchor with the positives of the global batch (gathered).
-            "tcn-npairs": ("tcn", {"loss": "n_pairs"})}
+            "tcn-npairs": ("tcn", {"loss": "n_pairs"}),
+            # MoCo v3 on a ViT: its frozen patch projection and position embedding are left out of DDP's reduction.
+            "mocov3-vit": ("mocov3", {"vit": True})}
 CASES = {**{name: (name, {}) for name in CONFIGS}, **VARIANTS}
 STEPS_PER_EPOCH = 2  # a memory bank holds the GLOBAL_BATCH x STEPS_PER_EPOCH images of an epoch
 
