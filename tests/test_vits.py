@@ -207,3 +207,13 @@ def test_report_of_a_convnet_run_says_attention_maps_are_for_vits(cifar_tiny: Pa
     assert "attention.png" not in summary["files"] and not (run / "report" / "attention.png").exists()
     assert "attention.png: drawn for ViT encoders only" in capsys.readouterr().err
     assert json.loads((run / "report" / "summary.json").read_text())["files"] == summary["files"]
+
+
+def test_a_re_planned_run_stretches_the_weight_decay_schedule_to_its_new_end():
+    """A --budget re-plan lays the rest of the schedule over the new total: continuous, and 0.4 on the last step."""
+    wd = pretraining.weight_decay_schedule(resolve(PretrainSpec, preset="dino-vit-cpu"),
+                                           train.LoopConfig(epochs=2, steps_per_epoch=10))
+    longer = train.stretch_plan(wd, 20, 8, 32)
+    assert len(longer) == 32 and torch.equal(longer[:8], wd[:8]) and longer[-1] == pytest.approx(0.4)
+    assert bool((longer[1:] >= longer[:-1]).all())
+    assert train.stretch_plan(None, 20, 8, 32) is None
