@@ -73,6 +73,9 @@ def vit_attention(encoder_path: Path, splits: online_knn.KnnSplits | None, run_s
     except ValueError as exc:
         console.info(f"attention.png: {exc}")
         return None
+    except (AttributeError, RuntimeError, StopIteration) as exc:  # a ViT variant whose blocks timm lays out otherwise
+        console.info(f"attention.png: the attention of this {info.name} cannot be read ({exc})")
+        return None
     console.info(f"attention.png: the last block's CLS attention of {maps.maps.shape[1]} heads on "
                  f"{maps.maps.shape[0]} eval images")
     return maps
