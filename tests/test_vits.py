@@ -166,6 +166,30 @@ def test_dino_vit_freezes_its_last_layer_for_the_first_epoch():
 # ---------------------------------------------------------------- attention.png
 
 
+def test_cls_attention_is_the_last_block_s_softmax_row_of_the_class_token():
+    """What attention.png draws, against the attention computed by hand from the last block's q and k."""
+    from sslcli.attention_maps import cls_attention
+
+    torch.manual_seed(0)
+    encoder, _ = build_encoder("vit_tiny_patch16_224", 16, "auto",
+                               {"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2})
+    encoder.eval()
+    x = torch.randn(3, 3, 16, 16)
+    attn, seen = encoder.blocks[-1].attn, {}
+    hook = attn.register_forward_hook(lambda module, args, out: seen.setdefault("x", args[0]))
+    with torch.no_grad():
+        encoder(x)
+        hook.remove()
+        b, n, _ = seen["x"].shape
+        qkv = attn.qkv(seen["x"]).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        by_hand = (q @ k.transpose(-2, -1) * attn.scale).softmax(-1)[:, :, 0, 1:]
+    maps = cls_attention(encoder, x)
+    assert maps.shape == (3, 2, 4, 4)
+    torch.testing.assert_close(maps.flatten(2), by_hand, rtol=1e-4, atol=1e-6)
+    assert attn.fused_attn == encoder.blocks[0].attn.fused_attn, "the block runs as it did before"
+
+
 def tiny_run(data: Path, out: Path, method: str, *sets: str) -> dict:
     spec = resolve(PretrainSpec, options={"method.name": method, "data.path": str(data), "out": str(out)},
                    sets=["data.max_images=32", "train.batch_size=16", "train.epochs=1", "data.num_workers=0",
@@ -173,6 +197,7 @@ def tiny_run(data: Path, out: Path, method: str, *sets: str) -> dict:
     return pretrain.run(spec)
 
 
+@pytest.mark.slow
 def test_report_draws_the_cls_attention_of_a_vit_encoder(cifar_tiny: Path, tmp_path: Path):
     from sslcli import attention_maps, checkpoint, data
 
@@ -194,10 +219,10 @@ def test_report_draws_the_cls_attention_of_a_vit_encoder(cifar_tiny: Path, tmp_p
     assert bool((totals > 0).all() and (totals < 1).all())
     assert len(set(maps.titles)) == attention_maps.DEFAULT_IMAGES, "one image of each class"
     assert (maps.maps[0] - maps.maps[1]).abs().max() > 1e-4
-    # The encoder's own attention: the same as timm computes it on its fused path (hooks removed after).
-    assert not any(m._forward_hooks for m in encoder.modules())
+    assert not any(m._forward_hooks for m in encoder.modules()), "the extraction's hooks are removed"
 
 
+@pytest.mark.slow
 def test_report_of_a_convnet_run_says_attention_maps_are_for_vits(cifar_tiny: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture):
     run = tmp_path / "resnet"
