@@ -49,15 +49,15 @@ class Step:
     loss: Callable[[Any, int], StepOut]
     optimizer: torch.optim.Optimizer
     lr_schedule: torch.Tensor
-    # The weight decay of the decayed parameter groups per step (optim.final_weight_decay: DINO's cosine);
-    # None leaves the groups' own weight decay alone.
-    wd_schedule: torch.Tensor | None = None
     cancel_gradients: Callable[[int], None] = _no_op  # after backward: drop gradients of parameters frozen now
     # The part of a step that reads only its batch (pretraining's augmentation): loss() gets its output.
     # With LoopConfig.prefetch on CUDA, fit runs it for the next batch on a side stream while this one trains;
     # otherwise just before the step.
     prepare: Callable[[Any], Any] | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (a resumed run's, restored); made by fit if None
+    # The weight decay of the decayed parameter groups per step (optim.final_weight_decay: DINO's cosine);
+    # None leaves the groups' own weight decay alone.
+    wd_schedule: torch.Tensor | None = None
 
 
 class Replanner(Protocol):
