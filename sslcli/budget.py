@@ -33,7 +33,7 @@ from sslcli.device import sync
 from sslcli.errors import UsageError
 from sslcli.methods.base import Method
 from sslcli.spec import MonitorConfig, PretrainSpec
-from sslcli.train import Batches, Events, LoopConfig, Step, fit, follow_replan
+from sslcli.train import Batches, Events, LoopConfig, Step, fit, follow_replan, stretch_plan
 from sslcli.training_data import cache_policy
 
 # The points of its plan at which a --budget run times its recent steps and plans its total again.
@@ -303,14 +303,16 @@ def monitoring_within(spec: PretrainSpec, eval_s: float, epochs: int) -> tuple[M
     return monitor, eval_s
 
 
-def follow_replans(replans: list[list[int]], loop: LoopConfig, lr_schedule: torch.Tensor,
-                   method: Method) -> torch.Tensor:
+def follow_replans(replans: list[list[int]], loop: LoopConfig, lr_schedule: torch.Tensor, method: Method,
+                   wd_schedule: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A resumed --budget run lays its schedules out as the first start did: each recorded re-plan
-    [at step, new total], in order, on the loop (epochs, max_steps), the lr schedule and the method's own."""
+    [at step, new total], in order, on the loop (epochs, max_steps), the lr and weight-decay schedules and the
+    method's own. Returns the (lr, weight decay) schedules."""
     for at_step, total in replans:
+        wd_schedule = stretch_plan(wd_schedule, loop.total_steps, at_step, total)
         lr_schedule = follow_replan(loop, lr_schedule, at_step, total)
         method.replan(at_step, total)
-    return lr_schedule
+    return lr_schedule, wd_schedule
 
 
 # The sizing a --budget run on a CPU gets where the user chose neither the encoder nor the batch: the

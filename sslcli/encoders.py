@@ -91,6 +91,51 @@ def accepts_dynamic_size(model: nn.Module) -> bool:
     return isinstance(model, VisionTransformer)
 
 
+def is_vit(model: nn.Module) -> bool:
+    """A timm VisionTransformer (the encoder family whose methods' defaults differ from a ConvNet's: MoCo v3)."""
+    return accepts_dynamic_size(model)
+
+
+def fix_sincos_position_embedding(model: nn.Module) -> None:
+    """MoCo v3's position embedding (official vits.py build_2d_sincos_position_embedding): the fixed 2-D sin-cos
+    embedding of the patch grid (timm's build_sincos2d_pos_embed, temperature 10000), zeros at the class (and
+    register) tokens, and no longer learned. It stays an ordinary parameter, so the exported encoder carries
+    its values and rebuilds as a plain timm ViT."""
+    import torch
+    from timm.layers import build_sincos2d_pos_embed
+
+    pos = getattr(model, "pos_embed", None)
+    if not is_vit(model) or not isinstance(pos, nn.Parameter):
+        raise UsageError(f"a fixed sin-cos position embedding needs a timm ViT with a position embedding, not "
+                         f"{type(model).__name__}")
+    dim = int(pos.shape[-1])
+    if dim % 4:
+        raise UsageError(f"a 2-D sin-cos position embedding needs an embedding width divisible by 4, not {dim}")
+    sincos = build_sincos2d_pos_embed(list(model.patch_embed.grid_size), dim=dim)
+    prefix = pos.shape[1] - sincos.shape[0]  # class and register tokens, when they carry a position
+    with torch.no_grad():
+        pos.copy_(torch.cat([sincos.new_zeros(prefix, dim), sincos]).unsqueeze(0))
+    pos.requires_grad_(False)
+
+
+def freeze_patch_projection(model: nn.Module) -> None:
+    """MoCo v3's random patch projection (paper section 4.2, official --stop-grad-conv1): the ViT's patch
+    embedding keeps its random init, drawn as the official vits.py draws it (uniform, Xavier's bound over
+    in_chans x patch area + width), and gets no gradient, so no optimizer holds it."""
+    import math
+
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if not is_vit(model) or not isinstance(proj, nn.Conv2d):
+        raise UsageError(f"a frozen patch projection needs a timm ViT with a convolutional patch embedding, not "
+                         f"{type(model).__name__}")
+    bound = math.sqrt(6.0 / (proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1] + proj.out_channels))
+    nn.init.uniform_(proj.weight, -bound, bound)
+    if proj.bias is not None:
+        nn.init.zeros_(proj.bias)
+    for p in proj.parameters():
+        p.requires_grad_(False)
+
+
 def build_encoder(name: str, image_size: int, small_stem: bool | str = "auto",
                   kwargs: dict[str, Any] | None = None, channels: int = 3) -> tuple[nn.Module, EncoderInfo]:
     """A randomly initialised timm encoder for `image_size` inputs of `channels` channels and what it takes to

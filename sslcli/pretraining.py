@@ -161,7 +161,8 @@ def param_groups(model: nn.Module, weight_decay: float, fixed_lr_modules: tuple[
         decay = not (param.ndim <= 1 or name.endswith(".bias") or name in exempt)
         fixed = any(name.startswith(m + ".") for m in fixed_lr_modules)
         groups.setdefault((decay, fixed), []).append(param)
-    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "fixed_lr": fixed}
+    # "decayed" marks the groups a weight-decay schedule (optim.final_weight_decay) moves.
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "fixed_lr": fixed, "decayed": decay}
             for (decay, fixed), params in groups.items()]
 
 
@@ -201,6 +202,16 @@ def optimizer_and_schedule(spec: PretrainSpec, method: Method,
     return optimizer, warmup_cosine(lr, loop.total_steps, warmup_steps(spec, loop), final=lr * spec.optim.min_lr_ratio)
 
 
+def weight_decay_schedule(spec: PretrainSpec, loop: LoopConfig) -> torch.Tensor | None:
+    """The per-step weight decay of the decayed parameters when optim.final_weight_decay is set: a cosine from
+    weight_decay at the first step to final_weight_decay at the last, no warm-up (DINO's wd_schedule,
+    utils.cosine_scheduler(weight_decay, weight_decay_end, ...)); None keeps weight_decay throughout."""
+    optim = spec.optim
+    if optim.final_weight_decay is None:
+        return None
+    return warmup_cosine(optim.weight_decay, loop.total_steps, 0, final=optim.final_weight_decay)
+
+
 def augment_states(model: Model) -> dict[str, torch.Tensor]:
     return {"augment": model.generator.get_state(), "augment_order": model.augment.order_generator.get_state()}
 
@@ -215,7 +226,8 @@ def rng_states(model: Model, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: torch.device,
-                  optimizer: torch.optim.Optimizer, lr_schedule: torch.Tensor) -> Step:
+                  optimizer: torch.optim.Optimizer, lr_schedule: torch.Tensor,
+                  wd_schedule: torch.Tensor | None = None) -> Step:
     """views (prepared ahead of the step with train.prefetch on CUDA) -> method forward, plus the label-free
     monitors on the steps that are logged."""
     method = model.method
@@ -243,7 +255,7 @@ def step_function(spec: PretrainSpec, loop: LoopConfig, model: Model, device: to
                     out.logs.update(monitors.measure(views, kind))
         return out
 
-    return Step(model=method, loss=loss, optimizer=optimizer, lr_schedule=lr_schedule,
+    return Step(model=method, loss=loss, optimizer=optimizer, lr_schedule=lr_schedule, wd_schedule=wd_schedule,
                 cancel_gradients=method.cancel_gradients, prepare=prepare)
 
 

@@ -1,7 +1,7 @@
 """report/ in the run folder: curves.png, neighbors.png and summary.json, drawn from metrics.jsonl and a
-neighbour grid that online_knn.py built; for a depth run (monodepth), depth.png: a few frames of its clips beside
-the disparity its saved depth network predicts. Apart from those depth maps this module only draws and
-summarises: it computes no features.
+neighbour grid that online_knn.py built (and map.png, attention.png when `sslcli report` computed their data);
+for a depth run (monodepth), depth.png: a few frames of its clips beside the disparity its saved depth network
+predicts. Apart from those depth maps this module only draws and summarises: it computes no features.
 
 Written by pretrain after each online kNN and at the end, and by `sslcli report RUN_DIR` on demand.
 matplotlib runs with the Agg backend: no display.
@@ -20,10 +20,12 @@ from sslcli import console, data
 from sslcli.files import atomic_write_json
 
 if TYPE_CHECKING:
+    from sslcli.attention_maps import AttentionMaps
     from sslcli.embedding_map import EmbeddingMap
     from sslcli.online_knn import NeighbourGrid
 
-FILES = ("curves.png", "neighbors.png", "map.png", "depth.png", "summary.json")
+FILES = ("curves.png", "neighbors.png", "map.png", "attention.png", "depth.png", "summary.json")
+DRAWN_ON_DEMAND = ("map.png", "attention.png", "depth.png")  # listed only when drawn (depth.png: depth runs)
 DEPTH_FRAMES = 6  # frames drawn in depth.png, evenly spaced over the run's clips
 
 
@@ -156,6 +158,49 @@ def map_png(points: EmbeddingMap, path: Path, title: str) -> None:
     _save(fig, path)
 
 
+MAX_HEADS_SHOWN = 6
+
+
+def attention_png(attention: AttentionMaps, path: Path, title: str) -> None:
+    """report/attention.png: one row per eval image: the image, the mean over heads of the last block's CLS
+    attention laid over it, then each head's map (the DINO paper's figure 1), at patch resolution."""
+    import torch
+    import torch.nn.functional as F
+
+    plt = _pyplot()
+    maps = attention.maps
+    heads = min(maps.shape[1], MAX_HEADS_SHOWN)
+    rows, cols = maps.shape[0], 2 + heads
+    size = attention.images.shape[-1]
+    # Patch blocks at the image's size; each map stretched over its own range (least to most attended patch),
+    # so every head's focus shows even where the attention is nearly uniform.
+    shown = torch.cat([maps.mean(1, keepdim=True), maps[:, :heads]], dim=1)
+    shown = F.interpolate(shown, size=(size, size), mode="nearest")
+    low, high = shown.amin(dim=(-2, -1), keepdim=True), shown.amax(dim=(-2, -1), keepdim=True)
+    shown = (shown - low) / (high - low).clamp_min(1e-12)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.5 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                _show(ax, attention.images[r])
+                ax.set_ylabel(console.literal(attention.titles[r])[:14], fontsize=7)
+            elif c == 1:
+                _show(ax, attention.images[r])
+                ax.imshow(shown[r, 0].numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+            else:
+                ax.imshow(shown[r, c - 1].numpy(), cmap="inferno", vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(["image", "mean of heads", *(f"head {h + 1}" for h in range(heads))][c], fontsize=7)
+    more = f" (first {heads} of {maps.shape[1]} heads)" if heads < maps.shape[1] else ""
+    fig.suptitle(f"{title}\nlast block's [CLS] attention to the {attention.patch_size} px patches{more}, each map from its "
+                 "least (dark) to its most attended patch (bright)", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def query_neighbours_png(query: Path, query_title: str, neighbours: list[tuple[Path, str]], image_size: int,
                          path: Path, title: str, channels: int = 3) -> None:
     """`sslcli neighbors --png`: the query, then its neighbours in order, each titled (similarity, class)."""
@@ -272,16 +317,17 @@ def summarize(run_dir: Path, records: list[dict[str, Any]], spec: dict[str, Any]
         "chance": (neighbours or {}).get("chance"),
         "files": {name: str(run_dir / "report" / name) for name in FILES
                   if (name != "neighbors.png" or neighbours is not None)
-                  and (name not in ("map.png", "depth.png") or (run_dir / "report" / name).is_file())},
+                  and (name not in DRAWN_ON_DEMAND or (run_dir / "report" / name).is_file())},
     }
     if (run_dir / "encoder.safetensors").is_file():
         summary["files"]["encoder"] = str(run_dir / "encoder.safetensors")
     return summary
 
 
-def write(run_dir: Path, grid: NeighbourGrid | None = None,
-          embedding_map: EmbeddingMap | None = None) -> dict[str, Any]:
-    """(Re)write report/ from metrics.jsonl (and the grid and map when given); returns summary.json's content."""
+def write(run_dir: Path, grid: NeighbourGrid | None = None, embedding_map: EmbeddingMap | None = None,
+          attention: AttentionMaps | None = None) -> dict[str, Any]:
+    """(Re)write report/ from metrics.jsonl (and the grid, map and attention maps when given); returns
+    summary.json's content."""
     records = read_metrics(run_dir)
     spec_path = run_dir / "spec.json"
     spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
@@ -298,6 +344,8 @@ def write(run_dir: Path, grid: NeighbourGrid | None = None,
         map_png(embedding_map, report / "map.png", title)
     if (run_dir / "depth_decoder.safetensors").is_file():
         depth_report(run_dir, spec, report / "depth.png", title)
+    if attention is not None:
+        attention_png(attention, report / "attention.png", title)
     summary = summarize(run_dir, records, spec, neighbours)
     if embedding_map is not None:
         summary["map_method"] = embedding_map.method

@@ -132,6 +132,9 @@ class OptimConfig(Strict):
     name: Literal["lars", "sgd", "adamw", "lamb"] = "lars"
     base_lr: float = Field(0.3, gt=0, description="lr = base_lr * batch_size / 256")
     weight_decay: float = Field(1e-4, ge=0, description="not applied to biases and norm parameters")
+    final_weight_decay: float | None = Field(None, ge=0, description="weight decay at the last step, reached by a "
+                                             "cosine from weight_decay over the run (DINO: 0.04 -> 0.4); unset: "
+                                             "constant")
     momentum: float = Field(0.9, ge=0, lt=1)
     trust_coeff: float = Field(0.02, gt=0, description="LARS trust coefficient (eta)")
     warmup_epochs: float = Field(10, ge=0)

@@ -55,6 +55,9 @@ class Step:
     # otherwise just before the step.
     prepare: Callable[[Any], Any] | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaler (a resumed run's, restored); made by fit if None
+    # The weight decay of the decayed parameter groups per step (optim.final_weight_decay: DINO's cosine);
+    # None leaves the groups' own weight decay alone.
+    wd_schedule: torch.Tensor | None = None
 
 
 class Replanner(Protocol):
@@ -198,7 +201,7 @@ class _Loop:
 
     def __init__(self, step_fn: Step, cfg: LoopConfig, device: torch.device, events: Events, start_step: int):
         self.step_fn, self.cfg, self.device, self.events = step_fn, cfg, device, events
-        self.optimizer, self.lr_schedule = step_fn.optimizer, step_fn.lr_schedule
+        self.optimizer, self.lr_schedule, self.wd_schedule = step_fn.optimizer, step_fn.lr_schedule, step_fn.wd_schedule
         self.scaler = step_fn.scaler or torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.params = [p for p in step_fn.model.parameters() if p.requires_grad]
         self.peak_lr = float(self.lr_schedule.max())
@@ -223,6 +226,8 @@ class _Loop:
 
     def train_step(self, batch: Any, epoch: int, size: int) -> None:
         _set_lr(self.optimizer, float(self.lr_schedule[self.step]), self.peak_lr)
+        if self.wd_schedule is not None:  # past its end (a calibration's extra steps) it keeps its last value
+            _set_weight_decay(self.optimizer, float(self.wd_schedule[min(self.step, len(self.wd_schedule) - 1)]))
         self.images += size
         if self.guard is not None and self.guard.ready:
             self.deferred_step(batch, epoch)
@@ -362,6 +367,7 @@ class _Loop:
         sync(self.device)
         total = self.pacer.replan(self.step, self.cfg.total_steps, self.evaluating_s)
         if total != self.cfg.total_steps:
+            self.wd_schedule = stretch_plan(self.wd_schedule, self.cfg.total_steps, self.step, total)
             self.lr_schedule = follow_replan(self.cfg, self.lr_schedule, self.step, total)
             self.progress.retotal(total)
             self.events.on_replan(self.step, total)
@@ -378,6 +384,9 @@ class _Loop:
         lr = self.optimizer.param_groups[0]["lr"]
         record: dict[str, Any] = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr,
                                   "images_per_s": round(rate, 2), "elapsed_s": round(elapsed, 2)}
+        if self.wd_schedule is not None:  # the weight decay this logged step trained with
+            record["weight_decay"] = next((g["weight_decay"] for g in self.optimizer.param_groups
+                                           if g.get("decayed")), 0.0)
         extra = {k: v for k, v in out.logs.items() if k != "loss"}
         if extra:  # one host read for every logged value
             values = [torch.as_tensor(v).detach().float().reshape(()) for v in extra.values()]
@@ -397,6 +406,21 @@ def follow_replan(cfg: LoopConfig, lr_schedule: torch.Tensor, at_step: int, tota
     cfg.max_steps = total_steps
     cfg.epochs = math.ceil(total_steps / cfg.steps_per_epoch)
     return schedules.stretch(planned, at_step, total_steps)
+
+
+def stretch_plan(schedule: torch.Tensor | None, planned_steps: int, at_step: int,
+                 total_steps: int) -> torch.Tensor | None:
+    """A per-step schedule of a run planned for planned_steps, re-laid over total_steps from at_step on (a
+    --budget re-plan), as follow_replan does the lr schedule's; None stays None."""
+    if schedule is None:
+        return None
+    return schedules.stretch(schedule[:planned_steps], at_step, total_steps)
+
+
+def _set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    for group in optimizer.param_groups:
+        if group.get("decayed"):
+            group["weight_decay"] = weight_decay
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float) -> None:

@@ -38,7 +38,9 @@ VARIANTS = {"invariantspread": ("simclr", {"loss": "invariant_spread", "proj_lay
             # TCN's n-pairs loss contrasts each anchor with the positives of the global batch (gathered).
             "tcn-npairs": ("tcn", {"loss": "n_pairs"}),
             # Monodepth2's MS: the stereo view as a third source, its pose flipped with the sample.
-            "monodepth-ms": ("monodepth", {"sources": "mono+stereo"})}
+            "monodepth-ms": ("monodepth", {"sources": "mono+stereo"}),
+            # MoCo v3 on a ViT: its frozen patch projection and position embedding are left out of DDP's reduction.
+            "mocov3-vit": ("mocov3", {"vit": True})}
 CASES = {**{name: (name, {}) for name in CONFIGS}, **VARIANTS}
 STEPS_PER_EPOCH = 2  # a memory bank holds the GLOBAL_BATCH x STEPS_PER_EPOCH images of an epoch
 

@@ -26,7 +26,7 @@ from tests import dist_worker
 REPO = Path(__file__).resolve().parents[1]
 # in-batch negatives (tracking: its hard negatives), global cross-correlation, DINOv2's KoLeo nearest neighbours over
 # the global batch
-GATHERING = {"simclr", "simclr-s4l", "invariantspread", "mocov3", "barlow", "vicreg", "cpc", "dinov2", "cmc-batch",
+GATHERING = {"simclr", "simclr-s4l", "invariantspread", "mocov3", "mocov3-vit", "barlow", "vicreg", "cpc", "dinov2", "cmc-batch",
              "tcn-npairs", "dim", "exemplar", "tracking"}
 NO_BATCH_STATISTICS = {"mae"}  # a ViT with a per-sample loss: nothing to synchronise
 

@@ -21,6 +21,8 @@ from sslcli.methods import method_class
 from sslcli.spec import PretrainSpec, resolve
 
 STEPS_PER_EPOCH, EPOCHS = 4, 2
+TINY_VIT = ["encoder.name=vit_tiny_patch16_224",
+            'encoder.kwargs={"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}']
 
 
 def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = False, **extra: str) -> PretrainSpec:
@@ -47,6 +49,11 @@ def spec_for(data: Path, out: Path, method: str = "simclr", monitored: bool = Fa
                         "method.ibot_out_dim=64", "method.ibot_hidden_dim=64", "method.ibot_bottleneck_dim=16",
                         "method.num_local_crops=2"],
              "instdisc": ["method.num_negatives=256", "data.image_size=16"],
+             # ViTs as their papers train them: MoCo v3's frozen patch projection and sin-cos positions, DINO's
+             # weight decay 0.04 -> 0.4 (its spec default), which a resumed run must pick up at its step.
+             "mocov3": [*TINY_VIT, "data.image_size=16", "method.proj_hidden_dim=64", "method.pred_hidden_dim=64"],
+             "dino": [*TINY_VIT, "data.image_size=16", "method.out_dim=64", "method.hidden_dim=64",
+                      "method.bottleneck_dim=16", "method.num_local_crops=2", "method.freeze_last_layer_epochs=0.5"],
              "cmc": ["method.num_negatives=256", "data.image_size=16"],
              # instance recognition in epoch 1, k-means at its end, local aggregation in epoch 2 (stopped in it)
              "localagg": ["method.num_background=64", "method.num_clusters=8", "method.instance_epochs=1",
@@ -78,6 +85,7 @@ RESUME_CASES = [("simclr", 6, True, "fp32"), ("simclr", 4, True, "fp32"), ("byol
                 ("rotation", 6, False, "fp32"), ("jigsaw", 6, False, "fp32"), ("colorization", 6, False, "fp32"),
                 ("deepcluster", 6, False, "fp32"), ("cpc", 6, False, "fp32"), ("dinov2", 6, False, "fp32"),
                 ("instdisc", 6, False, "fp32"), ("cmc", 6, False, "fp32"), ("localagg", 6, False, "fp32"),
+                ("mocov3", 6, False, "fp32"), ("dino", 6, False, "fp32"),
                 # bf16 autocast on any CPU (emulated where the CPU has no bf16 instructions), so every machine
                 # covers the precision a bf16 CPU runs by default: the methods whose state is not just weights,
                 # and the ones whose 16 px maps met oneDNN's bf16 weight-gradient fault (onednn.py).

@@ -62,7 +62,8 @@ LAYERS: dict[str, set[str]] = {
     "methods": {"methods"},
     "engine": {"spec", "train", "guard", "prefetch", "budget", "pretraining", "finetuning", "online_knn", "monitors",
                "report", "resume", "semi_supervised", "training_data", "trackers", "command_specs", "onnx_export",
-               "hub_folder", "embedding_map", "clip_training", "label_augmentation", "teacher_distillation"},
+               "hub_folder", "embedding_map", "clip_training", "label_augmentation", "teacher_distillation",
+               "attention_maps"},
     "commands": {"commands", "cli", "__main__"},
     "public API": {"sslcli", "api"},  # the package's face: sslcli.pretrain(...) runs the commands
 }

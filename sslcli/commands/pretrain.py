@@ -33,6 +33,7 @@ from sslcli.pretraining import (
     rng_states,
     short_run_warnings,
     step_function,
+    weight_decay_schedule,
 )
 from sslcli.run_lock import run_folder_lock
 from sslcli.spec import PretrainSpec, dump
@@ -92,7 +93,7 @@ def _run(spec: PretrainSpec, resume: str | None, force: bool, started: float,
     loop = loop_config(spec, train_data.steps_per_epoch, device)
     model = build_model(spec, loop, device, train_data.num_classes, len(train_data.images))
     optimizer, lr_schedule = optimizer_and_schedule(spec, model.method, loop)
-    step = step_function(spec, loop, model, device, optimizer, lr_schedule)
+    step = step_function(spec, loop, model, device, optimizer, lr_schedule, weight_decay_schedule(spec, loop))
     step.scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")
     identity = resumption.fingerprint(spec, train_data.images, loop.total_steps)  # of the first plan
     start_step, replans = 0, []
@@ -101,7 +102,8 @@ def _run(spec: PretrainSpec, resume: str | None, force: bool, started: float,
                                         model.generator, model.augment, device)
         if spec.train.budget is not None:  # a --budget run's own re-plans, made before this state
             replans = resumption.recorded_replans(state)
-            step.lr_schedule = budget.follow_replans(replans, loop, step.lr_schedule, model.method)
+            step.lr_schedule, step.wd_schedule = budget.follow_replans(replans, loop, step.lr_schedule, model.method,
+                                                                       step.wd_schedule)
         if start_step >= loop.total_steps:
             console.info(f"{resume_dir} holds a finished run ({start_step}/{loop.total_steps} steps), so there is "
                          f"nothing to resume: {checkpoint.further_training(resume_dir)}")
