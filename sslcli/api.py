@@ -181,7 +181,8 @@ def load_encoder(path: str | Path):
     model.eval()
     model.transform = transforms.Compose([
         transforms.Lambda(lambda image: image.convert("RGB")),
-        transforms.Resize(storage_size_for(info.image_size), interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.Resize(storage_size_for(info.image_size),
+                          interpolation=transforms.InterpolationMode[info.interpolation.upper()]),
         transforms.CenterCrop(info.image_size),
         transforms.ToTensor(),
         transforms.Normalize(info.mean, info.std),

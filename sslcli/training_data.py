@@ -74,10 +74,11 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
     batch_size, seed = spec.train.batch_size, spec.train.seed
     local_batch = rank_batch_size(batch_size)
     channels = spec.data.channels
+    interpolation = spec.data.resize_filter()
     folder = cache_policy(spec).folder_for(images.paths, storage_size, channels)
     if folder is not None:
         with distributed.main_first():  # one process decodes; the others open what it wrote
-            decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers, channels)
+            decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers, channels, interpolation)
         part = (distributed.rank(), distributed.world_size())
 
         def cached(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
@@ -92,7 +93,7 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
                                                           shuffle=True, seed=seed, drop_last=True)
         loader = data.make_loader(images.paths, storage_size, local_batch, shuffle=True, drop_last=True,
                                   num_workers=workers, seed=seed, pin_memory=device.type == "cuda", sampler=sampler,
-                                  channels=channels)
+                                  channels=channels, interpolation=interpolation)
 
         def streamed(epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
             if sampler is not None:
