@@ -170,8 +170,9 @@ def load_encoder(path: str | Path):
     """An encoder.safetensors (or its run folder) as a timm model in eval mode, its pooled features out.
 
     `.transform` is its preprocessing for a PIL image, as sslcli's evaluation does it: the shorter side resized
-    to the decode size, the centre crop at the encoder's input size, normalised with its mean and std.
-    `.sslcli_info` holds that metadata (name, image_size, mean, std, feature_dim)."""
+    to the decode size with the encoder's resampling filter, the centre crop at its input size, normalised with
+    its mean and std. `.sslcli_info` holds that metadata (name, image_size, mean, std, interpolation,
+    feature_dim)."""
     from torchvision import transforms
 
     from sslcli import checkpoint
