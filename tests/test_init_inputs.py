@@ -170,6 +170,10 @@ def test_pretrain_from_rgb_weights_on_other_channels_then_probe(local_dir: Path,
     assert f"adapted from 3 to {channels} channels by timm's adapt_input_conv" in proc.stderr
     _, info, meta = checkpoint.load_encoder(run / "encoder.safetensors")
     assert info.channels == channels and json.loads(meta["init"])["adapted_input_conv"]["to"] == channels
+    from sslcli.commands import inspect
+
+    shown = inspect.format_text(inspect.run(resolve(inspect.InspectSpec, options={"file": str(run / "encoder.safetensors")})))
+    assert f"input conv conv1.0 adapted from 3 to {channels} channels" in shown
     from sslcli.commands import probe
     from sslcli.spec import ProbeSpec
 
