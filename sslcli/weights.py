@@ -24,8 +24,6 @@ from torch import nn
 from sslcli import console
 from sslcli.encoder_args import INTERPOLATIONS, encoder_kwargs_problem, split_init
 from sslcli.encoders import (
-    OTHER_CHANNELS_MEAN,
-    OTHER_CHANNELS_STD,
     EncoderInfo,
     accepts_dynamic_size,
     apply_small_stem,
@@ -248,7 +246,7 @@ def adapt_input_channels(model: nn.Module, state: dict[str, torch.Tensor], sourc
     if adapted:
         convs = ", ".join(conv for conv, _, _ in adapted)
         old, new = adapted[0][1], adapted[0][2]
-        how = "the RGB filters summed" if new == 1 else f"the filters repeated and scaled by {old}/{new}"
+        how = "the filters summed" if new == 1 else f"the filters repeated and scaled by {old}/{new}"
         console.info(f"data.channels={new}: the input conv {convs} of {source.ref} ({name or source.architecture}) "
                      f"adapted from {old} to {new} channels by timm's adapt_input_conv ({how})")
     return state, adapted
@@ -309,9 +307,10 @@ def build_from(source: WeightsSource, encoder_name: str, image_size: int | None,
         model, info, _ = load_encoder(source.file)
         adapted: Adapted = []
         if info.channels != channels:  # an sslcli encoder of other channels: the same architecture, adapted
-            trained, info = model, replace(info, channels=channels,
-                                           mean=(OTHER_CHANNELS_MEAN,) * channels, std=(OTHER_CHANNELS_STD,) * channels)
+            trained, info = model, replace(info, channels=channels)
             model = rebuild_encoder(info)
+            mean, std = normalisation(model)  # the default of these channels: its statistics were the others'
+            info = replace(info, mean=mean, std=std)
             adapted = load_weights(model, trained.state_dict(), source, info.name)
         info.image_size = image_size or info.image_size
         info.init = adapted_record(source, adapted)

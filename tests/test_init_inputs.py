@@ -158,6 +158,15 @@ def test_a_torchvision_resnet_adapted_to_greyscale_sums_its_rgb_filters(torchvis
     assert torch.allclose(model.conv1.weight, expected) and info.init["adapted_input_conv"]["to"] == 1
 
 
+def test_an_sslcli_rgb_encoder_as_init_is_adapted_too(encoder_file: Path):
+    from timm.models import adapt_input_conv
+
+    model, info = weights.build_from(weights.locate(str(encoder_file)), "resnet10t", None, channels=1)
+    rgb = checkpoint.load_encoder(encoder_file)[0].state_dict()["conv1.0.weight"]
+    assert torch.equal(model.state_dict()["conv1.0.weight"], adapt_input_conv(1, rgb))
+    assert info.channels == 1 and info.mean == (0.5,) and info.init["adapted_input_conv"]["from"] == 3
+
+
 @pytest.mark.parametrize(("kind", "channels"), [("grey", 1), ("bands", 4)])
 def test_pretrain_from_rgb_weights_on_other_channels_then_probe(local_dir: Path, tmp_path: Path,  # noqa: F811
                                                                 kind: str, channels: int):
