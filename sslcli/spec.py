@@ -90,12 +90,12 @@ class DataConfig(Strict):
     interpolation: Literal["auto", "bilinear", "bicubic", "nearest"] = Field(
         "auto", description="the resampling filter images are resized with when decoded, in training and in every "
         "command that reads the encoder ('auto': the --init weights' pretrained_cfg, else bilinear)")
-    mean: list[float] | None = Field(None, min_length=1, description="per-channel normalisation mean, one value per "
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(None, min_length=1, description="per-channel normalisation mean, one value per "
                                      "channel (default: the --init weights' pretrained_cfg, else ImageNet's for RGB "
                                      "and 0.5 for other channels)")
-    std: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1, description="per-channel "
-                                                            "normalisation std, > 0, one value per channel (default "
-                                                            "as data.mean; 0.25 for other channels)")
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
+        None, min_length=1, description="per-channel normalisation std, > 0, one value per channel (default as "
+        "data.mean; 0.25 for other channels)")
     image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
                                               "input size ('auto': from the median shorter side of a sample of "
                                               "DATA's images: 32 for CIFAR-sized, 96 for 96 px, up to 224)")

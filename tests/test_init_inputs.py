@@ -115,6 +115,7 @@ def test_without_init_the_default_is_bilinear_and_a_user_mean_is_used(tmp_path: 
     (["data.mean=[0.5]"], "data.mean has 1 value(s) but data.channels is 3"),
     (["data.channels=1", "data.std=[0.2, 0.2, 0.2]"], "data.std has 3 value(s) but data.channels is 1"),
     (["data.std=[0.2, 0, 0.2]"], "data.std"),
+    (["data.mean=[0.5, nan, 0.5]"], "data.mean"),
     (["data.interpolation=lanczos"], "data.interpolation"),
 ])
 def test_a_normalisation_or_filter_that_does_not_fit_is_a_spec_error(sets: list[str], fragment: str):
