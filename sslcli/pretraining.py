@@ -66,6 +66,9 @@ def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
         if spec.data.channels != 3:
             raise UsageError(f"video frames are decoded as RGB: video input needs data.channels=3, not "
                              f"{spec.data.channels}")
+        if spec.data.resize_filter() != "bilinear":
+            raise UsageError(f"video frames are resized bilinearly: video input takes data.interpolation=bilinear "
+                             f"(or auto), not {spec.data.interpolation}")
         frames, batches, steps = clip_training.training_clips(spec, policy, CONFIGS[spec.method.name].uses_indices)
         return TrainingData(frames, batches, steps, policy)
     images = training_images(spec)
@@ -101,7 +104,7 @@ def resolve_init(spec: PretrainSpec) -> PretrainSpec:
         else:  # a plain state dict says nothing of its input size: DATA's images choose, as without --init
             resolve_image_size({"data": tree["data"]})
         tree["augment"].pop("size", None)  # follows data.image_size
-    if spec.data.interpolation == "auto" and source.interpolation:
+    if spec.data.interpolation == "auto" and source.interpolation and not clip_training.is_video_input(spec):
         console.info(f"data.interpolation auto: {source.interpolation}, the resampling filter of {spec.encoder.init} "
                      "(--set data.interpolation=bilinear|bicubic|nearest to choose)")
         tree["data"]["interpolation"] = source.interpolation

@@ -209,3 +209,12 @@ def test_a_distill_teacher_takes_four_channel_views_through_its_adapted_conv(loc
     assert torch.equal(model.teacher.conv1[0].weight, adapt_input_conv(4, saved))
     out = model([torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)], 0)
     assert torch.isfinite(out.loss) and model.teacher_input(torch.zeros(1, 4, 16, 16)).shape == (1, 4, 24, 24)
+
+
+def test_video_input_keeps_the_bilinear_frames_and_says_so(tmp_path: Path):
+    from sslcli.pretraining import load_data
+
+    spec = resolve(PretrainSpec, options={"data.path": str(tmp_path), "method.name": "tcn", "data.image_size": 32},
+                   sets=["data.interpolation=bicubic"])
+    with pytest.raises(UsageError, match="video frames are resized bilinearly.*not bicubic"):
+        load_data(spec, torch.device("cpu"))
