@@ -57,7 +57,7 @@ bench-quickstart: install
 	$(BIN)/python -m bench.quickstart --data $(DATA)
 
 # Distillation: a quickstart-trained teacher, a distill-cpu student, the student's random init, all probed on
-# CIFAR-10 (fixed epochs; about 25 minutes on 2 cores). TEACHER=RUN/encoder.safetensors skips training one.
+# CIFAR-10 (fixed epochs; 51 minutes on a busy 2-core machine). TEACHER=RUN/encoder.safetensors skips training one.
 TEACHER ?=
 bench-distill: install
 	$(BIN)/python -m bench.distill --data $(DATA) $(if $(TEACHER),--teacher $(TEACHER))
