@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DATA ?= ../shared/data/cifar10
 RUN ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-bench test test-gpu lint demo bench-demo bench-quickstart bench-finetune bench-throughput bench-augment bench-methods bench-presets bench-gpu gpu-smoke gpu-carry clean
+.PHONY: install install-bench test test-gpu lint demo bench-demo bench-quickstart bench-distill bench-finetune bench-throughput bench-augment bench-methods bench-presets bench-gpu gpu-smoke gpu-carry clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,12 @@ bench-demo: install
 
 bench-quickstart: install
 	$(BIN)/python -m bench.quickstart --data $(DATA)
+
+# Distillation: a quickstart-trained teacher, a distill-cpu student, the student's random init, all probed on
+# CIFAR-10 (fixed epochs; 51 minutes on a busy 2-core machine). TEACHER=RUN/encoder.safetensors skips training one.
+TEACHER ?=
+bench-distill: install
+	$(BIN)/python -m bench.distill --data $(DATA) $(if $(TEACHER),--teacher $(TEACHER))
 
 # lightly is the reference of bench-throughput: a benchmark-only dependency (the `bench` extra).
 install-bench: install

@@ -170,8 +170,9 @@ def load_encoder(path: str | Path):
     """An encoder.safetensors (or its run folder) as a timm model in eval mode, its pooled features out.
 
     `.transform` is its preprocessing for a PIL image, as sslcli's evaluation does it: the shorter side resized
-    to the decode size, the centre crop at the encoder's input size, normalised with its mean and std.
-    `.sslcli_info` holds that metadata (name, image_size, mean, std, feature_dim)."""
+    to the decode size with the encoder's resampling filter, the centre crop at its input size, normalised with
+    its mean and std. `.sslcli_info` holds that metadata (name, image_size, mean, std, interpolation,
+    feature_dim)."""
     from torchvision import transforms
 
     from sslcli import checkpoint
@@ -181,7 +182,8 @@ def load_encoder(path: str | Path):
     model.eval()
     model.transform = transforms.Compose([
         transforms.Lambda(lambda image: image.convert("RGB")),
-        transforms.Resize(storage_size_for(info.image_size), interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.Resize(storage_size_for(info.image_size),
+                          interpolation=transforms.InterpolationMode[info.interpolation.upper()]),
         transforms.CenterCrop(info.image_size),
         transforms.ToTensor(),
         transforms.Normalize(info.mean, info.std),

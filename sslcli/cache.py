@@ -39,12 +39,15 @@ def array_bytes(count: int, size: int, channels: int = 3) -> int:
     return count * channels * size * size
 
 
-def cache_key(paths: list[Path], size: int, channels: int = 3) -> str:
-    """sha256 of (path, bytes, mtime) for every file, the storage size, the channels and the cache format version.
+def cache_key(paths: list[Path], size: int, channels: int = 3, interpolation: str = "bilinear") -> str:
+    """sha256 of (path, bytes, mtime) for every file, the storage size, the channels, the resampling filter and
+    the cache format version.
 
     The file list is the folder's images or a list file's lines, so editing the list or any file it names
-    gives a new key. 3 channels add nothing to the key: the caches written before data.channels stay valid."""
-    head = f"sslcli-decode-cache v{CACHE_VERSION} size={size}" + (f" channels={channels}" if channels != 3 else "")
+    gives a new key. 3 channels and bilinear add nothing to the key: the caches written before data.channels
+    and data.interpolation stay valid."""
+    head = (f"sslcli-decode-cache v{CACHE_VERSION} size={size}" + (f" channels={channels}" if channels != 3 else "")
+            + (f" interpolation={interpolation}" if interpolation != "bilinear" else ""))
     digest = hashlib.sha256(f"{head}\n".encode())
     for path in paths:
         try:
@@ -77,15 +80,15 @@ def fits(paths: list[Path], size: int, cache_dir: Path, max_bytes: float, channe
 
 
 def open_or_build(paths: list[Path], size: int, cache_dir: Path, policy: data.BadImagePolicy,
-                  num_workers: int, channels: int = 3) -> DecodedImages:
+                  num_workers: int, channels: int = 3, interpolation: str = "bilinear") -> DecodedImages:
     """The cached array for these files at this size, decoding them first if no valid cache exists."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(paths, size, channels)
+    key = cache_key(paths, size, channels, interpolation)
     array_path, meta_path = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
-    meta = _read_meta(meta_path, len(paths), size, channels)
+    meta = _read_meta(meta_path, len(paths), size, channels, interpolation)
     expected = array_bytes(len(paths), size, channels)
     if meta is None or not array_path.is_file() or array_path.stat().st_size != expected:
-        meta = _build(paths, size, array_path, meta_path, policy, num_workers, channels)
+        meta = _build(paths, size, array_path, meta_path, policy, num_workers, channels, interpolation)
     else:
         if array_path not in _announced:  # once per process: the online kNN reopens its splits every epoch
             _announced.add(array_path)
@@ -98,21 +101,23 @@ def open_or_build(paths: list[Path], size: int, cache_dir: Path, policy: data.Ba
     return DecodedImages(array=array, good=good, path=array_path)
 
 
-def _read_meta(meta_path: Path, count: int, size: int, channels: int = 3) -> dict | None:
+def _read_meta(meta_path: Path, count: int, size: int, channels: int = 3,
+               interpolation: str = "bilinear") -> dict | None:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return None
     if meta.get("version") != CACHE_VERSION or meta.get("count") != count or meta.get("size") != size:
         return None
-    if meta.get("channels", 3) != channels:
+    if meta.get("channels", 3) != channels or meta.get("interpolation", "bilinear") != interpolation:
         return None
     return meta
 
 
 def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, policy: data.BadImagePolicy,
-           num_workers: int, channels: int = 3) -> dict:
-    console.info(f"decode cache: decoding {len(paths)} images at {size} px into {array_path} "
+           num_workers: int, channels: int = 3, interpolation: str = "bilinear") -> dict:
+    filter_name = f" ({interpolation})" if interpolation != "bilinear" else ""
+    console.info(f"decode cache: decoding {len(paths)} images at {size} px{filter_name} into {array_path} "
                  "(once; later runs reuse it)")
     remove_stale_builds(array_path)
     # The builder's PID in the name: a build killed outright (kill -9) leaves its file, which the next build
@@ -124,7 +129,7 @@ def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, poli
     try:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(paths), channels, size, size))
         loader = data.make_loader(paths, size, 256, shuffle=False, drop_last=False, num_workers=num_workers, seed=0,
-                                  channels=channels)
+                                  channels=channels, interpolation=interpolation)
         progress = console.Progress(len(loader), "decoding", every=max(1, len(loader) // 10), unit="decoding batch")
         for step, (images, indices, failures) in enumerate(loader, start=1):
             array[indices.numpy()] = images.numpy()
@@ -142,7 +147,8 @@ def _build(paths: list[Path], size: int, array_path: Path, meta_path: Path, poli
         Path(tmp).unlink(missing_ok=True)
         raise
     meta = {"version": CACHE_VERSION, "count": len(paths), "size": size, "bad": bad,
-            **({"channels": channels} if channels != 3 else {})}
+            **({"channels": channels} if channels != 3 else {}),
+            **({"interpolation": interpolation} if interpolation != "bilinear" else {})}
     atomic_write_json(meta_path, meta)  # written last: a cache is valid only once its JSON exists
     return meta
 

@@ -23,7 +23,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from sslcli import __version__, console
-from sslcli.encoder_args import MAX_CHANNELS
+from sslcli.encoder_args import INTERPOLATIONS, MAX_CHANNELS
 from sslcli.encoders import EncoderInfo, rebuild_encoder
 from sslcli.errors import RunError, UsageError
 from sslcli.files import atomic_write_bytes, atomic_write_json
@@ -71,6 +71,7 @@ def encoder_metadata(info: EncoderInfo, *, method: str, epoch: int, step: int, s
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
         "channels": str(info.channels),
+        "interpolation": info.interpolation,
         "epoch": str(epoch),
         "step": str(step),
         "spec": json.dumps(spec, sort_keys=True),
@@ -137,10 +138,13 @@ def info_from_metadata(meta: dict[str, str], path: Path) -> EncoderInfo:
             mean=tuple(float(v) for v in json.loads(meta["mean"])),
             std=tuple(float(v) for v in json.loads(meta["std"])),
             channels=int(meta.get("channels", "3")),  # files written before data.channels are RGB encoders
+            interpolation=meta.get("interpolation", "bilinear"),  # and before data.interpolation, bilinear
             init=json.loads(meta["init"]) if "init" in meta else None,
         )
         if not 1 <= info.channels <= MAX_CHANNELS:
             raise ValueError(f"channels {info.channels} is not 1 to {MAX_CHANNELS}")
+        if info.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {info.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
         if not isinstance(info.init, (dict, type(None))):
             raise ValueError("init is not a JSON object")
         if not isinstance(info.kwargs, dict) or len(info.mean) != info.channels or len(info.std) != info.channels \

@@ -205,21 +205,21 @@ def _reason(path: Path, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size`, centre crop (images here, video frames in video.py)."""
+def resize_center_crop(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """Shorter side to `size` with the named filter, centre crop (images here, video frames in video.py)."""
     w, h = img.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     if (new_w, new_h) != (w, h):
         # reducing_gap first shrinks by an integer factor with a box filter: much faster on large
         # photos and visually indistinguishable at 3.0 (Pillow's own recommendation).
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        img = img.resize((new_w, new_h), Image.Resampling[interpolation.upper()], reducing_gap=3.0)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 
-def decode_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
-    """Decode, resize the shorter side to `size`, center-crop: uint8 [channels, size, size].
+def decode_image(path: Path, size: int, channels: int = 3, interpolation: str = "bilinear") -> torch.Tensor:
+    """Decode, resize the shorter side to `size` (with `interpolation`), center-crop: uint8 [channels, size, size].
 
     3 channels (the default): any Pillow mode becomes RGB (to_rgb). 1 or N channels, and .npy arrays: the
     image's own channels (pixels.read_pixels), each resized the same way."""
@@ -231,11 +231,12 @@ def decode_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
             if channels == 3 and path.suffix.lower() != ".npy":
                 with Image.open(path) as img:
                     img.load()  # decode everything now, so a truncated file fails here and not later
-                    out = np.asarray(resize_center_crop(to_rgb(img), size), dtype=np.uint8)
+                    out = np.asarray(resize_center_crop(to_rgb(img), size, interpolation), dtype=np.uint8)
             else:
                 planes = read_pixels(path, channels)
                 # Pillow resizes one 8-bit plane at a time ("L"): the same filter as RGB images get.
-                out = np.stack([np.asarray(resize_center_crop(Image.fromarray(planes[:, :, c]), size))
+                out = np.stack([np.asarray(resize_center_crop(Image.fromarray(planes[:, :, c]), size,
+                                                                interpolation))
                                 for c in range(channels)], axis=2)
     except Exception as exc:
         # Pillow's format plugins raise a zoo of types on bad input (OSError, SyntaxError, ValueError,
@@ -296,17 +297,18 @@ class BadImagePolicy:
 class ImageDataset(torch.utils.data.Dataset):
     """Decoded images by index; a bad file gives (None, i, reason) instead of raising in a worker."""
 
-    def __init__(self, paths: list[Path], size: int, channels: int = 3):
+    def __init__(self, paths: list[Path], size: int, channels: int = 3, interpolation: str = "bilinear"):
         self.paths = list(paths)
         self.size = size
         self.channels = channels
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
         try:
-            return decode_image(self.paths[i], self.size, self.channels), i, None
+            return decode_image(self.paths[i], self.size, self.channels, self.interpolation), i, None
         except BadImageError as exc:
             return None, i, exc.reason
 
@@ -348,6 +350,7 @@ def make_loader(
     pin_memory: bool = False,
     sampler: torch.utils.data.Sampler | None = None,
     channels: int = 3,
+    interpolation: str = "bilinear",
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of decoded uint8 batches; the shuffle order depends only on `seed` and the epoch.
 
@@ -355,7 +358,7 @@ def make_loader(
     # The sampler draws from this generator each epoch, so epoch k's order is the same in every run.
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        ImageDataset(paths, size, channels),
+        ImageDataset(paths, size, channels, interpolation),
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,

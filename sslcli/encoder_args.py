@@ -28,6 +28,9 @@ ARCHITECTURE_KWARGS = frozenset({
 LOADING_KWARGS = frozenset({"pretrained", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay",
                             "pretrained_strict", "cache_dir", "features_only", "out_indices"})
 MAX_CHANNELS = 64  # data.channels: a multispectral stack has tens of bands; more is a wrong axis
+# data.interpolation: the resampling filters Pillow, torchvision and F.interpolate all have (timm's pretrained_cfg
+# uses bilinear and bicubic).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 MAX_IMAGE_SIZE = 2048  # px; a larger training crop is a typo (a 100000 px side needs 30 GB per image)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]*$")  # a string value is a name (groupnorm1, gelu, avg), never a path or URL

@@ -27,6 +27,7 @@ class EncoderInfo:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channels: int = 3  # input channels (data.channels): timm's in_chans; mean and std hold one value each
+    interpolation: str = "bilinear"  # the resampling filter images are resized with (data.interpolation)
     # Where the starting weights came from (weights.py WeightsSource.record()): kind, ref, file, sha256.
     init: dict[str, Any] | None = None
 

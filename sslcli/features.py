@@ -28,7 +28,8 @@ def eval_view(x: torch.Tensor, info: EncoderInfo) -> torch.Tensor:
 
 def _eval_batches(paths: list[Path], storage: int, batch_size: int, num_workers: int, device: torch.device,
                   policy: data.BadImagePolicy,
-                  caching: cache.CachePolicy, channels: int = 3) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
+                  caching: cache.CachePolicy, channels: int = 3,
+                  interpolation: str = "bilinear") -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
     """(uint8 batches with their indices, in file order; the number of batches): from the decode cache when
     the policy allows, so a second probe of the same folder decodes nothing, else decoded on the fly.
 
@@ -36,14 +37,15 @@ def _eval_batches(paths: list[Path], storage: int, batch_size: int, num_workers:
     folder = caching.folder_for(paths, storage, channels)
     if folder is not None:
         with distributed.main_first():  # one process decodes; the others open what it wrote
-            decoded = cache.open_or_build(paths, storage, folder, policy, num_workers, channels)
+            decoded = cache.open_or_build(paths, storage, folder, policy, num_workers, channels, interpolation)
         part = distributed.shard(len(decoded.good_indices))
         mine = decoded.good_indices[part.start:part.stop]
         return cache.in_order(decoded, batch_size, mine), -(-len(mine) // batch_size)
     part = distributed.shard(len(paths))
     shard_paths = paths[part.start:part.stop]
     loader = data.make_loader(shard_paths, storage, batch_size, shuffle=False, drop_last=False,
-                              num_workers=num_workers, seed=0, pin_memory=device.type == "cuda", channels=channels)
+                              num_workers=num_workers, seed=0, pin_memory=device.type == "cuda", channels=channels,
+                              interpolation=interpolation)
     batches = ((x, idx + part.start) for x, idx in data.iter_batches(loader, policy, shard_paths))
     return batches, len(loader)
 
@@ -59,7 +61,7 @@ def extract_features(model: nn.Module, info: EncoderInfo, paths: list[Path], *, 
     the same geometry the encoder saw in training.
     """
     batches, total = _eval_batches(paths, data.storage_size_for(info.image_size), batch_size, num_workers, device,
-                                   policy, caching, info.channels)
+                                   policy, caching, info.channels, info.interpolation)
     model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     features, kept = [], []

@@ -125,7 +125,7 @@ def train_loader(spec: FinetuneSpec, train_set: data.ImageSet, info: EncoderInfo
     loader = data.make_loader(train_set.paths, data.storage_size_for(info.image_size), batch // world, shuffle=True,
                               drop_last=True, num_workers=data.default_workers(spec.data.num_workers),
                               seed=spec.train.seed, pin_memory=device.type == "cuda", sampler=sampler,
-                              channels=info.channels)
+                              channels=info.channels, interpolation=info.interpolation)
     return loader, batch
 
 
@@ -138,7 +138,8 @@ class Scorer:
         part = distributed.shard(len(val_set))  # this rank's share of the eval split
         self.paths, self.offset = val_set.paths[part.start:part.stop], part.start
         self.loader = data.make_loader(self.paths, data.storage_size_for(info.image_size), 256, shuffle=False,
-                                       drop_last=False, num_workers=0, seed=0, channels=info.channels)
+                                       drop_last=False, num_workers=0, seed=0, channels=info.channels,
+                                       interpolation=info.interpolation)
         self.labels, self.info, self.device, self.dtype = val_labels, info, device, dtype
         self.predict = predict or plain_prediction
 

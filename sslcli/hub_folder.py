@@ -39,7 +39,7 @@ def timm_config(info: EncoderInfo, meta: dict[str, str], encoder_path: Path,
             "input_size": [info.channels, size, size],
             "mean": list(info.mean),
             "std": list(info.std),
-            "interpolation": "bilinear",
+            "interpolation": info.interpolation,
             # Images were stored with the shorter side at storage_size_for(size) and centre-cropped.
             "crop_pct": size / data.storage_size_for(size),
             "crop_mode": "center",

@@ -52,7 +52,7 @@ def verification_batch(info: EncoderInfo, data_dir: Path | None, count: int = VE
     chosen, decoded = paths[::step], []
     for path in chosen:
         try:
-            decoded.append(data.decode_image(path, storage, info.channels))
+            decoded.append(data.decode_image(path, storage, info.channels, info.interpolation))
         except data.BadImageError:
             continue  # an unreadable file verifies nothing; the others do
         if len(decoded) == count:

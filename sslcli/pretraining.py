@@ -66,6 +66,9 @@ def load_data(spec: PretrainSpec, device: torch.device) -> TrainingData:
         if spec.data.channels != 3:
             raise UsageError(f"video frames are decoded as RGB: video input needs data.channels=3, not "
                              f"{spec.data.channels}")
+        if spec.data.resize_filter() != "bilinear":
+            raise UsageError(f"video frames are resized bilinearly: video input takes data.interpolation=bilinear "
+                             f"(or auto), not {spec.data.interpolation}")
         frames, batches, steps = clip_training.training_clips(spec, policy, CONFIGS[spec.method.name].uses_indices)
         return TrainingData(frames, batches, steps, policy)
     images = training_images(spec)
@@ -101,10 +104,14 @@ def resolve_init(spec: PretrainSpec) -> PretrainSpec:
         else:  # a plain state dict says nothing of its input size: DATA's images choose, as without --init
             resolve_image_size({"data": tree["data"]})
         tree["augment"].pop("size", None)  # follows data.image_size
+    if spec.data.interpolation == "auto" and source.interpolation and not clip_training.is_video_input(spec):
+        console.info(f"data.interpolation auto: {source.interpolation}, the resampling filter of {spec.encoder.init} "
+                     "(--set data.interpolation=bilinear|bicubic|nearest to choose)")
+        tree["data"]["interpolation"] = source.interpolation
     if isinstance(tree["data"]["image_size"], int):  # a file that does not fit is refused before DATA is read
         with console.hushed():  # build_model says it again
             weights.build_from(source, tree["encoder"]["name"], tree["data"]["image_size"],
-                               spec.encoder.small_stem, spec.encoder.kwargs)
+                               spec.encoder.small_stem, spec.encoder.kwargs, spec.data.channels)
     console.info(f"starting weights: {spec.encoder.init} ({source.file}, sha256 {source.sha256[:12]}...)")
     return PretrainSpec.model_validate(tree)
 
@@ -112,6 +119,18 @@ def resolve_init(spec: PretrainSpec) -> PretrainSpec:
 def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) -> LoopConfig:
     return LoopConfig.from_spec(spec.train, spec.optim.clip_grad, steps_per_epoch, device,
                                 f"{spec.method.name} {spec.encoder.name}")
+
+
+def set_input_statistics(encoder: torch.nn.Module, info: EncoderInfo, spec: PretrainSpec) -> None:
+    """What the user's spec sets over the weights' and the defaults: the resampling filter (data.interpolation,
+    resolved by resolve_init) and the normalisation (data.mean, data.std). The encoder's pretrained_cfg gets
+    them too: methods that need the pixels back read them there (encoders.normalisation)."""
+    info.interpolation = spec.data.resize_filter()
+    if spec.data.mean is not None:
+        info.mean = tuple(float(v) for v in spec.data.mean)
+    if spec.data.std is not None:
+        info.std = tuple(float(v) for v in spec.data.std)
+    encoder.pretrained_cfg = {**(getattr(encoder, "pretrained_cfg", None) or {}), "mean": info.mean, "std": info.std}
 
 
 def build_model(spec: PretrainSpec, loop: LoopConfig, device: torch.device, num_classes: int | None = None,
@@ -122,10 +141,11 @@ def build_model(spec: PretrainSpec, loop: LoopConfig, device: torch.device, num_
     if spec.encoder.init is not None:  # weights sslcli did not train (resolve_init found them)
         source = weights.locate(spec.encoder.init, spec.encoder.name)
         encoder, info = weights.build_from(source, spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
-                                           spec.encoder.kwargs)
+                                           spec.encoder.kwargs, spec.data.channels)
     else:
         encoder, info = build_encoder(spec.encoder.name, spec.data.image_size, spec.encoder.small_stem,
                                       spec.encoder.kwargs, spec.data.channels)
+    set_input_statistics(encoder, info, spec)
     if spec.init_from is not None:
         init_from(encoder, info, spec.init_from)
     method = method_class(spec.method.name)(spec.method, encoder, info.feature_dim,

@@ -32,6 +32,10 @@ def fingerprint(spec: PretrainSpec, images: data.ImageSet, total_steps: int) -> 
              "augmentation": spec.augment.model_dump(mode="json")}
     if spec.data.channels != 3:  # only then, so the RGB runs keep their fingerprints
         parts["channels"] = spec.data.channels
+    if spec.data.resize_filter() != "bilinear":  # only then, so the runs before data.interpolation keep theirs
+        parts["interpolation"] = spec.data.resize_filter()
+    if spec.data.mean is not None or spec.data.std is not None:  # likewise for the normalisation the user sets
+        parts["normalisation"] = {"mean": spec.data.mean, "std": spec.data.std}
     if spec.encoder.init is not None:  # the starting weights: their reference and the sha256 of their file
         parts["init"] = {"ref": spec.encoder.init, "sha256": spec.encoder.init_sha256}
     if spec.data.label_fraction is not None:  # only then, so the runs without labels keep their fingerprints

@@ -87,6 +87,15 @@ class DataConfig(Strict):
     channels: int = Field(3, ge=1, le=MAX_CHANNELS, description="image channels: 3 (RGB, every image converted), "
                           "1 (greyscale: X-ray, medical) or N (multi-band TIFF, PNG with alpha, .npy stacks); not 3 "
                           "turns off the RGB-only augmentations and normalises with 0.5/0.25 per channel")
+    interpolation: Literal["auto", "bilinear", "bicubic", "nearest"] = Field(
+        "auto", description="the resampling filter images are resized with when decoded, in training and in every "
+        "command that reads the encoder ('auto': the --init weights' pretrained_cfg, else bilinear)")
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(None, min_length=1, description="per-channel normalisation mean, one value per "
+                                     "channel (default: the --init weights' pretrained_cfg, else ImageNet's for RGB "
+                                     "and 0.5 for other channels)")
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = Field(
+        None, min_length=1, description="per-channel normalisation std, > 0, one value per channel (default as "
+        "data.mean; 0.25 for other channels)")
     image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] | Literal["auto"] = Field("auto", description="training crop side in px; also the encoder's "
                                               "input size ('auto': from the median shorter side of a sample of "
                                               "DATA's images: 32 for CIFAR-sized, 96 for 96 px, up to 224)")
@@ -103,6 +112,19 @@ class DataConfig(Strict):
         "auto", description="decode every image once into a memory-mapped array ('auto': when it fits cache_max_gb)")
     cache_dir: Path | None = Field(None, description="decode cache folder (default $SSLCLI_CACHE_DIR or ~/.cache/sslcli)")
     cache_max_gb: float = Field(16.0, gt=0, description="'auto' caches only arrays up to this size")
+
+    @model_validator(mode="after")
+    def _one_statistic_per_channel(self) -> DataConfig:
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(f"data.{key} has {len(values)} value(s) but data.channels is {self.channels}: give "
+                                 "one per channel")
+        return self
+
+    def resize_filter(self) -> str:
+        """The resampling filter in use: data.interpolation, 'auto' left (no --init named one) being bilinear."""
+        return "bilinear" if self.interpolation == "auto" else self.interpolation
 
 
 class EncoderConfig(Strict):
@@ -244,10 +266,6 @@ class PretrainSpec(ScaledLr, Strict):
         if self.data.channels != 3 and CONFIGS[self.method.name].rgb_only:
             raise ValueError(f"method {self.method.name} works on the colour of RGB images (CIE Lab): it needs "
                              f"data.channels=3, not {self.data.channels}")
-        if self.data.channels != 3 and (self.encoder.init is not None or self.method.name == "distill"):
-            # Pretrained weights (and a distillation teacher) expect RGB; adapting their first conv is not done here.
-            raise ValueError(f"encoder.init and the distill method start from RGB weights: they need data.channels=3, "
-                             f"not {self.data.channels}")
         if self.data.image_size == "auto":  # left only when DATA could not be looked at (resolve): no size yet
             return self
         if "size" in self.augment.model_fields_set and self.augment.size != self.data.image_size:

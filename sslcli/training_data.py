@@ -81,7 +81,8 @@ def training_batches(spec: PretrainSpec, images: data.ImageSet, policy: data.Bad
     decoded = None
     if folder is not None:
         with distributed.main_first():  # one process decodes; the others open what it wrote
-            decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers, spec.data.channels)
+            decoded = cache.open_or_build(images.paths, storage_size, folder, policy, workers, spec.data.channels,
+                                           spec.data.resize_filter())
         pairs, steps = _cached_pairs(decoded, batch_size, seed), cache.steps_per_epoch(decoded, batch_size)
     else:
         pairs, steps = _streamed_pairs(spec, images.paths, batch_size, policy, device)
@@ -154,7 +155,8 @@ def _streamed_pairs(spec: PretrainSpec, paths: list, batch_size: int, policy: da
                                                       shuffle=True, seed=seed, drop_last=True)
     loader = data.make_loader(paths, storage_size, rank_batch_size(batch_size), shuffle=True, drop_last=True,
                               num_workers=data.default_workers(spec.data.num_workers), seed=seed,
-                              pin_memory=device.type == "cuda", sampler=sampler, channels=spec.data.channels)
+                              pin_memory=device.type == "cuda", sampler=sampler, channels=spec.data.channels,
+                              interpolation=spec.data.resize_filter())
 
     def pairs(epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if sampler is not None:

@@ -22,7 +22,7 @@ from safetensors.torch import load as load_bytes
 from torch import nn
 
 from sslcli import console
-from sslcli.encoder_args import encoder_kwargs_problem, split_init
+from sslcli.encoder_args import INTERPOLATIONS, encoder_kwargs_problem, split_init
 from sslcli.encoders import (
     EncoderInfo,
     accepts_dynamic_size,
@@ -61,6 +61,12 @@ class WeightsSource:
     def image_size(self) -> int | None:
         size = self.pretrained_cfg.get("input_size")
         return int(size[-1]) if isinstance(size, (list, tuple)) and size else None
+
+    @property
+    def interpolation(self) -> str | None:
+        """The resampling filter the weights were trained with, when their pretrained_cfg names one sslcli has."""
+        value = self.pretrained_cfg.get("interpolation")
+        return value if value in INTERPOLATIONS else None
 
 
 # ---------------------------------------------------------------- locating the file
@@ -160,8 +166,9 @@ def locate(ref: str, encoder_name: str | None = None) -> WeightsSource:
     if path.is_dir() and (path / "encoder.safetensors").is_file():
         path = path / "encoder.safetensors"  # a run folder
     meta = read_metadata(path, "a .safetensors state dict (timm or torchvision layout) or an sslcli encoder")
-    if meta.get("sslcli_format") == ENCODER_FORMAT:
-        return WeightsSource("sslcli", ref, path, sha256_of(path), meta.get("encoder"))
+    if meta.get("sslcli_format") == ENCODER_FORMAT:  # its own resampling filter (bilinear before it was recorded)
+        return WeightsSource("sslcli", ref, path, sha256_of(path), meta.get("encoder"),
+                             pretrained_cfg={"interpolation": meta.get("interpolation", "bilinear")})
     return WeightsSource("file", ref, path, sha256_of(path), None)
 
 
@@ -204,11 +211,62 @@ def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     return (*names, "fc") if is_resnet(model) else names
 
 
+def _first_convs(model: nn.Module) -> tuple[str, ...]:
+    """The input convs timm's pretrained_cfg names for the architecture (conv1, conv1.0, patch_embed.proj, ...)."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv") or ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+Adapted = list[tuple[str, int, int]]  # (input conv, channels of the weights, channels of the model)
+
+
+def adapt_input_channels(model: nn.Module, state: dict[str, torch.Tensor], source: WeightsSource,
+                         name: str | None = None) -> tuple[dict[str, torch.Tensor], Adapted]:
+    """The state with its first conv adapted to the model's input channels when the weights take 3 (RGB) and the
+    model takes data.channels: timm's adapt_input_conv, as timm.create_model(pretrained=True, in_chans=N) does it
+    (1 channel: the RGB filters summed; N: the RGB filters repeated and scaled by 3/N). Said on stderr once."""
+    from timm.models import adapt_input_conv
+
+    adapted: Adapted = []
+    for conv in _first_convs(model):
+        key = f"{conv}.weight"
+        try:
+            target = model.get_submodule(conv).weight
+        except AttributeError:
+            continue
+        weight = state.get(key)
+        if weight is None or weight.ndim != 4 or weight.shape[1] == target.shape[1]:
+            continue
+        try:
+            state = {**state, key: adapt_input_conv(int(target.shape[1]), weight, base_chans=int(weight.shape[1]))}
+        except (NotImplementedError, AssertionError, ValueError) as exc:
+            raise UsageError(f"{source.ref}: its input conv {conv} ({list(weight.shape)}) cannot be adapted to "
+                             f"{target.shape[1]} channels ({exc or type(exc).__name__})") from None
+        adapted.append((conv, int(weight.shape[1]), int(target.shape[1])))
+    if adapted:
+        convs = ", ".join(conv for conv, _, _ in adapted)
+        old, new = adapted[0][1], adapted[0][2]
+        how = "the filters summed" if new == 1 else f"the filters repeated and scaled by {old}/{new}"
+        console.info(f"data.channels={new}: the input conv {convs} of {source.ref} ({name or source.architecture}) "
+                     f"adapted from {old} to {new} channels by timm's adapt_input_conv ({how})")
+    return state, adapted
+
+
+def adapted_record(source: WeightsSource, adapted: Adapted) -> dict[str, Any]:
+    """source.record(), plus the input convs adapted to the run's channels (recorded in the encoder's init)."""
+    record = source.record()
+    if adapted:
+        record["adapted_input_conv"] = {"convs": [conv for conv, _, _ in adapted], "from": adapted[0][1],
+                                        "to": adapted[0][2], "by": "timm.models.adapt_input_conv"}
+    return record
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: WeightsSource,
-                 name: str | None = None) -> None:
+                 name: str | None = None) -> Adapted:
     """Load a state dict into `model` as it is (no cast of shapes, no guessing): the classifier keys a
-    feature extractor has no place for are dropped; anything else that differs is one line naming the first
-    tensor."""
+    feature extractor has no place for are dropped, RGB input convs are adapted to the model's channels
+    (adapt_input_channels, returned); anything else that differs is one line naming the first tensor."""
+    state, adapted = adapt_input_channels(model, state, source, name)
     expected = model.state_dict()
     heads = _head_prefixes(model)
     state = {k: v for k, v in state.items() if k in expected or not any(k.startswith(h + ".") for h in heads)}
@@ -227,34 +285,48 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Weigh
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise UsageError(f"{source.ref}: tensor {key} holds NaN or infinite values")
     model.load_state_dict(state, strict=True)
+    return adapted
 
 
 def build_from(source: WeightsSource, encoder_name: str, image_size: int | None, small_stem: bool | str = "auto",
-               kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, EncoderInfo]:
+               kwargs: dict[str, Any] | None = None, channels: int = 3) -> tuple[nn.Module, EncoderInfo]:
     """The encoder the weights fit, loaded with them, and the EncoderInfo a run records.
 
     Architecture: the source's (config.json, timm tag, sslcli metadata), else encoder_name. Input size:
-    image_size, else the weights' pretrained_cfg. Normalisation: the weights' pretrained_cfg. The small-image
-    stem only where the weights were trained with it, or when asked (said on stderr: it changes the stem the
-    weights were trained with)."""
+    image_size, else the weights' pretrained_cfg. Normalisation and resampling filter: the weights'
+    pretrained_cfg (their mean and std only when they hold one value per channel: RGB statistics do not
+    describe 1 or N channels, which keep 0.5/0.25). Channels: an RGB input conv is adapted to `channels`
+    (adapt_input_channels). The small-image stem only where the weights were trained with it, or when asked
+    (said on stderr: it changes the stem the weights were trained with)."""
     if source.kind == "sslcli":
+        from dataclasses import replace
+
         from sslcli.checkpoint import load_encoder
+        from sslcli.encoders import rebuild_encoder
 
         model, info, _ = load_encoder(source.file)
+        adapted: Adapted = []
+        if info.channels != channels:  # an sslcli encoder of other channels: the same architecture, adapted
+            trained, info = model, replace(info, channels=channels)
+            model = rebuild_encoder(info)
+            mean, std = normalisation(model)  # the default of these channels: its statistics were the others'
+            info = replace(info, mean=mean, std=std)
+            adapted = load_weights(model, trained.state_dict(), source, info.name)
         info.image_size = image_size or info.image_size
-        info.init = source.record()
+        info.init = adapted_record(source, adapted)
         return model, info
     name = source.architecture or encoder_name
     args = {**source.model_args, **(kwargs or {})}
-    model = create(name, args)
+    args.pop("in_chans", None)  # the weights' own (3): the run's channels are data.channels
+    model = create(name, args, channels)
     if accepts_dynamic_size(model) and "dynamic_img_size" not in args:
         # Built at the weights' own size (their position embeddings) and fed views of any size.
         args["dynamic_img_size"] = True
-        model = create(name, args)
+        model = create(name, args, channels)
     stem = source.small_stem or small_stem is True  # 'auto': not on weights trained without it
     if source.small_stem:  # weights trained with the stem (an sslcli export) fit it
         apply_small_stem(model)
-    load_weights(model, read_state(source), source, name)
+    adapted = load_weights(model, read_state(source), source, name)
     if stem and not source.small_stem:
         replaced = isinstance(getattr(model, "conv1", None), nn.Conv2d)
         console.info(f"encoder.small_stem=true on the {name} weights of {source.ref}: "
@@ -264,18 +336,19 @@ def build_from(source: WeightsSource, encoder_name: str, image_size: int | None,
         apply_small_stem(model)
     mean, std = normalisation(model)
     cfg = source.pretrained_cfg
-    if cfg.get("mean") and cfg.get("std"):
+    if cfg.get("mean") and cfg.get("std") and len(cfg["mean"]) == len(cfg["std"]) == channels:
         mean, std = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
         # normalisation(model) is what methods that need the pixels back read (colorization, distill's teacher)
         model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "mean": mean, "std": std}
     info = EncoderInfo(name=name, kwargs=args, small_stem=stem, feature_dim=int(model.num_features),
-                       image_size=image_size or source.image_size or 224, mean=mean, std=std, init=source.record())
+                       image_size=image_size or source.image_size or 224, mean=mean, std=std, channels=channels,
+                       interpolation=source.interpolation or "bilinear", init=adapted_record(source, adapted))
     return model, info
 
 
 def load_into(model: nn.Module, source: WeightsSource, name: str | None = None) -> None:
     """The starting weights into an encoder already built for them (probe's pretrained baseline: the trained
-    encoder's architecture, stem included)."""
+    encoder's architecture, stem and channels included: an RGB input conv is adapted as the run adapted it)."""
     if source.kind == "sslcli":
         from sslcli.checkpoint import load_encoder
 
@@ -310,15 +383,20 @@ def is_reference(value: str) -> bool:
     return str(value).startswith(("pretrained:", "hf-hub:", "local-dir:"))
 
 
-def load_encoder_ref(ref: str | Path) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
+def load_encoder_ref(ref: str | Path, channels: int | None = None) -> tuple[nn.Module, EncoderInfo, dict[str, str]]:
     """What probe and finetune take as ENCODER: an sslcli encoder file (or run folder), or weights sslcli did not
-    train (pretrained:NAME, hf-hub:ORG/NAME, local-dir:DIR) at their own input size and normalisation; the
-    metadata then holds only where they came from."""
+    train (pretrained:NAME, hf-hub:ORG/NAME, local-dir:DIR) at their own input size, normalisation and
+    resampling filter; the metadata then holds only where they came from. `channels` (distill's teacher for
+    data.channels != 3): the input conv adapted to them when the weights take others."""
     from sslcli.checkpoint import load_encoder
 
     if not is_reference(str(ref)):
-        return load_encoder(Path(ref))
+        if channels is None:
+            return load_encoder(Path(ref))
+        source = locate(str(ref))
+        model, info = build_from(source, source.architecture or "", None, channels=channels)
+        return model, info, {"method": "", "init": json.dumps(info.init, sort_keys=True)}
     source = locate(str(ref))
-    model, info = build_from(source, source.architecture or "", None)
+    model, info = build_from(source, source.architecture or "", None, channels=channels or 3)
     console.info(f"{ref}: {info.name} at {info.image_size} px, sha256 {source.sha256[:12]}...")
     return model, info, {"method": "", "init": json.dumps(info.init, sort_keys=True)}

@@ -192,6 +192,19 @@ def test_the_student_approaches_the_teacher_which_stays_frozen_in_eval_mode(enco
     assert model.export_encoder() is model.encoder  # the student is what a run saves
 
 
+def test_the_negative_control_a_random_teacher_is_matched_as_readily():
+    """random:NAME (a seeded random init) is a teacher like any other to the loss: the student approaches it as
+    it approaches a trained one, so a falling distillation loss says nothing of what the teacher knows (the kNN
+    half of the control, a random teacher's student no better than its own init, is the slow test below)."""
+    model, cosines = _distill("random:resnet10t", 30)
+    assert sum(cosines[-5:]) / 5 > sum(cosines[:5]) / 5 + 0.2, cosines
+    assert model.teacher_info.image_size == 0  # no input size of its own: it sees the student's views as they are
+    assert not model.teacher.training and all(not p.requires_grad for p in model.teacher.parameters())
+    again, _ = _distill("random:resnet10t", 1)  # seeded by the run's seed: the same control teacher every time
+    for key, value in again.teacher.state_dict().items():
+        assert torch.equal(value, model.teacher.state_dict()[key]), key
+
+
 def test_distill_without_a_teacher_is_one_line(cifar_tiny: Path, tmp_path: Path):
     proc = sslcli_run("pretrain", str(cifar_tiny), "--method", "distill", "--epochs", "1", "-b", "32", "--out",
                       str(tmp_path / "run"))

@@ -65,6 +65,7 @@ def run(spec: EmbedSpec) -> dict[str, Any]:
         "feature_dim": str(features.shape[1]),
         "image_size": str(info.image_size),
         "channels": str(info.channels),
+        "interpolation": info.interpolation,
         "count": str(len(kept)),
         "data": str(data_dir),
         "classes": json.dumps(images.classes),

@@ -98,6 +98,7 @@ def torchvision_config(info: EncoderInfo, meta: dict[str, str], encoder_path: Pa
         "num_features": info.feature_dim,
         "image_size": info.image_size,
         "in_channels": info.channels,
+        "interpolation": info.interpolation,
         "mean": list(info.mean),
         "std": list(info.std),
         "sslcli": provenance(info, meta, encoder_path),

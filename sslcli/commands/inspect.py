@@ -55,8 +55,11 @@ def format_text(described: dict[str, Any]) -> str:
         lines.append(f"embeddings: {' x '.join(str(n) for n in described['embeddings_shape'])}")
     init = described.get("init")
     if isinstance(init, dict):
+        adapted = init.get("adapted_input_conv")
+        adapted = (f"; input conv {', '.join(adapted.get('convs') or [])} adapted from {adapted.get('from')} to "
+                   f"{adapted.get('to')} channels" if isinstance(adapted, dict) else "")
         lines.append(f"started from: {init.get('ref')} ({init.get('kind')}; {init.get('file')}, sha256 "
-                     f"{init.get('sha256')})")
+                     f"{init.get('sha256')}{adapted})")
     for key, value in described.get("state", {}).items():
         lines.append(f"{key}: {value}")
     meta = described["metadata"]

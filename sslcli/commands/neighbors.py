@@ -48,7 +48,8 @@ def embed_image(encoder_path: Path, image: Path, embeddings: EmbeddingsFile, dev
         raise UsageError(f"{encoder_path} gives {info.feature_dim}-d features, {embeddings.path} holds "
                          f"{embeddings.dim}-d ones: not the encoder that made them")
     try:
-        raw = data.decode_image(image, data.storage_size_for(info.image_size), info.channels)
+        raw = data.decode_image(image, data.storage_size_for(info.image_size), info.channels,
+                                info.interpolation)
     except data.BadImageError as exc:
         raise UsageError(f"--query {image} cannot be read as an image ({exc.reason})") from None
     model = model.to(device).eval()

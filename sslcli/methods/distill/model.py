@@ -17,16 +17,19 @@ from sslcli.methods.base import Budget, MethodDefaults, StepOut
 from sslcli.methods.distill.config import RANDOM_TEACHER, DistillConfig
 
 
-def load_teacher(reference: str) -> tuple[nn.Module, EncoderInfo]:
-    """The teacher and how its inputs are prepared (size, mean, std): an sslcli encoder or weights sslcli did not
-    train (weights.py), or random:NAME, a random init (seeded by the run's seed)."""
+def load_teacher(reference: str, channels: int = 3) -> tuple[nn.Module, EncoderInfo]:
+    """The teacher and how its inputs are prepared (size, mean, std, resampling filter): an sslcli encoder or
+    weights sslcli did not train (weights.py), or random:NAME, a random init (seeded by the run's seed).
+
+    Images of other than 3 channels (data.channels): the teacher takes them too, its RGB input conv adapted
+    by timm's adapt_input_conv (weights.build_from), normalised with 0.5/0.25 per channel."""
     from sslcli import weights
 
     if reference.startswith(RANDOM_TEACHER):
-        model, info = build_encoder(reference[len(RANDOM_TEACHER):], 224, small_stem=False)
+        model, info = build_encoder(reference[len(RANDOM_TEACHER):], 224, small_stem=False, channels=channels)
         info.image_size = 0  # no size of its own: it sees the student's views as they are
         return model, info
-    model, info, _ = weights.load_encoder_ref(reference)
+    model, info, _ = weights.load_encoder_ref(reference, channels if channels != 3 else None)
     return model, info
 
 
@@ -41,17 +44,18 @@ class Distill(MethodDefaults, nn.Module):
                              "local-dir:DIR, hf-hub:ORG/NAME or pretrained:NAME")
         self.cfg = cfg
         self.encoder = encoder
-        teacher, info = load_teacher(cfg.teacher)
+        channels = len(normalisation(encoder)[0])  # the student's input channels (data.channels)
+        teacher, info = load_teacher(cfg.teacher, channels)
         self.teacher_info = info
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.projector = mlp(feature_dim, cfg.proj_hidden_dim, info.feature_dim)
-        self.register_buffer("teacher_mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("teacher_std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("teacher_mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("teacher_std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
         mean, std = normalisation(encoder)  # what the views were normalised with (the Augmenter's)
-        self.register_buffer("student_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("student_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("student_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("student_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> Distill:
         super().train(mode)
@@ -65,8 +69,9 @@ class Distill(MethodDefaults, nn.Module):
             return x
         pixels = x.float() * self.student_std + self.student_mean
         if info.image_size and pixels.shape[-1] != info.image_size:
-            pixels = F.interpolate(pixels, size=(info.image_size, info.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
+            pixels = F.interpolate(pixels, size=(info.image_size, info.image_size), mode=info.interpolation,
+                                   **({} if info.interpolation == "nearest" else
+                                      {"align_corners": False, "antialias": True}))
         return ((pixels - self.teacher_mean) / self.teacher_std).to(x.dtype)
 
     def forward(self, views: list[Tensor], step: int) -> StepOut:
