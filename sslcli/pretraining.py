@@ -133,6 +133,17 @@ def set_input_statistics(encoder: torch.nn.Module, info: EncoderInfo, spec: Pret
     encoder.pretrained_cfg = {**(getattr(encoder, "pretrained_cfg", None) or {}), "mean": info.mean, "std": info.std}
 
 
+def with_resolved_settings(spec: PretrainSpec, method: torch.nn.Module) -> PretrainSpec:
+    """The spec with the method settings it left unset (None) filled in as the method resolved them for its
+    encoder (MoCo v3's temperature and projector depth follow the encoder family), so that spec.json, the
+    encoder's metadata and the resume fingerprint say what ran."""
+    unset = {key: value for key, value in getattr(method, "resolved_settings", {}).items()
+             if getattr(spec.method, key) is None}
+    if not unset:
+        return spec
+    return spec.model_copy(update={"method": spec.method.model_copy(update=unset)})
+
+
 def build_model(spec: PretrainSpec, loop: LoopConfig, device: torch.device, num_classes: int | None = None,
                 num_images: int = 0) -> Model:
     """The encoder (optionally --init-from), the method around it, and the augmentation drawing its views;

@@ -242,3 +242,29 @@ def test_a_re_planned_run_stretches_the_weight_decay_schedule_to_its_new_end():
     assert len(longer) == 32 and torch.equal(longer[:8], wd[:8]) and longer[-1] == pytest.approx(0.4)
     assert bool((longer[1:] >= longer[:-1]).all())
     assert train.stretch_plan(None, 20, 8, 32) is None
+
+
+@pytest.mark.slow
+def test_spec_json_records_the_mocov3_settings_the_encoder_family_chose(cifar_tiny: Path, tmp_path: Path):
+    """Unset, the temperature and projector depth follow the encoder; spec.json and the encoder's metadata
+    say what ran, and a resume with the same command keeps matching the fingerprint."""
+    from sslcli import checkpoint
+
+    run = tmp_path / "resnet"
+    tiny_run(cifar_tiny, run, "mocov3", "encoder.name=resnet10t", "method.proj_hidden_dim=32",
+             "method.pred_hidden_dim=32", "method.proj_out_dim=16")
+    recorded = json.loads((run / "spec.json").read_text())["method"]
+    assert (recorded["temperature"], recorded["proj_layers"]) == (1.0, 2)
+    _, _, meta = checkpoint.load_encoder(run / "encoder.safetensors")
+    assert json.loads(meta["spec"])["method"]["temperature"] == 1.0
+    again = resolve(PretrainSpec, options={"method.name": "mocov3", "data.path": str(cifar_tiny)},
+                    sets=["data.max_images=32", "train.batch_size=16", "train.epochs=1", "data.num_workers=0",
+                          "data.image_size=16", "monitor.knn_every=0", "monitor.report=false",
+                          "encoder.name=resnet10t", "method.proj_hidden_dim=32", "method.pred_hidden_dim=32",
+                          "method.proj_out_dim=16"])
+    assert pretrain.run(again, resume=str(run))["already_complete"], "the same command resumes the same run"
+    vit = tmp_path / "vit"
+    tiny_run(cifar_tiny, vit, "mocov3", *TINY_VIT, "method.proj_hidden_dim=32", "method.pred_hidden_dim=32",
+             "method.proj_out_dim=16", "method.temperature=0.5")
+    recorded = json.loads((vit / "spec.json").read_text())["method"]
+    assert (recorded["temperature"], recorded["proj_layers"]) == (0.5, 3), "a set value stays, the unset one follows"

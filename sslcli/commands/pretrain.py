@@ -34,6 +34,7 @@ from sslcli.pretraining import (
     short_run_warnings,
     step_function,
     weight_decay_schedule,
+    with_resolved_settings,
 )
 from sslcli.run_lock import run_folder_lock
 from sslcli.spec import PretrainSpec, dump
@@ -92,6 +93,7 @@ def _run(spec: PretrainSpec, resume: str | None, force: bool, started: float,
     spec, pacer = budget.plan(spec, state, train_data, device, started)
     loop = loop_config(spec, train_data.steps_per_epoch, device)
     model = build_model(spec, loop, device, train_data.num_classes, len(train_data.images))
+    spec = with_resolved_settings(spec, model.method)
     optimizer, lr_schedule = optimizer_and_schedule(spec, model.method, loop)
     step = step_function(spec, loop, model, device, optimizer, lr_schedule, weight_decay_schedule(spec, loop))
     step.scaler = torch.amp.GradScaler(device.type, enabled=loop.precision == "fp16")

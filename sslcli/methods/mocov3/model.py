@@ -34,6 +34,8 @@ class MoCoV3(MethodDefaults, nn.Module):
         family = VIT_DEFAULTS if vit else CONVNET_DEFAULTS
         self.temperature = cfg.temperature if cfg.temperature is not None else family.temperature
         proj_layers = cfg.proj_layers if cfg.proj_layers is not None else family.proj_layers
+        # What ran, for spec.json and the encoder's metadata (pretraining.with_resolved_settings).
+        self.resolved_settings = {"temperature": self.temperature, "proj_layers": proj_layers}
         if cfg.temperature is None or cfg.proj_layers is None:
             console.info(f"mocov3 with a {'ViT' if vit else 'ConvNet'} encoder: temperature {self.temperature:g}, "
                          f"{proj_layers}-layer projector (the official code's defaults for it; "
