@@ -62,6 +62,10 @@ class CPCConfig(MethodConfigBase):
     patch_affine_p: float = Field(0.0, ge=0, le=1, description="probability of a random rotation and shear per patch "
                                   "(the paper's further patch augmentations take rotation and shearing from "
                                   "AutoAugment; 0 = off)")
+    patch_crop: float = Field(1.0, gt=0, le=1, description="side of a random square crop of each patch, as a "
+                              "fraction of the patch's side (rounded down), padded back to the patch's size with "
+                              "zeros (the normalised mean) around it: the patch's content moves by up to the "
+                              "difference (CPC v1: a random 60 x 60 crop of each 64 x 64 patch, 0.9375; 1 = off)")
     patch_rotation: float = Field(30.0, ge=0, le=180, description="largest rotation in degrees (AutoAugment: 30)")
     patch_shear: float = Field(0.3, ge=0, le=1, description="largest horizontal shear factor (AutoAugment: 0.3)")
 
