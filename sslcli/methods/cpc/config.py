@@ -18,8 +18,8 @@ class CPCConfig(MethodConfigBase):
     num_views: ClassVar[int] = 1  # colour is augmented per patch in forward
     model: ClassVar[str] = "CPC"
     recipes: ClassVar[dict[str, str]] = {
-        "cpc-v1": "CPC v1 (van den Oord et al. 2018): top-down only, batch norm, no patch augmentation, offsets "
-                  "from 1",
+        "cpc-v1": "CPC v1 (van den Oord et al. 2018): top-down only, offsets from 1, each patch cropped at random "
+                  "and padded back, none of v2's patch augmentations; batch norm where v1 had no norm",
     }
     tiny: ClassVar[dict[str, Any]] = {"context_blocks": 1, "context_dim": 16, "target_dim": 16}
     encoder_input: ClassVar[str] = ("trained on patches: a grid_size x grid_size grid of half-overlapping patches of "
