@@ -14,7 +14,15 @@ from sslcli.augment import adjust_brightness, adjust_contrast, adjust_hue, adjus
 from sslcli.encoders import build_encoder
 from sslcli.errors import UsageError
 from sslcli.methods.cpc.config import CPCConfig
-from sslcli.methods.cpc.model import TURNS, augment_patches, cut_grid, grid_geometry, rotate_and_shear
+from sslcli.methods.cpc.model import (
+    TURNS,
+    augment_patches,
+    crop_and_pad,
+    crop_side,
+    cut_grid,
+    grid_geometry,
+    rotate_and_shear,
+)
 from sslcli.methods.pretext import drop_colors
 from sslcli.spec import PretrainSpec, resolve
 from tests.test_methods import build
@@ -46,14 +54,15 @@ def test_cut_grid_gives_the_crops_at_the_grid_positions_in_row_major_order():
 
 def test_each_patch_is_augmented_on_its_own():
     """augment_patches equals a reference that augments one patch at a time with that patch's draws."""
-    _, model, *_ = build("cpc", patch_affine_p=0.5)
+    _, model, *_ = build("cpc", patch_affine_p=0.5, patch_crop=0.7)
     cfg = model.cfg
     torch.manual_seed(3)
     pixels = torch.rand(2, 9, 3, 6, 6)
     draws = model.draw(2, 9, 6, torch.device("cpu"))
-    flip, jitter, jitter_u, affine, affine_u, drop, keep, noise = draws
+    flip, jitter, jitter_u, affine, affine_u, drop, keep, noise, corner = draws
     for mask in (flip, jitter, affine, drop):  # the patches of one image draw their own choices
         assert 0 < int(mask[0].sum()) < 9
+    assert corner.shape == (2, 9, 2) and len(set(map(tuple, corner[0].tolist()))) > 1
     out = augment_patches(pixels, draws, cfg, model.pixels)
     brightness, contrast, saturation, hue = cfg.patch_jitter
     for b in range(2):
@@ -72,7 +81,25 @@ def test_each_patch_is_augmented_on_its_own():
             x = model.pixels.normalise(x)
             if drop[b, p]:
                 x = drop_colors(x[None], keep[b, p].view(1, 1), noise[b, p][None, None])[0]
+            top, left = corner[b, p].tolist()  # a 4 px crop (0.7 x 6, rounded down), centred in zeros
+            x = torch.nn.functional.pad(x[..., top:top + 4, left:left + 4], (1, 1, 1, 1))
             torch.testing.assert_close(out[b, p], x[0], rtol=1e-5, atol=1e-5)
+
+
+def test_crop_and_pad_moves_each_patch_by_its_own_corner():
+    """CPC v1's 60 of 64 px: a crop at the patch's corner, centred in zeros, so the content moves; the corner
+    that is the centre keeps the middle pixels in place."""
+    sides = crop_side(64, 60 / 64), crop_side(16, 60 / 64), crop_side(8, 60 / 64), crop_side(16, 1.0)
+    assert sides == (60, 15, 7, 16)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    out = crop_and_pad(x, torch.tensor([[0, 0], [2, 1]]), 6)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out[0, :, 1:7, 1:7], x[0, :, 0:6, 0:6])  # moved down and right by 1 px
+    torch.testing.assert_close(out[1, :, 1:7, 1:7], x[1, :, 2:8, 1:7])  # up by 1 px, in place across
+    border = torch.ones(8, 8, dtype=torch.bool)
+    border[1:7, 1:7] = False
+    assert out[:, :, border].abs().sum() == 0
+    assert not torch.equal(out[0], x[0])
 
 
 def test_rotation_and_shear_turn_the_patch_about_its_centre():

@@ -88,9 +88,10 @@ def test_the_s4l_presets_train_the_supervised_head_beside_the_self_supervised_lo
 
 
 @pytest.mark.parametrize("kind", ["cpu", "cifar10", "imagenette"])
-def test_the_cpc_v1_presets_are_top_down_batch_norm_unaugmented_patches_from_the_next_row(kind: str):
-    """CPC v1 (arXiv 1807.03748) against v2: one direction, batch norm, no per-patch augmentation drawn, the
-    predictions starting at offset 1; a step trains with them."""
+def test_the_cpc_v1_presets_are_top_down_from_the_next_row_with_v1s_patch_crop(kind: str):
+    """CPC v1 (arXiv 1807.03748, section 3.2) against v2: one direction, the predictions starting at offset 1,
+    v1's random crop of each patch and none of v2's patch augmentations; batch norm (sslcli's stand-in for v1's
+    encoder without normalisation). A step trains with them."""
     from sslcli.encoders import build_encoder
     from sslcli.methods import method_class
     from sslcli.methods.base import Budget
@@ -108,7 +109,10 @@ def test_the_cpc_v1_presets_are_top_down_batch_norm_unaugmented_patches_from_the
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
     model = method_class("cpc")(cfg, encoder, info.feature_dim, Budget(4, 2))
     assert len(model.heads) == 1 and model.offsets[0] == 1
-    assert all(d is None for d in model.draw(2, cfg.grid_size ** 2, 8, torch.device("cpu")))
+    # The only patch augmentation v1 draws is its crop (60 of 64 px), padded back; v2's are all off.
+    assert v1.method.patch_crop == 60 / 64 and v2.method.patch_crop == 1.0
+    *v2_draws, corner = model.draw(2, cfg.grid_size ** 2, 16, torch.device("cpu"))
+    assert all(d is None for d in v2_draws) and corner.shape == (2, cfg.grid_size ** 2, 2)
     x = torch.randn(4, 3, v1.data.image_size, v1.data.image_size)
     out = model([x], 0)
     out.loss.backward()

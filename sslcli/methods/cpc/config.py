@@ -18,8 +18,8 @@ class CPCConfig(MethodConfigBase):
     num_views: ClassVar[int] = 1  # colour is augmented per patch in forward
     model: ClassVar[str] = "CPC"
     recipes: ClassVar[dict[str, str]] = {
-        "cpc-v1": "CPC v1 (van den Oord et al. 2018): top-down only, batch norm, no patch augmentation, offsets "
-                  "from 1",
+        "cpc-v1": "CPC v1 (van den Oord et al. 2018): top-down only, offsets from 1, each patch cropped at random "
+                  "and padded back, none of v2's patch augmentations; batch norm where v1 had no norm",
     }
     tiny: ClassVar[dict[str, Any]] = {"context_blocks": 1, "context_dim": 16, "target_dim": 16}
     encoder_input: ClassVar[str] = ("trained on patches: a grid_size x grid_size grid of half-overlapping patches of "
@@ -62,6 +62,10 @@ class CPCConfig(MethodConfigBase):
     patch_affine_p: float = Field(0.0, ge=0, le=1, description="probability of a random rotation and shear per patch "
                                   "(the paper's further patch augmentations take rotation and shearing from "
                                   "AutoAugment; 0 = off)")
+    patch_crop: float = Field(1.0, gt=0, le=1, description="side of a random square crop of each patch, as a "
+                              "fraction of the patch's side (rounded down), padded back to the patch's size with "
+                              "zeros (the normalised mean) around it: the patch's content moves by up to the "
+                              "difference (CPC v1: a random 60 x 60 crop of each 64 x 64 patch, 0.9375; 1 = off)")
     patch_rotation: float = Field(30.0, ge=0, le=180, description="largest rotation in degrees (AutoAugment: 30)")
     patch_shear: float = Field(0.3, ge=0, le=1, description="largest horizontal shear factor (AutoAugment: 0.3)")
 

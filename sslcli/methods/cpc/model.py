@@ -99,11 +99,16 @@ class Direction(nn.Module):
         return list(self.predict(context).split(self.target_dim, dim=-1))
 
 
+def crop_side(side: int, fraction: float) -> int:
+    """The side of the random crop cut from each patch of this side (CPC v1's 60 of 64 px): rounded down."""
+    return max(1, int(side * fraction))
+
+
 def augment_patches(patches: Tensor, draws: tuple, cfg: CPCConfig, pixels: Pixels) -> Tensor:
-    """CPC v2's patch-level augmentation: each patch of [B, P, 3, s, s] (pixels in [0, 1]) on its own, with the
-    parameters of CPC.draw: colour jitter, rotation and shear, a left-right flip, then normalisation and
-    colour dropping. Returns normalised patches of the same shape."""
-    flip, jitter, jitter_u, affine, affine_u, drop, keep, noise = draws
+    """The patch-level augmentation: each patch of [B, P, 3, s, s] (pixels in [0, 1]) on its own, with the
+    parameters of CPC.draw: CPC v2's colour jitter, rotation and shear, a left-right flip, then normalisation
+    and colour dropping; last CPC v1's random crop, padded back. Returns normalised patches of the same shape."""
+    flip, jitter, jitter_u, affine, affine_u, drop, keep, noise, corner = draws
     b, p = patches.shape[:2]
     x = patches.flatten(0, 1)
     if jitter is not None:
@@ -127,7 +132,23 @@ def augment_patches(patches: Tensor, draws: tuple, cfg: CPCConfig, pixels: Pixel
     x = pixels.normalise(x).view(b, p, *x.shape[1:])
     if drop is not None:
         x = torch.where(drop[..., None, None, None], drop_colors(x, keep, noise.to(x.dtype)), x)
+    if corner is not None:
+        x = crop_and_pad(x.flatten(0, 1), corner.flatten(0, 1), crop_side(x.shape[-1], cfg.patch_crop)).view_as(x)
     return x
+
+
+def crop_and_pad(x: Tensor, corner: Tensor, side: int) -> Tensor:
+    """CPC v1's patch augmentation: each patch of [N, C, s, s] cropped to side x side at its own corner [N, 2]
+    (top, left), then padded back to s x s with zeros (the normalised mean), the crop centred: the content
+    moves by up to s - side px, so no patch lines up pixel for pixel with the patches it overlaps."""
+    n, _, s, _ = x.shape
+    offsets = torch.arange(side, device=x.device)
+    rows = (corner[:, 0:1] + offsets)[:, :, None]  # [N, side, 1]
+    cols = (corner[:, 1:2] + offsets)[:, None, :]  # [N, 1, side]
+    crops = x.permute(0, 2, 3, 1)[torch.arange(n, device=x.device).view(n, 1, 1), rows, cols]  # [N, side, side, C]
+    before = (s - side) // 2
+    after = s - side - before
+    return F.pad(crops.permute(0, 3, 1, 2), (before, after, before, after))
 
 
 def rotate_and_shear(x: Tensor, u: Tensor, cfg: CPCConfig) -> Tensor:
@@ -168,11 +189,11 @@ class CPC(MethodDefaults, nn.Module):
     def draw(self, n: int, patches: int, side: int, device: torch.device) -> tuple:
         """Per-patch augmentation parameters for n images of `patches` patches (None for an op that is off):
         flip [n,P], jitter mask [n,P] and uniforms [n,P,4], affine mask [n,P] and uniforms [n,P,2], colour-drop
-        mask [n,P], kept channel [n,P] and noise [n,P,3,side,side]. Drawn on the device with the global RNG
+        mask [n,P], kept channel [n,P] and noise [n,P,3,side,side], the crop's corner [n,P,2]. Drawn on the device with the global RNG
         (restored on resume), one row per image (the distributed test substitutes rows of one global draw)."""
         cfg, shape = self.cfg, (n, patches)
         flip = torch.rand(shape, device=device) < cfg.patch_flip_p if cfg.patch_flip_p > 0 else None
-        jitter = jitter_u = affine = affine_u = drop = keep = noise = None
+        jitter = jitter_u = affine = affine_u = drop = keep = noise = corner = None
         if cfg.patch_jitter_p > 0 and any(cfg.patch_jitter):
             jitter = torch.rand(shape, device=device) < cfg.patch_jitter_p
             jitter_u = torch.rand(*shape, 4, device=device)
@@ -183,7 +204,9 @@ class CPC(MethodDefaults, nn.Module):
             drop = torch.rand(shape, device=device) < cfg.color_drop_p
             keep = torch.randint(0, 3, shape, device=device)
             noise = torch.randn(*shape, 3, side, side, device=device)
-        return flip, jitter, jitter_u, affine, affine_u, drop, keep, noise
+        if (crop := crop_side(side, cfg.patch_crop)) < side:
+            corner = torch.randint(0, side - crop + 1, (*shape, 2), device=device)
+        return flip, jitter, jitter_u, affine, affine_u, drop, keep, noise, corner
 
     def encode_grid(self, x: Tensor) -> Tensor:
         """The view's grid of augmented patches through the encoder: pooled features [B, G, G, D]."""
