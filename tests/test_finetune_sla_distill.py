@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,6 +235,30 @@ def test_the_teacher_labels_each_augmented_view_the_student_trains_on(
     result = finetune.run(spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 1})}))
     assert result["distill"]["teacher_view"] == "center" and result["steps"] == 5 and not seen["teacher"]
     assert 0 <= result["distill"]["agreement"] <= 1
+
+
+def test_sigterm_during_distillation_saves_the_student_and_says_so(tmp_path: Path, resnet10t_encoder: Path,
+                                                                   cifar_tiny: Path):
+    noise = random_teacher(tmp_path / "teacher.safetensors", resnet10t_encoder,
+                           data.find_images(cifar_tiny / "train").classes, seed=1)
+    out = tmp_path / "student"
+    args = [sys.executable, "-m", "sslcli", "finetune", str(resnet10t_encoder), "--data", str(cifar_tiny),
+            "--distill-from", str(noise), "--unlabeled", str(cifar_tiny / "train"), "--epochs", "50",
+            "--batch-size", "10", "--out", str(out), "--set", "train.log_every=1", "--set", "data.num_workers=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "SSLCLI_DEBUG"})
+    for line in proc.stderr:  # wait until the student is training (the teacher labels each step's views)
+        if line.startswith("step 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("warning: stopped by SIGTERM") and str(out / "classifier.safetensors") in last
+    with safe_open(str(out / "classifier.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["distill_teacher"] == str(noise) and 2 <= int(meta["step"]) < 500
+    assert not (out / "finetune.json").exists()  # a partial student is not reported as a result
 
 
 def test_soft_cross_entropy_is_the_hard_one_on_one_hot_targets():
