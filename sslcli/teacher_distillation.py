@@ -3,7 +3,8 @@
 Chen, Kornblith, Swersky, Norouzi & Hinton 2020, "Big Self-Supervised Models are Strong Semi-Supervised Learners"
 (https://arxiv.org/abs/2006.10029), section 2.3: L_distill = -sum_x sum_y P_T(y|x; tau) log P_S(y|x; tau), with
 P(y|x; tau) = softmax(z / tau), the teacher fixed; optionally combined with the labeled images' cross entropy
-(here distill + labeled_weight x labeled, each a batch mean over its own rows).
+(here distill + labeled_weight x labeled, each a batch mean over its own rows). The loss is the paper's
+equation, without the T^2 factor its distillation colab weights it by (the same at the default T = 1).
 
 By default (distill.teacher_view "augmented", as the paper and its distillation colab) the teacher, in eval mode
 and without gradients, labels the very view the student sees, every step: the student's random crop and flip,
