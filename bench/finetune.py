@@ -10,7 +10,7 @@ Further rows on the same labels and recipe (docs/benchmarks.md): SLA (--sla, joi
 aggregated inference) from both encoders, SLA+SD (--sla-distill) from the SimCLR encoder, and SimCLR v2
 distillation (--distill-from): the SimCLR fine-tuned classifier is the teacher, labeling each augmented view of all
 of the train split's images that the student sees, for a student from the random init and one from the SimCLR
-encoder (DISTILL_SETS: 20 epochs, temperature 1, plus the 550 labeled images' cross entropy).
+encoder (DISTILL_SETS: 30 epochs, temperature 1, plus the 550 labeled images' cross entropy).
 --no-extra-rows runs only the two original rows.
 """
 
@@ -39,7 +39,7 @@ FINETUNE_SETS = ["train.epochs=20", "train.batch_size=64", "train.eval_every=10"
 # teacher labels the student's own augmented view every step (distill.teacher_view=augmented, the default).
 # SimCLR v2's weighted combination with the labeled loss (weight 1) is what lifted the students above the teacher
 # (bench/results/finetune-distill-20261207.txt: every setting tried).
-DISTILL_SETS = ["train.epochs=20", "train.eval_every=5", "distill.temperature=1.0", "distill.labeled_weight=1"]
+DISTILL_SETS = ["train.epochs=30", "train.eval_every=5", "distill.temperature=1.0", "distill.labeled_weight=1"]
 
 
 def finetune_run(encoder: Path, data: Path, out: Path, fraction: float, sets: list[str],
