@@ -227,8 +227,8 @@ def finetune(
     sla_distill: bool = typer.Option(None, "--sla-distill", help="SLA with its self-distillation head: a plain "
                                      "C-way head learns the aggregated prediction and alone is saved (implies --sla)"),
     distill_from: Path = typer.Option(None, "--distill-from", metavar="CLASSIFIER", help="SimCLR v2 distillation: "
-                                      "a classifier.safetensors sslcli finetune wrote; its soft labels on --unlabeled "
-                                      "train ENCODER's architecture (the student)"),
+                                      "a classifier.safetensors sslcli finetune wrote; its soft labels of the --unlabeled "
+                                      "images, on the very views the student sees, train ENCODER (the student)"),
     unlabeled: Path = typer.Option(None, "--unlabeled", metavar="DIR", help="the images the --distill-from teacher "
                                    "labels (a folder or list file)"),
     log_to: str = LogToOption,

@@ -387,6 +387,11 @@ class FinetuneDistill(Strict):
                                  "targets (the student is ENCODER's architecture, which may be another one)")
     unlabeled: Path | None = Field(None, description="the unlabeled images the teacher labels (a folder, labeled "
                                    "or not, or a list file)")
+    teacher_view: Literal["augmented", "center"] = Field(
+        "augmented", description="what the teacher labels: augmented = the very view (random crop and flip) the "
+        "student sees, every step (SimCLR v2; one more teacher forward per step); center = each unlabeled image's "
+        "centre crop, once before training (one teacher pass in all, cheaper, but every crop of an image gets "
+        "its centre crop's label)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature of teacher and student in the "
                                "distillation loss (SimCLR v2: 1)")
     labeled_weight: float = Field(0.0, ge=0, description="weight of the labeled images' cross entropy added to the "

@@ -3,7 +3,12 @@ finetune --distill-from CLASSIFIER --unlabeled DIR (SimCLR v2's distillation of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,7 @@ from sslcli.errors import UsageError
 from sslcli.features import eval_view
 from sslcli.finetuning import build_classifier, classifier_metadata, load_classifier
 from sslcli.spec import FinetuneSpec
-from sslcli.teacher_distillation import agreement, soft_cross_entropy, teacher_probabilities
+from sslcli.teacher_distillation import OnlineTeacher, agreement, soft_cross_entropy, teacher_probabilities
 from tests.test_cli import sslcli_run
 
 
@@ -174,6 +179,86 @@ def test_a_random_teacher_yields_a_student_at_chance(tmp_path: Path, resnet10t_e
     # 200 eval images, chance 10 %; 3 standard deviations above chance is 16 %.
     assert result["distill"]["agreement"] >= 0.3
     assert result["top1"] <= 0.16, result["top1"]
+
+
+def test_the_online_teacher_sees_the_students_crop_at_its_own_size_and_normalisation(resnet10t_encoder: Path):
+    encoder, info, _ = checkpoint.load_encoder(resnet10t_encoder)
+    torch.manual_seed(0)
+    teacher = build_classifier(info, encoder, 10).eval()
+    torch.nn.init.normal_(teacher.fc.weight, std=1.0)  # confident answers, so that other inputs show
+    student_info = dataclasses.replace(info, image_size=40, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+
+    def normalised(x: torch.Tensor, of) -> torch.Tensor:
+        return (x - torch.tensor(of.mean).view(1, 3, 1, 1)) / torch.tensor(of.std).view(1, 3, 1, 1)
+
+    pixels = torch.rand(4, 3, 40, 40)
+    views = normalised(pixels, student_info)
+    online = OnlineTeacher(teacher, {}, info, student_info, temperature=0.5, device=torch.device("cpu"))
+    resized = torch.nn.functional.interpolate(pixels, size=(info.image_size, info.image_size), mode="bilinear",
+                                              antialias=True, align_corners=False)
+    with torch.no_grad():  # the same crop, at the teacher's 32 px and normalised with its statistics
+        expected = torch.softmax(teacher(normalised(resized, info)) / 0.5, 1)
+        as_is = torch.softmax(teacher(views[..., 4:36, 4:36]) / 0.5, 1)
+    assert torch.allclose(online(views), expected, atol=1e-5)
+    assert (online(views) - as_is).abs().max() > 0.05  # the student's normalisation would be another input
+    assert teacher.training is False and online(views).requires_grad is False
+
+
+def test_the_teacher_labels_each_augmented_view_the_student_trains_on(
+        tmp_path: Path, teacher: Path, resnet10t_encoder: Path, cifar_tiny: Path, monkeypatch: pytest.MonkeyPatch):
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    build = finetune.build_classifier
+
+    def recorded_student(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inputs: seen["student"].append(inputs[0].detach().clone())
+                                        if m.training else None)
+        return model
+
+    call = OnlineTeacher.__call__
+
+    def recorded_teacher(self, views):
+        seen["teacher"].append(views.detach().clone())
+        return call(self, views)
+
+    monkeypatch.setattr(finetune, "build_classifier", recorded_student)
+    monkeypatch.setattr(OnlineTeacher, "__call__", recorded_teacher)
+    spec = student_spec(resnet10t_encoder, cifar_tiny, teacher, tmp_path / "online")
+    result = finetune.run(spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 1})}))
+    assert result["distill"]["teacher_view"] == "augmented" and result["steps"] == 5 == len(seen["teacher"])
+    assert all(torch.equal(t, s) for t, s in zip(seen["teacher"], seen["student"], strict=True))
+    assert len({float(t.sum()) for t in seen["teacher"]}) == 5  # five different batches of random crops
+
+    # teacher_view "center": the teacher's labels are computed once, before training; no per-step forward.
+    seen["teacher"].clear()
+    spec = student_spec(resnet10t_encoder, cifar_tiny, teacher, tmp_path / "center", teacher_view="center")
+    result = finetune.run(spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 1})}))
+    assert result["distill"]["teacher_view"] == "center" and result["steps"] == 5 and not seen["teacher"]
+    assert 0 <= result["distill"]["agreement"] <= 1
+
+
+def test_sigterm_during_distillation_saves_the_student_and_says_so(tmp_path: Path, resnet10t_encoder: Path,
+                                                                   cifar_tiny: Path):
+    noise = random_teacher(tmp_path / "teacher.safetensors", resnet10t_encoder,
+                           data.find_images(cifar_tiny / "train").classes, seed=1)
+    out = tmp_path / "student"
+    args = [sys.executable, "-m", "sslcli", "finetune", str(resnet10t_encoder), "--data", str(cifar_tiny),
+            "--distill-from", str(noise), "--unlabeled", str(cifar_tiny / "train"), "--epochs", "50",
+            "--batch-size", "10", "--out", str(out), "--set", "train.log_every=1", "--set", "data.num_workers=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "SSLCLI_DEBUG"})
+    for line in proc.stderr:  # wait until the student is training (the teacher labels each step's views)
+        if line.startswith("step 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("warning: stopped by SIGTERM") and str(out / "classifier.safetensors") in last
+    with safe_open(str(out / "classifier.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["distill_teacher"] == str(noise) and 2 <= int(meta["step"]) < 500
+    assert not (out / "finetune.json").exists()  # a partial student is not reported as a result
 
 
 def test_soft_cross_entropy_is_the_hard_one_on_one_hot_targets():

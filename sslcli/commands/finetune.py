@@ -18,7 +18,8 @@ each training batch holds every image at its four rotations, and scoring is SLA'
 
 With `distill.teacher` (--distill-from CLASSIFIER --unlabeled DIR, SimCLR v2's distillation:
 teacher_distillation.py) the student (ENCODER plus a fresh head) trains on the teacher's soft labels of the
-unlabeled images, plus `distill.labeled_weight` x the labeled images' loss.
+unlabeled images (by default the teacher labels the student's own augmented view every step), plus
+`distill.labeled_weight` x the labeled images' loss.
 
 Under torchrun the classifier is wrapped in DDP, each rank trains on a DistributedSampler's share of
 the global batch (train.batch_size), the val split is scored in shards and gathered, and rank 0 writes.
@@ -85,8 +86,7 @@ class Job:
     baseline: bool = False  # the random-init reference run: its own metrics file, no classifier written
     projection: MLPLayout | None = None  # the layout of the projection head whose first layers the model keeps
     tracking: trackers.Trackers | None = None  # --log-to: the fine-tune's metrics (not the baseline's) go there too
-    targets: torch.Tensor | None = None  # distillation: the teacher's probabilities of train_set's first rows
-    teacher: dict[str, Any] | None = None  # distillation: what the summary says of the teacher
+    distiller: Distiller | None = None  # distillation: the teacher and, precomputed, its targets
 
 
 def run(spec: FinetuneSpec) -> dict[str, Any]:
@@ -113,9 +113,9 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     layout = projection[1] if projection is not None else None
     kept = kept_layers(projection[0], layout, spec.keep_projection_layers) if layout else None
     model = make_model(spec, info, encoder, len(classes), kept)
-    targets, teacher = None, None
+    distiller = None
     if spec.distill.teacher is not None:
-        train_set, targets, teacher = distillation_set(spec, train_set, classes, device)
+        train_set, distiller = distillation_set(spec, train_set, classes, info, device)
     mixing = spec.augment.mixup_alpha > 0 or spec.augment.cutmix_alpha > 0
     loader, batch_size = train_loader(spec, train_set, info, device, mixing=mixing)
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": batch_size})})
@@ -129,7 +129,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         atomic_write_json(out / "spec.json", dump(spec))
     tracking = trackers.open_trackers(spec.logging.to, out, dump(spec), spec.logging.experiment, device=device)
     job = Job(spec, info, source, model, classes, train_set, loader, score, loop, out, device, projection=layout,
-              tracking=tracking, targets=targets, teacher=teacher)
+              tracking=tracking, distiller=distiller)
     announce(job, len(val_set))
     status = "failed"
     try:
@@ -168,27 +168,48 @@ def predictor(spec: FinetuneSpec, num_classes: int) -> Predict | None:
     return lambda model, x: label_augmentation.predictions(model, x, num_classes, spec.sla.self_distill)
 
 
-def distillation_set(spec: FinetuneSpec, labeled: data.ImageSet, classes: list[str],
-                     device: torch.device) -> tuple[data.ImageSet, torch.Tensor, dict[str, Any]]:
+@dataclass
+class Distiller:
+    """A distillation run's teacher: its model and metadata, the unlabeled rows (train_set's first n_unlabeled),
+    its precomputed targets of them (teacher_view "center"; None when it labels each augmented view), and what the
+    summary says of it."""
+
+    model: nn.Module
+    meta: dict[str, str]
+    info: EncoderInfo
+    n_unlabeled: int
+    targets: torch.Tensor | None
+    summary: dict[str, Any]
+
+
+def distillation_set(spec: FinetuneSpec, labeled: data.ImageSet, classes: list[str], info: EncoderInfo,
+                     device: torch.device) -> tuple[data.ImageSet, Distiller]:
     """The student's training set (the unlabeled images, then the labeled ones when their loss is on; labels
-    -1 on the unlabeled rows), the teacher's probabilities of the unlabeled rows, and the teacher's summary."""
+    -1 on the unlabeled rows) and its teacher (with teacher_view "center", its probabilities of the unlabeled
+    rows, computed here once)."""
     path = Path(spec.distill.teacher)
     teacher, teacher_info, meta = load_classifier(path)
     teacher_classes = json.loads(meta.get("classes", "[]"))
     if teacher_classes != classes:
         raise UsageError(f"the teacher {path} was fine-tuned on the classes {teacher_classes[:5]}..., --data has "
                          f"{classes[:5]}...: the student learns the teacher's classes, so they must be the same")
+    if len(teacher_info.mean) != len(info.mean):
+        raise UsageError(f"the teacher {path} takes {len(teacher_info.mean)}-channel images, the student "
+                         f"{len(info.mean)}-channel ones: they must see the same images")
     unlabeled = data.find_images(spec.distill.unlabeled, "--unlabeled")
-    policy = data.BadImagePolicy(spec.data.on_bad_image)
-    targets, paths = distillation.teacher_probabilities(teacher, meta, teacher_info, unlabeled,
-                                                        spec.distill.temperature, device, policy)
+    targets, paths = None, unlabeled.paths
+    if spec.distill.teacher_view == "center":
+        targets, paths = distillation.teacher_probabilities(teacher, meta, teacher_info, unlabeled,
+                                                            spec.distill.temperature, device,
+                                                            data.BadImagePolicy(spec.data.on_bad_image))
     labeled_rows = spec.distill.labeled_weight > 0
     train_set = data.ImageSet(root=unlabeled.root, paths=paths + (labeled.paths if labeled_rows else []),
                               labels=[-1] * len(paths) + (list(labeled.labels or []) if labeled_rows else []),
                               classes=classes)
     summary = {"path": str(path), "encoder_name": teacher_info.name, "n_unlabeled": len(paths),
-               "temperature": spec.distill.temperature, "labeled_weight": spec.distill.labeled_weight}
-    return train_set, targets, summary
+               "teacher_view": spec.distill.teacher_view, "temperature": spec.distill.temperature,
+               "labeled_weight": spec.distill.labeled_weight}
+    return train_set, Distiller(teacher, meta, teacher_info, len(paths), targets, summary)
 
 
 def output_dir(spec: FinetuneSpec) -> Path:
@@ -205,9 +226,12 @@ def announce(job: Job, n_eval: int) -> None:
             if job.projection else "")
     if spec.sla.enabled:
         kept += f", SLA ({'joint + self-distillation heads' if spec.sla.self_distill else 'joint head'}, 4 rotations)"
-    if job.teacher is not None:
-        kept += (f", distilling {job.teacher['encoder_name']} teacher {job.teacher['path']} "
-                 f"({job.teacher['n_unlabeled']} unlabeled images, T {spec.distill.temperature:g})")
+    if job.distiller is not None:
+        teacher = job.distiller.summary
+        labels = ("its labels of each augmented view" if spec.distill.teacher_view == "augmented"
+                  else "its labels of the centre crops")
+        kept += (f", distilling {teacher['encoder_name']} teacher {teacher['path']} "
+                 f"({teacher['n_unlabeled']} unlabeled images, {labels}, T {spec.distill.temperature:g})")
     per_epoch = loop.steps_per_epoch
     console.info(f"fine-tuning {job.info.name}{kept} on {len(job.train_set)} images, {len(job.classes)} classes "
                  f"({n_eval} eval), {console.plural(per_epoch, 'step/epoch')} x "
@@ -266,7 +290,11 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
             yield x, labels[idx], idx
 
     num_classes, sla = len(job.classes), spec.sla
-    targets = job.targets.to(device) if job.targets is not None else None
+    distiller = job.distiller
+    targets = distiller.targets.to(device) if distiller is not None and distiller.targets is not None else None
+    online = (distillation.OnlineTeacher(distiller.model, distiller.meta, distiller.info, info,
+                                         spec.distill.temperature, device)
+              if distiller is not None and targets is None else None)
 
     def loss(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepOut:
         x, y = augment(batch[0])[0], batch[1]
@@ -275,8 +303,8 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
             with torch.autocast(device.type, enabled=False):
                 return StepOut(loss=label_augmentation.loss(logits, y, num_classes, criterion, sla.self_distill,
                                                             sla.temperature))
-        if targets is not None:
-            return distill_loss(parallel(x), y, batch[2])
+        if distiller is not None:
+            return distill_loss(x, parallel(x), y, batch[2])
         if mixup is not None:
             even = x.shape[0] - x.shape[0] % 2  # timm's Mixup pairs samples; a skipped bad file can leave one over
             x, y = mixup(x[:even], y[:even])
@@ -287,15 +315,17 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
         with torch.autocast(device.type, enabled=False):
             return StepOut(loss=criterion(logits.float(), y))
 
-    def distill_loss(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> StepOut:
-        """The teacher's soft labels on the unlabeled rows, + labeled_weight x the labeled rows' loss."""
+    def distill_loss(x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> StepOut:
+        """The teacher's soft labels on the unlabeled rows (of the views x the student saw, or precomputed),
+        + labeled_weight x the labeled rows' loss."""
         unlabeled = y < 0
         logs = {}
+        if bool(unlabeled.any()):  # the teacher's forward under the step's autocast, as the student's
+            soft_targets = online(x[unlabeled]) if online is not None else targets[idx[unlabeled]]
         with torch.autocast(device.type, enabled=False):
             total = logits.float().sum() * 0  # a batch of one kind still gives a loss with a gradient
             if bool(unlabeled.any()):
-                soft = distillation.soft_cross_entropy(logits[unlabeled], targets[idx[unlabeled]],
-                                                       spec.distill.temperature)
+                soft = distillation.soft_cross_entropy(logits[unlabeled], soft_targets, spec.distill.temperature)
                 total, logs["distill"] = total + soft, soft.detach()
             if bool((~unlabeled).any()):
                 hard = criterion(logits[~unlabeled].float(), y[~unlabeled])
@@ -391,13 +421,20 @@ def _summary(job: Job, result: FitResult, history: list[dict[str, Any]], n_eval:
 
 
 def distillation_summary(job: Job) -> dict[str, Any] | None:
-    """The teacher, and how often the student's top class is the teacher's on the unlabeled images."""
-    if job.targets is None or job.teacher is None:
+    """The teacher, and how often the student's top class is the teacher's on the unlabeled images' centre crops
+    (each model at its own input size)."""
+    distiller = job.distiller
+    if distiller is None:
         return None
-    n = len(job.targets)
-    agree = distillation.agreement(job.model, job.info, job.train_set.paths[:n], job.targets, job.device,
-                                   data.BadImagePolicy(job.spec.data.on_bad_image))
-    return {**job.teacher, "agreement": agree}
+    policy = data.BadImagePolicy(job.spec.data.on_bad_image)
+    targets, paths = distiller.targets, job.train_set.paths[:distiller.n_unlabeled]
+    if targets is None:  # the teacher labeled augmented views: one pass over the centre crops to compare
+        unlabeled = data.ImageSet(root=job.train_set.root, paths=paths, labels=None, classes=None)
+        targets, paths = distillation.teacher_probabilities(distiller.model, distiller.meta, distiller.info,
+                                                            unlabeled, job.spec.distill.temperature, job.device,
+                                                            policy)
+    agree = distillation.agreement(job.model, job.info, paths, targets, job.device, policy)
+    return {**distiller.summary, "agreement": agree}
 
 
 def format_text(result: dict[str, Any]) -> str:
