@@ -73,7 +73,7 @@ bench-augment: install
 	$(BIN)/python -m bench.augment
 
 # 10 % labels on Imagenette: fine-tuned from random init vs from SimCLR pretrained in the bench (~4 min on 2 cores with bf16, ~10 in fp32),
-# then the SLA, SLA+SD and distillation rows on the same labels (about 15 min more; FINETUNE_ARGS=--no-extra-rows skips them).
+# then the SLA, SLA+SD and distillation rows on the same labels (about 40 min more; FINETUNE_ARGS=--no-extra-rows skips them).
 FINETUNE_DATA ?= ../shared/data/imagenette
 bench-finetune: install
 	$(BIN)/python -m bench.finetune --data $(FINETUNE_DATA) $(FINETUNE_ARGS)
