@@ -32,7 +32,9 @@ class LocalAggConfig(MethodConfigBase):
     bank_momentum: float = Field(0.5, ge=0, lt=1, description="m of an image's bank entry update after each step, "
                                  "v <- normalise(m v + (1 - m) f) (paper: 0.5)")
     num_background: int = Field(4096, gt=0, description="k, the background neighbours B_i: the k bank entries "
-                                "nearest v_i (paper: 4096; at most the number of images)")
+                                "nearest v_i (paper: 4096; at most the number of images). A count, not a share "
+                                "of the images: with the clusters' share kept, B_i stays about 10x C_i as in the "
+                                "reference")
     num_clusters: int | None = Field(None, gt=0, description="clusters of each k-means of the bank; default: the "
                                      "reference's 30,000 for ImageNet's 1,281,167 images in proportion to the "
                                      "training images (one per ~43 images: 469 for 20,000); at most one per image")
