@@ -187,6 +187,28 @@ def test_localagg_neighbours_are_the_k_nearest_entries_and_the_union_of_the_clus
         assert close[row].tolist() == expected and close[row, 0]
 
 
+def test_localagg_scales_the_reference_clusters_to_the_training_images():
+    """The reference's ResNet runs cluster ImageNet's 1,281,167 images into 30,000 (about 43 a cluster): by
+    default the clusters keep that share on any training set, a set count is kept, and neither exceeds the
+    images; the background neighbours stay a count (the reference's 4096), at most every image; the model's
+    k-means uses the scaled count."""
+    from sslcli.methods.base import Budget
+    from sslcli.methods.localagg.config import LocalAggConfig
+    from sslcli.methods.localagg.model import LocalAgg
+
+    default = LocalAggConfig()
+    assert default.cluster_count(1_281_167) == 30_000
+    assert default.cluster_count(20_000) == 468 and default.cluster_count(50_000) == 1171
+    assert default.cluster_count(10) == 1  # never zero clusters
+    assert LocalAggConfig(num_clusters=200).cluster_count(20_000) == 200
+    assert LocalAggConfig(num_clusters=200).cluster_count(64) == 64
+    assert default.background_count(20_000) == 4096 and default.background_count(300) == 300  # a count, capped
+    cfg = LocalAggConfig(embedding_dim=8, num_clusterings=2)
+    model = LocalAgg(cfg, torch.nn.Flatten(), 12, Budget(10, 5, 300))
+    assert model.num_clusters == 7 and model.num_background == 300 and model.assignments.shape == (2, 300)
+    assert model.assignments.max() < 7 and len(model.assignments[0].unique()) > 1
+
+
 def test_localagg_fills_the_bank_warm_starts_with_instance_recognition_then_reclusters_every_epoch():
     from tests.test_methods import STEPS_PER_EPOCH, train_step
 

@@ -8,6 +8,11 @@ from pydantic import Field
 
 from sslcli.methods.config_base import MethodConfigBase
 
+# The reference's ResNet runs (neuroailab/LocalAggregation exp_configs/la_final.json, res18_LA and res50_LA):
+# 10 k-means of 30,000 clusters each on ImageNet's training images, about 43 images a cluster.
+REFERENCE_IMAGES = 1_281_167
+REFERENCE_CLUSTERS = 30_000
+
 
 class LocalAggConfig(MethodConfigBase):
     paper: ClassVar[str] = "https://arxiv.org/abs/1903.12355"
@@ -27,13 +32,16 @@ class LocalAggConfig(MethodConfigBase):
     bank_momentum: float = Field(0.5, ge=0, lt=1, description="m of an image's bank entry update after each step, "
                                  "v <- normalise(m v + (1 - m) f) (paper: 0.5)")
     num_background: int = Field(4096, gt=0, description="k, the background neighbours B_i: the k bank entries "
-                                "nearest v_i (paper: 4096; at most the number of images)")
-    num_clusters: int = Field(10000, gt=0, description="clusters of each k-means of the bank (paper, ImageNet: "
-                              "10000; on fewer images, one per image)")
-    num_clusterings: int = Field(3, gt=0, description="H, the k-means runs from different starts whose clusters "
-                                 "together give the close neighbours C_i (paper: several, from 1 to 10)")
+                                "nearest v_i (paper: 4096; at most the number of images). A count, not a share "
+                                "of the images: with the clusters' share kept, B_i stays about 10x C_i as in the "
+                                "reference")
+    num_clusters: int | None = Field(None, gt=0, description="clusters of each k-means of the bank; default: the "
+                                     "reference's 30,000 for ImageNet's 1,281,167 images in proportion to the "
+                                     "training images (one per ~43 images: 469 for 20,000); at most one per image")
+    num_clusterings: int = Field(10, gt=0, description="H, the k-means runs from different starts whose clusters "
+                                 "together give the close neighbours C_i (reference, ResNet-18 and -50: 10)")
     kmeans_iterations: int = Field(10, gt=0, description="rounds of each spherical k-means, rerun at every epoch's "
-                                   "end (DeepCluster v2's clustering)")
+                                   "end (DeepCluster v2's clustering; the reference's faiss k-means: 20)")
     bank_fill_epochs: int = Field(0, ge=0, description="epochs at the start that train nothing and write the "
                                   "untrained network's embeddings into the bank in place of its random initial "
                                   "vectors (InstDisc's bank_fill_epochs; paper: 0; ours, for runs of a few epochs)")
@@ -42,6 +50,16 @@ class LocalAggConfig(MethodConfigBase):
                                  "from; 0 = Local Aggregation from the first trained step")
     instance_negatives: int = Field(4096, gt=0, description="bank entries drawn as negatives in those epochs "
                                     "(InstDisc: 4096)")
+
+    def background_count(self, num_images: int) -> int:
+        """The background neighbours on `num_images` training images: num_background, at most every image."""
+        return min(self.num_background, num_images)
+
+    def cluster_count(self, num_images: int) -> int:
+        """The clusters of each k-means on `num_images` training images: num_clusters, or by default the
+        reference's share (30,000 of ImageNet's images); between 1 and one per image."""
+        wanted = self.num_clusters or round(REFERENCE_CLUSTERS * num_images / REFERENCE_IMAGES)
+        return max(1, min(wanted, num_images))
 
     def untrained_epochs(self) -> int:
         return self.bank_fill_epochs

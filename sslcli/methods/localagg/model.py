@@ -45,9 +45,9 @@ class LocalAgg(MethodDefaults, nn.Module):
         # Passes over the data, not schedule lengths: the fill, then instance recognition, then LocalAgg.
         self.fill_steps = budget.data_epochs_to_steps(cfg.bank_fill_epochs)
         self.instance_steps = budget.data_epochs_to_steps(cfg.bank_fill_epochs + cfg.instance_epochs)
-        # Both are counts of bank entries: on fewer images than the paper's values, every image.
-        self.num_background = min(cfg.num_background, budget.num_images)
-        self.num_clusters = min(cfg.num_clusters, budget.num_images)
+        # Both are counts of bank entries, scaled to this training set (config.py), at most every image.
+        self.num_background = cfg.background_count(budget.num_images)
+        self.num_clusters = cfg.cluster_count(budget.num_images)
         self.register_buffer("assignments", torch.zeros(cfg.num_clusterings, budget.num_images, dtype=torch.long))
         self.cluster(epoch=0)  # of the initial bank; a resume loads the checkpoint's over it
 
