@@ -118,7 +118,8 @@ def resolve_init(spec: PretrainSpec) -> PretrainSpec:
 
 def loop_config(spec: PretrainSpec, steps_per_epoch: int, device: torch.device) -> LoopConfig:
     return LoopConfig.from_spec(spec.train, spec.optim.clip_grad, steps_per_epoch, device,
-                                f"{spec.method.name} {spec.encoder.name}")
+                                f"{spec.method.name} {spec.encoder.name}",
+                                clip_per_parameter=spec.optim.clip_grad_per_parameter)
 
 
 def set_input_statistics(encoder: torch.nn.Module, info: EncoderInfo, spec: PretrainSpec) -> None:

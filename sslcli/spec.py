@@ -162,6 +162,8 @@ class OptimConfig(Strict):
     warmup_epochs: float = Field(10, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak lr")
     clip_grad: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    clip_grad_per_parameter: bool = Field(False, description="clip each parameter's gradient norm to clip_grad on "
+                                          "its own, not the global norm (DINO's utils.clip_gradients)")
     betas: tuple[float, float] | None = Field(None, description="AdamW/LAMB betas (default: the optimizer's own)")
 
 

@@ -91,6 +91,7 @@ class LoopConfig:
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     channels_last: bool = False
     clip_grad: float | None = None
+    clip_per_parameter: bool = False  # each parameter's gradient norm clipped on its own (DINO), not the global one
     log_every: int = 50
     checkpoint_every: int = 0  # epochs; 0 = only at the end
     checkpoint_every_steps: int = 0  # also every this many steps; 0 = off
@@ -110,7 +111,7 @@ class LoopConfig:
 
     @classmethod
     def from_spec(cls, train: Any, clip_grad: float | None, steps_per_epoch: int, device: torch.device,
-                  description: str) -> LoopConfig:
+                  description: str, clip_per_parameter: bool = False) -> LoopConfig:
         """The loop a spec's train section describes (pretrain's or finetune's), its 'auto' settings resolved
         for the device; the loop's defaults for what the section does not have (finetune checkpoints only at
         the end and stops on a non-finite loss)."""
@@ -120,7 +121,7 @@ class LoopConfig:
                    precision=resolve_precision(train.precision, device),
                    channels_last=resolve_channels_last(train.channels_last, device),
                    sync_free=resolve_sync_free(train.sync_free, device), clip_grad=clip_grad,
-                   log_every=train.log_every, description=description,
+                   clip_per_parameter=clip_per_parameter, log_every=train.log_every, description=description,
                    **{name: getattr(train, name) for name in optional if hasattr(train, name)})
 
 
@@ -256,7 +257,7 @@ class _Loop:
             console.warn(f"step {self.step}: non-finite loss or gradients ({bad}), update skipped "
                          f"({self.skipped}/{cfg.max_nan_skips} skips allowed)")
             return
-        _update(self.optimizer, self.scaler, self.params, cfg.clip_grad)
+        _update(self.optimizer, self.scaler, self.params, cfg)
         self.step += 1
         self.events.on_step_end(step)
         self.last_good = (self.step, loss_value)
@@ -310,11 +311,11 @@ class _Loop:
             guard.begin()
             out, read = self.forward_backward(batch, step)
             if self.scaler.is_enabled():
-                overflow = _update_without_host_read(self.optimizer, self.scaler, self.params, cfg.clip_grad)
+                overflow = _update_without_host_read(self.optimizer, self.scaler, self.params, cfg)
                 if overflow is not None:  # what GradScaler.step would have skipped, without its host read
                     guard.undo_update(overflow)
             else:
-                _update(self.optimizer, self.scaler, self.params, cfg.clip_grad)
+                _update(self.optimizer, self.scaler, self.params, cfg)
             self.events.on_step_end(step)  # undone on the device with the update if the step was not finite
             world = distributed.world_size()
             guard.settle(step, read[0] / world, read[1] / world, read[2])
@@ -439,21 +440,33 @@ def _non_finite(step: int, epoch: int, loss: float, last_good: tuple[int, float]
     )
 
 
+def clip_gradients(params: list[torch.Tensor], max_norm: float, per_parameter: bool) -> None:
+    """Scale the gradients down to norm max_norm: the global norm over all of them (torch's clip_grad_norm_), or
+    with per_parameter each parameter's own norm (the official DINO's utils.clip_gradients: a parameter
+    whose gradient is small keeps it whatever the others' norms)."""
+    if not per_parameter:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.nn.utils.clip_grad_norm_(p, max_norm)
+
+
 def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
-            clip_grad: float | None) -> None:
+            cfg: LoopConfig) -> None:
     if all(p.grad is None for p in params):
         # The method dropped every gradient (DeepCluster v2's memory-filling first epoch): nothing to step, and
         # the GradScaler refuses a step without gradients.
         return
-    if clip_grad is not None:
+    if cfg.clip_grad is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        clip_gradients(params, cfg.clip_grad, cfg.clip_per_parameter)
     scaler.step(optimizer)
     scaler.update()
 
 
 def _update_without_host_read(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                              params: list[torch.Tensor], clip_grad: float | None) -> torch.Tensor | None:
+                              params: list[torch.Tensor], cfg: LoopConfig) -> torch.Tensor | None:
     """The fp16 update of the sync-free step: unscale, clip, step and update the scale as _update does, but
     step whether or not the gradients overflowed (GradScaler.step reads that on the host); returns the
     device flag of an overflow, for the guard to undo the update with (None when there was no update)."""
@@ -462,8 +475,8 @@ def _update_without_host_read(optimizer: torch.optim.Optimizer, scaler: torch.am
         return None
     scaler.unscale_(optimizer)  # records the overflow for scaler.update() on the device
     overflow = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
-    if clip_grad is not None:
-        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    if cfg.clip_grad is not None:
+        clip_gradients(params, cfg.clip_grad, cfg.clip_per_parameter)
     optimizer.step()
     scaler.update()
     return overflow

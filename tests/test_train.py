@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from sslcli.errors import RunError
-from sslcli.train import Events, LoopConfig, Step, StepOut, fit
+from sslcli.train import Events, LoopConfig, Step, StepOut, clip_gradients, fit
 
 
 def _toy(losses: list[float]):
@@ -102,6 +102,45 @@ def test_gradient_clipping_bounds_the_update():
     # One SGD step with lr 1 moves the parameters by at most the clipped gradient norm.
     moved = torch.cat([(model.weight - before).flatten()]).norm()
     assert moved <= 0.5 + 1e-5
+
+
+def test_per_parameter_clipping_bounds_each_gradient_on_its_own_and_global_clipping_all_together():
+    """DINO's clip_gradients: a parameter whose gradient is under the bound keeps it, however large another's."""
+    def grads() -> list[torch.Tensor]:
+        big, small = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+        big.grad, small.grad = torch.tensor([6.0, 0.0, 8.0]), torch.tensor([0.3, 0.4])  # norms 10 and 0.5
+        return [big, small]
+
+    own = grads()
+    clip_gradients(own, 1.0, per_parameter=True)
+    assert own[0].grad.norm().item() == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(own[1].grad, torch.tensor([0.3, 0.4]))
+    together = grads()
+    clip_gradients(together, 1.0, per_parameter=False)
+    total = torch.cat([p.grad for p in together]).norm().item()
+    assert total == pytest.approx(1.0, rel=1e-4) and together[1].grad.norm().item() < 0.06
+
+
+def test_the_loop_clips_per_parameter_when_its_config_says_so():
+    """fit() with clip_per_parameter: the weight and the bias, both far over the bound, each move by the bound
+    (one SGD step at lr 1); a global clip moves them by the bound together, the bias by less than half of it."""
+    def moves(per_parameter: bool) -> tuple[float, float]:
+        model, opt, compute_loss, batches = _toy([1.0] * 2)
+        with torch.no_grad():
+            model.weight.fill_(10.0)
+            model.bias.fill_(0.01)
+        before = [p.detach().clone() for p in (model.weight, model.bias)]
+        fit(Step(model, compute_loss, torch.optim.SGD(model.parameters(), lr=1.0),
+                 torch.full((2,), 1.0, dtype=torch.float64)), batches,
+            LoopConfig(epochs=1, steps_per_epoch=1, clip_grad=1.0, clip_per_parameter=per_parameter),
+            torch.device("cpu"))
+        return tuple((p - b).norm().item() for p, b in zip((model.weight, model.bias), before, strict=True))
+
+    # Gradients: 2 x 40.01 for the bias and for each of the weight's 4 entries.
+    weight_own, bias_own = moves(True)
+    weight_all, bias_all = moves(False)
+    assert weight_own == pytest.approx(1.0, rel=1e-3) and bias_own == pytest.approx(1.0, rel=1e-3)
+    assert (weight_all ** 2 + bias_all ** 2) ** 0.5 == pytest.approx(1.0, rel=1e-3) and bias_all < 0.5
 
 
 def test_a_step_whose_gradients_the_method_dropped_leaves_the_weights_even_under_fp16_scaling():

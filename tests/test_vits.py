@@ -123,6 +123,16 @@ def test_the_weight_decay_schedule_runs_a_cosine_from_weight_decay_to_final_weig
     assert pretraining.weight_decay_schedule(resolve(PretrainSpec, options={"method.name": "simclr"}), loop) is None
 
 
+def test_the_dino_vit_presets_clip_each_parameter_at_3_as_the_official_code():
+    """main_dino.py's utils.clip_gradients bounds each parameter's gradient norm at 3.0, not the global norm:
+    the presets say so and pretraining's loop gets it; other recipes keep the global norm."""
+    for preset in ("dino-vit-cpu", "dino-vit-cifar10", "dino-vit-imagenette"):
+        loop = pretraining.loop_config(resolve(PretrainSpec, preset=preset), 10, torch.device("cpu"))
+        assert (loop.clip_grad, loop.clip_per_parameter) == (3.0, True), preset
+    loop = pretraining.loop_config(resolve(PretrainSpec, preset="dinov2-cpu"), 10, torch.device("cpu"))
+    assert (loop.clip_grad, loop.clip_per_parameter) == (3.0, False)
+
+
 def test_the_loop_sets_the_scheduled_weight_decay_on_the_decayed_groups_only():
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
     spec = resolve(PretrainSpec, sets=["optim.name=adamw", "optim.weight_decay=0.04", "optim.final_weight_decay=0.4"])
