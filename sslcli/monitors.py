@@ -47,10 +47,14 @@ def normalised_std(z: Tensor) -> Tensor:
 
 
 def effective_rank(z: Tensor, eps: float = 1e-7) -> Tensor:
-    """RankMe: exp(entropy) of the singular values of z [N, D], each divided by their sum."""
-    s = torch.linalg.svdvals(z.float())
+    """RankMe: exp(entropy) of the singular values of z [N, D], each divided by their sum; NaN when z holds a
+    non-finite value (the SVD of such a matrix fails to converge and raises; checked without a host sync)."""
+    z = z.float()
+    finite = torch.isfinite(z).all()
+    s = torch.linalg.svdvals(torch.where(finite, z, torch.zeros_like(z)))
     p = s / s.sum().clamp_min(eps) + eps
-    return torch.exp(-(p * p.log()).sum())
+    rank = torch.exp(-(p * p.log()).sum())
+    return torch.where(finite, rank, torch.full_like(rank, float("nan")))
 
 
 def alignment(z1: Tensor, z2: Tensor) -> Tensor:

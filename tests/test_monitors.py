@@ -21,6 +21,15 @@ def collapsed(n: int = 256, d: int = 128, seed: int = 0) -> torch.Tensor:
     return torch.randn(1, d, generator=g) + 1e-3 * torch.randn(n, d, generator=g)
 
 
+def test_effective_rank_of_a_non_finite_matrix_is_nan_not_an_error():
+    """A diverged step's embeddings (an lr of 1e19 gives NaN): the SVD would fail to converge and raise."""
+    for bad in (float("nan"), float("inf")):
+        z = torch.randn(16, 8)
+        z[3, 2] = bad
+        assert math.isnan(monitors.effective_rank(z).item())
+    assert monitors.effective_rank(torch.eye(8)).item() == pytest.approx(8, rel=1e-3), "finite rows unaffected"
+
+
 def test_effective_rank_of_known_matrices():
     # k orthonormal directions with equal weight: the normalised singular values are uniform over k -> rank k.
     q, _ = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(1)))
