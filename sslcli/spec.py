@@ -152,11 +152,13 @@ class EncoderConfig(Strict):
 
 class OptimConfig(Strict):
     name: Literal["lars", "sgd", "adamw", "lamb"] = "lars"
-    base_lr: float = Field(0.3, gt=0, description="lr = base_lr * batch_size / 256")
-    weight_decay: float = Field(1e-4, ge=0, description="not applied to biases and norm parameters")
-    final_weight_decay: float | None = Field(None, ge=0, description="weight decay at the last step, reached by a "
-                                             "cosine from weight_decay over the run (DINO: 0.04 -> 0.4); unset: "
-                                             "constant")
+    # The optimizers take these as float32 scalars: a value past 1e6 cannot be meant, and past float32's range
+    # (1e300) it would stop the first step with an overflow instead of a spec error.
+    base_lr: float = Field(0.3, gt=0, le=1e6, description="lr = base_lr * batch_size / 256")
+    weight_decay: float = Field(1e-4, ge=0, le=1e6, description="not applied to biases and norm parameters")
+    final_weight_decay: float | None = Field(None, ge=0, le=1e6, description="weight decay at the last step, "
+                                             "reached by a cosine from weight_decay over the run (DINO: 0.04 -> "
+                                             "0.4); unset: constant")
     momentum: float = Field(0.9, ge=0, lt=1)
     trust_coeff: float = Field(0.02, gt=0, description="LARS trust coefficient (eta)")
     warmup_epochs: float = Field(10, ge=0)

@@ -434,6 +434,18 @@ NUMERIC_FIELDS = ["train.seed", "train.batch_size", "train.epochs", "train.max_s
                   "method.proj_out_dim", "augment.hue", "augment.blur_p", "augment.brightness"]
 
 
+def test_an_optimizer_value_past_float32_is_refused_at_validation():
+    """base_lr or weight_decay 1e300 once reached the optimizer ("cannot be converted to type float without
+    overflow" on the first step): past 1e6 they are spec errors now."""
+    from sslcli.errors import UsageError
+    from sslcli.spec import PretrainSpec, resolve
+
+    for field in ("optim.base_lr", "optim.weight_decay", "optim.final_weight_decay"):
+        with pytest.raises(UsageError, match=field.split(".")[1]):
+            resolve(PretrainSpec, options={"data.path": "."}, sets=[f"{field}=1e300"])
+    assert resolve(PretrainSpec, options={"data.path": "."}, sets=["optim.base_lr=1e6"]).optim.base_lr == 1e6
+
+
 def test_a_head_wider_than_sslcli_builds_is_refused_at_validation(tmp_path: Path):
     """method.proj_hidden_dim=2**31 once reached the allocator (4 TB for one layer): any *_dim setting above
     MAX_WIDTH is a spec error now, one line, exit 2, before anything is made."""
