@@ -447,9 +447,13 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float, per_parameter: b
     if not per_parameter:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
         return
-    for p in params:
-        if p.grad is not None:
-            torch.nn.utils.clip_grad_norm_(p, max_norm)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    # One fused norm over the list and one fused scale, not a clip call per parameter: a ViT has ~150 of them.
+    norms = torch.stack([n.float() for n in torch._foreach_norm(grads)])
+    scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # the 1e-6 of DINO's clip_coef and torch's clip
+    torch._foreach_mul_(grads, [s.to(g.dtype) for s, g in zip(scales.unbind(), grads, strict=True)])
 
 
 def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.Tensor],
