@@ -37,7 +37,7 @@ class LocalAggConfig(MethodConfigBase):
                                 "reference")
     num_clusters: int | None = Field(None, gt=0, description="clusters of each k-means of the bank; default: the "
                                      "reference's 30,000 for ImageNet's 1,281,167 images in proportion to the "
-                                     "training images (one per ~43 images: 469 for 20,000); at most one per image")
+                                     "training images (one per ~43 images: 468 for 20,000); at most one per image")
     num_clusterings: int = Field(10, gt=0, description="H, the k-means runs from different starts whose clusters "
                                  "together give the close neighbours C_i (reference, ResNet-18 and -50: 10)")
     kmeans_iterations: int = Field(10, gt=0, description="rounds of each spherical k-means, rerun at every epoch's "
