@@ -70,8 +70,8 @@ def test_embed_refuses_an_unknown_suffix_and_a_csv_over_an_index(tmp_path: Path,
     assert index.read_bytes() == before
 
 
-def test_parquet_without_its_extra_names_the_install(tmp_path: Path, resnet10t_encoder: Path, cifar_tiny: Path,
-                                                    monkeypatch, capsys):
+def hide_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """importlib.import_module as without the pyarrow extra installed."""
     real = importlib.import_module
 
     def without_pyarrow(name: str, *args):
@@ -80,6 +80,11 @@ def test_parquet_without_its_extra_names_the_install(tmp_path: Path, resnet10t_e
         return real(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", without_pyarrow)
+
+
+def test_parquet_without_its_extra_names_the_install(tmp_path: Path, resnet10t_encoder: Path, cifar_tiny: Path,
+                                                    monkeypatch, capsys):
+    hide_pyarrow(monkeypatch)
     with pytest.raises(SystemExit) as stopped:
         main(["embed", str(resnet10t_encoder), "--data", str(cifar_tiny / "test"), "--out", str(tmp_path / "e.parquet")])
     assert stopped.value.code == 2
@@ -270,14 +275,7 @@ def test_a_parquet_of_plain_lists_is_searched_and_one_of_unequal_lists_refused(t
 
 def test_neighbors_over_parquet_without_its_extra_names_the_install(embedded_as: dict[str, Path], monkeypatch,
                                                                     capsys):
-    real = importlib.import_module
-
-    def without_pyarrow(name: str, *args):
-        if name.startswith("pyarrow"):
-            raise ImportError(f"No module named {name!r}")
-        return real(name, *args)
-
-    monkeypatch.setattr(importlib, "import_module", without_pyarrow)
+    hide_pyarrow(monkeypatch)
     proc = cli(capsys, "neighbors", str(embedded_as["parquet"]), "--query", "x.jpg")
     assert_one_clean_error(proc, 2, "neighbors over a .parquet needs the optional package pyarrow: "
                                     "pip install 'sslcli[parquet]'")
