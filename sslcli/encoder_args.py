@@ -41,7 +41,10 @@ def encoder_kwargs_problem(kwargs: Any) -> str | None:
     if not isinstance(kwargs, dict):
         return f"encoder kwargs must be a table of timm architecture arguments, got {type(kwargs).__name__}"
     for key, value in kwargs.items():
-        if key in LOADING_KWARGS or any(word in str(key).lower() for word in ("path", "url", "file", "pretrained")):
+        # Checked against the allow-list first: drop_path_rate names a path but loads nothing.
+        loads = key in LOADING_KWARGS or (key not in ARCHITECTURE_KWARGS and any(
+            word in str(key).lower() for word in ("path", "url", "file", "pretrained")))
+        if loads:
             return (f"encoder kwargs '{key}' would make timm load weights or a file; sslcli never lets an encoder's "
                     "settings choose what gets opened (pretrained weights have their own option)")
         if key not in ARCHITECTURE_KWARGS:

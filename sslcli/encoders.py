@@ -119,6 +119,17 @@ def fix_sincos_position_embedding(model: nn.Module) -> None:
     pos.requires_grad_(False)
 
 
+def without_drop_path(model: nn.Module) -> None:
+    """Turn off the stochastic depth (timm's DropPath, from the `drop_path_rate` kwarg) of every block of
+    `model`, in place: DINO's teacher is built without it while its student drops paths (official main_dino.py
+    gives drop_path_rate to the student only). The modules stay, so the state dict is unchanged."""
+    from timm.layers import DropPath
+
+    for module in model.modules():
+        if isinstance(module, DropPath):
+            module.drop_prob = 0.0
+
+
 def freeze_patch_projection(model: nn.Module) -> None:
     """MoCo v3's random patch projection (paper section 4.2, official --stop-grad-conv1): the ViT's patch
     embedding keeps its random init, drawn as the official vits.py draws it (uniform, Xavier's bound over

@@ -44,3 +44,15 @@ def test_vit_is_built_for_the_input_size_and_rebuilds_identically():
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, info.feature_dim)
     again = rebuild_encoder(info)
     assert again.state_dict().keys() == model.state_dict().keys()
+
+
+def test_stochastic_depth_passes_and_path_like_keys_outside_the_list_are_still_refused():
+    """drop_path_rate is an architecture argument (its name says path, it opens nothing); an unknown key that
+    names a path or file is refused as one that loads."""
+    from sslcli.encoder_args import encoder_kwargs_problem
+
+    assert encoder_kwargs_problem({"drop_path_rate": 0.1, "patch_size": 4}) is None
+    encoder, _ = build_encoder("vit_tiny_patch16_224", 16, "auto", {"patch_size": 4, "depth": 2, "drop_path_rate": 0.2})
+    assert max(m.drop_prob for m in encoder.modules() if type(m).__name__ == "DropPath") == pytest.approx(0.2)
+    for key in ("weights_path", "config_file", "checkpoint_path"):
+        assert "would make timm load" in encoder_kwargs_problem({key: "x"})

@@ -16,7 +16,7 @@ from sslcli import pretraining, train
 from sslcli.augment import Augmenter
 from sslcli.commands import pretrain, report
 from sslcli.encoders import build_encoder
-from sslcli.methods import method_class
+from sslcli.methods import CONFIGS, method_class
 from sslcli.methods.base import Budget
 from sslcli.spec import PretrainSpec, ReportSpec, resolve
 from tests.test_methods import STEPS_PER_EPOCH, build, images, train_step
@@ -171,6 +171,24 @@ def test_dino_vit_freezes_its_last_layer_for_the_first_epoch():
     assert not torch.equal(model.encoder.blocks[0].attn.qkv.weight, blocks), "the ViT trains meanwhile"
     train_step(model, augment, optimizer, STEPS_PER_EPOCH)
     assert not torch.equal(model.head.last_layer.weight, last), "the last layer trains after the first epoch"
+
+
+@pytest.mark.parametrize("name", ["dino", "dinov2"])
+def test_dino_student_drops_paths_and_its_teacher_does_not(name: str):
+    """timm's drop_path_rate reaches the student only, as the official main_dino.py (and dinov2's
+    models/__init__.py) build the two."""
+    torch.manual_seed(0)
+    kwargs = {"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "drop_path_rate": 0.5}
+    encoder, info = build_encoder("vit_tiny_patch16_224", 16, "auto", kwargs)
+    spec = resolve(PretrainSpec, options={"method.name": name, "data.image_size": 16},
+                   sets=[f"method.{k}={v}" for k, v in CONFIGS[name].tiny.items()])
+    model = method_class(name)(spec.method, encoder, info.feature_dim, Budget(4 * STEPS_PER_EPOCH, STEPS_PER_EPOCH))
+    model.train()
+    x = torch.randn(8, 3, 16, 16)
+    assert not torch.equal(model.encoder(x), model.encoder(x)), "the student drops random paths in training"
+    assert torch.equal(model.teacher_encoder(x), model.teacher_encoder(x)), "the teacher drops none"
+    model.encoder.eval()
+    torch.testing.assert_close(model.teacher_encoder(x), model.encoder(x))  # the same weights at the start
 
 
 # ---------------------------------------------------------------- attention.png

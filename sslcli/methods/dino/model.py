@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslcli import distributed
+from sslcli.encoders import without_drop_path
 from sslcli.heads import DINOHead
 from sslcli.losses import dino_loss
 from sslcli.methods.base import (
@@ -39,6 +40,9 @@ class DINO(MethodDefaults, nn.Module):
                              norm_last_layer=cfg.norm_last_layer, batch_norm=cfg.head_batch_norm)
         self.add_momentum_targets({"teacher_encoder": "encoder", "teacher_head": "head"}, cfg.momentum,
                                   cfg.final_momentum, budget.total_steps)
+        # A student built with timm's drop_path_rate drops paths; its teacher does not (the official code
+        # gives the rate to the student only), though it stays in train mode like the official one.
+        without_drop_path(self.teacher_encoder)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         self.teacher_temperature = teacher_temperatures(cfg, budget)
         self.frozen = budget.until(cfg.freeze_last_layer_epochs)
