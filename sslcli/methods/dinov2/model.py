@@ -12,8 +12,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from sslcli import distributed
-from sslcli.errors import UsageError
 from sslcli.encoders import without_drop_path
+from sslcli.errors import UsageError
 from sslcli.heads import DINOHead
 from sslcli.losses import ibot_patch_loss, koleo_loss, sinkhorn, sinkhorn_dino_loss
 from sslcli.methods.base import (
