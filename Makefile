@@ -86,7 +86,7 @@ bench-methods: install
 	$(BIN)/python -m bench.methods --minutes $(MINUTES) $(if $(METHODS),--methods $(METHODS))
 
 # Every preset that carries an expected kNN top-1, run for its own schedule and checked against it
-# (PRESETS=a,b for a subset; about 2.5 h for the sixteen measured CPU presets on 2 cores).
+# (PRESETS=a,b for a subset; about 5 h for the 33 measured CPU presets on 2 cores).
 PRESETS ?=
 bench-presets: install
 	$(BIN)/python -m bench.presets $(if $(PRESETS),--presets $(PRESETS))
