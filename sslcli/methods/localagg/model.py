@@ -48,6 +48,7 @@ class LocalAgg(MethodDefaults, nn.Module):
         # Both are counts of bank entries, scaled to this training set (config.py), at most every image.
         self.num_background = cfg.background_count(budget.num_images)
         self.num_clusters = cfg.cluster_count(budget.num_images)
+        self.cluster_id_dtype = torch.int16 if self.num_clusters <= torch.iinfo(torch.int16).max else torch.int32
         self.register_buffer("assignments", torch.zeros(cfg.num_clusterings, budget.num_images, dtype=torch.long))
         self.cluster(epoch=0)  # of the initial bank; a resume loads the checkpoint's over it
 
@@ -63,14 +64,17 @@ class LocalAgg(MethodDefaults, nn.Module):
 
     @full_precision
     def neighbours(self, v: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(scores [B, K] of v with its background neighbours, their bank indices [B, K], which are close [B, K]).
-        The image's own entry is first among its background neighbours. In float32 (autocast off): a bf16
-        cosine would blur which entries are the nearest."""
+        """(scores [B, K] of v with its background neighbours, their bank indices [B, K], which are close [B, K]),
+        in no particular order along K; the image's own entry is always among them. In float32 (autocast off):
+        a bf16 cosine would blur which entries are the nearest."""
         scores = v.float() @ self.bank.memory.detach().T  # [B, N]
-        own = F.one_hot(indices, self.bank.size).bool()
-        background = scores.detach().masked_fill(own, float("inf")).topk(self.num_background, dim=1).indices
-        clusters = self.assignments[:, indices]  # [H, B]: the image's cluster in each clustering
-        close = (self.assignments[:, background] == clusters[:, :, None]).any(dim=0)  # [B, K]
+        ranked = scores.detach().scatter(1, indices[:, None], float("inf"))  # the own entry always in
+        # Unsorted: the loss sums over the two sets, and sorting 4096 of each row cost more than the rest.
+        background = ranked.topk(self.num_background, dim=1, sorted=False).indices
+        # Each entry's cluster in every clustering as one contiguous row of small integers: the [B, K, H] gather
+        # reads a row per neighbour instead of one scattered int64 per neighbour and clustering.
+        by_image = self.assignments.T.to(self.cluster_id_dtype)  # [N, H]
+        close = (by_image[background] == by_image[indices][:, None, :]).any(dim=-1)  # [B, K]
         return scores.gather(1, background), background, close
 
     def forward(self, views: list[Tensor], step: int, indices: Tensor) -> StepOut:
