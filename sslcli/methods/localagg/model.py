@@ -69,7 +69,7 @@ class LocalAgg(MethodDefaults, nn.Module):
         a bf16 cosine would blur which entries are the nearest."""
         scores = v.float() @ self.bank.memory.detach().T  # [B, N]
         ranked = scores.detach().scatter(1, indices[:, None], float("inf"))  # the own entry always in
-        # Unsorted: the loss sums over the two sets, and sorting 4096 of each row cost more than the rest.
+        # Unsorted: the loss sums over the two sets, so their order is never used and its sort is saved.
         background = ranked.topk(self.num_background, dim=1, sorted=False).indices
         # Each entry's cluster in every clustering as one contiguous row of small integers: the [B, K, H] gather
         # reads a row per neighbour instead of one scattered int64 per neighbour and clustering.
