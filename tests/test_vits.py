@@ -176,7 +176,7 @@ def test_dino_vit_freezes_its_last_layer_for_the_first_epoch():
 @pytest.mark.parametrize("name", ["dino", "dinov2"])
 def test_dino_student_drops_paths_and_its_teacher_does_not(name: str):
     """timm's drop_path_rate reaches the student only, as the official main_dino.py (and dinov2's
-    models/__init__.py) build the two."""
+    models/__init__.py) build the two: DINO's teacher has its drop path turned off, DINOv2's stays in eval mode."""
     torch.manual_seed(0)
     kwargs = {"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "drop_path_rate": 0.5}
     encoder, info = build_encoder("vit_tiny_patch16_224", 16, "auto", kwargs)

@@ -319,15 +319,16 @@ def _train(job: Job) -> tuple[FitResult, list[dict[str, Any]]]:
         """The teacher's soft labels on the unlabeled rows (of the views x the student saw, or precomputed),
         + labeled_weight x the labeled rows' loss."""
         unlabeled = y < 0
+        n_unlabeled = int(unlabeled.sum())  # one host read decides both halves
         logs = {}
-        if bool(unlabeled.any()):  # the teacher's forward under the step's autocast, as the student's
+        if n_unlabeled:  # the teacher's forward under the step's autocast, as the student's
             soft_targets = online(x[unlabeled]) if online is not None else targets[idx[unlabeled]]
         with torch.autocast(device.type, enabled=False):
             total = logits.float().sum() * 0  # a batch of one kind still gives a loss with a gradient
-            if bool(unlabeled.any()):
+            if n_unlabeled:
                 soft = distillation.soft_cross_entropy(logits[unlabeled], soft_targets, spec.distill.temperature)
                 total, logs["distill"] = total + soft, soft.detach()
-            if bool((~unlabeled).any()):
+            if n_unlabeled < len(y):
                 hard = criterion(logits[~unlabeled].float(), y[~unlabeled])
                 total, logs["labeled"] = total + spec.distill.labeled_weight * hard, hard.detach()
         return StepOut(loss=total, logs=logs)

@@ -12,7 +12,6 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from sslcli import distributed
-from sslcli.encoders import without_drop_path
 from sslcli.errors import UsageError
 from sslcli.heads import DINOHead
 from sslcli.losses import ibot_patch_loss, koleo_loss, sinkhorn, sinkhorn_dino_loss
@@ -120,9 +119,6 @@ class DINOv2(MethodDefaults, nn.Module):
         self.add_momentum_targets({"teacher_encoder": "encoder", "teacher_head": "head",
                                    "teacher_ibot_head": "ibot_head"}, cfg.momentum, cfg.final_momentum,
                                   budget.total_steps)
-        # As DINO's: stochastic depth (timm's drop_path_rate) in the student only (dinov2 models/__init__.py
-        # builds the teacher without it).
-        without_drop_path(self.teacher_encoder)
         self.teacher_temperature = teacher_temperatures(cfg, budget)
         self.frozen = budget.until(cfg.freeze_last_layer_epochs)
 
